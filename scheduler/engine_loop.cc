@@ -1,0 +1,47 @@
+#include "scheduler/engine_loop.h"
+
+#include "absl/time/clock.h"
+#include "common/logging.h"
+
+namespace strata {
+
+std::unique_ptr<EngineLoop> EngineLoop::Start(const Options& options) {
+  STRATA_CHECK(options.scheduler != nullptr && options.executor != nullptr);
+  std::unique_ptr<EngineLoop> loop(new EngineLoop(options));
+  loop->thread_ = std::thread([raw = loop.get()] { raw->Run(); });
+  return loop;
+}
+
+EngineLoop::EngineLoop(const Options& options) : options_(options) {}
+
+EngineLoop::~EngineLoop() { Stop(); }
+
+void EngineLoop::Stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+void EngineLoop::Run() {
+  Scheduler& scheduler = *options_.scheduler;
+  StepExecutor& executor = *options_.executor;
+  while (!stop_.load()) {
+    // The short timeout bounds how late a stop request or a passed deadline
+    // of a queued request is noticed when the server is otherwise idle.
+    if (!scheduler.WaitForWork(absl::Milliseconds(50))) continue;
+    StepPlan plan = scheduler.Schedule();
+    if (plan.items.empty()) {
+      scheduler.Commit(StepResult{});
+      continue;
+    }
+    absl::StatusOr<StepResult> result = executor.Execute(plan);
+    if (!result.ok()) {
+      STRATA_LOG(ERROR) << "engine step failed (" << plan.items.size()
+                        << " requests end with an error): " << result.status();
+    }
+    scheduler.Commit(result);
+    num_steps_.fetch_add(1);
+    last_step_nanos_.store(absl::ToUnixNanos(absl::Now()));
+  }
+}
+
+}  // namespace strata

@@ -1,0 +1,117 @@
+// Iteration-level scheduler: owns every request between Submit() and its
+// OnFinish(), decides each engine step's work, and owns the KV block pool's
+// bookkeeping (the engine owns the memory).
+//
+// Threading contract: Submit(), Cancel(), Drain() and the counters may be
+// called from any thread. Schedule() and Commit() are called only by the
+// engine thread (EngineLoop), alternately: Schedule, Execute, Commit, ...
+#ifndef STRATA_SCHEDULER_SCHEDULER_H_
+#define STRATA_SCHEDULER_SCHEDULER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/step.h"
+#include "scheduler/block_manager.h"
+#include "scheduler/request.h"
+
+namespace strata {
+
+class Scheduler {
+ public:
+  struct Options {
+    int32_t block_size = 16;
+    int32_t num_blocks = 0;              // the engine's KV pool size
+    int32_t max_model_len = 2048;        // prompt + output tokens per sequence
+    int32_t max_num_seqs = 32;           // running sequences per step
+    int32_t max_tokens_per_step = 2048;  // token budget per step
+    int32_t max_waiting_requests = 256;  // admission control
+    int64_t max_waiting_tokens = 1 << 20;
+  };
+
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
+      const Options& options);
+  // Ends every request still held (OnFinish with UNAVAILABLE). Call only
+  // after the engine loop has stopped.
+  ~Scheduler();
+
+  // Queues a request. Fails at once, without calling the sink, with
+  // RESOURCE_EXHAUSTED (queue full or prompt too long) or UNAVAILABLE
+  // (draining). On success the sink's OnFinish will be called exactly once.
+  absl::StatusOr<RequestId> Submit(RequestSpec spec);
+
+  // Ends a request at the next step (FinishReason kCancelled with `status`).
+  // Unknown or finished ids are ignored.
+  void Cancel(RequestId id, absl::Status status = absl::CancelledError());
+
+  // Engine thread: the next step's plan (empty when there is nothing to do).
+  // The spans inside stay valid until Commit().
+  StepPlan Schedule();
+
+  // Engine thread: applies a step's result (or its failure) to the requests
+  // of the plan returned by the last Schedule().
+  void Commit(const absl::StatusOr<StepResult>& result);
+
+  // Blocks until there is work or `timeout` passes. Returns true if there is.
+  bool WaitForWork(absl::Duration timeout);
+
+  // Refuse new requests from now on (UNAVAILABLE); running ones continue.
+  void StopAccepting();
+  // Ends every request with `status` at the next step.
+  void CancelAll(absl::Status status);
+
+  int32_t num_waiting() const;
+  int32_t num_running() const;
+  int32_t num_blocks_used() const;
+  // Engine thread only.
+  int64_t num_preemptions() const { return num_preemptions_; }
+  const Options& options() const { return options_; }
+
+ private:
+  struct Sequence;
+  explicit Scheduler(const Options& options);
+
+  // Moves submitted requests into the waiting queue and applies cancels.
+  void DrainInbox();
+  // Frees the sequence's blocks and tells its sink it ended.
+  void Finish(Sequence& seq, FinishReason reason, absl::Status status);
+  // Ends cancelled or expired sequences of `list` and removes them.
+  template <typename List>
+  void ReapCancelled(List& list, absl::Time now, bool waiting);
+  // Frees a running sequence's blocks and requeues it at the front.
+  void Preempt(std::unique_ptr<Sequence> seq);
+  // Allocates the blocks `seq` needs to compute `num_tokens` more tokens.
+  bool Reserve(Sequence& seq, int32_t num_tokens);
+
+  const Options options_;
+
+  // Inbox: written by any thread, drained by the engine thread.
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<RequestId, absl::Status>> cancels_ ABSL_GUARDED_BY(mu_);
+  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  absl::Status cancel_all_ ABSL_GUARDED_BY(mu_);
+  std::atomic<RequestId> next_id_{1};
+  std::atomic<int32_t> num_waiting_{0};
+  std::atomic<int32_t> num_running_{0};
+  std::atomic<int64_t> waiting_tokens_{0};
+  std::atomic<int32_t> num_blocks_used_{0};
+
+  // Engine-thread state.
+  BlockManager blocks_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  std::vector<Sequence*> planned_;  // items of the last plan, in order
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_SCHEDULER_SCHEDULER_H_
