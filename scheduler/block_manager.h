@@ -1,6 +1,14 @@
 // Bookkeeping for the paged KV cache's block pool: which physical blocks are
-// free and how many block tables reference each one. The memory itself lives
-// in the engine; the scheduler only hands out block ids.
+// free, how many block tables reference each one, and which full blocks hold
+// a known token prefix (prefix caching). The memory itself lives in the
+// engine; the scheduler only hands out block ids.
+//
+// Prefix caching: a full block is identified by a hash chained over its
+// parent's hash and its own tokens, so equal hashes mean equal prefixes up to
+// and including this block. A block whose last reference is dropped stays in
+// the cache, evictable: free blocks form one LRU list, with uncached blocks at
+// the front (reused first) and cached ones appended at the back as they are
+// freed, so the least recently used cached block is evicted first.
 //
 // Threading: engine thread only.
 #ifndef STRATA_SCHEDULER_BLOCK_MANAGER_H_
@@ -11,32 +19,84 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "engine/step.h"
+
 namespace strata {
 
 class BlockManager {
  public:
-  explicit BlockManager(int32_t num_blocks);
+  BlockManager(int32_t num_blocks, int32_t block_size,
+               bool enable_prefix_caching);
 
-  // Appends `n` newly allocated blocks (reference count 1) to `table`.
-  // Returns false, allocating nothing, when fewer than `n` are free: "does not
-  // fit" is a normal outcome that triggers preemption, not an error.
+  // Appends `n` newly allocated blocks (reference count 1) to `table`,
+  // evicting cached blocks if needed. Returns false, allocating nothing, when
+  // fewer than `n` are free: "does not fit" is a normal outcome that triggers
+  // preemption, not an error.
   bool Allocate(int32_t n, std::vector<int32_t>& table);
 
-  // Drops one reference to each block; blocks reaching zero become free.
+  // Drops one reference to each block; blocks reaching zero become free (and
+  // stay cached if they were registered).
   void Free(std::span<const int32_t> blocks);
 
-  int32_t num_free() const { return static_cast<int32_t>(free_.size()); }
-  int32_t num_total() const { return static_cast<int32_t>(ref_counts_.size()); }
+  // Takes a reference on the cached blocks holding the longest prefix of
+  // `tokens` made of at most `max_blocks` full blocks, appends them to
+  // `table` and returns how many. `*chain_hash` is the hash of the last block
+  // taken (0 if none), to continue the chain with Register().
+  int32_t AcquireCachedPrefix(std::span<const TokenId> tokens,
+                              int32_t max_blocks, std::vector<int32_t>& table,
+                              uint64_t* chain_hash);
+
+  // Records that `block` now holds the K/V of `tokens` (exactly one full
+  // block) following the prefix whose chain hash is `parent_hash`. Returns
+  // this block's chain hash. If the same prefix is already cached in another
+  // block, `block` stays unregistered (it is freed like any other).
+  uint64_t Register(int32_t block, uint64_t parent_hash,
+                    std::span<const TokenId> tokens);
+
+  int32_t num_free() const { return num_free_; }
+  int32_t num_total() const { return static_cast<int32_t>(blocks_.size()); }
   int32_t num_used() const { return num_total() - num_free(); }
-  int32_t ref_count(int32_t block) const { return ref_counts_[block]; }
+  int32_t num_cached() const { return static_cast<int32_t>(cache_.size()); }
+  int32_t ref_count(int32_t block) const { return blocks_[block].ref_count; }
+  int32_t block_size() const { return block_size_; }
+  bool prefix_caching() const { return enable_prefix_caching_; }
+
+  // Checks the internal invariants against `expected_refs` ([num_blocks], the
+  // number of block-table references to each block): reference counts, free
+  // list, cache map. For tests and debugging.
+  absl::Status CheckConsistency(std::span<const int32_t> expected_refs) const;
 
   std::string DebugString() const;
 
  private:
-  std::vector<int32_t> ref_counts_;  // [num_blocks]
-  // Free block ids used as a stack: the most recently freed block is reused
-  // first, which keeps the working set of KV memory small and warm.
-  std::vector<int32_t> free_;
+  static constexpr int32_t kNone = -1;
+  struct Block {
+    int32_t ref_count = 0;
+    bool cached = false;
+    uint64_t hash = 0;
+    // Links in the free list while ref_count == 0.
+    int32_t prev = kNone;
+    int32_t next = kNone;
+  };
+
+  static uint64_t ChainHash(uint64_t parent, std::span<const TokenId> tokens);
+  void PushFront(int32_t block);
+  void PushBack(int32_t block);
+  void Unlink(int32_t block);
+  std::span<const TokenId> BlockTokens(int32_t block) const;
+
+  const int32_t block_size_;
+  const bool enable_prefix_caching_;
+  std::vector<Block> blocks_;  // [num_blocks]
+  int32_t head_ = kNone;       // next block to hand out
+  int32_t tail_ = kNone;
+  int32_t num_free_ = 0;
+  absl::flat_hash_map<uint64_t, int32_t> cache_;  // chain hash -> block
+  // The tokens of every cached block, checked on lookup so that a hash
+  // collision can never serve another prompt's K/V. [num_blocks * block_size]
+  std::vector<TokenId> tokens_;
 };
 
 // Number of blocks needed to hold `num_tokens` tokens.

@@ -34,6 +34,11 @@ struct Scheduler::Sequence {
   absl::Time first_scheduled;
   absl::Time first_token;
   int32_t step_tokens = 0;  // tokens planned in the current step
+  // Prefix caching: leading blocks of block_table registered in the cache,
+  // and the chain hash of the last of them.
+  int32_t num_hashed_blocks = 0;
+  uint64_t chain_hash = 0;
+  int32_t cached_prompt_tokens = 0;  // at first admission, for usage
 
   int32_t num_output() const {
     return static_cast<int32_t>(tokens.size()) - num_prompt;
@@ -83,7 +88,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
 }
 
 Scheduler::Scheduler(const Options& options)
-    : options_(options), blocks_(options.num_blocks) {}
+    : options_(options),
+      blocks_(options.num_blocks, options.block_size,
+              options.enable_prefix_caching) {}
 
 Scheduler::~Scheduler() {
   // Every submitted request hears OnFinish exactly once, even at shutdown.
@@ -213,7 +220,7 @@ void Scheduler::Finish(Sequence& seq, FinishReason reason,
   info.status = std::move(status);
   info.stats.prompt_tokens = seq.num_prompt;
   info.stats.completion_tokens = seq.num_output();
-  info.stats.cached_prompt_tokens = 0;
+  info.stats.cached_prompt_tokens = seq.cached_prompt_tokens;
   info.stats.queue_time = seq.started ? seq.first_scheduled - seq.spec.arrival
                                       : now - seq.spec.arrival;
   info.stats.time_to_first_token = seq.num_output() > 0
@@ -251,10 +258,50 @@ void Scheduler::Preempt(std::unique_ptr<Sequence> seq) {
   seq->block_table.clear();
   seq->num_computed = 0;
   seq->step_tokens = 0;
+  seq->num_hashed_blocks = 0;
+  seq->chain_hash = 0;
   ++num_preemptions_;
   num_waiting_.fetch_add(1);
   waiting_tokens_.fetch_add(seq->num_prompt);
   waiting_.push_front(std::move(seq));
+}
+
+int32_t Scheduler::AcquireCachedPrefix(Sequence& seq) {
+  if (!seq.block_table.empty()) return 0;
+  // At least one token must be computed to produce logits.
+  const int32_t max_blocks =
+      (static_cast<int32_t>(seq.tokens.size()) - 1) / options_.block_size;
+  const int32_t hit = blocks_.AcquireCachedPrefix(
+      seq.tokens, max_blocks, seq.block_table, &seq.chain_hash);
+  seq.num_computed = hit * options_.block_size;
+  seq.num_hashed_blocks = hit;
+  return hit;
+}
+
+void Scheduler::RegisterFullBlocks(Sequence& seq) {
+  const int32_t bs = options_.block_size;
+  while ((seq.num_hashed_blocks + 1) * bs <= seq.num_computed) {
+    const auto tokens =
+        std::span<const TokenId>(seq.tokens)
+            .subspan(static_cast<size_t>(seq.num_hashed_blocks) * bs, bs);
+    seq.chain_hash = blocks_.Register(seq.block_table[seq.num_hashed_blocks],
+                                      seq.chain_hash, tokens);
+    ++seq.num_hashed_blocks;
+  }
+}
+
+absl::Status Scheduler::CheckConsistency() const {
+  std::vector<int32_t> refs(blocks_.num_total(), 0);
+  for (const auto& seq : running_) {
+    for (const int32_t b : seq->block_table) ++refs[b];
+  }
+  for (const auto& seq : waiting_) {
+    if (!seq->block_table.empty()) {
+      return absl::InternalError(
+          absl::StrCat("waiting request ", seq->id, " holds blocks"));
+    }
+  }
+  return blocks_.CheckConsistency(refs);
 }
 
 bool Scheduler::Reserve(Sequence& seq, int32_t num_tokens) {
@@ -296,13 +343,26 @@ StepPlan Scheduler::Schedule() {
   while (!preempted && !waiting_.empty() && budget > 0 &&
          static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
+    const int32_t hit_blocks = AcquireCachedPrefix(seq);
     const int32_t n = std::min(seq.num_remaining(), budget);
-    if (!Reserve(seq, n)) break;  // wait for running sequences to free blocks
+    if (!Reserve(seq, n)) {
+      // Wait for running sequences to free blocks; give the prefix back.
+      blocks_.Free(seq.block_table);
+      seq.block_table.clear();
+      seq.num_computed = seq.num_hashed_blocks = 0;
+      seq.chain_hash = 0;
+      break;
+    }
     seq.step_tokens = n;
     budget -= n;
+    prefix_queried_tokens_ += static_cast<int64_t>(seq.tokens.size());
+    prefix_hit_tokens_ +=
+        static_cast<int64_t>(hit_blocks) * options_.block_size;
     if (!seq.started) {
       seq.started = true;
       seq.first_scheduled = now;
+      seq.cached_prompt_tokens =
+          std::min(hit_blocks * options_.block_size, seq.num_prompt);
     }
     num_waiting_.fetch_sub(1);
     waiting_tokens_.fetch_sub(seq.num_prompt);
@@ -345,6 +405,7 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
   for (size_t i = 0; i < planned_.size(); ++i) {
     Sequence& seq = *planned_[i];
     seq.num_computed += std::exchange(seq.step_tokens, 0);
+    if (result.ok()) RegisterFullBlocks(seq);
     if (!result.ok()) {
       seq.finish = FinishReason::kError;
       seq.finish_status = result.status();

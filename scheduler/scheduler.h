@@ -34,6 +34,7 @@ class Scheduler {
     int32_t max_tokens_per_step = 2048;  // token budget per step
     int32_t max_waiting_requests = 256;  // admission control
     int64_t max_waiting_tokens = 1 << 20;
+    bool enable_prefix_caching = true;
   };
 
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
@@ -72,6 +73,11 @@ class Scheduler {
   int32_t num_blocks_used() const;
   // Engine thread only.
   int64_t num_preemptions() const { return num_preemptions_; }
+  int64_t prefix_queried_tokens() const { return prefix_queried_tokens_; }
+  int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
+  // Engine thread: checks block reference counts against the block tables
+  // of every request, the free list and the prefix cache. For tests.
+  absl::Status CheckConsistency() const;
   const Options& options() const { return options_; }
 
  private:
@@ -87,6 +93,11 @@ class Scheduler {
   void ReapCancelled(List& list, absl::Time now, bool waiting);
   // Frees a running sequence's blocks and requeues it at the front.
   void Preempt(std::unique_ptr<Sequence> seq);
+  // For a sequence that holds no blocks: takes the cached blocks of its
+  // longest cached prefix and counts them as computed. Returns the blocks hit.
+  int32_t AcquireCachedPrefix(Sequence& seq);
+  // Registers the sequence's newly completed full blocks in the prefix cache.
+  void RegisterFullBlocks(Sequence& seq);
   // Allocates the blocks `seq` needs to compute `num_tokens` more tokens.
   bool Reserve(Sequence& seq, int32_t num_tokens);
 
@@ -110,6 +121,8 @@ class Scheduler {
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<Sequence*> planned_;  // items of the last plan, in order
   int64_t num_preemptions_ = 0;
+  int64_t prefix_queried_tokens_ = 0;
+  int64_t prefix_hit_tokens_ = 0;
 };
 
 }  // namespace strata

@@ -45,7 +45,8 @@ class SimExecutor : public StepExecutor {
     EXPECT_LE(plan.NumTokens(), max_tokens_) << "token budget exceeded";
     EXPECT_LE(static_cast<int32_t>(plan.items.size()), max_seqs_);
     std::set<RequestId> ids;
-    std::set<int32_t> blocks;
+    std::map<int32_t, int> table_refs;  // block -> items whose table has it
+    std::set<int32_t> written;          // blocks written this step
     StepResult result;
     for (const WorkItem& item : plan.items) {
       EXPECT_TRUE(ids.insert(item.request_id).second) << "request twice";
@@ -58,20 +59,23 @@ class SimExecutor : public StepExecutor {
       for (int32_t b : item.block_table) {
         EXPECT_GE(b, 0);
         EXPECT_LT(b, num_blocks_);
-        EXPECT_TRUE(blocks.insert(b).second)
-            << "block " << b << " in two tables";
+        ++table_refs[b];
+      }
+      for (int32_t p = item.start_position; p < end; ++p) {
+        written.insert(item.block_table[p / block_size_]);
       }
       std::vector<TokenId> all(item.prompt_tokens.begin(),
                                item.prompt_tokens.end());
       all.insert(all.end(), item.output_tokens.begin(),
                  item.output_tokens.end());
       EXPECT_LE(end, static_cast<int32_t>(all.size()));
-      // The cached prefix must be this sequence's own tokens.
+      // The cached prefix must hold this sequence's tokens (written by it
+      // or, through the prefix cache, by another request with that prefix).
       for (int32_t p = 0; p < item.start_position; ++p) {
         const Slot& slot = SlotAt(item, p);
-        EXPECT_EQ(slot.id, item.request_id) << "stale KV at position " << p;
-        EXPECT_EQ(slot.position, p);
-        EXPECT_EQ(slot.token, all[p]);
+        EXPECT_EQ(slot.position, p) << "stale KV at position " << p;
+        EXPECT_EQ(slot.token, all[p]) << "wrong KV at position " << p;
+        if (slot.id != item.request_id) ++shared_reads_;
       }
       for (size_t j = 0; j < item.tokens.size(); ++j) {
         const int32_t p = item.start_position + static_cast<int32_t>(j);
@@ -87,6 +91,11 @@ class SimExecutor : public StepExecutor {
       }
       result.items.push_back(r);
     }
+    // A block written this step belongs to one table only: K/V shared
+    // through the prefix cache is read, never overwritten.
+    for (int32_t b : written) {
+      EXPECT_EQ(table_refs[b], 1) << "block " << b << " written while shared";
+    }
     if (fail_next_) {
       fail_next_ = false;
       return absl::InternalError("injected engine failure");
@@ -98,6 +107,7 @@ class SimExecutor : public StepExecutor {
 
   void FailNextStep() { fail_next_ = true; }
   int64_t steps() const { return steps_; }
+  int64_t shared_reads() const { return shared_reads_; }
 
  private:
   struct Slot {
@@ -115,6 +125,7 @@ class SimExecutor : public StepExecutor {
   std::vector<Slot> slots_;
   bool fail_next_ = false;
   int64_t steps_ = 0;
+  int64_t shared_reads_ = 0;
 };
 
 class RecordingSink : public RequestSink {
@@ -332,6 +343,34 @@ TEST(SchedulerTest, DestructorFinishesHeldRequests) {
   EXPECT_EQ(sink->finish.status.code(), absl::StatusCode::kUnavailable);
 }
 
+TEST(SchedulerTest, SecondRequestReusesTheCachedPrefix) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  RequestSpec spec;
+  for (int i = 0; i < 18; ++i) spec.prompt.push_back(100 + i);
+  spec.max_tokens = 2;
+  auto first = std::make_shared<RecordingSink>();
+  spec.sink = first;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(first->finish.stats.cached_prompt_tokens, 0);
+
+  auto second = std::make_shared<RecordingSink>();
+  spec.sink = second;
+  spec.prompt.push_back(7);  // same 18-token prefix, one more token
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  StepPlan plan = scheduler->Schedule();
+  ASSERT_EQ(plan.items.size(), 1u);
+  // Four full blocks of 4 are cached: only the last 3 tokens are computed.
+  EXPECT_EQ(plan.items[0].start_position, 16);
+  EXPECT_EQ(plan.items[0].tokens.size(), 3u);
+  scheduler->Commit(executor.Execute(plan));
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(second->finish.stats.cached_prompt_tokens, 16);
+  EXPECT_EQ(second->tokens, Expected(spec.prompt, 2));
+  EXPECT_TRUE(scheduler->CheckConsistency().ok());
+}
+
 TEST(SchedulerTest, HigherPriorityIsAdmittedFirst) {
   Scheduler::Options options = SmallOptions();
   options.max_num_seqs = 1;
@@ -358,11 +397,13 @@ TEST(SchedulerTest, HigherPriorityIsAdmittedFirst) {
 // Thousands of steps of random traffic on tiny and large pools: every request
 // ends exactly once with exactly its expected tokens, no block leaks, budgets
 // hold (checked inside SimExecutor), and preemption actually happens.
-class SchedulerSimulationTest : public ::testing::TestWithParam<int32_t> {};
+class SchedulerSimulationTest
+    : public ::testing::TestWithParam<std::tuple<int32_t, bool>> {};
 
 TEST_P(SchedulerSimulationTest, RandomTraffic) {
-  const int32_t num_blocks = GetParam();
+  const auto [num_blocks, prefix_caching] = GetParam();
   Scheduler::Options options;
+  options.enable_prefix_caching = prefix_caching;
   options.block_size = 4;
   options.num_blocks = num_blocks;
   options.max_model_len = 64;
@@ -415,9 +456,18 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
     StepPlan plan = scheduler->Schedule();
     scheduler->Commit(executor.Execute(plan));
     EXPECT_LE(scheduler->num_blocks_used(), num_blocks);
+    const absl::Status consistent = scheduler->CheckConsistency();
+    ASSERT_TRUE(consistent.ok()) << "step " << step << ": " << consistent;
   }
   RunToIdle(*scheduler, executor);
   EXPECT_EQ(scheduler->num_blocks_used(), 0);
+  EXPECT_TRUE(scheduler->CheckConsistency().ok());
+  if (prefix_caching) {
+    EXPECT_GT(scheduler->prefix_hit_tokens(), 0);
+    EXPECT_GT(executor.shared_reads(), 0);
+  } else {
+    EXPECT_EQ(scheduler->prefix_hit_tokens(), 0);
+  }
   int cancelled = 0;
   for (const Submitted& s : submitted) {
     ASSERT_EQ(s.sink->finishes, 1);
@@ -456,7 +506,8 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Pools, SchedulerSimulationTest,
-                         ::testing::Values(16, 24, 64, 1024));
+                         ::testing::Combine(::testing::Values(16, 24, 64, 1024),
+                                            ::testing::Bool()));
 
 }  // namespace
 }  // namespace strata
