@@ -340,7 +340,9 @@ StepPlan Scheduler::Schedule() {
   }
   // 2. Admit waiting sequences into what is left; not in a step that had to
   // preempt, since the pool is known to be short.
-  while (!preempted && !waiting_.empty() && budget > 0 &&
+  const bool admit =
+      !preempted && (!options_.static_batching || running_.empty());
+  while (admit && !waiting_.empty() && budget > 0 &&
          static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
     const int32_t hit_blocks = AcquireCachedPrefix(seq);

@@ -35,6 +35,9 @@ class Scheduler {
     int32_t max_waiting_requests = 256;  // admission control
     int64_t max_waiting_tokens = 1 << 20;
     bool enable_prefix_caching = true;
+    // Static batching admits a new batch only once every running request
+    // has finished: the baseline continuous batching is measured against.
+    bool static_batching = false;
   };
 
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(

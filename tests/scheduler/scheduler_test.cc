@@ -371,6 +371,35 @@ TEST(SchedulerTest, SecondRequestReusesTheCachedPrefix) {
   EXPECT_TRUE(scheduler->CheckConsistency().ok());
 }
 
+TEST(SchedulerTest, StaticBatchingWaitsForTheWholeBatch) {
+  Scheduler::Options options = SmallOptions();
+  options.max_num_seqs = 2;
+  options.static_batching = true;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 2);
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int32_t max_tokens : {2, 6, 2}) {
+    RequestSpec spec;
+    spec.prompt = {1, 2, 3};
+    spec.max_tokens = max_tokens;
+    sinks.push_back(std::make_shared<RecordingSink>());
+    spec.sink = sinks.back();
+    ASSERT_TRUE(scheduler->Submit(spec).ok());
+  }
+  // The third request starts only after the 6-token one ends, although a
+  // slot frees after two steps.
+  int steps_before_third = 0;
+  while (sinks[1]->finishes == 0) {
+    StepPlan plan = scheduler->Schedule();
+    for (const WorkItem& item : plan.items) EXPECT_NE(item.request_id, 3u);
+    scheduler->Commit(executor.Execute(plan));
+    ++steps_before_third;
+  }
+  EXPECT_EQ(steps_before_third, 6);
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(sinks[2]->tokens.size(), 2u);
+}
+
 TEST(SchedulerTest, HigherPriorityIsAdmittedFirst) {
   Scheduler::Options options = SmallOptions();
   options.max_num_seqs = 1;
