@@ -33,14 +33,31 @@ void EngineLoop::Run() {
       scheduler.Commit(StepResult{});
       continue;
     }
+    const absl::Time start = absl::Now();
     absl::StatusOr<StepResult> result = executor.Execute(plan);
+    const absl::Time end = absl::Now();
     if (!result.ok()) {
       STRATA_LOG(ERROR) << "engine step failed (" << plan.items.size()
                         << " requests end with an error): " << result.status();
     }
     scheduler.Commit(result);
     num_steps_.fetch_add(1);
-    last_step_nanos_.store(absl::ToUnixNanos(absl::Now()));
+    last_step_nanos_.store(absl::ToUnixNanos(end));
+    if (options_.observer != nullptr) {
+      StepStats stats;
+      stats.num_items = static_cast<int32_t>(plan.items.size());
+      stats.num_tokens = plan.NumTokens();
+      stats.duration = end - start;
+      stats.failed = !result.ok();
+      stats.num_running = scheduler.num_running();
+      stats.num_waiting = scheduler.num_waiting();
+      stats.num_blocks_used = scheduler.num_blocks_used();
+      stats.num_blocks_total = scheduler.options().num_blocks;
+      stats.num_preemptions = scheduler.num_preemptions();
+      stats.prefix_queried_tokens = scheduler.prefix_queried_tokens();
+      stats.prefix_hit_tokens = scheduler.prefix_hit_tokens();
+      options_.observer->OnStep(stats);
+    }
   }
 }
 

@@ -9,16 +9,42 @@
 #include <memory>
 #include <thread>
 
+#include "absl/time/time.h"
 #include "engine/step.h"
 #include "scheduler/scheduler.h"
 
 namespace strata {
+
+// What one engine step did, for metrics.
+struct StepStats {
+  int32_t num_items = 0;    // sequences in the step (batch size)
+  int32_t num_tokens = 0;   // tokens computed in the step
+  absl::Duration duration;  // Execute() only
+  bool failed = false;
+  // Scheduler state after the step.
+  int32_t num_running = 0;
+  int32_t num_waiting = 0;
+  int32_t num_blocks_used = 0;
+  int32_t num_blocks_total = 0;
+  // Running totals since start.
+  int64_t num_preemptions = 0;
+  int64_t prefix_queried_tokens = 0;
+  int64_t prefix_hit_tokens = 0;
+};
+
+// Called on the engine thread after every step; must be quick.
+class StepObserver {
+ public:
+  virtual ~StepObserver() = default;
+  virtual void OnStep(const StepStats& stats) = 0;
+};
 
 class EngineLoop {
  public:
   struct Options {
     Scheduler* scheduler = nullptr;    // borrowed; outlives the loop
     StepExecutor* executor = nullptr;  // borrowed; outlives the loop
+    StepObserver* observer = nullptr;  // optional, borrowed
   };
 
   // Starts the engine thread.
