@@ -13,6 +13,9 @@ PACKAGES=(
   nlohmann-json3-dev
   libpcre2-dev
   libgtest-dev libgmock-dev
+  # Operations checks (tests/deploy/check_configs.sh, the metrics test's
+  # `promtool check metrics`, YAML parsing) and benchmark plots.
+  prometheus nginx gnuplot-nox python3-yaml curl
 )
 # Optional extras: STRATA_DEPS_EXTRA="python3-torch ..." adds packages (used by
 # tools/ scripts that regenerate reference data; CI never needs them).
