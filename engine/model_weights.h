@@ -1,0 +1,50 @@
+// Host f32 weights of a Llama-family model (Hugging Face names in comments).
+// All matrices are row-major [out_features, in_features], as stored by HF.
+#ifndef STRATA_ENGINE_MODEL_WEIGHTS_H_
+#define STRATA_ENGINE_MODEL_WEIGHTS_H_
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/checkpoint.h"
+#include "engine/model_config.h"
+
+namespace strata {
+
+struct LayerWeights {
+  std::vector<float> input_norm;  // [hidden]  input_layernorm.weight
+  std::vector<float> q_proj;      // [num_heads*head_dim, hidden]
+  std::vector<float> k_proj;      // [num_kv_heads*head_dim, hidden]
+  std::vector<float> v_proj;      // [num_kv_heads*head_dim, hidden]
+  std::vector<float> q_bias, k_bias,
+      v_bias;                              // [q_dim]/[kv_dim]; empty unless
+                                           // attention_bias
+  std::vector<float> o_proj;               // [hidden, num_heads*head_dim]
+  std::vector<float> post_attention_norm;  // [hidden]
+  std::vector<float> gate_proj;            // [intermediate, hidden]
+  std::vector<float> up_proj;              // [intermediate, hidden]
+  std::vector<float> down_proj;            // [hidden, intermediate]
+};
+
+struct ModelWeights {
+  std::vector<float> embed_tokens;   // [vocab, hidden]
+  std::vector<LayerWeights> layers;  // [num_hidden_layers]
+  std::vector<float> final_norm;     // [hidden]
+  std::vector<float> lm_head;        // [vocab, hidden]; empty when tied (use
+                                     // embed_tokens)
+
+  // Loads and converts every tensor, checking shapes against config (tensor
+  // names model.embed_tokens.weight,
+  // model.layers.{i}.self_attn.{q,k,v,o}_proj.weight/.bias,
+  // model.layers.{i}.input_layernorm.weight, .post_attention_layernorm.weight,
+  // .mlp.{gate,up,down}_proj.weight, model.norm.weight, lm_head.weight). When
+  // tie_word_embeddings is false but lm_head.weight is missing => error.
+  // Converts straight from the memory map into the destination vectors (one
+  // f32 copy of the model in memory), on 2 threads.
+  static absl::StatusOr<ModelWeights> Load(const Checkpoint& checkpoint,
+                                           const ModelConfig& config);
+};
+
+}  // namespace strata
+
+#endif  // STRATA_ENGINE_MODEL_WEIGHTS_H_
