@@ -1,0 +1,64 @@
+#include "engine/backend.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace strata {
+
+size_t ElementSize(ElementType type) {
+  switch (type) {
+    case ElementType::kF32:
+      return 4;
+  }
+  return 0;
+}
+
+std::string_view ElementTypeName(ElementType type) {
+  switch (type) {
+    case ElementType::kF32:
+      return "f32";
+  }
+  return "unknown";
+}
+
+Tensor::Tensor(void* data, ElementType type, std::vector<int64_t> shape,
+               std::unique_ptr<Storage> storage)
+    : data_(data),
+      type_(type),
+      shape_(std::move(shape)),
+      storage_(std::move(storage)) {}
+
+int64_t Tensor::num_elements() const {
+  if (shape_.empty()) return data_ == nullptr ? 0 : 1;
+  int64_t n = 1;
+  for (int64_t d : shape_) n *= d;
+  return n;
+}
+
+size_t Tensor::size_bytes() const {
+  return static_cast<size_t>(num_elements()) * ElementSize(type_);
+}
+
+Tensor Tensor::Rows(int64_t begin, int64_t count) const {
+  STRATA_TENSOR_CHECK(!shape_.empty());
+  STRATA_TENSOR_CHECK(begin >= 0 && count >= 0 && begin + count <= shape_[0]);
+  const int64_t row_elements = shape_[0] == 0 ? 0 : num_elements() / shape_[0];
+  std::vector<int64_t> shape = shape_;
+  shape[0] = count;
+  char* base = static_cast<char*>(data_);
+  return Tensor(base + begin * row_elements * ElementSize(type_), type_,
+                std::move(shape), nullptr);
+}
+
+std::string Tensor::DebugString() const {
+  return absl::StrCat(std::string(ElementTypeName(type_)), "[",
+                      absl::StrJoin(shape_, ","), "]");
+}
+
+}  // namespace strata

@@ -1,0 +1,184 @@
+// Backend: the op interface the forward pass (engine/llama_model.h) is
+// written against, so each device (cpu/ today, cuda/ later) implements the
+// same small set of ops and the model is written once.
+//
+// Tensors are opaque device buffers: a data pointer the backend understands,
+// an element type and a shape, owning their memory through backend-defined
+// storage (or, for views from Tensor::Rows, borrowing it). Host data crosses
+// the boundary only through Upload, CopyToHost and the host-side metadata
+// spans of the ops (token ids, positions, KV slots, block tables), which a
+// device backend copies over itself.
+//
+// Ops are issued in order and may run asynchronously (a CUDA backend queues
+// them on a stream); an error in an op surfaces at the next CopyToHost.
+// Shape agreement between operands is the caller's invariant (CHECKed).
+//
+// Batch invariance contract: every op's result for a row (token) depends
+// only on that row's inputs (and, for attention, on that sequence's cached
+// keys), never on the other rows of the batch or on the threading, so a
+// sequence gets bit-identical logits alone or in any batch.
+#ifndef STRATA_ENGINE_BACKEND_H_
+#define STRATA_ENGINE_BACKEND_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/step.h"
+
+// Aborts with the failed condition: for op invariants (operand shapes that
+// disagree are a bug in the caller, never bad input).
+#define STRATA_TENSOR_CHECK(cond)                                           \
+  do {                                                                      \
+    if (!(cond)) {                                                          \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                   #cond);                                                  \
+      std::abort();                                                         \
+    }                                                                       \
+  } while (false)
+
+namespace strata {
+
+enum class ElementType {
+  kF32,
+};
+
+size_t ElementSize(ElementType type);
+std::string_view ElementTypeName(ElementType type);
+
+class Tensor {
+ public:
+  // Backend-specific owner of a tensor's memory; released with the tensor.
+  class Storage {
+   public:
+    virtual ~Storage() = default;
+  };
+
+  Tensor() = default;
+  Tensor(void* data, ElementType type, std::vector<int64_t> shape,
+         std::unique_ptr<Storage> storage);
+  Tensor(Tensor&&) = default;
+  Tensor& operator=(Tensor&&) = default;
+  Tensor(const Tensor&) = delete;
+  Tensor& operator=(const Tensor&) = delete;
+
+  // Device pointer (a host pointer on the CPU backend).
+  void* data() const { return data_; }
+  ElementType type() const { return type_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int64_t dim(size_t i) const { return shape_[i]; }
+  size_t rank() const { return shape_.size(); }
+  int64_t num_elements() const;
+  size_t size_bytes() const;
+  bool empty() const { return num_elements() == 0; }
+
+  // A non-owning view of rows [begin, begin + count) (along dimension 0).
+  // Valid while this tensor lives.
+  Tensor Rows(int64_t begin, int64_t count) const;
+
+  std::string DebugString() const;
+
+ private:
+  void* data_ = nullptr;
+  ElementType type_ = ElementType::kF32;
+  std::vector<int64_t> shape_;
+  std::unique_ptr<Storage> storage_;  // null for views
+};
+
+// Shape of attention and of the paged KV cache.
+struct AttentionShape {
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;  // divides num_heads; query head h reads kv head
+                             // h / (num_heads / num_kv_heads)
+  int32_t head_dim = 0;
+  int32_t block_size = 0;  // tokens per KV block
+  float scale = 1.0f;      // applied to q.k
+};
+
+// One sequence's new tokens in the flattened batch, for attention.
+struct SequenceSlice {
+  int32_t first_row = 0;       // row of its first new token
+  int32_t num_tokens = 0;      // its new tokens occupy rows [first_row,
+                               // first_row + num_tokens)
+  int32_t start_position = 0;  // position of its first new token
+  // Physical KV block ids covering positions [0, start_position +
+  // num_tokens); block i holds positions [i*block_size, (i+1)*block_size).
+  std::span<const int32_t> block_table;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string_view name() const = 0;
+  // e.g. "cpu avx512, 2 threads".
+  virtual std::string Description() const = 0;
+
+  // ---- Memory ----
+
+  // A zero-filled tensor. RESOURCE_EXHAUSTED when the device is out of
+  // memory.
+  virtual absl::StatusOr<Tensor> Allocate(ElementType type,
+                                          std::vector<int64_t> shape) = 0;
+  // A tensor holding `host` (f32). Takes the vector so that a host backend
+  // can adopt it without a copy. host.size() must equal the shape's product.
+  virtual absl::StatusOr<Tensor> Upload(std::vector<float> host,
+                                        std::vector<int64_t> shape) = 0;
+  // Copies a whole f32 tensor to host memory (waits for queued ops).
+  // host: [src.num_elements()]
+  virtual absl::Status CopyToHost(const Tensor& src, std::span<float> host) = 0;
+
+  // ---- Ops (f32). "n" is the number of rows (tokens). ----
+
+  // out[i] = table[ids[i]]; ids are in range (validated by the caller).
+  // table: [vocab, hidden], ids: [n], out: [n, hidden]
+  virtual void Embedding(const Tensor& table, std::span<const TokenId> ids,
+                         Tensor* out) = 0;
+  // out = x * w^T. x: [n, k], w: [m, k] (HF Linear layout), out: [n, m]
+  virtual void MatMul(const Tensor& x, const Tensor& w, Tensor* out) = 0;
+  // x[i] += bias. bias: [m], x: [n, m]
+  virtual void AddBias(const Tensor& bias, Tensor* x) = 0;
+  // x += y (residual). x, y: same shape
+  virtual void Add(const Tensor& y, Tensor* x) = 0;
+  // Llama RMSNorm. x, out: [n, h] (may be the same tensor), weight: [h]
+  virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                       Tensor* out) = 0;
+  // out = silu(gate) * up. gate, up, out: [n, intermediate]
+  virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
+  // Rotary embedding (HF rotate_half layout) in place, per row's position.
+  // rope_table: [max_positions, head_dim] (cos of the head_dim/2 frequencies,
+  // then sin), positions: [n] (< max_positions), x: [n, heads * head_dim]
+  virtual void Rope(const Tensor& rope_table,
+                    std::span<const int32_t> positions, int32_t head_dim,
+                    Tensor* x) = 0;
+  // Writes row i of k and v to cache slot slots[i] = block * block_size +
+  // offset (in range).
+  // k, v: [n, num_kv_heads * head_dim]
+  // k_cache, v_cache: [num_blocks, num_kv_heads, block_size, head_dim]
+  virtual void WriteKv(const Tensor& k, const Tensor& v,
+                       std::span<const int32_t> slots,
+                       const AttentionShape& shape, Tensor* k_cache,
+                       Tensor* v_cache) = 0;
+  // Causal attention of every sequence's new tokens over its cached keys at
+  // positions [0, own position] (K/V of the new tokens already written).
+  // q, out: [n, num_heads * head_dim]; caches as in WriteKv
+  virtual void PagedAttention(const Tensor& q, const Tensor& k_cache,
+                              const Tensor& v_cache,
+                              const AttentionShape& shape,
+                              std::span<const SequenceSlice> sequences,
+                              Tensor* out) = 0;
+  // out[i] = x[rows[i]]. x: [n, h], rows: [r] (< n), out: [r, h]
+  virtual void GatherRows(const Tensor& x, std::span<const int32_t> rows,
+                          Tensor* out) = 0;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_ENGINE_BACKEND_H_

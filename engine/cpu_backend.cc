@@ -1,0 +1,221 @@
+#include "engine/cpu_backend.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/paged_attention.h"
+#include "kernels/cpu/rope.h"
+
+namespace strata {
+namespace {
+
+// Zero-filled memory from calloc: large pools (the KV cache) get their pages
+// lazily from the OS instead of being touched up front.
+class CallocStorage : public Tensor::Storage {
+ public:
+  explicit CallocStorage(void* data) : data_(data) {}
+  ~CallocStorage() override { std::free(data_); }
+
+ private:
+  void* data_;
+};
+
+// An uploaded host vector, adopted without a copy.
+class VectorStorage : public Tensor::Storage {
+ public:
+  explicit VectorStorage(std::vector<float> data) : data_(std::move(data)) {}
+  float* data() { return data_.data(); }
+
+ private:
+  std::vector<float> data_;
+};
+
+int64_t Product(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+float* F32(const Tensor& t) { return static_cast<float*>(t.data()); }
+
+// Rows and row width of a rank >= 1 tensor viewed as a matrix.
+int64_t Rows(const Tensor& t) { return t.rank() == 0 ? 1 : t.dim(0); }
+int64_t Cols(const Tensor& t) {
+  const int64_t rows = Rows(t);
+  return rows == 0 ? 0 : t.num_elements() / rows;
+}
+
+cpu::AttentionGeometry Geometry(const AttentionShape& s) {
+  return cpu::AttentionGeometry{s.num_heads, s.num_kv_heads, s.head_dim,
+                                s.block_size, s.scale};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
+    const Options& options) {
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
+  }
+  const cpu::Isa isa = options.isa.value_or(cpu::DefaultIsa());
+  if (!cpu::IsaSupported(isa)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this CPU does not support the ",
+                     std::string(cpu::IsaName(isa)), " kernels"));
+  }
+  auto pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
+  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(pool), isa));
+}
+
+CpuBackend::CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa)
+    : pool_(std::move(pool)), context_{isa, pool_.get()} {}
+
+std::string CpuBackend::Description() const {
+  return absl::StrCat("cpu ", std::string(cpu::IsaName(context_.isa)), ", ",
+                      pool_->num_threads(), " threads");
+}
+
+absl::StatusOr<Tensor> CpuBackend::Allocate(ElementType type,
+                                            std::vector<int64_t> shape) {
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError("negative tensor dimension");
+    }
+  }
+  const size_t bytes = static_cast<size_t>(Product(shape)) * ElementSize(type);
+  void* data = std::calloc(bytes == 0 ? 1 : bytes, 1);
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  return Tensor(data, type, std::move(shape),
+                std::make_unique<CallocStorage>(data));
+}
+
+absl::StatusOr<Tensor> CpuBackend::Upload(std::vector<float> host,
+                                          std::vector<int64_t> shape) {
+  if (static_cast<int64_t>(host.size()) != Product(shape)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload of ", host.size(), " floats into a tensor of ",
+                     Product(shape), " elements"));
+  }
+  auto storage = std::make_unique<VectorStorage>(std::move(host));
+  float* data = storage->data();
+  return Tensor(data, ElementType::kF32, std::move(shape), std::move(storage));
+}
+
+absl::Status CpuBackend::CopyToHost(const Tensor& src, std::span<float> host) {
+  if (static_cast<int64_t>(host.size()) != src.num_elements()) {
+    return absl::InternalError(absl::StrCat("CopyToHost of ", src.DebugString(),
+                                            " into ", host.size(), " floats"));
+  }
+  if (!host.empty()) std::memcpy(host.data(), src.data(), src.size_bytes());
+  return absl::OkStatus();
+}
+
+void CpuBackend::Embedding(const Tensor& table, std::span<const TokenId> ids,
+                           Tensor* out) {
+  STRATA_TENSOR_CHECK(Rows(*out) == static_cast<int64_t>(ids.size()));
+  STRATA_TENSOR_CHECK(Cols(*out) == Cols(table));
+  cpu::EmbeddingGather(context_, F32(table), Cols(table), ids, F32(*out));
+}
+
+void CpuBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
+  const int64_t n = Rows(x), k = Cols(x), m = Rows(w);
+  STRATA_TENSOR_CHECK(Cols(w) == k);
+  STRATA_TENSOR_CHECK(Rows(*out) == n);
+  STRATA_TENSOR_CHECK(Cols(*out) == m);
+  cpu::MatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
+}
+
+void CpuBackend::AddBias(const Tensor& bias, Tensor* x) {
+  STRATA_TENSOR_CHECK(bias.num_elements() == Cols(*x));
+  cpu::AddBias(context_, F32(bias), Rows(*x), Cols(*x), F32(*x));
+}
+
+void CpuBackend::Add(const Tensor& y, Tensor* x) {
+  STRATA_TENSOR_CHECK(y.num_elements() == x->num_elements());
+  cpu::Add(context_, F32(y), x->num_elements(), F32(*x));
+}
+
+void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                         Tensor* out) {
+  STRATA_TENSOR_CHECK(weight.num_elements() == Cols(x));
+  STRATA_TENSOR_CHECK(out->num_elements() == x.num_elements());
+  cpu::RmsNorm(context_, F32(x), F32(weight), Rows(x), Cols(x), eps, F32(*out));
+}
+
+void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
+  STRATA_TENSOR_CHECK(gate.num_elements() == up.num_elements());
+  STRATA_TENSOR_CHECK(gate.num_elements() == out->num_elements());
+  cpu::SiluMul(context_, F32(gate), F32(up), gate.num_elements(), F32(*out));
+}
+
+void CpuBackend::Rope(const Tensor& rope_table,
+                      std::span<const int32_t> positions, int32_t head_dim,
+                      Tensor* x) {
+  STRATA_TENSOR_CHECK(Cols(rope_table) == head_dim);
+  STRATA_TENSOR_CHECK(Rows(*x) == static_cast<int64_t>(positions.size()));
+  STRATA_TENSOR_CHECK(Cols(*x) % head_dim == 0);
+  cpu::ApplyRope(context_, F32(rope_table), positions, Cols(*x) / head_dim,
+                 head_dim, F32(*x));
+}
+
+void CpuBackend::WriteKv(const Tensor& k, const Tensor& v,
+                         std::span<const int32_t> slots,
+                         const AttentionShape& shape, Tensor* k_cache,
+                         Tensor* v_cache) {
+  STRATA_TENSOR_CHECK(Rows(k) == static_cast<int64_t>(slots.size()));
+  STRATA_TENSOR_CHECK(Cols(k) == static_cast<int64_t>(shape.num_kv_heads) *
+                                     shape.head_dim);
+  STRATA_TENSOR_CHECK(k.num_elements() == v.num_elements());
+  cpu::WriteKvCache(context_, Geometry(shape), F32(k), F32(v), slots,
+                    F32(*k_cache), F32(*v_cache));
+}
+
+void CpuBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
+                                const Tensor& v_cache,
+                                const AttentionShape& shape,
+                                std::span<const SequenceSlice> sequences,
+                                Tensor* out) {
+  STRATA_TENSOR_CHECK(Cols(q) ==
+                      static_cast<int64_t>(shape.num_heads) * shape.head_dim);
+  STRATA_TENSOR_CHECK(out->num_elements() == q.num_elements());
+  std::vector<cpu::AttentionSequence> seqs;
+  seqs.reserve(sequences.size());
+  for (const SequenceSlice& s : sequences) {
+    STRATA_TENSOR_CHECK(static_cast<int64_t>(s.first_row) + s.num_tokens <=
+                        Rows(q));
+    seqs.push_back(
+        {s.first_row, s.num_tokens, s.start_position, s.block_table});
+  }
+  cpu::PagedAttention(context_, Geometry(shape), F32(q), F32(k_cache),
+                      F32(v_cache), seqs, F32(*out));
+}
+
+void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
+                            Tensor* out) {
+  const int64_t width = Cols(x);
+  STRATA_TENSOR_CHECK(Rows(*out) == static_cast<int64_t>(rows.size()));
+  STRATA_TENSOR_CHECK(Cols(*out) == width);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    STRATA_TENSOR_CHECK(rows[i] >= 0 && rows[i] < Rows(x));
+    std::memcpy(F32(*out) + static_cast<int64_t>(i) * width,
+                F32(x) + static_cast<int64_t>(rows[i]) * width,
+                static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
+}  // namespace strata

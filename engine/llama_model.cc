@@ -1,0 +1,360 @@
+#include "engine/llama_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <numbers>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/rope.h"
+
+namespace strata {
+namespace {
+
+#define STRATA_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
+  auto tmp = (expr);                                 \
+  if (!tmp.ok()) return tmp.status();                \
+  lhs = std::move(*tmp)
+#define STRATA_CONCAT_INNER(a, b) a##b
+#define STRATA_CONCAT(a, b) STRATA_CONCAT_INNER(a, b)
+// lhs = *expr, or returns expr's error.
+#define ASSIGN_OR_RETURN(lhs, expr) \
+  STRATA_ASSIGN_OR_RETURN_IMPL(STRATA_CONCAT(status_or_, __LINE__), lhs, expr)
+
+// Uploads a host weight vector as a tensor of `shape` (empty stays empty).
+absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
+                                    std::vector<int64_t> shape,
+                                    const std::string& name) {
+  int64_t expected = 1;
+  for (int64_t d : shape) expected *= d;
+  if (static_cast<int64_t>(host.size()) != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight ", name, " has ", host.size(),
+                     " elements but the config implies ", expected));
+  }
+  return backend->Upload(std::move(host), std::move(shape));
+}
+
+}  // namespace
+
+int64_t LlamaModel::KvBytesPerBlock(const ModelConfig& config,
+                                    int32_t block_size) {
+  return 2LL * config.num_hidden_layers * block_size *
+         config.num_key_value_heads * config.head_dim *
+         static_cast<int64_t>(sizeof(float));
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::RopeInverseFrequencies(
+    const ModelConfig& config) {
+  const int32_t half = config.head_dim / 2;
+  std::vector<double> inv_freq(half);
+  for (int32_t i = 0; i < half; ++i) {
+    inv_freq[i] = 1.0 / std::pow(static_cast<double>(config.rope_theta),
+                                 2.0 * i / config.head_dim);
+  }
+  if (config.rope_scaling.has_value()) {
+    const RopeScaling& s = *config.rope_scaling;
+    if (s.rope_type != "llama3") {
+      return absl::UnimplementedError(
+          absl::StrCat("rope_scaling type '", s.rope_type,
+                       "' is not supported (only llama3)"));
+    }
+    // Llama 3: long wavelengths are slowed by `factor`, short ones kept,
+    // and the band between smoothly interpolated.
+    const double old_context = s.original_max_position_embeddings;
+    const double low_freq_wavelen = old_context / s.low_freq_factor;
+    const double high_freq_wavelen = old_context / s.high_freq_factor;
+    for (double& f : inv_freq) {
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      if (wavelen < high_freq_wavelen) continue;
+      if (wavelen > low_freq_wavelen) {
+        f = f / s.factor;
+        continue;
+      }
+      const double smooth = (old_context / wavelen - s.low_freq_factor) /
+                            (s.high_freq_factor - s.low_freq_factor);
+      f = (1.0 - smooth) * f / s.factor + smooth * f;
+    }
+  }
+  return std::vector<float>(inv_freq.begin(), inv_freq.end());
+}
+
+LlamaModel::LlamaModel(const ModelConfig& config, Backend* backend,
+                       const Options& options)
+    : config_(config), backend_(backend), options_(options) {
+  attention_.num_heads = config.num_attention_heads;
+  attention_.num_kv_heads = config.num_key_value_heads;
+  attention_.head_dim = config.head_dim;
+  attention_.block_size = options.block_size;
+  attention_.scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
+}
+
+LlamaModel::~LlamaModel() = default;
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
+    const ModelConfig& config, ModelWeights weights, Backend* backend,
+    const Options& options) {
+  if (options.block_size <= 0 || options.num_blocks <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_size (", options.block_size, ") and num_blocks (",
+                     options.num_blocks, ") must be positive"));
+  }
+  if (config.num_attention_heads <= 0 || config.num_key_value_heads <= 0 ||
+      config.num_attention_heads % config.num_key_value_heads != 0 ||
+      config.head_dim <= 0 || config.head_dim % 2 != 0 ||
+      config.max_position_embeddings <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported attention config: ", config.DebugString()));
+  }
+  if (static_cast<int32_t>(weights.layers.size()) != config.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weights have ", weights.layers.size(), " layers but config.json says ",
+        config.num_hidden_layers));
+  }
+  std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend, options));
+  const int64_t hidden = config.hidden_size;
+  const int64_t vocab = config.vocab_size;
+  const int64_t inter = config.intermediate_size;
+  const int64_t head_dim = config.head_dim;
+  const int64_t q_dim = config.num_attention_heads * head_dim;
+  const int64_t kv_dim = config.num_key_value_heads * head_dim;
+
+  ASSIGN_OR_RETURN(model->embed_tokens_,
+                   UploadWeight(backend, std::move(weights.embed_tokens),
+                                {vocab, hidden}, "model.embed_tokens.weight"));
+  ASSIGN_OR_RETURN(model->final_norm_,
+                   UploadWeight(backend, std::move(weights.final_norm),
+                                {hidden}, "model.norm.weight"));
+  if (!weights.lm_head.empty()) {
+    ASSIGN_OR_RETURN(model->lm_head_,
+                     UploadWeight(backend, std::move(weights.lm_head),
+                                  {vocab, hidden}, "lm_head.weight"));
+  } else if (!config.tie_word_embeddings) {
+    return absl::InvalidArgumentError(
+        "lm_head.weight is missing and tie_word_embeddings is false");
+  }
+
+  ASSIGN_OR_RETURN(const std::vector<float> inv_freq,
+                   RopeInverseFrequencies(config));
+  std::vector<float> table(static_cast<size_t>(config.max_position_embeddings) *
+                           head_dim);
+  cpu::BuildRopeTable(inv_freq, config.max_position_embeddings, table.data());
+  ASSIGN_OR_RETURN(model->rope_table_,
+                   backend->Upload(std::move(table),
+                                   {config.max_position_embeddings, head_dim}));
+
+  const std::vector<int64_t> cache_shape = {options.num_blocks,
+                                            config.num_key_value_heads,
+                                            options.block_size, head_dim};
+  model->layers_.resize(config.num_hidden_layers);
+  for (int32_t i = 0; i < config.num_hidden_layers; ++i) {
+    LayerWeights& w = weights.layers[i];
+    LayerTensors& t = model->layers_[i];
+    const std::string prefix = absl::StrCat("model.layers.", i, ".");
+    ASSIGN_OR_RETURN(t.input_norm,
+                     UploadWeight(backend, std::move(w.input_norm), {hidden},
+                                  prefix + "input_layernorm.weight"));
+    ASSIGN_OR_RETURN(t.q_proj,
+                     UploadWeight(backend, std::move(w.q_proj), {q_dim, hidden},
+                                  prefix + "self_attn.q_proj.weight"));
+    ASSIGN_OR_RETURN(
+        t.k_proj, UploadWeight(backend, std::move(w.k_proj), {kv_dim, hidden},
+                               prefix + "self_attn.k_proj.weight"));
+    ASSIGN_OR_RETURN(
+        t.v_proj, UploadWeight(backend, std::move(w.v_proj), {kv_dim, hidden},
+                               prefix + "self_attn.v_proj.weight"));
+    if (config.attention_bias) {
+      ASSIGN_OR_RETURN(t.q_bias,
+                       UploadWeight(backend, std::move(w.q_bias), {q_dim},
+                                    prefix + "self_attn.q_proj.bias"));
+      ASSIGN_OR_RETURN(t.k_bias,
+                       UploadWeight(backend, std::move(w.k_bias), {kv_dim},
+                                    prefix + "self_attn.k_proj.bias"));
+      ASSIGN_OR_RETURN(t.v_bias,
+                       UploadWeight(backend, std::move(w.v_bias), {kv_dim},
+                                    prefix + "self_attn.v_proj.bias"));
+    }
+    ASSIGN_OR_RETURN(t.o_proj,
+                     UploadWeight(backend, std::move(w.o_proj), {hidden, q_dim},
+                                  prefix + "self_attn.o_proj.weight"));
+    ASSIGN_OR_RETURN(
+        t.post_attention_norm,
+        UploadWeight(backend, std::move(w.post_attention_norm), {hidden},
+                     prefix + "post_attention_layernorm.weight"));
+    ASSIGN_OR_RETURN(
+        t.gate_proj,
+        UploadWeight(backend, std::move(w.gate_proj), {inter, hidden},
+                     prefix + "mlp.gate_proj.weight"));
+    ASSIGN_OR_RETURN(
+        t.up_proj, UploadWeight(backend, std::move(w.up_proj), {inter, hidden},
+                                prefix + "mlp.up_proj.weight"));
+    ASSIGN_OR_RETURN(
+        t.down_proj,
+        UploadWeight(backend, std::move(w.down_proj), {hidden, inter},
+                     prefix + "mlp.down_proj.weight"));
+    ASSIGN_OR_RETURN(t.k_cache,
+                     backend->Allocate(ElementType::kF32, cache_shape));
+    ASSIGN_OR_RETURN(t.v_cache,
+                     backend->Allocate(ElementType::kF32, cache_shape));
+  }
+  return model;
+}
+
+absl::Status LlamaModel::Validate(std::span<const WorkItem> items) const {
+  const int64_t bs = options_.block_size;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const WorkItem& item = items[i];
+    auto error = [&](auto&&... parts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "work item ", i, " (request ", item.request_id, "): ", parts...));
+    };
+    if (item.tokens.empty()) return error("no tokens");
+    if (item.start_position < 0) {
+      return error("negative start_position ", item.start_position);
+    }
+    const int64_t end =
+        static_cast<int64_t>(item.start_position) + item.tokens.size();
+    if (end > config_.max_position_embeddings) {
+      // The scheduler caps requests at the context length, so this is a
+      // scheduler bug; refuse the step rather than read past the RoPE table.
+      return error("positions [", item.start_position, ", ", end,
+                   ") exceed max_position_embeddings (",
+                   config_.max_position_embeddings, "): scheduler bug");
+    }
+    for (size_t t = 0; t < item.tokens.size(); ++t) {
+      if (item.tokens[t] < 0 || item.tokens[t] >= config_.vocab_size) {
+        return error("token id ", item.tokens[t], " at index ", t,
+                     " is outside the vocabulary [0, ", config_.vocab_size,
+                     ")");
+      }
+    }
+    const int64_t blocks_needed = (end + bs - 1) / bs;
+    if (static_cast<int64_t>(item.block_table.size()) < blocks_needed) {
+      return error("block table has ", item.block_table.size(),
+                   " blocks but positions up to ", end - 1, " need ",
+                   blocks_needed);
+    }
+    for (size_t b = 0; b < item.block_table.size(); ++b) {
+      if (item.block_table[b] < 0 ||
+          item.block_table[b] >= options_.num_blocks) {
+        return error("block id ", item.block_table[b], " at block_table[", b,
+                     "] is out of range [0, ", options_.num_blocks, ")");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> LlamaModel::Rows(Workspace& workspace, int64_t rows,
+                                        int64_t width) {
+  if (rows > workspace.capacity_rows) {
+    // Grow geometrically so a growing batch does not reallocate every step.
+    const int64_t capacity = std::max(rows, workspace.capacity_rows * 3 / 2);
+    ASSIGN_OR_RETURN(workspace.buffer,
+                     backend_->Allocate(ElementType::kF32, {capacity, width}));
+    workspace.capacity_rows = capacity;
+  }
+  return workspace.buffer.Rows(0, rows);
+}
+
+absl::StatusOr<std::vector<float>> LlamaModel::Forward(
+    std::span<const WorkItem> items, std::span<const int32_t> logit_rows) {
+  if (absl::Status status = Validate(items); !status.ok()) return status;
+
+  // Host-side metadata of the flattened batch.
+  std::vector<TokenId> ids;
+  std::vector<int32_t> positions;  // [num_tokens]
+  std::vector<int32_t> slots;      // [num_tokens] KV slot of each new token
+  std::vector<SequenceSlice> sequences;
+  const int32_t bs = options_.block_size;
+  for (const WorkItem& item : items) {
+    sequences.push_back({static_cast<int32_t>(ids.size()),
+                         static_cast<int32_t>(item.tokens.size()),
+                         item.start_position, item.block_table});
+    for (size_t t = 0; t < item.tokens.size(); ++t) {
+      const int32_t pos = item.start_position + static_cast<int32_t>(t);
+      ids.push_back(item.tokens[t]);
+      positions.push_back(pos);
+      slots.push_back(item.block_table[pos / bs] * bs + pos % bs);
+    }
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  for (int32_t row : logit_rows) {
+    if (row < 0 || row >= n) {
+      return absl::InternalError(
+          absl::StrCat("logit row ", row, " outside the batch of ", n));
+    }
+  }
+
+  if (n == 0) return std::vector<float>();
+
+  const int64_t hidden = config_.hidden_size;
+  const int64_t q_dim =
+      static_cast<int64_t>(config_.num_attention_heads) * config_.head_dim;
+  const int64_t kv_dim =
+      static_cast<int64_t>(config_.num_key_value_heads) * config_.head_dim;
+  const int64_t inter = config_.intermediate_size;
+  const float eps = config_.rms_norm_eps;
+
+  ASSIGN_OR_RETURN(Tensor x, Rows(x_, n, hidden));  // the residual stream
+  ASSIGN_OR_RETURN(Tensor normed, Rows(normed_, n, hidden));
+  ASSIGN_OR_RETURN(Tensor q, Rows(q_, n, q_dim));
+  ASSIGN_OR_RETURN(Tensor k, Rows(k_, n, kv_dim));
+  ASSIGN_OR_RETURN(Tensor v, Rows(v_, n, kv_dim));
+  ASSIGN_OR_RETURN(Tensor attn, Rows(attn_, n, q_dim));
+  ASSIGN_OR_RETURN(Tensor proj, Rows(proj_, n, hidden));
+  ASSIGN_OR_RETURN(Tensor gate, Rows(gate_, n, inter));
+  ASSIGN_OR_RETURN(Tensor up, Rows(up_, n, inter));
+
+  Backend& b = *backend_;
+  b.Embedding(embed_tokens_, ids, &x);
+  for (LayerTensors& layer : layers_) {
+    // Attention block.
+    b.RmsNorm(x, layer.input_norm, eps, &normed);
+    b.MatMul(normed, layer.q_proj, &q);
+    b.MatMul(normed, layer.k_proj, &k);
+    b.MatMul(normed, layer.v_proj, &v);
+    if (!layer.q_bias.empty()) {
+      b.AddBias(layer.q_bias, &q);
+      b.AddBias(layer.k_bias, &k);
+      b.AddBias(layer.v_bias, &v);
+    }
+    b.Rope(rope_table_, positions, config_.head_dim, &q);
+    b.Rope(rope_table_, positions, config_.head_dim, &k);
+    b.WriteKv(k, v, slots, attention_, &layer.k_cache, &layer.v_cache);
+    b.PagedAttention(q, layer.k_cache, layer.v_cache, attention_, sequences,
+                     &attn);
+    b.MatMul(attn, layer.o_proj, &proj);
+    b.Add(proj, &x);
+    // MLP block (SwiGLU).
+    b.RmsNorm(x, layer.post_attention_norm, eps, &normed);
+    b.MatMul(normed, layer.gate_proj, &gate);
+    b.MatMul(normed, layer.up_proj, &up);
+    b.SiluMul(gate, up, &gate);
+    b.MatMul(gate, layer.down_proj, &proj);
+    b.Add(proj, &x);
+  }
+
+  const int64_t r = static_cast<int64_t>(logit_rows.size());
+  std::vector<float> logits(static_cast<size_t>(r) * config_.vocab_size);
+  if (r == 0) return logits;
+  ASSIGN_OR_RETURN(Tensor selected, Rows(selected_, r, hidden));
+  ASSIGN_OR_RETURN(Tensor out, Rows(logits_, r, config_.vocab_size));
+  b.GatherRows(x, logit_rows, &selected);
+  b.RmsNorm(selected, final_norm_, eps, &selected);
+  b.MatMul(selected, lm_head_.empty() ? embed_tokens_ : lm_head_, &out);
+  if (absl::Status status = b.CopyToHost(out, std::span<float>(logits));
+      !status.ok()) {
+    return status;
+  }
+  return logits;
+}
+
+}  // namespace strata

@@ -1,0 +1,150 @@
+#include "engine/model_runner.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "engine/backend.h"
+#include "engine/checkpoint.h"
+#include "engine/cpu_backend.h"
+#include "engine/llama_model.h"
+#include "engine/model_config.h"
+#include "engine/model_weights.h"
+#include "engine/sampler.h"
+
+namespace strata {
+
+ModelRunner::ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
+                         std::unique_ptr<LlamaModel> model, int32_t block_size,
+                         int32_t num_blocks)
+    : config_(std::move(config)),
+      backend_(std::move(backend)),
+      model_(std::move(model)),
+      block_size_(block_size),
+      num_blocks_(num_blocks) {}
+
+// Members go in reverse order: the model (its tensors) before the backend
+// that allocated them.
+ModelRunner::~ModelRunner() = default;
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
+    const Options& options) {
+  if (options.backend == "cuda") {
+    return absl::FailedPreconditionError(
+        "backend 'cuda' is not built into this binary; use 'cpu'");
+  }
+  if (options.backend != "cpu") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown backend '", options.backend, "' (expected 'cpu' or 'cuda')"));
+  }
+  if (options.block_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_size must be positive, got ", options.block_size));
+  }
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
+  }
+
+  absl::StatusOr<ModelConfig> config =
+      ModelConfig::FromFile(options.model_dir + "/config.json");
+  if (!config.ok()) return config.status();
+
+  const int64_t block_bytes =
+      LlamaModel::KvBytesPerBlock(*config, options.block_size);
+  const int64_t blocks = options.kv_cache_bytes / block_bytes;
+  if (blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_cache_bytes (", options.kv_cache_bytes,
+        ") is smaller than one KV block (", block_bytes, " bytes)"));
+  }
+  const int32_t num_blocks = static_cast<int32_t>(
+      std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max()));
+
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint =
+      Checkpoint::Open(options.model_dir);
+  if (!checkpoint.ok()) return checkpoint.status();
+  absl::StatusOr<ModelWeights> weights =
+      ModelWeights::Load(**checkpoint, *config);
+  if (!weights.ok()) return weights.status();
+  checkpoint->reset();  // unmap the files; the weights are in memory now
+
+  CpuBackend::Options backend_options;
+  backend_options.num_threads = options.num_threads;
+  absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
+      CpuBackend::Create(backend_options);
+  if (!backend.ok()) return backend.status();
+
+  LlamaModel::Options model_options;
+  model_options.block_size = options.block_size;
+  model_options.num_blocks = num_blocks;
+  absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Create(
+      *config, std::move(*weights), backend->get(), model_options);
+  if (!model.ok()) return model.status();
+
+  return std::unique_ptr<ModelRunner>(
+      new ModelRunner(*std::move(config), *std::move(backend),
+                      *std::move(model), options.block_size, num_blocks));
+}
+
+absl::StatusOr<StepResult> ModelRunner::Execute(const StepPlan& plan) {
+  std::vector<int32_t> logit_rows;
+  int32_t row = 0;
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const WorkItem& item = plan.items[i];
+    row += static_cast<int32_t>(item.tokens.size());
+    if (!item.sample) continue;
+    if (item.sampling == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("work item ", i, " (request ", item.request_id,
+                       ") asks to sample without sampling parameters"));
+    }
+    if (item.tokens.empty()) continue;  // Validate() reports it
+    logit_rows.push_back(row - 1);
+  }
+  absl::StatusOr<std::vector<float>> logits =
+      model_->Forward(plan.items, logit_rows);
+  if (!logits.ok()) return logits.status();
+
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  StepResult result;
+  result.items.reserve(plan.items.size());
+  size_t next_row = 0;
+  for (const WorkItem& item : plan.items) {
+    ItemResult& out = result.items.emplace_back();
+    out.request_id = item.request_id;
+    if (!item.sample) continue;
+    const std::span<const float> row_logits(logits->data() + next_row * vocab,
+                                            vocab);
+    ++next_row;
+    out.sampled = Sampler::Sample(row_logits, *item.sampling,
+                                  item.prompt_tokens, item.output_tokens);
+  }
+  return result;
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> ModelRunner::ComputeAllLogits(
+    const StepPlan& plan) {
+  const int32_t n = plan.NumTokens();
+  std::vector<int32_t> rows(n);
+  for (int32_t i = 0; i < n; ++i) rows[i] = i;
+  absl::StatusOr<std::vector<float>> logits = model_->Forward(plan.items, rows);
+  if (!logits.ok()) return logits.status();
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  std::vector<std::vector<float>> out(n);
+  for (int32_t i = 0; i < n; ++i) {
+    out[i].assign(logits->begin() + i * vocab,
+                  logits->begin() + (i + 1) * vocab);
+  }
+  return out;
+}
+
+}  // namespace strata

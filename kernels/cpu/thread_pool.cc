@@ -1,0 +1,108 @@
+#include "kernels/cpu/thread_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <thread>
+
+namespace strata::cpu {
+namespace {
+
+// Spin iterations before sleeping (a few tens of microseconds).
+constexpr int kSpinIterations = 4000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+constexpr uint64_t Pack(uint32_t generation, uint32_t next) {
+  return (uint64_t{generation} << 32) | next;
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads) {
+  if (num_threads <= 0) {
+    num_threads = static_cast<int>(std::thread::hardware_concurrency());
+  }
+  num_threads = std::max(num_threads, 1);
+  workers_.reserve(num_threads - 1);
+  for (int i = 1; i < num_threads; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  for (std::thread& worker : workers_) worker.join();
+}
+
+void ThreadPool::RunTasks(uint32_t generation) {
+  uint64_t state = state_.load(std::memory_order_acquire);
+  for (;;) {
+    if (static_cast<uint32_t>(state >> 32) != generation) return;
+    const int64_t next = static_cast<uint32_t>(state);
+    if (next >= num_tasks_.load(std::memory_order_relaxed)) return;
+    // On failure `state` is reloaded and the checks run again.
+    if (!state_.compare_exchange_weak(state, state + 1,
+                                      std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      continue;
+    }
+    // The claim succeeded, so job `generation` cannot finish before this
+    // task does: task_ is still its task.
+    (*task_.load(std::memory_order_relaxed))(next);
+    completed_.fetch_add(1, std::memory_order_acq_rel);
+    state = state_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::WorkerLoop() {
+  uint32_t seen = 0;
+  for (;;) {
+    uint32_t current = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; current == seen && spin < kSpinIterations; ++spin) {
+      CpuRelax();
+      current = generation_.load(std::memory_order_acquire);
+    }
+    while (current == seen) {
+      generation_.wait(seen, std::memory_order_acquire);
+      current = generation_.load(std::memory_order_acquire);
+    }
+    seen = current;
+    if (stop_.load(std::memory_order_relaxed)) return;
+    RunTasks(current);
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t num_tasks,
+                             absl::FunctionRef<void(int64_t)> task) {
+  if (num_tasks <= 0) return;
+  if (workers_.empty() || num_tasks == 1) {
+    for (int64_t i = 0; i < num_tasks; ++i) task(i);
+    return;
+  }
+  const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  task_.store(&task, std::memory_order_relaxed);
+  num_tasks_.store(num_tasks, std::memory_order_relaxed);
+  completed_.store(0, std::memory_order_relaxed);
+  state_.store(Pack(generation, 0), std::memory_order_release);
+  generation_.store(generation, std::memory_order_release);
+  generation_.notify_all();
+  RunTasks(generation);
+  // Every task is claimed now; wait for the ones other threads still run.
+  for (int spin = 0;; ++spin) {
+    if (completed_.load(std::memory_order_acquire) == num_tasks) break;
+    if (spin < kSpinIterations) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+}  // namespace strata::cpu
