@@ -1,0 +1,105 @@
+// Drives a running stratad over gRPC and times every streamed token.
+//
+// One dispatcher thread (the caller of Run) sends requests; gRPC's callback
+// threads receive the chunks (one StreamCall reactor per request) and record
+// timings. Two load shapes:
+//   closed loop  `concurrency` clients, each sending its next request as soon
+//                as its previous one ends (throughput at a fixed load);
+//   open loop    requests arrive at `request_rate` per second (Poisson, or
+//                gamma with `burstiness`), independent of how fast the
+//                daemon answers; `concurrency` > 0 caps the requests in
+//                flight (vLLM's --max-concurrency), 0 leaves them uncapped.
+//
+// Every run is bounded: at most num_requests are sent; none after `duration`;
+// each request has a deadline (request_timeout); after max_run_time anything
+// still in flight is cancelled. A daemon that dies or refuses shows up as
+// failed requests (by gRPC code), and after abort_after_consecutive_errors
+// failures in a row the run stops sending and reports why.
+//
+// Threading: a LoadRunner runs one Run() at a time; GetModelInfo() and Run()
+// must not be called concurrently from several threads.
+#ifndef STRATA_BENCH_LOAD_RUNNER_H_
+#define STRATA_BENCH_LOAD_RUNNER_H_
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "bench/metrics.h"
+#include "bench/workload.h"
+#include "grpcpp/grpcpp.h"
+#include "strata/v1/generation.grpc.pb.h"
+
+namespace strata::bench {
+
+enum class LoadMode { kClosedLoop, kOpenLoop };
+
+absl::StatusOr<LoadMode> ParseLoadMode(const std::string& name);
+const char* LoadModeName(LoadMode mode);
+
+class LoadRunner {
+ public:
+  struct Options {
+    std::string target = "127.0.0.1:50051";
+    bool allow_remote_target = false;  // refuse non-loopback targets unless set
+    int32_t num_channels = 1;  // separate HTTP/2 connections, round-robin
+    absl::Duration request_timeout = absl::Seconds(120);  // per request
+    absl::Duration connect_timeout = absl::Seconds(30);   // GetModelInfo
+    int32_t abort_after_consecutive_errors = 20;          // 0: never stop early
+    // Sampling sent with every request (max_tokens comes from the workload).
+    float temperature = 0;   // greedy
+    bool ignore_eos = true;  // so output lengths are exactly max_tokens
+    // Log a progress line to stderr this often (0: never).
+    absl::Duration progress_interval = absl::ZeroDuration();
+  };
+
+  struct RunOptions {
+    LoadMode mode = LoadMode::kClosedLoop;
+    int32_t concurrency = 1;  // closed: clients (>= 1); open: cap (0 = none)
+    double request_rate = std::numeric_limits<double>::infinity();  // open
+    double burstiness = 1.0;                                        // open
+    int64_t num_requests = 100;                                     // >= 1
+    absl::Duration duration = absl::ZeroDuration();   // send window; 0: unset
+    absl::Duration max_run_time = absl::Minutes(30);  // then cancel the rest
+    int64_t first_index = 0;    // workload index of the first request
+    uint64_t seed = 0;          // arrival times
+    std::string label = "run";  // names progress lines
+  };
+
+  struct RunResult {
+    std::vector<RequestRecord> records;  // [completed or failed], end order
+    double duration_s = 0;               // first send -> last request ended
+    int64_t num_sent = 0;
+    int64_t max_concurrent_requests = 0;
+    bool aborted = false;      // stopped sending early (errors or deadline)
+    std::string abort_reason;  // why, for the report
+  };
+
+  static absl::StatusOr<std::unique_ptr<LoadRunner>> Create(
+      const Options& options);
+  ~LoadRunner();
+
+  // Waits (up to connect_timeout) for the daemon to answer GetModelInfo.
+  absl::StatusOr<v1::ModelInfo> GetModelInfo();
+
+  // Runs one measured phase (or a warm-up) with `workload` and returns the
+  // per-request records. Fails only on bad options; daemon failures are
+  // records.
+  absl::StatusOr<RunResult> Run(const Workload& workload,
+                                const RunOptions& run);
+
+ private:
+  explicit LoadRunner(const Options& options);
+
+  Options options_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;      // [num_channels]
+  std::vector<std::unique_ptr<v1::Generation::Stub>> stubs_;  // [num_channels]
+};
+
+}  // namespace strata::bench
+
+#endif  // STRATA_BENCH_LOAD_RUNNER_H_
