@@ -15,6 +15,11 @@ size_t ElementSize(ElementType type) {
   switch (type) {
     case ElementType::kF32:
       return 4;
+    case ElementType::kF16:
+    case ElementType::kBF16:
+      return 2;
+    case ElementType::kI8:
+      return 1;
   }
   return 0;
 }
@@ -23,6 +28,12 @@ std::string_view ElementTypeName(ElementType type) {
   switch (type) {
     case ElementType::kF32:
       return "f32";
+    case ElementType::kF16:
+      return "f16";
+    case ElementType::kBF16:
+      return "bf16";
+    case ElementType::kI8:
+      return "i8";
   }
   return "unknown";
 }

@@ -27,6 +27,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -48,9 +49,21 @@ namespace strata {
 
 enum class ElementType {
   kF32,
+  kF16,   // IEEE half (device backends: weights, KV cache)
+  kBF16,  // bfloat16 (device backends: weights, KV cache)
+  // int8 weight matrix [m, k] with per-row (output channel) f32 scales stored
+  // in the same allocation after the m * k int8 values, at the byte offset
+  // Int8ScalesOffset(m * k); w_f32 ~= w_i8 * scale[row]. Never viewed with
+  // Tensor::Rows.
+  kI8,
 };
 
 size_t ElementSize(ElementType type);
+// Byte offset of the scales of a kI8 tensor of `count` elements (256-byte
+// aligned so both parts suit vectorised loads).
+inline size_t Int8ScalesOffset(int64_t count) {
+  return (static_cast<size_t>(count) + 255) / 256 * 256;
+}
 std::string_view ElementTypeName(ElementType type);
 
 class Tensor {
@@ -102,6 +115,20 @@ struct AttentionShape {
   float scale = 1.0f;      // applied to q.k
 };
 
+// What a weight is for, so a device backend can choose its storage.
+enum class WeightRole {
+  kVector,  // norm weights and biases: kept f32
+  kTable,   // embedding table and LM head: 16-bit on a GPU, never int8
+  kLinear,  // a layer's projection [out, in]: 16-bit or int8 on a GPU
+};
+
+// One row of logits to sample on the device (Backend::Sample).
+struct SampleRow {
+  const SamplingParams* params = nullptr;
+  std::span<const TokenId> prompt_tokens;
+  std::span<const TokenId> output_tokens;
+};
+
 // One sequence's new tokens in the flattened batch, for attention.
 struct SequenceSlice {
   int32_t first_row = 0;       // row of its first new token
@@ -135,13 +162,35 @@ class Backend {
   // host: [src.num_elements()]
   virtual absl::Status CopyToHost(const Tensor& src, std::span<float> host) = 0;
 
+  // A weight of `shape` from f32 host data, stored as this backend prefers
+  // for `role` (a GPU backend converts to f16/bf16 or quantizes to kI8). The
+  // default is Upload (f32), which is what the CPU keeps.
+  virtual absl::StatusOr<Tensor> UploadWeight(std::vector<float> host,
+                                              std::vector<int64_t> shape,
+                                              WeightRole role) {
+    return Upload(std::move(host), std::move(shape));
+  }
+  // Element type of the KV cache tensors this backend wants.
+  virtual ElementType kv_cache_type() const { return ElementType::kF32; }
+
+  // Sampling next to the logits (engine/sampler.h semantics; see the
+  // backend's notes for tie handling). logits: [rows.size(), vocab] f32.
+  // Backends without it return false / UNIMPLEMENTED and the engine samples
+  // on the host.
+  virtual bool SupportsSampling() const { return false; }
+  virtual absl::StatusOr<std::vector<SampledToken>> Sample(
+      const Tensor& logits, std::span<const SampleRow> rows) {
+    return absl::UnimplementedError("this backend does not sample");
+  }
+
   // ---- Ops (f32). "n" is the number of rows (tokens). ----
 
   // out[i] = table[ids[i]]; ids are in range (validated by the caller).
   // table: [vocab, hidden], ids: [n], out: [n, hidden]
   virtual void Embedding(const Tensor& table, std::span<const TokenId> ids,
                          Tensor* out) = 0;
-  // out = x * w^T. x: [n, k], w: [m, k] (HF Linear layout), out: [n, m]
+  // out = x * w^T. x: [n, k] f32, w: [m, k] (HF Linear layout; f32, or
+  // what UploadWeight made of it), out: [n, m] f32
   virtual void MatMul(const Tensor& x, const Tensor& w, Tensor* out) = 0;
   // x[i] += bias. bias: [m], x: [n, m]
   virtual void AddBias(const Tensor& bias, Tensor* x) = 0;
@@ -150,6 +199,14 @@ class Backend {
   // Llama RMSNorm. x, out: [n, h] (may be the same tensor), weight: [h]
   virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps,
                        Tensor* out) = 0;
+  // x += y; out = RmsNorm(x) (the residual add fused with the next norm on
+  // backends that can). The default runs Add then RmsNorm, so results equal
+  // the two ops'. x, y, out: [n, h], weight: [h]
+  virtual void AddRmsNorm(const Tensor& y, const Tensor& weight, float eps,
+                          Tensor* x, Tensor* out) {
+    Add(y, x);
+    RmsNorm(*x, weight, eps, out);
+  }
   // out = silu(gate) * up. gate, up, out: [n, intermediate]
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
   // Rotary embedding (HF rotate_half layout) in place, per row's position.

@@ -31,7 +31,8 @@ namespace {
 // Uploads a host weight vector as a tensor of `shape` (empty stays empty).
 absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
                                     std::vector<int64_t> shape,
-                                    const std::string& name) {
+                                    const std::string& name,
+                                    WeightRole role = WeightRole::kLinear) {
   int64_t expected = 1;
   for (int64_t d : shape) expected *= d;
   if (static_cast<int64_t>(host.size()) != expected) {
@@ -39,16 +40,15 @@ absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
         absl::StrCat("weight ", name, " has ", host.size(),
                      " elements but the config implies ", expected));
   }
-  return backend->Upload(std::move(host), std::move(shape));
+  return backend->UploadWeight(std::move(host), std::move(shape), role);
 }
 
 }  // namespace
 
 int64_t LlamaModel::KvBytesPerBlock(const ModelConfig& config,
-                                    int32_t block_size) {
+                                    int32_t block_size, int64_t element_bytes) {
   return 2LL * config.num_hidden_layers * block_size *
-         config.num_key_value_heads * config.head_dim *
-         static_cast<int64_t>(sizeof(float));
+         config.num_key_value_heads * config.head_dim * element_bytes;
 }
 
 absl::StatusOr<std::vector<float>> LlamaModel::RopeInverseFrequencies(
@@ -126,16 +126,19 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   const int64_t q_dim = config.num_attention_heads * head_dim;
   const int64_t kv_dim = config.num_key_value_heads * head_dim;
 
-  ASSIGN_OR_RETURN(model->embed_tokens_,
-                   UploadWeight(backend, std::move(weights.embed_tokens),
-                                {vocab, hidden}, "model.embed_tokens.weight"));
-  ASSIGN_OR_RETURN(model->final_norm_,
-                   UploadWeight(backend, std::move(weights.final_norm),
-                                {hidden}, "model.norm.weight"));
+  ASSIGN_OR_RETURN(
+      model->embed_tokens_,
+      UploadWeight(backend, std::move(weights.embed_tokens), {vocab, hidden},
+                   "model.embed_tokens.weight", WeightRole::kTable));
+  ASSIGN_OR_RETURN(
+      model->final_norm_,
+      UploadWeight(backend, std::move(weights.final_norm), {hidden},
+                   "model.norm.weight", WeightRole::kVector));
   if (!weights.lm_head.empty()) {
-    ASSIGN_OR_RETURN(model->lm_head_,
-                     UploadWeight(backend, std::move(weights.lm_head),
-                                  {vocab, hidden}, "lm_head.weight"));
+    ASSIGN_OR_RETURN(
+        model->lm_head_,
+        UploadWeight(backend, std::move(weights.lm_head), {vocab, hidden},
+                     "lm_head.weight", WeightRole::kTable));
   } else if (!config.tie_word_embeddings) {
     return absl::InvalidArgumentError(
         "lm_head.weight is missing and tie_word_embeddings is false");
@@ -158,9 +161,10 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     LayerWeights& w = weights.layers[i];
     LayerTensors& t = model->layers_[i];
     const std::string prefix = absl::StrCat("model.layers.", i, ".");
-    ASSIGN_OR_RETURN(t.input_norm,
-                     UploadWeight(backend, std::move(w.input_norm), {hidden},
-                                  prefix + "input_layernorm.weight"));
+    ASSIGN_OR_RETURN(
+        t.input_norm,
+        UploadWeight(backend, std::move(w.input_norm), {hidden},
+                     prefix + "input_layernorm.weight", WeightRole::kVector));
     ASSIGN_OR_RETURN(t.q_proj,
                      UploadWeight(backend, std::move(w.q_proj), {q_dim, hidden},
                                   prefix + "self_attn.q_proj.weight"));
@@ -171,15 +175,18 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         t.v_proj, UploadWeight(backend, std::move(w.v_proj), {kv_dim, hidden},
                                prefix + "self_attn.v_proj.weight"));
     if (config.attention_bias) {
-      ASSIGN_OR_RETURN(t.q_bias,
-                       UploadWeight(backend, std::move(w.q_bias), {q_dim},
-                                    prefix + "self_attn.q_proj.bias"));
-      ASSIGN_OR_RETURN(t.k_bias,
-                       UploadWeight(backend, std::move(w.k_bias), {kv_dim},
-                                    prefix + "self_attn.k_proj.bias"));
-      ASSIGN_OR_RETURN(t.v_bias,
-                       UploadWeight(backend, std::move(w.v_bias), {kv_dim},
-                                    prefix + "self_attn.v_proj.bias"));
+      ASSIGN_OR_RETURN(
+          t.q_bias,
+          UploadWeight(backend, std::move(w.q_bias), {q_dim},
+                       prefix + "self_attn.q_proj.bias", WeightRole::kVector));
+      ASSIGN_OR_RETURN(
+          t.k_bias,
+          UploadWeight(backend, std::move(w.k_bias), {kv_dim},
+                       prefix + "self_attn.k_proj.bias", WeightRole::kVector));
+      ASSIGN_OR_RETURN(
+          t.v_bias,
+          UploadWeight(backend, std::move(w.v_bias), {kv_dim},
+                       prefix + "self_attn.v_proj.bias", WeightRole::kVector));
     }
     ASSIGN_OR_RETURN(t.o_proj,
                      UploadWeight(backend, std::move(w.o_proj), {hidden, q_dim},
@@ -187,7 +194,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     ASSIGN_OR_RETURN(
         t.post_attention_norm,
         UploadWeight(backend, std::move(w.post_attention_norm), {hidden},
-                     prefix + "post_attention_layernorm.weight"));
+                     prefix + "post_attention_layernorm.weight",
+                     WeightRole::kVector));
     ASSIGN_OR_RETURN(
         t.gate_proj,
         UploadWeight(backend, std::move(w.gate_proj), {inter, hidden},
@@ -200,9 +208,9 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         UploadWeight(backend, std::move(w.down_proj), {hidden, inter},
                      prefix + "mlp.down_proj.weight"));
     ASSIGN_OR_RETURN(t.k_cache,
-                     backend->Allocate(ElementType::kF32, cache_shape));
+                     backend->Allocate(backend->kv_cache_type(), cache_shape));
     ASSIGN_OR_RETURN(t.v_cache,
-                     backend->Allocate(ElementType::kF32, cache_shape));
+                     backend->Allocate(backend->kv_cache_type(), cache_shape));
   }
   return model;
 }
@@ -266,6 +274,20 @@ absl::StatusOr<Tensor> LlamaModel::Rows(Workspace& workspace, int64_t rows,
 
 absl::StatusOr<std::vector<float>> LlamaModel::Forward(
     std::span<const WorkItem> items, std::span<const int32_t> logit_rows) {
+  ASSIGN_OR_RETURN(const Tensor* out, ForwardToDevice(items, logit_rows));
+  std::vector<float> logits(logit_rows.size() *
+                            static_cast<size_t>(config_.vocab_size));
+  if (out == nullptr) return logits;
+  if (absl::Status status =
+          backend_->CopyToHost(*out, std::span<float>(logits));
+      !status.ok()) {
+    return status;
+  }
+  return logits;
+}
+
+absl::StatusOr<const Tensor*> LlamaModel::ForwardToDevice(
+    std::span<const WorkItem> items, std::span<const int32_t> logit_rows) {
   if (absl::Status status = Validate(items); !status.ok()) return status;
 
   // Host-side metadata of the flattened batch.
@@ -293,7 +315,7 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(
     }
   }
 
-  if (n == 0) return std::vector<float>();
+  if (n == 0) return nullptr;
 
   const int64_t hidden = config_.hidden_size;
   const int64_t q_dim =
@@ -315,9 +337,12 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(
 
   Backend& b = *backend_;
   b.Embedding(embed_tokens_, ids, &x);
-  for (LayerTensors& layer : layers_) {
-    // Attention block.
-    b.RmsNorm(x, layer.input_norm, eps, &normed);
+  // Each residual add is fused with the norm that reads it next (the default
+  // AddRmsNorm is Add then RmsNorm: the CPU results are the unfused ones).
+  b.RmsNorm(x, layers_.front().input_norm, eps, &normed);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    LayerTensors& layer = layers_[l];
+    // Attention block (normed = input_norm(x) here).
     b.MatMul(normed, layer.q_proj, &q);
     b.MatMul(normed, layer.k_proj, &k);
     b.MatMul(normed, layer.v_proj, &v);
@@ -332,29 +357,28 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(
     b.PagedAttention(q, layer.k_cache, layer.v_cache, attention_, sequences,
                      &attn);
     b.MatMul(attn, layer.o_proj, &proj);
-    b.Add(proj, &x);
+    b.AddRmsNorm(proj, layer.post_attention_norm, eps, &x, &normed);
     // MLP block (SwiGLU).
-    b.RmsNorm(x, layer.post_attention_norm, eps, &normed);
     b.MatMul(normed, layer.gate_proj, &gate);
     b.MatMul(normed, layer.up_proj, &up);
     b.SiluMul(gate, up, &gate);
     b.MatMul(gate, layer.down_proj, &proj);
-    b.Add(proj, &x);
+    if (l + 1 < layers_.size()) {
+      b.AddRmsNorm(proj, layers_[l + 1].input_norm, eps, &x, &normed);
+    } else {
+      b.Add(proj, &x);
+    }
   }
 
   const int64_t r = static_cast<int64_t>(logit_rows.size());
-  std::vector<float> logits(static_cast<size_t>(r) * config_.vocab_size);
-  if (r == 0) return logits;
+  if (r == 0) return nullptr;
   ASSIGN_OR_RETURN(Tensor selected, Rows(selected_, r, hidden));
   ASSIGN_OR_RETURN(Tensor out, Rows(logits_, r, config_.vocab_size));
   b.GatherRows(x, logit_rows, &selected);
   b.RmsNorm(selected, final_norm_, eps, &selected);
   b.MatMul(selected, lm_head_.empty() ? embed_tokens_ : lm_head_, &out);
-  if (absl::Status status = b.CopyToHost(out, std::span<float>(logits));
-      !status.ok()) {
-    return status;
-  }
-  return logits;
+  logits_view_ = std::move(out);
+  return &logits_view_;
 }
 
 }  // namespace strata

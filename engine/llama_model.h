@@ -48,8 +48,10 @@ class LlamaModel {
       const ModelConfig& config, ModelWeights weights, Backend* backend,
       const Options& options);
 
-  // Bytes one KV block takes: K and V of block_size tokens for every layer.
-  static int64_t KvBytesPerBlock(const ModelConfig& config, int32_t block_size);
+  // Bytes one KV block takes: K and V of block_size tokens for every layer,
+  // element_bytes per value (4 for f32 caches, 2 for f16/bf16).
+  static int64_t KvBytesPerBlock(const ModelConfig& config, int32_t block_size,
+                                 int64_t element_bytes = 4);
 
   // RoPE inverse frequencies theta^(-2i/head_dim), with the Llama 3
   // rope_scaling smoothing when configured. [head_dim / 2]
@@ -77,6 +79,14 @@ class LlamaModel {
   //   returns:    [r * vocab_size], row-major
   absl::StatusOr<std::vector<float>> Forward(
       std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
+
+  // Forward() without the copy: the logits stay on the backend (for device
+  // sampling). Returns nullptr when there are no logit rows or no tokens;
+  // the tensor [r, vocab] is valid until the next call.
+  absl::StatusOr<const Tensor*> ForwardToDevice(
+      std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
+
+  Backend* backend() const { return backend_; }
 
  private:
   struct LayerTensors {
@@ -124,6 +134,7 @@ class LlamaModel {
   Workspace x_, normed_, q_, k_, v_, attn_, proj_, gate_, up_;
   // Final rows and their logits, [num_logit_rows, hidden|vocab].
   Workspace selected_, logits_;
+  Tensor logits_view_;  // [r, vocab] view into logits_ from the last call
 };
 
 }  // namespace strata

@@ -19,6 +19,9 @@
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "engine/sampler.h"
+#ifdef STRATA_WITH_CUDA
+#include "engine/cuda_backend.h"
+#endif
 
 namespace strata {
 
@@ -35,13 +38,36 @@ ModelRunner::ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
 // that allocated them.
 ModelRunner::~ModelRunner() = default;
 
-absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
+absl::StatusOr<std::unique_ptr<Backend>> ModelRunner::CreateBackend(
     const Options& options) {
   if (options.backend == "cuda") {
+#ifdef STRATA_WITH_CUDA
+    absl::StatusOr<CudaBackend::Options> cuda_options =
+        CudaBackend::ParseOptions(options.dtype, options.quantization);
+    if (!cuda_options.ok()) return cuda_options.status();
+    cuda_options->device = options.device;
+    cuda_options->llm_int8_threshold = options.llm_int8_threshold;
+    absl::StatusOr<std::unique_ptr<CudaBackend>> backend =
+        CudaBackend::Create(*cuda_options);
+    if (!backend.ok()) return backend.status();
+    return std::unique_ptr<Backend>(std::move(*backend));
+#else
     return absl::FailedPreconditionError(
-        "backend 'cuda' is not built into this binary; use 'cpu'");
+        "no CUDA device: backend 'cuda' is not built into this binary (no "
+        "CUDA toolkit at build time); use 'cpu'");
+#endif
   }
-  if (options.backend != "cpu") {
+  CpuBackend::Options backend_options;
+  backend_options.num_threads = options.num_threads;
+  absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
+      CpuBackend::Create(backend_options);
+  if (!backend.ok()) return backend.status();
+  return std::unique_ptr<Backend>(std::move(*backend));
+}
+
+absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
+    const Options& options) {
+  if (options.backend != "cpu" && options.backend != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown backend '", options.backend, "' (expected 'cpu' or 'cuda')"));
   }
@@ -58,13 +84,32 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
       ModelConfig::FromFile(options.model_dir + "/config.json");
   if (!config.ok()) return config.status();
 
-  const int64_t block_bytes =
-      LlamaModel::KvBytesPerBlock(*config, options.block_size);
-  const int64_t blocks = options.kv_cache_bytes / block_bytes;
+  // The backend first: asking for "cuda" without a GPU fails fast, before
+  // the weights are read.
+  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options);
+  if (!backend.ok()) return backend.status();
+
+  const int64_t block_bytes = LlamaModel::KvBytesPerBlock(
+      *config, options.block_size,
+      static_cast<int64_t>(ElementSize((*backend)->kv_cache_type())));
+  int64_t kv_budget = options.kv_cache_bytes;
+#ifdef STRATA_WITH_CUDA
+  if (options.backend == "cuda" && options.gpu_memory_fraction > 0.0) {
+    auto* cuda = static_cast<CudaBackend*>(backend->get());
+    absl::StatusOr<int64_t> budget = cuda->KvBudgetBytes(
+        options.gpu_memory_fraction,
+        CudaBackend::EstimateWeightBytes(*config, cuda->options()));
+    if (!budget.ok()) return budget.status();
+    kv_budget = *budget;
+  }
+#endif
+  const int64_t blocks = kv_budget / block_bytes;
   if (blocks < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "kv_cache_bytes (", options.kv_cache_bytes,
-        ") is smaller than one KV block (", block_bytes, " bytes)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_cache_bytes (", kv_budget,
+                     ", or the GPU memory fraction's budget) is smaller than "
+                     "one KV block (",
+                     block_bytes, " bytes)"));
   }
   const int32_t num_blocks = static_cast<int32_t>(
       std::min<int64_t>(blocks, std::numeric_limits<int32_t>::max()));
@@ -76,12 +121,6 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
       ModelWeights::Load(**checkpoint, *config);
   if (!weights.ok()) return weights.status();
   checkpoint->reset();  // unmap the files; the weights are in memory now
-
-  CpuBackend::Options backend_options;
-  backend_options.num_threads = options.num_threads;
-  absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
-      CpuBackend::Create(backend_options);
-  if (!backend.ok()) return backend.status();
 
   LlamaModel::Options model_options;
   model_options.block_size = options.block_size;
@@ -96,6 +135,17 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
 }
 
 absl::StatusOr<StepResult> ModelRunner::Execute(const StepPlan& plan) {
+  if (backend_->SupportsSampling()) {
+    // Device sampling unless some item wants top logprobs (host only).
+    bool host_only = false;
+    for (const WorkItem& item : plan.items) {
+      if (item.sample && item.sampling != nullptr &&
+          item.sampling->num_top_logprobs > 0) {
+        host_only = true;
+      }
+    }
+    if (!host_only) return ExecuteWithDeviceSampling(plan);
+  }
   std::vector<int32_t> logit_rows;
   int32_t row = 0;
   for (size_t i = 0; i < plan.items.size(); ++i) {
@@ -127,6 +177,47 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const StepPlan& plan) {
     ++next_row;
     out.sampled = Sampler::Sample(row_logits, *item.sampling,
                                   item.prompt_tokens, item.output_tokens);
+  }
+  return result;
+}
+
+absl::StatusOr<StepResult> ModelRunner::ExecuteWithDeviceSampling(
+    const StepPlan& plan) {
+  std::vector<int32_t> logit_rows;
+  std::vector<SampleRow> sample_rows;
+  int32_t row = 0;
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const WorkItem& item = plan.items[i];
+    row += static_cast<int32_t>(item.tokens.size());
+    if (!item.sample) continue;
+    if (item.sampling == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("work item ", i, " (request ", item.request_id,
+                       ") asks to sample without sampling parameters"));
+    }
+    if (item.tokens.empty()) continue;  // Validate() reports it
+    logit_rows.push_back(row - 1);
+    sample_rows.push_back(
+        {item.sampling, item.prompt_tokens, item.output_tokens});
+  }
+  absl::StatusOr<const Tensor*> logits =
+      model_->ForwardToDevice(plan.items, logit_rows);
+  if (!logits.ok()) return logits.status();
+  std::vector<SampledToken> sampled;
+  if (*logits != nullptr) {
+    absl::StatusOr<std::vector<SampledToken>> s =
+        backend_->Sample(**logits, sample_rows);
+    if (!s.ok()) return s.status();
+    sampled = *std::move(s);
+  }
+  StepResult result;
+  result.items.reserve(plan.items.size());
+  size_t next = 0;
+  for (const WorkItem& item : plan.items) {
+    ItemResult& out = result.items.emplace_back();
+    out.request_id = item.request_id;
+    if (!item.sample || next >= sampled.size()) continue;
+    out.sampled = std::move(sampled[next++]);
   }
   return result;
 }

@@ -27,12 +27,27 @@ class ModelRunner : public StepExecutor {
   struct Options {
     // Folder holding config.json and the safetensors weights.
     std::string model_dir;
-    // "cpu" is the only backend built today; anything else is refused
-    // (INVALID_ARGUMENT for unknown names, FAILED_PRECONDITION for "cuda"
-    // when it is not built in).
+    // "cpu" or "cuda" (INVALID_ARGUMENT for unknown names;
+    // FAILED_PRECONDITION "no CUDA device" for "cuda" when CUDA is not built
+    // in or no GPU is visible).
     std::string backend = "cpu";
-    // Memory budget for the paged KV cache; sizes the block pool.
+    // Memory budget for the paged KV cache; sizes the block pool. On "cuda"
+    // it is used only when gpu_memory_fraction is 0.
     int64_t kv_cache_bytes = 256LL << 20;
+
+    // ---- "cuda" only (ignored by "cpu", whose weights stay f32) ----
+    // Weight and KV cache type: "bf16" or "f16".
+    std::string dtype = "bf16";
+    // Linear-layer weights: "none" (dtype), "int8" (weight-only int8,
+    // per-channel scales) or "llm.int8" (LLM.int8() mixed precision).
+    std::string quantization = "none";
+    // LLM.int8() outlier threshold on |activation|.
+    float llm_int8_threshold = 6.0f;
+    // > 0: the KV pool takes this fraction of the GPU's memory minus what is
+    // in use after loading the weights and a workspace reserve.
+    double gpu_memory_fraction = 0.0;
+    // CUDA device ordinal.
+    int32_t device = 0;
     // Tokens per KV block.
     int32_t block_size = 16;
     // Kernel worker threads; 0 = hardware concurrency.
@@ -69,6 +84,12 @@ class ModelRunner : public StepExecutor {
   ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
               std::unique_ptr<LlamaModel> model, int32_t block_size,
               int32_t num_blocks);
+
+  // Creates the backend named by options (nullptr result never returned).
+  static absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
+      const Options& options);
+  // Execute() with sampling on the backend (all rows without top logprobs).
+  absl::StatusOr<StepResult> ExecuteWithDeviceSampling(const StepPlan& plan);
 
   ModelConfig config_;
   std::unique_ptr<Backend> backend_;

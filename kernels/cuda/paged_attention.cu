@@ -1,0 +1,402 @@
+// Paged attention kernels. Why written this way: decode attention is a pure
+// bandwidth problem (every cached K/V byte read once per query head group),
+// so the decode kernel streams keys with one warp per key (lane-strided head
+// dims, a 5-step shuffle reduction per dot) and online softmax in registers;
+// long contexts are split across CTAs so a single long sequence still fills
+// the GPU. Prefill is compute-heavier: K/V tiles are staged once in shared
+// memory (as f32) and reused by kPrefillTile query rows. Both are plain CUDA
+// cores (no tensor-core MMA): simple, correct first versions; the napkin
+// figure for decode is bytes = 2 * ctx * kv_dim * 2 per layer per sequence,
+// compared against the card's peak in bench/gpu.
+// Query head h reads kv head h / (num_heads / num_kv_heads) (GQA); each query
+// head re-reads its kv head's keys (served from L2 for the group).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/paged_attention.h"
+
+namespace strata::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kDimsPerLane = kMaxHeadDim / 32;  // 8
+constexpr int kKeyTile = 16;                    // prefill keys per smem tile
+
+template <typename T>
+__device__ __forceinline__ const T* KeyRow(const T* cache, const int32_t* table,
+                                           int32_t position, int32_t kv_head,
+                                           const AttentionGeometry& g) {
+  const int32_t block = table[position / g.block_size];
+  const int32_t offset = position % g.block_size;
+  return cache + ((static_cast<int64_t>(block) * g.num_kv_heads + kv_head) *
+                      g.block_size +
+                  offset) *
+                     g.head_dim;
+}
+
+// ---- kernels ----
+
+template <typename T>
+__global__ void WriteKvKernel(AttentionGeometry g, const float* __restrict__ k,
+                              const float* __restrict__ v,
+                              const int32_t* __restrict__ slots, int64_t total,
+                              T* __restrict__ k_cache,
+                              T* __restrict__ v_cache) {
+  const int64_t kv_dim = static_cast<int64_t>(g.num_kv_heads) * g.head_dim;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+       t < total; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = t / kv_dim;
+    const int64_t c = t % kv_dim;
+    const int64_t head = c / g.head_dim, d = c % g.head_dim;
+    const int64_t slot = slots[row];
+    const int64_t block = slot / g.block_size, offset = slot % g.block_size;
+    const int64_t dst =
+        ((block * g.num_kv_heads + head) * g.block_size + offset) * g.head_dim +
+        d;
+    k_cache[dst] = FromFloat<T>(k[t]);
+    v_cache[dst] = FromFloat<T>(v[t]);
+  }
+}
+
+// grid (num_rows, num_heads, max_splits); kThreads threads.
+// Partials: [num_rows, num_heads, max_splits, head_dim + 2] f32 (acc, m, l).
+template <typename T>
+__global__ void DecodeKernel(AttentionGeometry g, const float* __restrict__ q,
+                             const T* __restrict__ k_cache,
+                             const T* __restrict__ v_cache,
+                             const int32_t* __restrict__ block_tables,
+                             const DecodeRow* __restrict__ rows,
+                             float* __restrict__ partials,
+                             float* __restrict__ out) {
+  __shared__ float s_m[kWarps], s_l[kWarps];
+  __shared__ float s_acc[kWarps][kMaxHeadDim];
+  const DecodeRow r = rows[blockIdx.x];
+  const int head = blockIdx.y, split = blockIdx.z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int32_t context = r.position + 1;
+  const int32_t row_splits = (context + kSplitKeys - 1) / kSplitKeys;
+  if (split >= row_splits) return;  // uniform for the CTA
+  const int kv_head = head / (g.num_heads / g.num_kv_heads);
+  const int32_t* table = block_tables + r.table_offset;
+  const int64_t q_width = static_cast<int64_t>(g.num_heads) * g.head_dim;
+  const float* qh = q + r.row * q_width + head * g.head_dim;
+
+  float qr[kDimsPerLane], acc[kDimsPerLane];
+#pragma unroll
+  for (int t = 0; t < kDimsPerLane; ++t) {
+    const int d = lane + 32 * t;
+    qr[t] = d < g.head_dim ? qh[d] * g.scale : 0.0f;
+    acc[t] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  const int32_t begin = split * kSplitKeys;
+  const int32_t end = min(context, begin + kSplitKeys);
+  for (int32_t j = begin + warp; j < end; j += kWarps) {
+    const T* kr = KeyRow(k_cache, table, j, kv_head, g);
+    float dot = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kDimsPerLane; ++t) {
+      const int d = lane + 32 * t;
+      if (d < g.head_dim) dot += qr[t] * ToFloat(kr[d]);
+    }
+    const float s = WarpSum(dot);
+    const float m_new = fmaxf(m, s);
+    const float correction = expf(m - m_new);  // 0 when m was -inf
+    const float p = expf(s - m_new);
+    l = l * correction + p;
+    const T* vr = KeyRow(v_cache, table, j, kv_head, g);
+#pragma unroll
+    for (int t = 0; t < kDimsPerLane; ++t) {
+      const int d = lane + 32 * t;
+      if (d < g.head_dim) acc[t] = acc[t] * correction + p * ToFloat(vr[d]);
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    s_m[warp] = m;
+    s_l[warp] = l;
+  }
+#pragma unroll
+  for (int t = 0; t < kDimsPerLane; ++t) {
+    const int d = lane + 32 * t;
+    if (d < g.head_dim) s_acc[warp][d] = acc[t];
+  }
+  __syncthreads();
+  float m_all = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
+  float l_all = 0.0f;
+  float factor[kWarps];
+  for (int w = 0; w < kWarps; ++w) {
+    factor[w] = s_l[w] > 0.0f ? expf(s_m[w] - m_all) : 0.0f;
+    l_all += s_l[w] * factor[w];
+  }
+  for (int d = threadIdx.x; d < g.head_dim; d += kThreads) {
+    float a = 0.0f;
+    for (int w = 0; w < kWarps; ++w) a += s_acc[w][d] * factor[w];
+    if (row_splits == 1) {
+      out[r.row * q_width + head * g.head_dim + d] = a / l_all;
+    } else {
+      float* p =
+          partials +
+          ((static_cast<int64_t>(blockIdx.x) * gridDim.y + head) * gridDim.z +
+           split) *
+              (g.head_dim + 2);
+      p[d] = a;
+      if (d == 0) {
+        p[g.head_dim] = m_all;
+        p[g.head_dim + 1] = l_all;
+      }
+    }
+  }
+}
+
+// grid (num_rows, num_heads); merges the splits of rows that have several.
+__global__ void DecodeCombineKernel(AttentionGeometry g,
+                                    const DecodeRow* __restrict__ rows,
+                                    int max_splits,
+                                    const float* __restrict__ partials,
+                                    float* __restrict__ out) {
+  const DecodeRow r = rows[blockIdx.x];
+  const int head = blockIdx.y;
+  const int32_t row_splits = (r.position + kSplitKeys) / kSplitKeys;
+  if (row_splits == 1) return;
+  const float* base =
+      partials + (static_cast<int64_t>(blockIdx.x) * gridDim.y + head) *
+                     max_splits * (g.head_dim + 2);
+  float m_all = -INFINITY;
+  for (int s = 0; s < row_splits; ++s) {
+    m_all = fmaxf(m_all, base[s * (g.head_dim + 2) + g.head_dim]);
+  }
+  float l_all = 0.0f;
+  for (int s = 0; s < row_splits; ++s) {
+    const float* p = base + s * (g.head_dim + 2);
+    if (p[g.head_dim + 1] > 0.0f) {
+      l_all += p[g.head_dim + 1] * expf(p[g.head_dim] - m_all);
+    }
+  }
+  const int64_t q_width = static_cast<int64_t>(g.num_heads) * g.head_dim;
+  for (int d = threadIdx.x; d < g.head_dim; d += blockDim.x) {
+    float a = 0.0f;
+    for (int s = 0; s < row_splits; ++s) {
+      const float* p = base + s * (g.head_dim + 2);
+      if (p[g.head_dim + 1] > 0.0f) a += p[d] * expf(p[g.head_dim] - m_all);
+    }
+    out[r.row * q_width + head * g.head_dim + d] = a / l_all;
+  }
+}
+
+// grid (num_tiles, num_heads); kThreads threads; each warp owns
+// kPrefillTile / kWarps query rows. Dynamic smem: K and V tiles
+// [kKeyTile, head_dim] f32.
+template <typename T>
+__global__ void PrefillKernel(AttentionGeometry g, const float* __restrict__ q,
+                              const T* __restrict__ k_cache,
+                              const T* __restrict__ v_cache,
+                              const int32_t* __restrict__ block_tables,
+                              const PrefillTile* __restrict__ tiles,
+                              float* __restrict__ out) {
+  extern __shared__ float smem[];
+  float* sk = smem;                          // [kKeyTile, head_dim]
+  float* sv = smem + kKeyTile * g.head_dim;  // [kKeyTile, head_dim]
+  constexpr int kRowsPerWarp = kPrefillTile / kWarps;
+  const PrefillTile tile = tiles[blockIdx.x];
+  const int head = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int kv_head = head / (g.num_heads / g.num_kv_heads);
+  const int32_t* table = block_tables + tile.table_offset;
+  const int64_t q_width = static_cast<int64_t>(g.num_heads) * g.head_dim;
+
+  float qr[kRowsPerWarp][kDimsPerLane], acc[kRowsPerWarp][kDimsPerLane];
+  float m[kRowsPerWarp], l[kRowsPerWarp];
+  int32_t pos[kRowsPerWarp];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int local = warp * kRowsPerWarp + i;
+    pos[i] = local < tile.num_rows ? tile.first_position + local : -1;
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+    const float* qh = q +
+                      static_cast<int64_t>(tile.first_row + local) * q_width +
+                      head * g.head_dim;
+#pragma unroll
+    for (int t = 0; t < kDimsPerLane; ++t) {
+      const int d = lane + 32 * t;
+      qr[i][t] = (pos[i] >= 0 && d < g.head_dim) ? qh[d] * g.scale : 0.0f;
+      acc[i][t] = 0.0f;
+    }
+  }
+  const int32_t last = tile.first_position + tile.num_rows - 1;
+  for (int32_t k0 = 0; k0 <= last; k0 += kKeyTile) {
+    const int32_t keys = min(kKeyTile, last + 1 - k0);
+    __syncthreads();  // the previous tile is no longer read
+    for (int e = threadIdx.x; e < keys * g.head_dim; e += kThreads) {
+      const int j = e / g.head_dim, d = e % g.head_dim;
+      sk[e] = ToFloat(KeyRow(k_cache, table, k0 + j, kv_head, g)[d]);
+      sv[e] = ToFloat(KeyRow(v_cache, table, k0 + j, kv_head, g)[d]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      if (pos[i] < k0) continue;  // causal: this tile is all in the future
+      const int32_t visible = min(keys, pos[i] - k0 + 1);
+      for (int j = 0; j < visible; ++j) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int t = 0; t < kDimsPerLane; ++t) {
+          const int d = lane + 32 * t;
+          if (d < g.head_dim) dot += qr[i][t] * sk[j * g.head_dim + d];
+        }
+        const float s = WarpSum(dot);
+        const float m_new = fmaxf(m[i], s);
+        const float correction = expf(m[i] - m_new);
+        const float p = expf(s - m_new);
+        l[i] = l[i] * correction + p;
+#pragma unroll
+        for (int t = 0; t < kDimsPerLane; ++t) {
+          const int d = lane + 32 * t;
+          if (d < g.head_dim) {
+            acc[i][t] = acc[i][t] * correction + p * sv[j * g.head_dim + d];
+          }
+        }
+        m[i] = m_new;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    if (pos[i] < 0) continue;
+    float* o = out +
+               static_cast<int64_t>(tile.first_row + warp * kRowsPerWarp + i) *
+                   q_width +
+               head * g.head_dim;
+#pragma unroll
+    for (int t = 0; t < kDimsPerLane; ++t) {
+      const int d = lane + 32 * t;
+      if (d < g.head_dim) o[d] = acc[i][t] / l[i];
+    }
+  }
+}
+
+int32_t MaxSplits(int64_t max_context) {
+  return static_cast<int32_t>((max_context + kSplitKeys - 1) / kSplitKeys);
+}
+
+}  // namespace
+
+// ---- launchers ----
+
+cudaError_t LaunchWriteKv(const AttentionGeometry& g, const float* k,
+                          const float* v, const int32_t* slots, int64_t n,
+                          void* k_cache, void* v_cache, cudaStream_t stream) {
+  const int64_t total = n * g.num_kv_heads * g.head_dim;
+  if (total == 0) return cudaSuccess;
+  constexpr int kBlock = 256;
+  int64_t blocks = (total + kBlock - 1) / kBlock;
+  if (blocks > 524288) blocks = 524288;
+  const unsigned grid = static_cast<unsigned>(blocks);
+  switch (g.cache_type) {
+    case DType::kF32:
+      WriteKvKernel<<<grid, kBlock, 0, stream>>>(g, k, v, slots, total,
+                                                 static_cast<float*>(k_cache),
+                                                 static_cast<float*>(v_cache));
+      break;
+    case DType::kF16:
+      WriteKvKernel<<<grid, kBlock, 0, stream>>>(g, k, v, slots, total,
+                                                 static_cast<__half*>(k_cache),
+                                                 static_cast<__half*>(v_cache));
+      break;
+    case DType::kBF16:
+      WriteKvKernel<<<grid, kBlock, 0, stream>>>(
+          g, k, v, slots, total, static_cast<__nv_bfloat16*>(k_cache),
+          static_cast<__nv_bfloat16*>(v_cache));
+      break;
+  }
+  return cudaGetLastError();
+}
+
+size_t DecodeWorkspaceBytes(const AttentionGeometry& g, int64_t num_rows,
+                            int64_t max_context) {
+  const int32_t splits = MaxSplits(max_context);
+  if (splits <= 1) return 0;
+  return static_cast<size_t>(num_rows) * g.num_heads * splits *
+         (g.head_dim + 2) * sizeof(float);
+}
+
+cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
+                                       const float* q, const void* k_cache,
+                                       const void* v_cache,
+                                       const int32_t* block_tables,
+                                       const DecodeRow* rows, int64_t num_rows,
+                                       int64_t max_context, void* workspace,
+                                       float* out, cudaStream_t stream) {
+  if (num_rows == 0) return cudaSuccess;
+  if (g.head_dim > kMaxHeadDim || g.head_dim <= 0) return cudaErrorInvalidValue;
+  const int32_t splits = MaxSplits(max_context);
+  const dim3 grid(static_cast<unsigned>(num_rows),
+                  static_cast<unsigned>(g.num_heads),
+                  static_cast<unsigned>(splits));
+  float* partials = static_cast<float*>(workspace);
+  switch (g.cache_type) {
+    case DType::kF32:
+      DecodeKernel<<<grid, kThreads, 0, stream>>>(
+          g, q, static_cast<const float*>(k_cache),
+          static_cast<const float*>(v_cache), block_tables, rows, partials,
+          out);
+      break;
+    case DType::kF16:
+      DecodeKernel<<<grid, kThreads, 0, stream>>>(
+          g, q, static_cast<const __half*>(k_cache),
+          static_cast<const __half*>(v_cache), block_tables, rows, partials,
+          out);
+      break;
+    case DType::kBF16:
+      DecodeKernel<<<grid, kThreads, 0, stream>>>(
+          g, q, static_cast<const __nv_bfloat16*>(k_cache),
+          static_cast<const __nv_bfloat16*>(v_cache), block_tables, rows,
+          partials, out);
+      break;
+  }
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (splits > 1) {
+    DecodeCombineKernel<<<dim3(static_cast<unsigned>(num_rows),
+                               static_cast<unsigned>(g.num_heads)),
+                          kThreads, 0, stream>>>(g, rows, splits, partials,
+                                                 out);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchPagedAttentionPrefill(
+    const AttentionGeometry& g, const float* q, const void* k_cache,
+    const void* v_cache, const int32_t* block_tables, const PrefillTile* tiles,
+    int64_t num_tiles, float* out, cudaStream_t stream) {
+  if (num_tiles == 0) return cudaSuccess;
+  if (g.head_dim > kMaxHeadDim || g.head_dim <= 0) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(num_tiles),
+                  static_cast<unsigned>(g.num_heads));
+  const size_t smem = 2 * kKeyTile * g.head_dim * sizeof(float);  // <= 32 KiB
+  switch (g.cache_type) {
+    case DType::kF32:
+      PrefillKernel<<<grid, kThreads, smem, stream>>>(
+          g, q, static_cast<const float*>(k_cache),
+          static_cast<const float*>(v_cache), block_tables, tiles, out);
+      break;
+    case DType::kF16:
+      PrefillKernel<<<grid, kThreads, smem, stream>>>(
+          g, q, static_cast<const __half*>(k_cache),
+          static_cast<const __half*>(v_cache), block_tables, tiles, out);
+      break;
+    case DType::kBF16:
+      PrefillKernel<<<grid, kThreads, smem, stream>>>(
+          g, q, static_cast<const __nv_bfloat16*>(k_cache),
+          static_cast<const __nv_bfloat16*>(v_cache), block_tables, tiles, out);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace strata::cuda
