@@ -1,9 +1,5 @@
 #include "server/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -23,9 +19,13 @@
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "prometheus/text_serializer.h"
+#include "tests/testing/net_util.h"
 
 namespace strata {
 namespace {
+
+using ::strata::testing::FreePort;
+using ::strata::testing::HttpGet;
 
 Metrics::Options TestOptions() {
   Metrics::Options options;
@@ -322,24 +322,6 @@ TEST(MetricsTest, ConcurrentRecordersLoseNothing) {
   EXPECT_EQ(Value(text, "strata_engine_steps_total"), kPerThread);
 }
 
-// A port nobody listens on right now (the kernel's pick for port 0).
-int FreePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // Starts the exposer on a free loopback port, retrying if another process
 // took the port between FreePort() and the bind.
 absl::Status StartOnFreePort(Metrics& metrics) {
@@ -348,35 +330,6 @@ absl::Status StartOnFreePort(Metrics& metrics) {
     status = metrics.StartExposer("127.0.0.1", FreePort());
   }
   return status;
-}
-
-// A minimal HTTP/1.0 GET over loopback; returns the whole response.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  std::string response;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request =
-        absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    size_t sent = 0;
-    while (sent < request.size()) {
-      const ssize_t n =
-          send(fd, request.data() + sent, request.size() - sent, 0);
-      if (n <= 0) break;
-      sent += static_cast<size_t>(n);
-    }
-    char buf[4096];
-    ssize_t n;
-    while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) {
-      response.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return response;
 }
 
 TEST(MetricsTest, ExposerServesTheRegistryOverHttp) {

@@ -1,0 +1,454 @@
+#include "server/generation_service.h"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
+#include "server/generation_sink.h"
+#include "server/message_codec.h"
+#include "server/status_util.h"
+
+namespace strata {
+namespace {
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
+  const std::chrono::system_clock::time_point deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+// Why a call ended before its generation did: its deadline passed, or the
+// client (or the server's shutdown) cancelled it.
+absl::Status CancellationStatus(const grpc::CallbackServerContext& context) {
+  if (absl::Now() >= DeadlineOf(context)) {
+    return absl::DeadlineExceededError("the request's deadline passed");
+  }
+  return absl::CancelledError("the call was cancelled");
+}
+
+// INTERNAL means a bug (DESIGN.md): say so where an operator will look.
+grpc::Status Reply(std::string_view method, const absl::Status& status) {
+  if (status.code() == absl::StatusCode::kInternal ||
+      status.code() == absl::StatusCode::kUnknown) {
+    STRATA_LOG(ERROR) << method << " failed: " << status;
+  }
+  return ToGrpcStatus(status);
+}
+
+// Appends a chunk to the output gathered so far; the finish fields of the
+// last chunk overwrite.
+void AppendChunk(v1::CompletionChunk chunk, v1::CompletionChunk& into) {
+  std::string text = std::move(*into.mutable_text());
+  text += chunk.text();
+  into.MergeFrom(chunk);  // repeated fields append, set scalars overwrite
+  into.set_text(std::move(text));
+}
+
+void AppendChunk(v1::CompletionChunk chunk, v1::CompletionResponse& into) {
+  into.mutable_text()->append(chunk.text());
+  into.mutable_token_ids()->MergeFrom(chunk.token_ids());
+  into.mutable_logprobs()->MergeFrom(chunk.logprobs());
+  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    into.set_finish_reason(chunk.finish_reason());
+  }
+  if (!chunk.stop_reason().empty()) into.set_stop_reason(chunk.stop_reason());
+  if (chunk.has_usage()) *into.mutable_usage() = chunk.usage();
+}
+
+// The scheduler side of one generation call, shared by both reactors. Submit
+// runs in the method handler, before gRPC can call OnCancel, so the id is
+// set before Cancel can read it.
+class ScheduledGeneration {
+ public:
+  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics)
+      : scheduler_(scheduler), metrics_(metrics) {}
+
+  // On failure nothing was queued and `listener` is never called.
+  absl::Status Submit(PreparedRequest prepared, const Tokenizer& tokenizer,
+                      GenerationListener* listener, absl::Time deadline) {
+    sink_ = std::make_shared<GenerationSink>(
+        GenerationSink::Options{
+            .tokenizer = &tokenizer,
+            .stop_strings = std::move(prepared.stop_strings),
+            .logprobs = prepared.logprobs,
+            .metrics = metrics_},
+        listener);
+    RequestSpec spec;
+    spec.prompt = std::move(prepared.prompt);
+    spec.sampling = prepared.sampling;
+    spec.max_tokens = prepared.max_tokens;
+    spec.stop_token_ids = std::move(prepared.stop_token_ids);
+    spec.priority = prepared.priority;
+    spec.deadline = deadline;
+    spec.sink = sink_;
+    absl::StatusOr<RequestId> id = scheduler_.Submit(std::move(spec));
+    if (!id.ok()) {
+      sink_->Detach();
+      const absl::StatusCode code = id.status().code();
+      if (metrics_ != nullptr &&
+          (code == absl::StatusCode::kResourceExhausted ||
+           code == absl::StatusCode::kUnavailable)) {
+        metrics_->RecordRejected();  // admission control said no
+      }
+      return id.status();
+    }
+    id_ = *id;
+    return absl::OkStatus();
+  }
+
+  // Ends the request at the scheduler's next step (no-op if never queued).
+  void Cancel(absl::Status status) {
+    if (id_.has_value()) scheduler_.Cancel(*id_, std::move(status));
+  }
+
+  // The listener is never called after this returns.
+  void Detach() {
+    if (sink_ != nullptr) sink_->Detach();
+  }
+
+ private:
+  Scheduler& scheduler_;
+  Metrics* const metrics_;
+  std::shared_ptr<GenerationSink> sink_;
+  std::optional<RequestId> id_;
+};
+
+// Complete / Chat: gathers the whole generation, then answers once.
+class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
+                                     public GenerationListener {
+ public:
+  UnaryGenerationReactor(const char* method,
+                         grpc::CallbackServerContext* context,
+                         grpc::ByteBuffer* response, Scheduler& scheduler,
+                         Metrics* metrics)
+      : method_(method),
+        context_(*context),
+        response_(*response),
+        generation_(scheduler, metrics) {}
+
+  // Method handler thread, before the reactor is handed to gRPC.
+  void Start(absl::StatusOr<PreparedRequest> prepared,
+             const Tokenizer& tokenizer) {
+    absl::Status status = prepared.status();
+    if (status.ok()) {
+      status = generation_.Submit(*std::move(prepared), tokenizer, this,
+                                  DeadlineOf(context_));
+    }
+    if (!status.ok()) FinishOnce(status);
+  }
+
+  // Engine thread.
+  void OnChunk(v1::CompletionChunk chunk) override {
+    absl::MutexLock lock(&mu_);
+    AppendChunk(std::move(chunk), result_);
+  }
+
+  // Engine thread.
+  void OnComplete(v1::CompletionChunk last, absl::Status status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      AppendChunk(std::move(last), result_);
+      if (status.ok()) response_ = SerializeResponse(result_);
+    }
+    FinishOnce(status);
+  }
+
+  // gRPC thread: client cancel, deadline or server shutdown. Answers at once
+  // and lets the scheduler drop the request at its next step.
+  void OnCancel() override {
+    absl::Status status = CancellationStatus(context_);
+    generation_.Cancel(status);
+    FinishOnce(status);
+  }
+
+  // gRPC thread, after Finish; the last use of this object.
+  void OnDone() override {
+    generation_.Detach();
+    delete this;
+  }
+
+ private:
+  void FinishOnce(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(Reply(method_, status));
+  }
+
+  const char* const method_;
+  grpc::CallbackServerContext& context_;
+  grpc::ByteBuffer& response_;
+  ScheduledGeneration generation_;
+
+  absl::Mutex mu_;
+  v1::CompletionResponse result_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// CompleteStream / ChatStream: writes one message at a time; chunks that
+// arrive while a write is in flight are merged into the next message, so a
+// slow client gets fewer, larger chunks and never holds up the engine.
+class StreamGenerationReactor final
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+      public GenerationListener {
+ public:
+  StreamGenerationReactor(const char* method,
+                          grpc::CallbackServerContext* context,
+                          Scheduler& scheduler, Metrics* metrics)
+      : method_(method), context_(*context), generation_(scheduler, metrics) {}
+
+  // Method handler thread, before the reactor is handed to gRPC.
+  void Start(absl::StatusOr<PreparedRequest> prepared,
+             const Tokenizer& tokenizer) {
+    absl::Status status = prepared.status();
+    if (status.ok()) {
+      status = generation_.Submit(*std::move(prepared), tokenizer, this,
+                                  DeadlineOf(context_));
+    }
+    if (!status.ok()) {
+      absl::MutexLock lock(&mu_);
+      complete_ = true;
+      final_status_ = status;
+      ProgressLocked();
+    }
+  }
+
+  // Engine thread.
+  void OnChunk(v1::CompletionChunk chunk) override {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || cancel_status_.has_value()) return;
+    if (!pending_.has_value()) pending_.emplace();
+    AppendChunk(std::move(chunk), *pending_);
+    ProgressLocked();
+  }
+
+  // Engine thread.
+  void OnComplete(v1::CompletionChunk last, absl::Status status) override {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || cancel_status_.has_value()) return;
+    if (!pending_.has_value()) pending_.emplace();
+    AppendChunk(std::move(last), *pending_);
+    complete_ = true;
+    final_status_ = std::move(status);
+    ProgressLocked();
+  }
+
+  // gRPC thread.
+  void OnWriteDone(bool ok) override {
+    bool client_gone = false;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      if (!ok && !finished_ && !cancel_status_.has_value()) {
+        cancel_status_ = absl::CancelledError("the client stopped reading");
+        client_gone = true;
+      }
+      ProgressLocked();
+    }
+    if (client_gone) generation_.Cancel(absl::CancelledError("client gone"));
+  }
+
+  // gRPC thread: client cancel, deadline or server shutdown. Finishes as soon
+  // as no write is in flight; the scheduler drops the request.
+  void OnCancel() override {
+    absl::Status status = CancellationStatus(context_);
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || cancel_status_.has_value()) return;
+      cancel_status_ = status;
+      ProgressLocked();
+    }
+    generation_.Cancel(std::move(status));
+  }
+
+  // gRPC thread, after Finish; the last use of this object.
+  void OnDone() override {
+    generation_.Detach();
+    delete this;
+  }
+
+ private:
+  // Starts the next write, or finishes the call when everything is written
+  // (or it was cancelled). Neither StartWrite nor Finish calls back into this
+  // reactor inline, and OnDone cannot run while a reaction or the engine
+  // thread (which holds the sink's lock) is inside this object.
+  void ProgressLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || writing_) return;
+    if (cancel_status_.has_value()) {
+      finished_ = true;
+      Finish(Reply(method_, *cancel_status_));
+      return;
+    }
+    if (pending_.has_value()) {
+      write_buffer_ = SerializeResponse(*pending_);
+      pending_.reset();
+      writing_ = true;
+      StartWrite(&write_buffer_);
+      return;
+    }
+    if (complete_) {
+      finished_ = true;
+      Finish(Reply(method_, final_status_));
+    }
+  }
+
+  const char* const method_;
+  grpc::CallbackServerContext& context_;
+  ScheduledGeneration generation_;
+
+  absl::Mutex mu_;
+  // Output not yet written, gathered into one message.
+  std::optional<v1::CompletionChunk> pending_ ABSL_GUARDED_BY(mu_);
+  grpc::ByteBuffer write_buffer_ ABSL_GUARDED_BY(mu_);  // the write in flight
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool complete_ ABSL_GUARDED_BY(mu_) = false;  // the sink is done
+  absl::Status final_status_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Status> cancel_status_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;  // Finish was called
+};
+
+// Tokenize, Detokenize and GetModelInfo answer at once.
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const char* method,
+                                    const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(Reply(method, status));
+  return reactor;
+}
+
+}  // namespace
+
+GenerationService::GenerationService(const Options& options)
+    : options_(options) {}
+
+absl::StatusOr<PreparedRequest> GenerationService::PrepareCompletion(
+    const grpc::ByteBuffer& buffer) const {
+  v1::CompletionRequest request;
+  if (absl::Status st = ParseRequest(buffer, request); !st.ok()) return st;
+  return options_.builder->BuildCompletion(request);
+}
+
+absl::StatusOr<PreparedRequest> GenerationService::PrepareChat(
+    const grpc::ByteBuffer& buffer) const {
+  v1::ChatRequest request;
+  if (absl::Status st = ParseRequest(buffer, request); !st.ok()) return st;
+  return options_.builder->BuildChat(request);
+}
+
+grpc::ServerUnaryReactor* GenerationService::Complete(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto* reactor = new UnaryGenerationReactor(
+      "Complete", context, response, *options_.scheduler, options_.metrics);
+  reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  auto* reactor = new StreamGenerationReactor(
+      "CompleteStream", context, *options_.scheduler, options_.metrics);
+  reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* GenerationService::Chat(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto* reactor = new UnaryGenerationReactor(
+      "Chat", context, response, *options_.scheduler, options_.metrics);
+  reactor->Start(PrepareChat(*request), *options_.tokenizer);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::ChatStream(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  auto* reactor = new StreamGenerationReactor(
+      "ChatStream", context, *options_.scheduler, options_.metrics);
+  reactor->Start(PrepareChat(*request), *options_.tokenizer);
+  return reactor;
+}
+
+absl::Status GenerationService::DoTokenize(const grpc::ByteBuffer& buffer,
+                                           grpc::ByteBuffer& response) const {
+  v1::TokenizeRequest request;
+  if (absl::Status st = ParseRequest(buffer, request); !st.ok()) return st;
+  if (absl::Status st = options_.builder->validator().ValidateTokenize(request);
+      !st.ok()) {
+    return st;
+  }
+  const bool add_special_tokens =
+      request.has_add_special_tokens() ? request.add_special_tokens() : true;
+  absl::StatusOr<std::vector<TokenId>> ids =
+      options_.tokenizer->Encode(request.text(), add_special_tokens);
+  if (!ids.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("text: ", ids.status().message()));
+  }
+  v1::TokenizeResponse reply;
+  for (TokenId id : *ids) {
+    reply.add_token_ids(id);
+    // Decode replaces the bytes of a partial character with U+FFFD, which
+    // keeps the proto3 string valid UTF-8.
+    reply.add_tokens(options_.tokenizer->Decode(
+        std::span<const TokenId>(&id, 1), /*skip_special_tokens=*/false));
+  }
+  response = SerializeResponse(reply);
+  return absl::OkStatus();
+}
+
+absl::Status GenerationService::DoDetokenize(const grpc::ByteBuffer& buffer,
+                                             grpc::ByteBuffer& response) const {
+  v1::DetokenizeRequest request;
+  if (absl::Status st = ParseRequest(buffer, request); !st.ok()) return st;
+  if (absl::Status st =
+          options_.builder->validator().ValidateDetokenize(request);
+      !st.ok()) {
+    return st;
+  }
+  v1::DetokenizeResponse reply;
+  reply.set_text(options_.tokenizer->Decode(
+      std::span<const TokenId>(request.token_ids().data(),
+                               request.token_ids().size()),
+      request.skip_special_tokens()));
+  response = SerializeResponse(reply);
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* GenerationService::Tokenize(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return FinishNow(context, "Tokenize", DoTokenize(*request, *response));
+}
+
+grpc::ServerUnaryReactor* GenerationService::Detokenize(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return FinishNow(context, "Detokenize", DoDetokenize(*request, *response));
+}
+
+grpc::ServerUnaryReactor* GenerationService::GetModelInfo(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  v1::GetModelInfoRequest parsed;
+  absl::Status status = ParseRequest(*request, parsed);
+  if (status.ok()) *response = SerializeResponse(options_.model_info);
+  return FinishNow(context, "GetModelInfo", status);
+}
+
+}  // namespace strata

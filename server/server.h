@@ -1,0 +1,115 @@
+// Server: one model served over gRPC. Owns the whole stack of a stratad
+// process: tokenizer, model runner (engine), scheduler, engine loop, and the
+// gRPC server with strata.v1.Generation and the standard health service
+// (reflection is added by the binary that links gRPC's reflection plugin; see
+// stratad_main.cc).
+//
+//   auto server = Server::Create(options);   // loads the model, starts serving
+//   ...
+//   (*server)->Shutdown(absl::Seconds(5));   // on SIGTERM
+//
+// Threading: Create, Shutdown and the destructor are called by one thread
+// (main); the accessors may be called from any thread.
+#ifndef STRATA_SERVER_SERVER_H_
+#define STRATA_SERVER_SERVER_H_
+
+#include <grpcpp/server.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/model_runner.h"
+#include "engine/tokenizer.h"
+#include "scheduler/engine_loop.h"
+#include "scheduler/scheduler.h"
+#include "server/generation_service.h"
+#include "server/metrics.h"
+#include "server/request_builder.h"
+#include "strata/v1/generation.pb.h"
+
+namespace strata {
+
+struct ServerOptions {
+  // Folder with config.json, tokenizer.json, tokenizer_config.json and the
+  // safetensors weights.
+  std::string model_dir = "models/strata-tiny";
+  std::string host = "127.0.0.1";
+  int32_t port = 50051;  // 0 picks a free port (see Server::port())
+  std::string backend = "cpu";
+  int64_t kv_cache_bytes = 256LL << 20;
+  int32_t block_size = 16;
+  int32_t max_num_seqs = 32;
+  // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
+  // 4096).
+  int32_t max_model_len = 0;
+  int32_t max_waiting_requests = 256;
+  int64_t max_waiting_tokens = 1 << 20;  // prompt tokens queued, all requests
+  int32_t num_threads = 0;  // kernel threads; 0 = hardware concurrency
+  // "llama3", "chatml" or "mistral"; "" = detect from tokenizer_config.json.
+  std::string chat_template;
+  // Prometheus text format at http://host:metrics_port/metrics; 0 = off.
+  int32_t metrics_port = 0;
+};
+
+class Server {
+ public:
+  // The default for ServerOptions::max_model_len = 0.
+  static constexpr int32_t kDefaultMaxModelLen = 4096;
+
+  // Loads the model and starts serving; the health service reports SERVING
+  // for "" and "strata.v1.Generation" once this returns. Errors name what is
+  // wrong (a model file, an option, the address that could not be bound).
+  static absl::StatusOr<std::unique_ptr<Server>> Create(
+      const ServerOptions& options);
+
+  // Shutdown(absl::ZeroDuration()) unless already shut down.
+  ~Server();
+
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Stops serving: health NOT_SERVING, new requests refused (UNAVAILABLE),
+  // running ones get up to `grace` to finish, then the rest are cancelled and
+  // the gRPC server and engine loop stop. Idempotent.
+  void Shutdown(absl::Duration grace);
+
+  // The bound port (the chosen one when options.port was 0).
+  int32_t port() const { return port_; }
+  // "host:port" as bound.
+  std::string address() const;
+  const v1::ModelInfo& model_info() const { return model_info_; }
+  // The port /metrics is served on; 0 when off.
+  int32_t metrics_port() const { return metrics_->exposer_port(); }
+  const ServerOptions& options() const { return options_; }
+
+ private:
+  explicit Server(const ServerOptions& options) : options_(options) {}
+
+  absl::Status Start();
+  // Waits until the scheduler holds no request or `timeout` passes.
+  bool WaitForIdle(absl::Duration timeout) const;
+
+  const ServerOptions options_;
+  v1::ModelInfo model_info_;
+  int32_t port_ = 0;
+  bool shut_down_ = false;
+
+  // Destroyed bottom-up: the gRPC server first (no call left), then the
+  // engine loop (no step left), then the scheduler (whose destructor still
+  // ends held requests, reporting to the metrics), then the engine.
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<RequestBuilder> builder_;
+  std::unique_ptr<EngineLoop> engine_loop_;
+  std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_SERVER_H_

@@ -1,0 +1,172 @@
+// stratad: the Strata daemon. Turns flags into ServerOptions, starts the
+// Server, and shuts it down cleanly on SIGTERM or SIGINT.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/logging.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, model, "models/strata-tiny",
+          "Model folder: config.json, tokenizer.json, tokenizer_config.json "
+          "and model.safetensors (or an index plus shards).");
+ABSL_FLAG(std::string, host, "127.0.0.1",
+          "Address to listen on; 0.0.0.0 (or ::) serves other machines.");
+ABSL_FLAG(int32_t, port, 50051, "TCP port; 0 picks a free one.");
+ABSL_FLAG(int32_t, metrics_port, 0,
+          "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 9464); "
+          "0 = off.");
+ABSL_FLAG(std::string, port_file, "",
+          "If set, the bound port is written to this file once serving "
+          "(handy with --port=0).");
+ABSL_FLAG(std::string, backend, "cpu",
+          "Compute backend: cpu (cuda when built with CUDA and a GPU is "
+          "present).");
+ABSL_FLAG(int32_t, threads, 0, "Kernel worker threads; 0 = one per core.");
+ABSL_FLAG(int64_t, kv_cache_mb, 256,
+          "Memory for the paged KV cache, in MiB; bounds how many tokens all "
+          "running requests hold together.");
+ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV cache block.");
+ABSL_FLAG(int32_t, max_num_seqs, 32,
+          "Most requests batched into one engine step.");
+ABSL_FLAG(int32_t, max_model_len, 0,
+          "Most tokens (prompt + output) per request; 0 = the smaller of the "
+          "model's max_position_embeddings and 4096.");
+ABSL_FLAG(int32_t, max_waiting_requests, 256,
+          "Queued requests beyond this are refused with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_waiting_tokens, 1 << 20,
+          "Queued prompt tokens (all waiting requests together) beyond this "
+          "are refused with RESOURCE_EXHAUSTED.");
+ABSL_FLAG(std::string, chat_template, "",
+          "Chat format for Chat requests: llama3, chatml or mistral; empty = "
+          "detected from the model's tokenizer_config.json.");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
+          "On SIGTERM/SIGINT, how long running requests may finish before "
+          "they are cancelled.");
+
+namespace strata {
+namespace {
+
+constexpr char kUsage[] =
+    R"(stratad serves a Llama-family language model over gRPC
+(service strata.v1.Generation, plus grpc.health.v1 and server reflection).
+
+Usage: stratad [flags]
+
+Example:
+  stratad --model=models/strata-tiny --port=50051
+  strata-cli --addr=127.0.0.1:50051 complete "Once upon a time"
+
+Stop it with Ctrl-C or SIGTERM: it stops accepting requests, lets running
+ones finish for --shutdown_grace, then exits 0.)";
+
+absl::Status WritePortFile(const std::string& path, int32_t port) {
+  // Written aside then renamed, so a reader never sees a partial number.
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    if (!out.good()) {
+      return absl::UnavailableError(absl::StrCat("cannot write ", tmp));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot rename ", tmp, " to ", path, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+int Run(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() > 1) {
+    std::fprintf(stderr,
+                 "stratad: unexpected argument \"%s\" (flags are --name=value;"
+                 " see --help)\n",
+                 args[1]);
+    return 2;
+  }
+
+  // SIGINT/SIGTERM are blocked in every thread (threads inherit the mask of
+  // the thread that creates them, so this comes first) and taken by sigwait
+  // below: shutdown then runs on the main thread, not in a signal handler.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  // Must precede the server's construction; the plugin then adds the
+  // reflection service to every server this process builds.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  ServerOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model);
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.backend = absl::GetFlag(FLAGS_backend);
+  options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
+  options.block_size = absl::GetFlag(FLAGS_block_size);
+  options.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
+  options.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
+  options.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);
+  options.chat_template = absl::GetFlag(FLAGS_chat_template);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "stratad: cannot start: %s\n",
+                 server.status().ToString().c_str());
+    return 1;
+  }
+  const v1::ModelInfo& info = (*server)->model_info();
+  std::string metrics = "off";
+  if ((*server)->metrics_port() != 0) {
+    metrics = absl::StrCat(":", (*server)->metrics_port(), "/metrics");
+  }
+  std::printf(
+      "stratad listening on %s (model %s, %s, %u layers, context %u, chat "
+      "template %s, backend %s, metrics %s)\n"
+      "  try: strata-cli --addr=%s complete \"Once upon a time\"\n",
+      (*server)->address().c_str(), options.model_dir.c_str(),
+      info.architecture().c_str(), info.num_layers(), info.context_length(),
+      info.chat_template().empty() ? "none" : info.chat_template().c_str(),
+      info.backend().c_str(), metrics.c_str(), (*server)->address().c_str());
+  std::fflush(stdout);
+
+  if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
+    if (absl::Status st = WritePortFile(path, (*server)->port()); !st.ok()) {
+      std::fprintf(stderr, "stratad: %s\n", st.ToString().c_str());
+      return 1;
+    }
+  }
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  STRATA_LOG(INFO) << "received " << strsignal(signal_number)
+                   << ", shutting down";
+  (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  server->reset();
+  STRATA_LOG(INFO) << "stratad stopped";
+  return 0;
+}
+
+}  // namespace
+}  // namespace strata
+
+int main(int argc, char** argv) { return strata::Run(argc, argv); }

@@ -1,0 +1,68 @@
+// A real stratad started for a test: build/bin/stratad with --port=0 and a
+// port file, considered up once grpc.health.v1 reports SERVING.
+#ifndef STRATA_TESTS_INTEGRATION_STRATAD_DAEMON_H_
+#define STRATA_TESTS_INTEGRATION_STRATAD_DAEMON_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "tests/integration/subprocess.h"
+
+namespace strata::testing {
+
+// Paths of the build and the fixtures (compile definitions of the tests).
+std::string StratadPath();
+std::string StrataCliPath();
+std::string TinyLlamaDir();
+
+class StratadDaemon {
+ public:
+  // Bounded wait for SERVING; fails with the daemon's stderr if it exits or
+  // does not come up in time.
+  static constexpr absl::Duration kStartTimeout = absl::Seconds(60);
+  // SIGTERM first; SIGKILL if still alive after this.
+  static constexpr absl::Duration kStopGrace = absl::Seconds(10);
+
+  static absl::StatusOr<std::unique_ptr<StratadDaemon>> Start(
+      const std::string& model_dir,
+      const std::vector<std::string>& extra_flags = {});
+
+  ~StratadDaemon() { Stop(); }
+
+  // SIGTERM (SIGKILL after kStopGrace); the exit status. Idempotent.
+  // Drops this object's channel first: an idle client connection would
+  // otherwise hold up the daemon's shutdown until it cuts connections.
+  int Stop() {
+    channel_.reset();
+    return process_->Terminate(kStopGrace);
+  }
+
+  // Still running?
+  bool Alive() { return !process_->Poll().has_value(); }
+
+  // Health of `service` ("" = the whole server), or the RPC's error.
+  absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus> Health(
+      const std::string& service = "");
+
+  const std::string& address() const { return address_; }
+  // Null after Stop().
+  std::shared_ptr<grpc::Channel> channel() const { return channel_; }
+  Subprocess& process() { return *process_; }
+
+ private:
+  StratadDaemon() = default;
+
+  std::unique_ptr<Subprocess> process_;
+  std::string address_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+}  // namespace strata::testing
+
+#endif  // STRATA_TESTS_INTEGRATION_STRATAD_DAEMON_H_

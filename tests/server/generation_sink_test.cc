@@ -1,0 +1,267 @@
+// GenerationSink with the real tiny-llama tokenizer: text deltas, stop
+// strings, stop tokens, logprobs and the final chunk.
+#include "server/generation_sink.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/tokenizer.h"
+#include "engine/utf8.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace strata {
+namespace {
+
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+class RecordingListener : public GenerationListener {
+ public:
+  void OnChunk(v1::CompletionChunk chunk) override {
+    chunks.push_back(std::move(chunk));
+  }
+  void OnComplete(v1::CompletionChunk chunk, absl::Status s) override {
+    last = std::move(chunk);
+    status = std::move(s);
+    ++num_complete;
+  }
+
+  // Everything the client would have read.
+  std::string Text() const {
+    std::string text;
+    for (const auto& chunk : chunks) text += chunk.text();
+    if (last.has_value()) text += last->text();
+    return text;
+  }
+  std::vector<TokenId> Ids() const {
+    std::vector<TokenId> ids;
+    for (const auto& chunk : chunks) {
+      ids.insert(ids.end(), chunk.token_ids().begin(), chunk.token_ids().end());
+    }
+    return ids;
+  }
+
+  std::vector<v1::CompletionChunk> chunks;
+  std::optional<v1::CompletionChunk> last;
+  absl::Status status;
+  int num_complete = 0;
+};
+
+TokenEvent Event(TokenId id, bool is_stop_token = false) {
+  TokenEvent event;
+  event.sampled.token = id;
+  event.is_stop_token = is_stop_token;
+  return event;
+}
+
+FinishInfo Finished(FinishReason reason, absl::Status status = {}) {
+  FinishInfo info;
+  info.reason = reason;
+  info.status = std::move(status);
+  info.stats.prompt_tokens = 7;
+  info.stats.completion_tokens = 3;
+  info.stats.cached_prompt_tokens = 4;
+  info.stats.queue_time = absl::Milliseconds(250);
+  info.stats.time_to_first_token = absl::Milliseconds(500);
+  return info;
+}
+
+class GenerationSinkTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto tokenizer = Tokenizer::FromDirectory(std::string(STRATA_SOURCE_DIR) +
+                                              "/tests/data/tiny-llama");
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+    tokenizer_ = tokenizer->release();
+  }
+  static void TearDownTestSuite() {
+    delete tokenizer_;
+    tokenizer_ = nullptr;
+  }
+
+  std::unique_ptr<GenerationSink> MakeSink(
+      std::vector<std::string> stop_strings = {}, bool logprobs = false) {
+    return std::make_unique<GenerationSink>(
+        GenerationSink::Options{.tokenizer = tokenizer_,
+                                .stop_strings = std::move(stop_strings),
+                                .logprobs = logprobs},
+        &listener_);
+  }
+
+  std::vector<TokenId> Encode(const std::string& text) {
+    auto ids = tokenizer_->Encode(text, /*add_special_tokens=*/false);
+    EXPECT_TRUE(ids.ok()) << ids.status();
+    return ids.ok() ? *ids : std::vector<TokenId>{};
+  }
+
+  static Tokenizer* tokenizer_;
+  RecordingListener listener_;
+};
+
+Tokenizer* GenerationSinkTest::tokenizer_ = nullptr;
+
+TEST_F(GenerationSinkTest, StreamsTextNeverSplittingACharacter) {
+  const std::string text = "Hello wörld 🙂 日本語, ok!";
+  const std::vector<TokenId> ids = Encode(text);
+  auto sink = MakeSink();
+  for (TokenId id : ids) EXPECT_TRUE(sink->OnToken(Event(id)));
+  sink->OnFinish(Finished(FinishReason::kLength));
+
+  EXPECT_EQ(listener_.Text(), text);
+  EXPECT_THAT(listener_.Ids(), ElementsAreArray(ids));
+  ASSERT_EQ(listener_.chunks.size(), ids.size());  // one chunk per token
+  bool held_back = false;
+  for (const auto& chunk : listener_.chunks) {
+    EXPECT_TRUE(IsValidUtf8(chunk.text())) << chunk.ShortDebugString();
+    held_back |= chunk.text().empty();
+  }
+  // Some character of the text spans tokens, so some delta had to wait.
+  EXPECT_TRUE(held_back);
+  ASSERT_TRUE(listener_.last.has_value());
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_TRUE(listener_.status.ok());
+  EXPECT_EQ(listener_.num_complete, 1);
+}
+
+TEST_F(GenerationSinkTest, StopStringSpanningTokensIsNotEmitted) {
+  const std::vector<TokenId> ids = Encode("Hello world, and more");
+  ASSERT_GE(ids.size(), 4u);
+  // The last byte of token 1 plus the first two of token 2: the stop string
+  // only appears once both tokens are there.
+  const std::string first(tokenizer_->TokenBytes(ids[1]));
+  const std::string second(tokenizer_->TokenBytes(ids[2]));
+  ASSERT_GE(second.size(), 2u);
+  const std::string stop = first.substr(first.size() - 1) + second.substr(0, 2);
+
+  auto sink = MakeSink({"never", stop});
+  EXPECT_TRUE(sink->OnToken(Event(ids[0])));
+  EXPECT_TRUE(sink->OnToken(Event(ids[1])));   // ends with a stop prefix
+  EXPECT_FALSE(sink->OnToken(Event(ids[2])));  // completes the stop string
+  sink->OnFinish(Finished(FinishReason::kStop));
+
+  const std::string expected = std::string(tokenizer_->TokenBytes(ids[0])) +
+                               first.substr(0, first.size() - 1);
+  EXPECT_EQ(listener_.Text(), expected);
+  EXPECT_THAT(listener_.Text(), Not(HasSubstr(stop)));
+  ASSERT_TRUE(listener_.last.has_value());
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(listener_.last->stop_reason(), stop);
+  // The tokens were generated, so they are still reported as ids.
+  EXPECT_THAT(listener_.Ids(), ElementsAreArray(ids.begin(), ids.begin() + 3));
+}
+
+TEST_F(GenerationSinkTest, StopTokenIsCountedButNotShown) {
+  const std::optional<TokenId> eot = tokenizer_->TokenToId("<|eot_id|>");
+  ASSERT_TRUE(eot.has_value());
+  const std::vector<TokenId> ids = Encode("Hi there");
+  auto sink = MakeSink();
+  for (TokenId id : ids) EXPECT_TRUE(sink->OnToken(Event(id)));
+  EXPECT_FALSE(sink->OnToken(Event(*eot, /*is_stop_token=*/true)));
+  sink->OnFinish(Finished(FinishReason::kStop));
+
+  EXPECT_EQ(listener_.Text(), "Hi there");
+  EXPECT_EQ(listener_.chunks.back().token_ids(0), *eot);
+  EXPECT_EQ(listener_.chunks.back().text(), "");
+  EXPECT_EQ(listener_.last->stop_reason(), "<|eot_id|>");
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_STOP);
+}
+
+TEST_F(GenerationSinkTest, GeneratedSpecialTokensAreNotShown) {
+  const std::optional<TokenId> eot = tokenizer_->TokenToId("<|eot_id|>");
+  ASSERT_TRUE(eot.has_value());
+  auto sink = MakeSink();
+  // With ignore_eos the token is not a stop token, just special.
+  for (TokenId id : Encode("a")) sink->OnToken(Event(id));
+  EXPECT_TRUE(sink->OnToken(Event(*eot)));
+  for (TokenId id : Encode("b")) sink->OnToken(Event(id));
+  sink->OnFinish(Finished(FinishReason::kLength));
+  EXPECT_EQ(listener_.Text(), "ab");
+}
+
+TEST_F(GenerationSinkTest, UnfinishedCharacterAtTheEndBecomesReplacement) {
+  const std::vector<TokenId> ids = Encode("ö");
+  ASSERT_EQ(ids.size(), 2u) << "fixture: ö is expected to be two byte tokens";
+  auto sink = MakeSink();
+  sink->OnToken(Event(ids[0]));
+  sink->OnFinish(Finished(FinishReason::kLength));
+  EXPECT_EQ(listener_.chunks[0].text(), "");
+  EXPECT_EQ(listener_.last->text(), kUtf8Replacement);
+}
+
+TEST_F(GenerationSinkTest, HeldBackStopPrefixIsReleasedAtTheEnd) {
+  auto sink = MakeSink({"llama!"});
+  for (TokenId id : Encode("a tiny llama")) sink->OnToken(Event(id));
+  sink->OnFinish(Finished(FinishReason::kLength));
+  EXPECT_EQ(listener_.Text(), "a tiny llama");
+  EXPECT_THAT(listener_.last->text(), HasSubstr("llama"));
+  EXPECT_EQ(listener_.last->stop_reason(), "");
+}
+
+TEST_F(GenerationSinkTest, LogprobsCarryAlternativesWithText) {
+  const std::vector<TokenId> ids = Encode("Hello");
+  auto sink = MakeSink({}, /*logprobs=*/true);
+  TokenEvent event = Event(ids[0]);
+  event.sampled.logprob = -0.25f;
+  event.sampled.top_logprobs = {{ids[0], -0.25f}, {ids[0] + 1, -2.0f}};
+  sink->OnToken(event);
+
+  ASSERT_EQ(listener_.chunks.size(), 1u);
+  ASSERT_EQ(listener_.chunks[0].logprobs_size(), 1);
+  const v1::TokenLogprob& logprob = listener_.chunks[0].logprobs(0);
+  EXPECT_EQ(logprob.token_id(), ids[0]);
+  EXPECT_FLOAT_EQ(logprob.logprob(), -0.25f);
+  ASSERT_EQ(logprob.top_size(), 2);
+  EXPECT_EQ(logprob.top(0).text(), tokenizer_->TokenBytes(ids[0]));
+  EXPECT_EQ(logprob.top(1).token_id(), ids[0] + 1);
+  EXPECT_FLOAT_EQ(logprob.top(1).logprob(), -2.0f);
+}
+
+TEST_F(GenerationSinkTest, NoLogprobsUnlessAsked) {
+  auto sink = MakeSink();
+  TokenEvent event = Event(Encode("Hi")[0]);
+  event.sampled.top_logprobs = {{1, -1.0f}};
+  sink->OnToken(event);
+  EXPECT_EQ(listener_.chunks[0].logprobs_size(), 0);
+}
+
+TEST_F(GenerationSinkTest, CancellationCarriesItsStatusAndUsage) {
+  auto sink = MakeSink();
+  sink->OnToken(Event(Encode("Hi")[0]));
+  sink->OnFinish(Finished(FinishReason::kCancelled,
+                          absl::DeadlineExceededError("deadline passed")));
+  EXPECT_EQ(listener_.status.code(), absl::StatusCode::kDeadlineExceeded);
+  ASSERT_TRUE(listener_.last.has_value());
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_CANCELLED);
+  const v1::Usage& usage = listener_.last->usage();
+  EXPECT_EQ(usage.prompt_tokens(), 7u);
+  EXPECT_EQ(usage.completion_tokens(), 3u);
+  EXPECT_EQ(usage.cached_prompt_tokens(), 4u);
+  EXPECT_DOUBLE_EQ(usage.queue_time_seconds(), 0.25);
+  EXPECT_DOUBLE_EQ(usage.time_to_first_token_seconds(), 0.5);
+}
+
+TEST_F(GenerationSinkTest, ErrorWithoutStatusStillFails) {
+  auto sink = MakeSink();
+  sink->OnFinish(Finished(FinishReason::kError));
+  EXPECT_EQ(listener_.status.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_ERROR);
+}
+
+TEST_F(GenerationSinkTest, DetachedSinkDeliversNothing) {
+  auto sink = MakeSink();
+  sink->OnToken(Event(Encode("Hi")[0]));
+  sink->Detach();
+  sink->OnToken(Event(Encode("Hi")[0]));
+  sink->OnFinish(Finished(FinishReason::kLength));
+  EXPECT_EQ(listener_.chunks.size(), 1u);
+  EXPECT_EQ(listener_.num_complete, 0);
+}
+
+}  // namespace
+}  // namespace strata

@@ -1,0 +1,26 @@
+// Small loopback networking helpers shared by the tests.
+#ifndef STRATA_TESTS_TESTING_NET_UTIL_H_
+#define STRATA_TESTS_TESTING_NET_UTIL_H_
+
+#include <string>
+
+namespace strata::testing {
+
+// A loopback TCP port nobody listens on right now (the kernel's pick for port
+// 0); -1 on failure. Another process may take it before the caller binds it.
+int FreePort();
+
+// A minimal HTTP/1.0 GET to 127.0.0.1:port; the whole response (status line,
+// headers and body), or "" if the connection failed.
+std::string HttpGet(int port, const std::string& path);
+
+// The body of an HTTP response ("" if there is none).
+std::string HttpBody(const std::string& response);
+
+// The value of the first sample named exactly `series` (name plus labels, as
+// written in the Prometheus text format) in `text`; -1 if absent.
+double PrometheusValue(const std::string& text, const std::string& series);
+
+}  // namespace strata::testing
+
+#endif  // STRATA_TESTS_TESTING_NET_UTIL_H_
