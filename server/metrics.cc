@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
-#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
 
 namespace strata {
 namespace {
@@ -170,25 +170,14 @@ absl::Status Metrics::StartExposer(const std::string& host, int port) {
   if (exposer_ != nullptr) {
     return absl::FailedPreconditionError("the metrics exposer already runs");
   }
-  // civetweb wants IPv6 literals in brackets.
-  const bool bare_ipv6 =
-      host.find(':') != std::string::npos && host.front() != '[';
-  const std::string address = bare_ipv6 ? absl::StrCat("[", host, "]:", port)
-                                        : absl::StrCat(host, ":", port);
-  // prometheus-cpp reports a bind failure by throwing (CivetException).
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    exposer = std::make_unique<prometheus::Exposer>(address,
-                                                    /*num_threads=*/2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
-  }
-  exposer->RegisterCollectable(registry_);
-  const std::vector<int> ports = exposer->GetListeningPorts();
-  exposer_port_ = ports.empty() ? port : ports.front();
-  exposer_ = std::move(exposer);
-  STRATA_LOG(INFO) << "metrics at http://" << address << "/metrics";
+  auto server = MetricsHttpServer::Start(host, port, [registry = registry_] {
+    return prometheus::TextSerializer().Serialize(registry->Collect());
+  });
+  if (!server.ok()) return server.status();
+  exposer_port_ = (*server)->port();
+  exposer_ = *std::move(server);
+  STRATA_LOG(INFO) << "metrics at http://" << host << ":" << exposer_port_
+                   << "/metrics";
   return absl::OkStatus();
 }
 

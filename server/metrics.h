@@ -23,10 +23,7 @@
 #include "prometheus/registry.h"
 #include "scheduler/engine_loop.h"
 #include "scheduler/request.h"
-
-namespace prometheus {
-class Exposer;
-}  // namespace prometheus
+#include "server/metrics_http_server.h"
 
 namespace strata {
 
@@ -57,11 +54,11 @@ class Metrics : public StepObserver {
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  // Serves the registry as text at http://host:port/metrics (prometheus-cpp's
-  // embedded civetweb server, its own threads). port 0 means "don't expose"
-  // and returns OK. Errors: INVALID_ARGUMENT for a port outside [0, 65535],
-  // FAILED_PRECONDITION when already started, UNAVAILABLE when the address
-  // cannot be bound.
+  // Serves the registry as text at http://host:port/metrics (see
+  // server/metrics_http_server.h, one thread of its own). port 0 means "don't
+  // expose" and returns OK. Errors: INVALID_ARGUMENT for a port outside [0,
+  // 65535], FAILED_PRECONDITION when already started, UNAVAILABLE when the
+  // address cannot be bound.
   absl::Status StartExposer(const std::string& host, int port);
 
   // The port the exposer listens on; 0 when it is not running.
@@ -125,7 +122,7 @@ class Metrics : public StepObserver {
   int64_t last_prefix_hit_ ABSL_GUARDED_BY(step_mu_) = 0;
 
   mutable absl::Mutex exposer_mu_;
-  std::unique_ptr<prometheus::Exposer> exposer_ ABSL_GUARDED_BY(exposer_mu_);
+  std::unique_ptr<MetricsHttpServer> exposer_ ABSL_GUARDED_BY(exposer_mu_);
   int exposer_port_ ABSL_GUARDED_BY(exposer_mu_) = 0;
 };
 
