@@ -74,6 +74,9 @@ absl::Status Server::Start() {
       ModelRunner::Options{.model_dir = options_.model_dir,
                            .backend = options_.backend,
                            .kv_cache_bytes = options_.kv_cache_bytes,
+                           .dtype = options_.dtype,
+                           .quantization = options_.quantization,
+                           .gpu_memory_fraction = options_.gpu_memory_fraction,
                            .block_size = options_.block_size,
                            .num_threads = options_.num_threads});
   if (!runner.ok()) return runner.status();
@@ -126,6 +129,9 @@ absl::Status Server::Start() {
   scheduler_options.num_blocks = runner_->num_blocks();
   scheduler_options.max_model_len = max_model_len;
   scheduler_options.max_num_seqs = options_.max_num_seqs;
+  scheduler_options.max_tokens_per_step = options_.max_tokens_per_step;
+  scheduler_options.enable_prefix_caching = options_.enable_prefix_caching;
+  scheduler_options.static_batching = options_.static_batching;
   scheduler_options.max_waiting_requests = options_.max_waiting_requests;
   scheduler_options.max_waiting_tokens = options_.max_waiting_tokens;
   absl::StatusOr<std::unique_ptr<Scheduler>> scheduler =

@@ -42,6 +42,14 @@ struct ServerOptions {
   int64_t kv_cache_bytes = 256LL << 20;
   int32_t block_size = 16;
   int32_t max_num_seqs = 32;
+  int32_t max_tokens_per_step = 2048;  // token budget of one engine step
+  bool enable_prefix_caching = true;
+  bool static_batching = false;  // baseline policy for benchmarks
+  // CUDA backend only: weight dtype ("bf16" or "f16"), quantization ("none",
+  // "int8" weight-only, "llm.int8"), and the share of GPU memory to use.
+  std::string dtype = "bf16";
+  std::string quantization = "none";
+  double gpu_memory_fraction = 0.0;
   // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
   // 4096).
   int32_t max_model_len = 0;

@@ -41,6 +41,23 @@ ABSL_FLAG(int64_t, kv_cache_mb, 256,
 ABSL_FLAG(int32_t, block_size, 16, "Tokens per KV cache block.");
 ABSL_FLAG(int32_t, max_num_seqs, 32,
           "Most requests batched into one engine step.");
+ABSL_FLAG(int32_t, max_tokens_per_step, 2048,
+          "Token budget of one engine step: long prompts are split into "
+          "chunks of at most this many tokens while running requests keep "
+          "decoding.");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "Reuse the KV cache of prompt prefixes seen before (e.g. shared "
+          "system prompts).");
+ABSL_FLAG(bool, static_batching, false,
+          "Admit a new batch only when the running one has finished (a "
+          "baseline for benchmarks; continuous batching is the default).");
+ABSL_FLAG(std::string, dtype, "bf16",
+          "CUDA backend: weight dtype, bf16 or f16 (the CPU computes in f32).");
+ABSL_FLAG(std::string, quantization, "none",
+          "CUDA backend: none, int8 (weight-only) or llm.int8.");
+ABSL_FLAG(double, gpu_memory_fraction, 0.0,
+          "CUDA backend: share of GPU memory for weights and KV cache; 0 = "
+          "size the KV cache from --kv_cache_mb.");
 ABSL_FLAG(int32_t, max_model_len, 0,
           "Most tokens (prompt + output) per request; 0 = the smaller of the "
           "model's max_position_embeddings and 4096.");
@@ -122,6 +139,12 @@ int Run(int argc, char** argv) {
   options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   options.block_size = absl::GetFlag(FLAGS_block_size);
   options.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
+  options.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
+  options.static_batching = absl::GetFlag(FLAGS_static_batching);
+  options.dtype = absl::GetFlag(FLAGS_dtype);
+  options.quantization = absl::GetFlag(FLAGS_quantization);
+  options.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
   options.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);
