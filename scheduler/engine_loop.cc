@@ -1,5 +1,10 @@
 #include "scheduler/engine_loop.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
 #include "absl/time/clock.h"
 #include "common/logging.h"
 
@@ -24,10 +29,18 @@ void EngineLoop::Stop() {
 void EngineLoop::Run() {
   Scheduler& scheduler = *options_.scheduler;
   StepExecutor& executor = *options_.executor;
+  // Test-only fault hook: while the file named by STRATA_TEST_STALL_FILE
+  // exists, the loop stalls before each step (the readiness tests use it).
+  const char* stall_env = std::getenv("STRATA_TEST_STALL_FILE");
+  const std::string stall_file = stall_env == nullptr ? "" : stall_env;
   while (!stop_.load()) {
     // The short timeout bounds how late a stop request or a passed deadline
     // of a queued request is noticed when the server is otherwise idle.
     if (!scheduler.WaitForWork(absl::Milliseconds(50))) continue;
+    while (!stall_file.empty() && !stop_.load() &&
+           access(stall_file.c_str(), F_OK) == 0) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
     StepPlan plan = scheduler.Schedule();
     if (plan.items.empty()) {
       scheduler.Commit(StepResult{});

@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "engine/chat_template.h"
@@ -201,8 +202,74 @@ absl::Status Server::Start() {
   if (health == nullptr) {
     return absl::InternalError("the gRPC health service is not available");
   }
+  // NOT_SERVING until a warm-up step has run through the whole engine.
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kGenerationServiceName, false);
+  if (absl::Status st = WarmUp(); !st.ok()) return st;
   health->SetServingStatus("", true);
   health->SetServingStatus(kGenerationServiceName, true);
+
+  watchdog_ = ReadinessWatchdog::Start(ReadinessWatchdog::Options{
+      .scheduler = scheduler_.get(),
+      .loop = engine_loop_.get(),
+      .stall_timeout = options_.stall_timeout,
+      .on_change = [this, health](bool ready) {
+        if (ready) {
+          STRATA_LOG(INFO) << "engine made progress again: ready";
+        } else {
+          STRATA_LOG(WARNING)
+              << "requests pending and no engine step completed for "
+              << absl::FormatDuration(options_.stall_timeout)
+              << ": not ready (health NOT_SERVING for "
+              << kGenerationServiceName << ")";
+        }
+        health->SetServingStatus(kGenerationServiceName, ready);
+        metrics_->SetEngineStalled(!ready);
+      }});
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Waits for the warm-up request's end.
+class WarmUpSink : public RequestSink {
+ public:
+  bool OnToken(const TokenEvent& event) override { return true; }
+  void OnFinish(const FinishInfo& info) override {
+    status_ = info.status;
+    done_.Notify();
+  }
+  absl::Status Wait(absl::Duration timeout) {
+    if (!done_.WaitForNotificationWithTimeout(timeout)) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the warm-up step did not finish within ",
+                       absl::FormatDuration(timeout)));
+    }
+    return status_;
+  }
+
+ private:
+  absl::Notification done_;
+  absl::Status status_;  // written before done_ is notified
+};
+
+}  // namespace
+
+absl::Status Server::WarmUp() {
+  auto sink = std::make_shared<WarmUpSink>();
+  RequestSpec spec;
+  spec.prompt = {tokenizer_->bos_token_id().value_or(0)};
+  spec.max_tokens = 1;
+  spec.sampling.temperature = 0.0f;
+  spec.sink = sink;
+  if (absl::StatusOr<RequestId> id = scheduler_->Submit(std::move(spec));
+      !id.ok()) {
+    return id.status();
+  }
+  if (absl::Status st = sink->Wait(absl::Minutes(5)); !st.ok()) {
+    return absl::InternalError(
+        absl::StrCat("warm-up step failed: ", st.ToString()));
+  }
   return absl::OkStatus();
 }
 
@@ -218,6 +285,8 @@ bool Server::WaitForIdle(absl::Duration timeout) const {
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  // First, so that it cannot turn readiness back on while draining.
+  watchdog_.reset();
   if (grpc_server_ != nullptr &&
       grpc_server_->GetHealthCheckService() != nullptr) {
     // Load balancers stop sending new calls; also NOT_SERVING for Watch.

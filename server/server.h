@@ -27,6 +27,7 @@
 #include "scheduler/scheduler.h"
 #include "server/generation_service.h"
 #include "server/metrics.h"
+#include "server/readiness_watchdog.h"
 #include "server/request_builder.h"
 #include "strata/v1/generation.pb.h"
 
@@ -60,6 +61,9 @@ struct ServerOptions {
   std::string chat_template;
   // Prometheus text format at http://host:metrics_port/metrics; 0 = off.
   int32_t metrics_port = 0;
+  // Readiness watchdog: pending work and no completed engine step for this
+  // long turns strata.v1.Generation NOT_SERVING.
+  absl::Duration stall_timeout = absl::Seconds(30);
 };
 
 class Server {
@@ -97,6 +101,9 @@ class Server {
   explicit Server(const ServerOptions& options) : options_(options) {}
 
   absl::Status Start();
+  // Runs one one-token request through the engine so that the first real
+  // request does not pay for cold caches; health turns SERVING after it.
+  absl::Status WarmUp();
   // Waits until the scheduler holds no request or `timeout` passes.
   bool WaitForIdle(absl::Duration timeout) const;
 
@@ -116,6 +123,7 @@ class Server {
   std::unique_ptr<EngineLoop> engine_loop_;
   std::unique_ptr<GenerationService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<ReadinessWatchdog> watchdog_;
 };
 
 }  // namespace strata

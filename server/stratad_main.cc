@@ -6,9 +6,11 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -58,6 +60,11 @@ ABSL_FLAG(std::string, quantization, "none",
 ABSL_FLAG(double, gpu_memory_fraction, 0.0,
           "CUDA backend: share of GPU memory for weights and KV cache; 0 = "
           "size the KV cache from --kv_cache_mb.");
+ABSL_FLAG(absl::Duration, stall_timeout, absl::Seconds(30),
+          "Readiness: when requests are pending and the engine has not "
+          "completed a step for this long, health for strata.v1.Generation "
+          "turns NOT_SERVING (liveness, service \"\", stays SERVING) until a "
+          "step completes again.");
 ABSL_FLAG(int32_t, max_model_len, 0,
           "Most tokens (prompt + output) per request; 0 = the smaller of the "
           "model's max_position_embeddings and 4096.");
@@ -150,6 +157,7 @@ int Run(int argc, char** argv) {
   options.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);
   options.chat_template = absl::GetFlag(FLAGS_chat_template);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.stall_timeout = absl::GetFlag(FLAGS_stall_timeout);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options);
   if (!server.ok()) {
@@ -182,7 +190,16 @@ int Run(int argc, char** argv) {
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   STRATA_LOG(INFO) << "received " << strsignal(signal_number)
-                   << ", shutting down";
+                   << ", draining (a second SIGTERM or SIGINT exits at once)";
+  // The drain below may take --shutdown_grace; an operator who signals again
+  // wants out now.
+  std::thread([stop_signals] {
+    int second = 0;
+    sigwait(&stop_signals, &second);
+    STRATA_LOG(WARNING) << "received " << strsignal(second)
+                        << " while draining; exiting now";
+    std::_Exit(1);
+  }).detach();
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
   server->reset();
   STRATA_LOG(INFO) << "stratad stopped";

@@ -40,6 +40,8 @@ class Subprocess {
   std::string ReadStderr() const;
   // A folder private to this child (e.g. for a port file).
   const std::string& scratch_dir() const { return scratch_dir_; }
+  // The child's process id (to signal it).
+  pid_t pid() const { return pid_; }
 
  private:
   Subprocess() = default;
