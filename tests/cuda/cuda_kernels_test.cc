@@ -120,7 +120,10 @@ INSTANTIATE_TEST_SUITE_P(
                     MatMulCase{"f16", "llm.int8", 3, 128, 256, 4e-2},
                     MatMulCase{"bf16", "llm.int8", 64, 256, 512, 4e-2},
                     // k % 4 != 0: LLM.int8 falls back to weight-only int8.
-                    MatMulCase{"f16", "llm.int8", 2, 64, 30, 4e-2}));
+                    MatMulCase{"f16", "llm.int8", 2, 64, 30, 4e-2}),
+    // Index names: the parameters are structs with pointers, whose bytes
+    // gtest would otherwise print into the name (unstable under ASLR).
+    [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST(CudaOpsTest, ElementwiseMatchCpu) {
   STRATA_REQUIRE_CUDA(gpu);
@@ -293,7 +296,10 @@ INSTANTIATE_TEST_SUITE_P(
         AttentionCase{4, 1, 64, 16, {{1500, 1}, {511, 1}, {512, 1}}},
         // Prefill chunks, with and without a cached prefix, mixed with decode.
         AttentionCase{8, 2, 64, 16, {{0, 37}, {20, 5}, {300, 1}}},
-        AttentionCase{4, 4, 32, 4, {{13, 19}, {0, 2}}}));
+        AttentionCase{4, 4, 32, 4, {{13, 19}, {0, 2}}}),
+    // Index names: the parameters are structs with pointers, whose bytes
+    // gtest would otherwise print into the name (unstable under ASLR).
+    [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST(CudaSamplingTest, MatchesCpuSampler) {
   STRATA_REQUIRE_CUDA(gpu);
