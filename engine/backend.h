@@ -91,6 +91,9 @@ class Tensor {
   int64_t num_elements() const;
   size_t size_bytes() const;
   bool empty() const { return num_elements() == 0; }
+  // The owner of the memory (null for views), for a backend to recognise
+  // tensors it stored in its own layout.
+  const Storage* storage() const { return storage_.get(); }
 
   // A non-owning view of rows [begin, begin + count) (along dimension 0).
   // Valid while this tensor lives.

@@ -1,5 +1,6 @@
 #include "engine/cpu_backend.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/packed_matmul.h"
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/rope.h"
 
@@ -39,6 +41,17 @@ class VectorStorage : public Tensor::Storage {
 
  private:
   std::vector<float> data_;
+};
+
+// A Linear weight repacked into column panels (kernels/cpu/packed_matmul.h),
+// 64-byte aligned so that panel rows do not straddle cache lines.
+class PackedWeightStorage : public Tensor::Storage {
+ public:
+  explicit PackedWeightStorage(float* data) : data_(data) {}
+  ~PackedWeightStorage() override { std::free(data_); }
+
+ private:
+  float* data_;
 };
 
 int64_t Product(const std::vector<int64_t>& shape) {
@@ -116,6 +129,31 @@ absl::StatusOr<Tensor> CpuBackend::Upload(std::vector<float> host,
   return Tensor(data, ElementType::kF32, std::move(shape), std::move(storage));
 }
 
+absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
+                                                std::vector<int64_t> shape,
+                                                WeightRole role) {
+  if (role != WeightRole::kLinear || shape.size() != 2) {
+    return Upload(std::move(host), std::move(shape));
+  }
+  if (static_cast<int64_t>(host.size()) != Product(shape)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload of ", host.size(), " floats into a tensor of ",
+                     Product(shape), " elements"));
+  }
+  const int64_t m = shape[0], k = shape[1];
+  const size_t bytes =
+      static_cast<size_t>(cpu::PackedWeightSize(m, k)) * sizeof(float);
+  void* data = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  float* packed = static_cast<float*>(data);
+  cpu::PackWeight(host.data(), m, k, packed);
+  return Tensor(packed, ElementType::kF32, std::move(shape),
+                std::make_unique<PackedWeightStorage>(packed));
+}
+
 absl::Status CpuBackend::CopyToHost(const Tensor& src, std::span<float> host) {
   if (static_cast<int64_t>(host.size()) != src.num_elements()) {
     return absl::InternalError(absl::StrCat("CopyToHost of ", src.DebugString(),
@@ -137,7 +175,11 @@ void CpuBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
   STRATA_TENSOR_CHECK(Cols(w) == k);
   STRATA_TENSOR_CHECK(Rows(*out) == n);
   STRATA_TENSOR_CHECK(Cols(*out) == m);
-  cpu::MatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
+  if (dynamic_cast<const PackedWeightStorage*>(w.storage()) != nullptr) {
+    cpu::PackedMatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
+  } else {
+    cpu::MatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
+  }
 }
 
 void CpuBackend::AddBias(const Tensor& bias, Tensor* x) {

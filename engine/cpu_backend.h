@@ -49,6 +49,14 @@ class CpuBackend : public Backend {
 
   void Embedding(const Tensor& table, std::span<const TokenId> ids,
                  Tensor* out) override;
+  // Linear weights (WeightRole::kLinear, [m, k]) are repacked into column
+  // panels for PackedMatMul; other roles stay as uploaded. A packed weight
+  // is never viewed with Tensor::Rows.
+  absl::StatusOr<Tensor> UploadWeight(std::vector<float> host,
+                                      std::vector<int64_t> shape,
+                                      WeightRole role) override;
+  // Packed weights go through cpu::PackedMatMul, others through cpu::MatMul;
+  // both are batch invariant (kernels/cpu/).
   void MatMul(const Tensor& x, const Tensor& w, Tensor* out) override;
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;

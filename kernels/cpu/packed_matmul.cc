@@ -1,0 +1,283 @@
+#include "kernels/cpu/packed_matmul.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/simd.h"
+
+namespace strata::cpu {
+namespace {
+
+// A task's share of the output: rows [row_begin, row_end) by panels
+// [panel_begin, panel_end).
+struct Block {
+  int64_t row_begin, row_end, panel_begin, panel_end;
+};
+
+// What every variant needs to address x, the panels and out.
+struct Operands {
+  const float* x;
+  const float* packed;
+  float* out;
+  int64_t m, k;
+};
+
+void BlockScalar(const Operands& o, const Block& b) {
+  for (int64_t i = b.row_begin; i < b.row_end; ++i) {
+    const float* xi = o.x + i * o.k;
+    for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
+      const float* panel = o.packed + pj * o.k * kPanelWidth;
+      const int64_t cols = std::min(kPanelWidth, o.m - pj * kPanelWidth);
+      for (int64_t c = 0; c < cols; ++c) {
+        float acc = 0.0f;
+        for (int64_t p = 0; p < o.k; ++p) {
+          acc = std::fma(xi[p], panel[p * kPanelWidth + c], acc);
+        }
+        o.out[i * o.m + pj * kPanelWidth + c] = acc;
+      }
+    }
+  }
+}
+
+#if STRATA_CPU_X86
+
+// R rows of x times C panels: R * C accumulators, each one output vector.
+template <int R, int C>
+STRATA_TARGET_AVX512 inline void TileAvx512(const Operands& o, int64_t row,
+                                            int64_t panel) {
+  const int64_t k = o.k;
+  const float* x = o.x + row * k;
+  const float* w = o.packed + panel * k * kPanelWidth;
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < k; ++p) {
+    __m512 wv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      wv[c] = _mm512_loadu_ps(w + (c * k + p) * kPanelWidth);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 xb = _mm512_set1_ps(x[r * k + p]);
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        acc[r][c] = _mm512_fmadd_ps(xb, wv[c], acc[r][c]);
+      }
+    }
+  }
+  const int64_t last_cols =
+      std::min(kPanelWidth, o.m - (panel + C - 1) * kPanelWidth);
+  const __mmask16 last_mask = internal::TailMaskAvx512(last_cols);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* dst = o.out + (row + r) * o.m + panel * kPanelWidth;
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      if (c + 1 < C) {
+        _mm512_storeu_ps(dst + c * kPanelWidth, acc[r][c]);
+      } else {
+        _mm512_mask_storeu_ps(dst + c * kPanelWidth, last_mask, acc[r][c]);
+      }
+    }
+  }
+}
+
+// 8 rows x 3 panels: 24 of the 32 vector registers accumulate, 3 hold W and
+// one the broadcast, so every W load feeds 8 multiply-adds.
+constexpr int kRowsAvx512 = 8;
+constexpr int kPanelsAvx512 = 3;
+
+template <int C>
+STRATA_TARGET_AVX512 void RowsAvx512(const Operands& o, int64_t rows,
+                                     int64_t row, int64_t panel) {
+  switch (rows) {
+    case 8:
+      return TileAvx512<8, C>(o, row, panel);
+    case 7:
+      return TileAvx512<7, C>(o, row, panel);
+    case 6:
+      return TileAvx512<6, C>(o, row, panel);
+    case 5:
+      return TileAvx512<5, C>(o, row, panel);
+    case 4:
+      return TileAvx512<4, C>(o, row, panel);
+    case 3:
+      return TileAvx512<3, C>(o, row, panel);
+    case 2:
+      return TileAvx512<2, C>(o, row, panel);
+    default:
+      return TileAvx512<1, C>(o, row, panel);
+  }
+}
+
+STRATA_TARGET_AVX512 void BlockAvx512(const Operands& o, const Block& b) {
+  // Panels outermost: the W of a panel group stays cache-resident while
+  // every row tile of the block passes over it.
+  for (int64_t pj = b.panel_begin; pj < b.panel_end; pj += kPanelsAvx512) {
+    const int64_t panels = std::min<int64_t>(kPanelsAvx512, b.panel_end - pj);
+    for (int64_t i = b.row_begin; i < b.row_end; i += kRowsAvx512) {
+      const int64_t rows = std::min<int64_t>(kRowsAvx512, b.row_end - i);
+      switch (panels) {
+        case 3:
+          RowsAvx512<3>(o, rows, i, pj);
+          break;
+        case 2:
+          RowsAvx512<2>(o, rows, i, pj);
+          break;
+        default:
+          RowsAvx512<1>(o, rows, i, pj);
+          break;
+      }
+    }
+  }
+}
+
+// AVX2: a panel is two 8-lane halves; R rows x 1 panel = 2R accumulators of
+// the 16 registers.
+template <int R>
+STRATA_TARGET_AVX2 inline void TileAvx2(const Operands& o, int64_t row,
+                                        int64_t panel) {
+  const int64_t k = o.k;
+  const float* x = o.x + row * k;
+  const float* w = o.packed + panel * k * kPanelWidth;
+  __m256 lo[R], hi[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    lo[r] = _mm256_setzero_ps();
+    hi[r] = _mm256_setzero_ps();
+  }
+  for (int64_t p = 0; p < k; ++p) {
+    const __m256 wl = _mm256_loadu_ps(w + p * kPanelWidth);
+    const __m256 wh = _mm256_loadu_ps(w + p * kPanelWidth + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 xb = _mm256_set1_ps(x[r * k + p]);
+      lo[r] = _mm256_fmadd_ps(xb, wl, lo[r]);
+      hi[r] = _mm256_fmadd_ps(xb, wh, hi[r]);
+    }
+  }
+  const int64_t cols = std::min(kPanelWidth, o.m - panel * kPanelWidth);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    float* dst = o.out + (row + r) * o.m + panel * kPanelWidth;
+    if (cols == kPanelWidth) {
+      _mm256_storeu_ps(dst, lo[r]);
+      _mm256_storeu_ps(dst + 8, hi[r]);
+    } else {
+      alignas(32) float tmp[kPanelWidth];
+      _mm256_store_ps(tmp, lo[r]);
+      _mm256_store_ps(tmp + 8, hi[r]);
+      std::memcpy(dst, tmp, static_cast<size_t>(cols) * sizeof(float));
+    }
+  }
+}
+
+constexpr int kRowsAvx2 = 6;
+
+STRATA_TARGET_AVX2 void BlockAvx2(const Operands& o, const Block& b) {
+  for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
+    for (int64_t i = b.row_begin; i < b.row_end; i += kRowsAvx2) {
+      switch (std::min<int64_t>(kRowsAvx2, b.row_end - i)) {
+        case 6:
+          TileAvx2<6>(o, i, pj);
+          break;
+        case 5:
+          TileAvx2<5>(o, i, pj);
+          break;
+        case 4:
+          TileAvx2<4>(o, i, pj);
+          break;
+        case 3:
+          TileAvx2<3>(o, i, pj);
+          break;
+        case 2:
+          TileAvx2<2>(o, i, pj);
+          break;
+        default:
+          TileAvx2<1>(o, i, pj);
+          break;
+      }
+    }
+  }
+}
+
+#endif  // STRATA_CPU_X86
+
+// Rows per task: bounds the slice of x a task keeps in cache.
+constexpr int64_t kRowBlock = 64;
+// Below this many multiply-adds a product runs on the calling thread.
+constexpr int64_t kMinParallelMacs = 1 << 18;
+
+}  // namespace
+
+int64_t PackedWeightSize(int64_t m, int64_t k) {
+  return (m + kPanelWidth - 1) / kPanelWidth * kPanelWidth * k;
+}
+
+void PackWeight(const float* w, int64_t m, int64_t k, float* packed) {
+  const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
+  for (int64_t pj = 0; pj < num_panels; ++pj) {
+    float* panel = packed + pj * k * kPanelWidth;
+    for (int64_t c = 0; c < kPanelWidth; ++c) {
+      const int64_t row = pj * kPanelWidth + c;
+      for (int64_t p = 0; p < k; ++p) {
+        panel[p * kPanelWidth + c] = row < m ? w[row * k + p] : 0.0f;
+      }
+    }
+  }
+}
+
+void PackedMatMul(const KernelContext& ctx, const float* x,
+                  const float* packed, int64_t n, int64_t m, int64_t k,
+                  float* out) {
+  if (n <= 0 || m <= 0) return;
+  if (k <= 0) {
+    std::fill(out, out + n * m, 0.0f);
+    return;
+  }
+  const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
+  const int64_t row_block = std::min(n, kRowBlock);
+  const int64_t num_row_blocks = (n + row_block - 1) / row_block;
+  // Panels per task: a multiple of the AVX-512 tile's 3, shrunk until there
+  // are enough tasks for the dynamic scheduler to balance the threads.
+  int64_t panel_block = 24;
+  const int64_t min_tasks = 4 * static_cast<int64_t>(ctx.num_threads());
+  while (panel_block > 3 &&
+         num_row_blocks * ((num_panels + panel_block - 1) / panel_block) <
+             min_tasks) {
+    panel_block -= 3;
+  }
+  const int64_t num_panel_blocks = (num_panels + panel_block - 1) / panel_block;
+  const Operands operands{x, packed, out, m, k};
+  const Isa isa = ctx.isa;
+  const KernelContext run_ctx =
+      n * m * k < kMinParallelMacs ? KernelContext{isa, nullptr} : ctx;
+  run_ctx.ParallelFor(num_row_blocks * num_panel_blocks, [&](int64_t task) {
+    const int64_t rb = task / num_panel_blocks;
+    const int64_t pb = task % num_panel_blocks;
+    const Block b{rb * row_block, std::min(n, (rb + 1) * row_block),
+                  pb * panel_block, std::min(num_panels, (pb + 1) * panel_block)};
+    switch (isa) {
+#if STRATA_CPU_X86
+      case Isa::kAvx512:
+        BlockAvx512(operands, b);
+        return;
+      case Isa::kAvx2:
+        BlockAvx2(operands, b);
+        return;
+#endif
+      default:
+        BlockScalar(operands, b);
+        return;
+    }
+  });
+}
+
+}  // namespace strata::cpu

@@ -1,0 +1,46 @@
+// PackedMatMul: out = x * W^T for a Linear weight repacked once, at load
+// time, into column panels, so that the inner loop broadcasts one element of
+// x and multiplies it into a whole vector of output columns.
+//
+// Why: MatMul (matmul.h) computes every output as a lane-split dot product
+// and ends each one with a horizontal sum; with 16 concurrent sequences that
+// tail, and the two loads per multiply-add, keep a 2-core AVX-512 machine at
+// about a third of its peak. Here each multiply-add needs one W load shared by
+// R rows and one broadcast shared by C panels, and no horizontal sums.
+//
+// Layout: W [m, k] (Hugging Face Linear) becomes ceil(m / 16) panels; panel j
+// holds columns 16j..16j+15 as [k][16] (column c of the panel at p * 16 + c),
+// the last panel zero-padded.
+//
+// Batch invariance: out[i][j] is always acc = fma(x[i][p], w[j][p], acc) for
+// p = 0, 1, ..., k-1 from acc = 0, one rounding per step. Row and column
+// tiling, threads and the batch size only decide which outputs run together.
+// The scalar, AVX2 and AVX-512 variants perform the same fused operations in
+// the same order, so they agree bit for bit with each other as well.
+#ifndef STRATA_KERNELS_CPU_PACKED_MATMUL_H_
+#define STRATA_KERNELS_CPU_PACKED_MATMUL_H_
+
+#include <cstdint>
+
+#include "kernels/cpu/kernel_context.h"
+
+namespace strata::cpu {
+
+// Output columns per panel.
+inline constexpr int64_t kPanelWidth = 16;
+
+// Floats a packed [m, k] weight takes.
+int64_t PackedWeightSize(int64_t m, int64_t k);
+
+// Repacks w [m, k] (row-major) into `packed` [PackedWeightSize(m, k)].
+void PackWeight(const float* w, int64_t m, int64_t k, float* packed);
+
+// out[i][j] = sum_p x[i][p] * w[j][p], w given packed by PackWeight.
+//   x: [n, k], out: [n, m]
+void PackedMatMul(const KernelContext& ctx, const float* x,
+                  const float* packed, int64_t n, int64_t m, int64_t k,
+                  float* out);
+
+}  // namespace strata::cpu
+
+#endif  // STRATA_KERNELS_CPU_PACKED_MATMUL_H_

@@ -1,0 +1,138 @@
+// PackedMatMul against a float64 reference, bit-identical results across the
+// ISA variants (they run the same fused multiply-adds in the same order), and
+// batch invariance (a row's bits do not depend on the batch size or the
+// thread count).
+#include "kernels/cpu/packed_matmul.h"
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernel_context.h"
+#include "kernels/cpu/thread_pool.h"
+#include "tests/kernels/matmul_reference.h"
+
+namespace strata::cpu {
+namespace {
+
+using reference::Random;
+using reference::Reference;
+using reference::Shape;
+
+std::vector<float> Pack(const std::vector<float>& w, int64_t m, int64_t k) {
+  std::vector<float> packed(PackedWeightSize(m, k), -7.0f);
+  PackWeight(w.data(), m, k, packed.data());
+  return packed;
+}
+
+TEST(PackWeightTest, PanelLayoutAndPadding) {
+  const int64_t m = 18, k = 3;  // one full panel and one of 2 columns
+  std::vector<float> w(m * k);
+  for (int64_t i = 0; i < m * k; ++i) w[i] = static_cast<float>(i);
+  const std::vector<float> packed = Pack(w, m, k);
+  ASSERT_EQ(packed.size(), 2u * 16u * 3u);
+  for (int64_t panel = 0; panel < 2; ++panel) {
+    for (int64_t p = 0; p < k; ++p) {
+      for (int64_t c = 0; c < 16; ++c) {
+        const int64_t row = panel * 16 + c;
+        const float expected = row < m ? w[row * k + p] : 0.0f;
+        ASSERT_EQ(packed[(panel * k + p) * 16 + c], expected)
+            << "panel " << panel << " p " << p << " c " << c;
+      }
+    }
+  }
+}
+
+class PackedMatMulTest : public testing::TestWithParam<Isa> {};
+
+TEST_P(PackedMatMulTest, MatchesFloat64Reference) {
+  ThreadPool pool(2);
+  const KernelContext ctx{GetParam(), &pool};
+  const Shape shapes[] = {{1, 1, 1},    {1, 7, 3},     {2, 5, 15},
+                          {3, 16, 16},  {4, 17, 17},   {5, 33, 31},
+                          {7, 48, 64},  {9, 49, 100},  {13, 37, 100},
+                          {37, 41, 129}, {1, 300, 67}, {33, 19, 255},
+                          {6, 70, 1000}, {70, 130, 40}};
+  uint32_t seed = 1;
+  for (const Shape& s : shapes) {
+    const std::vector<float> x = Random(s.n * s.k, seed++);
+    const std::vector<float> w = Random(s.m * s.k, seed++);
+    const std::vector<float> packed = Pack(w, s.m, s.k);
+    std::vector<float> out(s.n * s.m, -1.0f);
+    PackedMatMul(ctx, x.data(), packed.data(), s.n, s.m, s.k, out.data());
+    std::vector<double> expected, magnitude;
+    Reference(x, w, s.n, s.m, s.k, &expected, &magnitude);
+    for (int64_t i = 0; i < s.n * s.m; ++i) {
+      // First-order f32 bound of a sequential chain of k fused adds.
+      const double bound = (s.k + 1.0) * 6e-8 * magnitude[i] + 1e-30;
+      ASSERT_NEAR(out[i], expected[i], bound)
+          << "n=" << s.n << " m=" << s.m << " k=" << s.k << " at " << i;
+    }
+  }
+}
+
+// Every variant performs acc = fma(x, w, acc) over p in order: same bits.
+TEST_P(PackedMatMulTest, BitIdenticalToScalarVariant) {
+  const KernelContext ctx{GetParam(), nullptr};
+  const KernelContext scalar{Isa::kScalar, nullptr};
+  for (int64_t k : {1, 15, 16, 17, 63, 200}) {
+    const int64_t n = 11, m = 53;
+    const std::vector<float> x = Random(n * k, 100 + k);
+    const std::vector<float> packed = Pack(Random(m * k, 200 + k), m, k);
+    std::vector<float> a(n * m), b(n * m);
+    PackedMatMul(ctx, x.data(), packed.data(), n, m, k, a.data());
+    PackedMatMul(scalar, x.data(), packed.data(), n, m, k, b.data());
+    EXPECT_EQ(a, b) << "k=" << k;
+  }
+}
+
+// Row i computed alone, in a batch of 33 rows (at every position), and with
+// 1 or 2 threads: bit-identical; row 0 likewise for every batch size 1..37.
+TEST_P(PackedMatMulTest, BatchInvariant) {
+  ThreadPool pool(2);
+  const KernelContext threaded{GetParam(), &pool};
+  const KernelContext single{GetParam(), nullptr};
+  const int64_t n = 33, m = 70, k = 77;
+  const std::vector<float> x = Random(n * k, 5);
+  const std::vector<float> packed = Pack(Random(m * k, 6), m, k);
+  std::vector<float> batch(n * m), batch_single(n * m);
+  PackedMatMul(threaded, x.data(), packed.data(), n, m, k, batch.data());
+  PackedMatMul(single, x.data(), packed.data(), n, m, k, batch_single.data());
+  EXPECT_EQ(batch, batch_single);
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<float> alone(m);
+    PackedMatMul(threaded, x.data() + i * k, packed.data(), 1, m, k,
+                 alone.data());
+    for (int64_t j = 0; j < m; ++j) {
+      ASSERT_EQ(alone[j], batch[i * m + j]) << "row " << i << " col " << j;
+    }
+  }
+  const std::vector<float> x37 = Random(37 * k, 9);
+  std::vector<float> first(m);
+  PackedMatMul(threaded, x37.data(), packed.data(), 1, m, k, first.data());
+  for (int64_t rows = 2; rows <= 37; ++rows) {
+    std::vector<float> out(rows * m);
+    PackedMatMul(threaded, x37.data(), packed.data(), rows, m, k, out.data());
+    for (int64_t j = 0; j < m; ++j) ASSERT_EQ(out[j], first[j]) << rows;
+  }
+}
+
+TEST_P(PackedMatMulTest, EmptyReductionGivesZeros) {
+  const KernelContext ctx{GetParam(), nullptr};
+  std::vector<float> out(3 * 5, 1.0f);
+  const std::vector<float> packed(PackedWeightSize(5, 0));
+  PackedMatMul(ctx, nullptr, packed.data(), 3, 5, 0, out.data());
+  EXPECT_EQ(out, std::vector<float>(15, 0.0f));
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, PackedMatMulTest,
+                         testing::ValuesIn(SupportedIsas()),
+                         [](const testing::TestParamInfo<Isa>& info) {
+                           return std::string(IsaName(info.param));
+                         });
+
+}  // namespace
+}  // namespace strata::cpu
