@@ -143,7 +143,9 @@ absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
   const int64_t m = shape[0], k = shape[1];
   const size_t bytes =
       static_cast<size_t>(cpu::PackedWeightSize(m, k)) * sizeof(float);
-  void* data = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  void* data =
+      std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
   if (data == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));

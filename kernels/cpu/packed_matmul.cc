@@ -234,9 +234,8 @@ void PackWeight(const float* w, int64_t m, int64_t k, float* packed) {
   }
 }
 
-void PackedMatMul(const KernelContext& ctx, const float* x,
-                  const float* packed, int64_t n, int64_t m, int64_t k,
-                  float* out) {
+void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
+                  int64_t n, int64_t m, int64_t k, float* out) {
   if (n <= 0 || m <= 0) return;
   if (k <= 0) {
     std::fill(out, out + n * m, 0.0f);
@@ -263,7 +262,8 @@ void PackedMatMul(const KernelContext& ctx, const float* x,
     const int64_t rb = task / num_panel_blocks;
     const int64_t pb = task % num_panel_blocks;
     const Block b{rb * row_block, std::min(n, (rb + 1) * row_block),
-                  pb * panel_block, std::min(num_panels, (pb + 1) * panel_block)};
+                  pb * panel_block,
+                  std::min(num_panels, (pb + 1) * panel_block)};
     switch (isa) {
 #if STRATA_CPU_X86
       case Isa::kAvx512:

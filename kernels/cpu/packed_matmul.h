@@ -37,9 +37,8 @@ void PackWeight(const float* w, int64_t m, int64_t k, float* packed);
 
 // out[i][j] = sum_p x[i][p] * w[j][p], w given packed by PackWeight.
 //   x: [n, k], out: [n, m]
-void PackedMatMul(const KernelContext& ctx, const float* x,
-                  const float* packed, int64_t n, int64_t m, int64_t k,
-                  float* out);
+void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
+                  int64_t n, int64_t m, int64_t k, float* out);
 
 }  // namespace strata::cpu
 

@@ -51,11 +51,10 @@ class PackedMatMulTest : public testing::TestWithParam<Isa> {};
 TEST_P(PackedMatMulTest, MatchesFloat64Reference) {
   ThreadPool pool(2);
   const KernelContext ctx{GetParam(), &pool};
-  const Shape shapes[] = {{1, 1, 1},    {1, 7, 3},     {2, 5, 15},
-                          {3, 16, 16},  {4, 17, 17},   {5, 33, 31},
-                          {7, 48, 64},  {9, 49, 100},  {13, 37, 100},
-                          {37, 41, 129}, {1, 300, 67}, {33, 19, 255},
-                          {6, 70, 1000}, {70, 130, 40}};
+  const Shape shapes[] = {
+      {1, 1, 1},    {1, 7, 3},     {2, 5, 15},    {3, 16, 16},   {4, 17, 17},
+      {5, 33, 31},  {7, 48, 64},   {9, 49, 100},  {13, 37, 100}, {37, 41, 129},
+      {1, 300, 67}, {33, 19, 255}, {6, 70, 1000}, {70, 130, 40}};
   uint32_t seed = 1;
   for (const Shape& s : shapes) {
     const std::vector<float> x = Random(s.n * s.k, seed++);
