@@ -56,7 +56,10 @@ CacheSetup MakeSetup(int32_t heads, int32_t kv_heads, int32_t head_dim,
   s.num_blocks = blocks_needed + 3;  // a few blocks nobody uses
   std::vector<int32_t> free_blocks(s.num_blocks);
   std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+  // Its own generator, so the data depend on the seed alone, not on the
+  // block size.
+  std::mt19937 shuffle_rng(seed + 7919);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), shuffle_rng);
   const int64_t kv_width = int64_t{kv_heads} * head_dim;
   const size_t cache_size = size_t(s.num_blocks) * kv_width * block_size;
   s.k_cache.assign(cache_size, std::nanf(""));  // unused slots are poison
@@ -181,8 +184,8 @@ std::vector<Param> Params() {
   std::vector<Param> params;
   for (Isa isa : SupportedIsas()) {
     for (int kv_heads : {4, 2, 1}) {
-      for (int head_dim : {16, 20}) {
-        for (int block_size : {1, 3, 16}) {
+      for (int head_dim : {16, 20, 64}) {
+        for (int block_size : {1, 3, 16, 32}) {
           params.emplace_back(isa, kv_heads, head_dim, block_size);
         }
       }
@@ -199,6 +202,35 @@ std::string ParamName(const testing::TestParamInfo<Param>& info) {
 
 INSTANTIATE_TEST_SUITE_P(All, PagedAttentionTest, testing::ValuesIn(Params()),
                          ParamName);
+
+// The AVX-512 variant has a wide body (16 keys' scores reduced together,
+// output heads in registers) for block sizes that are multiples of 16 and
+// head dims that are whole vectors, and the generic one otherwise. Both must
+// give the same bits, so the same data in caches of block size 3 (generic)
+// and 16 or 32 (wide) give identical outputs.
+TEST(PagedAttentionAvx512Test, WideBodyGivesTheGenericBodysBits) {
+  if (!IsaSupported(Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  const KernelContext ctx{Isa::kAvx512, nullptr};
+  for (int head_dim : {16, 32, 64, 96, 128}) {
+    for (int kv_heads : {12, 4, 2, 1}) {  // GQA groups of 1, 3, 6 and 12
+      const std::vector<std::pair<int, int>> seqs = {
+          {0, 19}, {21, 1}, {40, 3}, {0, 1}};
+      const uint32_t seed = 77 + head_dim + kv_heads;
+      const CacheSetup generic =
+          MakeSetup(12, kv_heads, head_dim, 3, seqs, seed);
+      const std::vector<float> expected = RunPaged(ctx, generic, {0, 1, 2, 3});
+      for (int block_size : {16, 32}) {
+        const CacheSetup wide =
+            MakeSetup(12, kv_heads, head_dim, block_size, seqs, seed);
+        const std::vector<float> got = RunPaged(ctx, wide, {0, 1, 2, 3});
+        ASSERT_EQ(0, std::memcmp(got.data(), expected.data(),
+                                 got.size() * sizeof(float)))
+            << "head_dim " << head_dim << " kv_heads " << kv_heads
+            << " block_size " << block_size;
+      }
+    }
+  }
+}
 
 TEST(WriteKvCacheTest, StoresEachHeadAtItsSlot) {
   const AttentionGeometry g{4, 2, 3, 2, 1.0f};
