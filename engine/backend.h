@@ -226,6 +226,15 @@ class Backend {
                        std::span<const int32_t> slots,
                        const AttentionShape& shape, Tensor* k_cache,
                        Tensor* v_cache) = 0;
+  // Copy-on-write of KV blocks: in every tensor of `caches`, copies block
+  // (row along dimension 0) copies[i].src over block copies[i].dst, for each
+  // i in order (a later copy sees the earlier ones' results). Any element
+  // type; every cache has the same bytes per block. Ids are in range and
+  // src != dst (the caller's invariant).
+  // caches: each [num_blocks, ...], e.g. [num_blocks, num_kv_heads,
+  // block_size, head_dim] as in WriteKv
+  virtual void CopyKvBlocks(std::span<const BlockCopy> copies,
+                            std::span<Tensor* const> caches) = 0;
   // Causal attention of every sequence's new tokens over its cached keys at
   // positions [0, own position] (K/V of the new tokens already written).
   // q, out: [n, num_heads * head_dim]; caches as in WriteKv

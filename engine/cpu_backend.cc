@@ -229,6 +229,26 @@ void CpuBackend::WriteKv(const Tensor& k, const Tensor& v,
                     F32(*k_cache), F32(*v_cache));
 }
 
+void CpuBackend::CopyKvBlocks(std::span<const BlockCopy> copies,
+                              std::span<Tensor* const> caches) {
+  // A few blocks per step (one per forked sequence): plain memcpy, in order.
+  for (Tensor* cache : caches) {
+    STRATA_TENSOR_CHECK(cache->rank() >= 1);
+    const int64_t num_blocks = cache->dim(0);
+    const size_t block_bytes =
+        num_blocks == 0 ? 0 : cache->size_bytes() / num_blocks;
+    char* base = static_cast<char*>(cache->data());
+    for (const BlockCopy& copy : copies) {
+      STRATA_TENSOR_CHECK(copy.src >= 0 && copy.src < num_blocks);
+      STRATA_TENSOR_CHECK(copy.dst >= 0 && copy.dst < num_blocks);
+      STRATA_TENSOR_CHECK(copy.src != copy.dst);
+      std::memcpy(base + static_cast<size_t>(copy.dst) * block_bytes,
+                  base + static_cast<size_t>(copy.src) * block_bytes,
+                  block_bytes);
+    }
+  }
+}
+
 void CpuBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
                                 const Tensor& v_cache,
                                 const AttentionShape& shape,

@@ -22,6 +22,7 @@
 #include "kernels/cuda/dtype.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/int8_matmul.h"
+#include "kernels/cuda/kv_block_copy.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rope.h"
@@ -676,6 +677,60 @@ void CudaBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
             static_cast<int64_t>(tiles.size()), F32(*out), impl_->stream),
         "PagedAttentionPrefill"));
   }
+}
+
+void CudaBackend::CopyKvBlocks(std::span<const BlockCopy> copies,
+                               std::span<Tensor* const> caches) {
+  if (copies.empty() || caches.empty()) return;
+  STRATA_TENSOR_CHECK(caches[0]->rank() >= 1 && caches[0]->dim(0) > 0);
+  const int64_t block_bytes =
+      static_cast<int64_t>(caches[0]->size_bytes()) / caches[0]->dim(0);
+  std::vector<void*> pointers;
+  pointers.reserve(caches.size());
+  for (Tensor* cache : caches) {
+    STRATA_TENSOR_CHECK(cache->rank() >= 1 && cache->dim(0) > 0);
+    STRATA_TENSOR_CHECK(static_cast<int64_t>(cache->size_bytes()) /
+                            cache->dim(0) ==
+                        block_bytes);
+    for (const BlockCopy& copy : copies) {
+      STRATA_TENSOR_CHECK(copy.src >= 0 && copy.src < cache->dim(0));
+      STRATA_TENSOR_CHECK(copy.dst >= 0 && copy.dst < cache->dim(0));
+      STRATA_TENSOR_CHECK(copy.src != copy.dst);
+    }
+    pointers.push_back(cache->data());
+  }
+  if (!pending_.ok()) return;
+  absl::StatusOr<void**> d_caches =
+      impl_->StageSpan(std::span<void* const>(pointers));
+  if (!Record(d_caches.status())) return;
+  // One launch per run of independent copies (the kernel runs a launch's
+  // pairs concurrently); a copy that reads or writes a block an earlier copy
+  // of the run wrote, or writes one it read, starts the next run, so the
+  // stream keeps the in-order contract. Normally there is a single run.
+  std::vector<cuda::BlockCopyPair> run;
+  auto flush = [&]() {
+    if (run.empty()) return true;
+    absl::StatusOr<cuda::BlockCopyPair*> d_pairs =
+        impl_->StageSpan(std::span<const cuda::BlockCopyPair>(run));
+    if (!Record(d_pairs.status())) return false;
+    const bool ok = Record(CudaStatus(
+        cuda::LaunchCopyKvBlocks(
+            *d_caches, static_cast<int64_t>(pointers.size()), *d_pairs,
+            static_cast<int64_t>(run.size()), block_bytes, impl_->stream),
+        "CopyKvBlocks"));
+    run.clear();
+    return ok;
+  };
+  for (const BlockCopy& copy : copies) {
+    const bool depends = std::any_of(
+        run.begin(), run.end(), [&](const cuda::BlockCopyPair& earlier) {
+          return earlier.dst == copy.src || earlier.dst == copy.dst ||
+                 earlier.src == copy.dst;
+        });
+    if (depends && !flush()) return;
+    run.push_back({copy.src, copy.dst});
+  }
+  flush();
 }
 
 void CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,

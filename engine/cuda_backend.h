@@ -111,6 +111,8 @@ class CudaBackend : public Backend {
   void WriteKv(const Tensor& k, const Tensor& v, std::span<const int32_t> slots,
                const AttentionShape& shape, Tensor* k_cache,
                Tensor* v_cache) override;
+  void CopyKvBlocks(std::span<const BlockCopy> copies,
+                    std::span<Tensor* const> caches) override;
   void PagedAttention(const Tensor& q, const Tensor& k_cache,
                       const Tensor& v_cache, const AttentionShape& shape,
                       std::span<const SequenceSlice> sequences,

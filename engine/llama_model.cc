@@ -260,6 +260,33 @@ absl::Status LlamaModel::Validate(std::span<const WorkItem> items) const {
   return absl::OkStatus();
 }
 
+std::vector<Tensor*> LlamaModel::KvCacheTensors() {
+  std::vector<Tensor*> caches;
+  caches.reserve(2 * layers_.size());
+  for (LayerTensors& layer : layers_) {
+    caches.push_back(&layer.k_cache);
+    caches.push_back(&layer.v_cache);
+  }
+  return caches;
+}
+
+absl::Status LlamaModel::CopyBlocks(std::span<const BlockCopy> copies) {
+  if (copies.empty()) return absl::OkStatus();
+  for (size_t i = 0; i < copies.size(); ++i) {
+    const BlockCopy& copy = copies[i];
+    if (copy.src < 0 || copy.src >= options_.num_blocks || copy.dst < 0 ||
+        copy.dst >= options_.num_blocks || copy.src == copy.dst) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("block copy ", i, " (", copy.src, " -> ", copy.dst,
+                       ") needs two different block ids in [0, ",
+                       options_.num_blocks, "): scheduler bug"));
+    }
+  }
+  const std::vector<Tensor*> caches = KvCacheTensors();
+  backend_->CopyKvBlocks(copies, caches);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Tensor> LlamaModel::Rows(Workspace& workspace, int64_t rows,
                                         int64_t width) {
   if (rows > workspace.capacity_rows) {

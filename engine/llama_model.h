@@ -86,6 +86,12 @@ class LlamaModel {
   absl::StatusOr<const Tensor*> ForwardToDevice(
       std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
 
+  // Copy-on-write (StepPlan::block_copies): copies every KV cache tensor's
+  // block src over block dst (every layer's K and V), in order, before a
+  // step's forward pass. INVALID_ARGUMENT, copying nothing, when an id is
+  // outside [0, num_blocks) or src == dst.
+  absl::Status CopyBlocks(std::span<const BlockCopy> copies);
+
   Backend* backend() const { return backend_; }
 
  private:
@@ -114,6 +120,13 @@ class LlamaModel {
 
   LlamaModel(const ModelConfig& config, Backend* backend,
              const Options& options);
+
+  // Every KV cache tensor the model owns (each layer's K and V), so that a
+  // block operation reaches all of them. The one place that knows the cache
+  // layout: were a cache to hold several physical blocks per scheduler block
+  // (e.g. one per loop of a recursive model), this and CopyBlocks' id mapping
+  // are what change.
+  std::vector<Tensor*> KvCacheTensors();
 
   // The first `rows` rows of `workspace`, (re)allocated to fit.
   absl::StatusOr<Tensor> Rows(Workspace& workspace, int64_t rows,

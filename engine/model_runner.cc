@@ -135,6 +135,11 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
 }
 
 absl::StatusOr<StepResult> ModelRunner::Execute(const StepPlan& plan) {
+  // Copy-on-write first: the forward pass may write into the copies' dst.
+  if (absl::Status status = model_->CopyBlocks(plan.block_copies);
+      !status.ok()) {
+    return status;
+  }
   if (backend_->SupportsSampling()) {
     // Device sampling unless some item wants top logprobs (host only).
     bool host_only = false;
@@ -224,6 +229,10 @@ absl::StatusOr<StepResult> ModelRunner::ExecuteWithDeviceSampling(
 
 absl::StatusOr<std::vector<std::vector<float>>> ModelRunner::ComputeAllLogits(
     const StepPlan& plan) {
+  if (absl::Status status = model_->CopyBlocks(plan.block_copies);
+      !status.ok()) {
+    return status;
+  }
   const int32_t n = plan.NumTokens();
   std::vector<int32_t> rows(n);
   for (int32_t i = 0; i < n; ++i) rows[i] = i;

@@ -65,18 +65,19 @@ class ModelRunner : public StepExecutor {
 
   const ModelConfig& config() const { return config_; }
 
-  // Runs the forward pass for every item and samples (engine/sampler.h) for
-  // items with sample = true. An invalid plan (block id out of range, block
-  // table too short, position past max_position_embeddings, token id outside
-  // the vocabulary) returns INVALID_ARGUMENT and leaves the runner usable.
+  // Runs the plan's block copies (copy-on-write), then the forward pass for
+  // every item, and samples (engine/sampler.h) for items with sample = true. An
+  // invalid plan (block id out of range, block table too short, position past
+  // max_position_embeddings, token id outside the vocabulary) returns
+  // INVALID_ARGUMENT and leaves the runner usable.
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override;
 
   int32_t block_size() const override { return block_size_; }
   int32_t num_blocks() const override { return num_blocks_; }
 
-  // Test hook: runs the plan like Execute() (writing K/V) but returns the
-  // logits of every new token of every item, in plan order, and samples
-  // nothing. [total_tokens][vocab]
+  // Test hook: runs the plan like Execute() (block copies, then writing K/V)
+  // but returns the logits of every new token of every item, in plan order,
+  // and samples nothing. [total_tokens][vocab]
   absl::StatusOr<std::vector<std::vector<float>>> ComputeAllLogits(
       const StepPlan& plan);
 

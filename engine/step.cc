@@ -32,6 +32,9 @@ std::string StepPlan::DebugString() const {
   std::vector<std::string> parts;
   parts.reserve(items.size());
   for (const WorkItem& item : items) parts.push_back(item.DebugString());
+  for (const BlockCopy& copy : block_copies) {
+    parts.push_back(absl::StrCat("{copy ", copy.src, "->", copy.dst, "}"));
+  }
   return absl::StrCat("StepPlan{", absl::StrJoin(parts, " "), "}");
 }
 

@@ -66,8 +66,23 @@ struct WorkItem {
   std::string DebugString() const;
 };
 
+// A copy of one KV block into another (vLLM's blocks_to_copy): copy-on-write
+// for sequences that share a partly filled block. When the siblings of an
+// n > 1 request share their prompt's last, partly filled block and one of
+// them is about to write into it, the scheduler gives that sibling a freshly
+// allocated block `dst` and asks the engine to copy every layer's K and V of
+// `src` into it before the step's forward pass.
+struct BlockCopy {
+  int32_t src = 0;
+  int32_t dst = 0;
+};
+
 struct StepPlan {
   std::vector<WorkItem> items;
+  // Run in this order, each one complete before the next, and all of them
+  // before the forward pass. src != dst; both are KV block ids.
+  // [num_copies]
+  std::vector<BlockCopy> block_copies;
 
   int32_t NumTokens() const;
   std::string DebugString() const;
