@@ -105,6 +105,28 @@ void BlockManager::Free(std::span<const int32_t> table) {
   }
 }
 
+void BlockManager::Fork(std::span<const int32_t> table) {
+  for (const int32_t b : table) {
+    STRATA_CHECK(blocks_[b].ref_count > 0) << "forking free block " << b;
+    ++blocks_[b].ref_count;
+  }
+}
+
+bool BlockManager::CopyOnWrite(std::vector<int32_t>& table, size_t index,
+                               std::optional<BlockCopy>* copy) {
+  const int32_t old_block = table[index];
+  STRATA_CHECK(blocks_[old_block].ref_count > 0)
+      << "copy-on-write of free block " << old_block;
+  if (blocks_[old_block].ref_count == 1) return true;
+  std::vector<int32_t> fresh;
+  if (!Allocate(1, fresh)) return false;
+  // Shared, so at least one other table keeps it: it never reaches zero here.
+  --blocks_[old_block].ref_count;
+  table[index] = fresh[0];
+  *copy = BlockCopy{old_block, fresh[0]};
+  return true;
+}
+
 int32_t BlockManager::AcquireCachedPrefix(std::span<const TokenId> tokens,
                                           int32_t max_blocks,
                                           std::vector<int32_t>& table,

@@ -3,6 +3,11 @@
 // a known token prefix (prefix caching). The memory itself lives in the
 // engine; the scheduler only hands out block ids.
 //
+// Forking (n > 1 samples of one prompt): a forked sequence takes one more
+// reference to every block of its parent's table. Full blocks are then only
+// read; before a sequence writes into a shared, partly filled block it gets a
+// copy of its own (CopyOnWrite), which the engine fills before the step.
+//
 // Prefix caching: a full block is identified by a hash chained over its
 // parent's hash and its own tokens, so equal hashes mean equal prefixes up to
 // and including this block. A block whose last reference is dropped stays in
@@ -15,6 +20,7 @@
 #define STRATA_SCHEDULER_BLOCK_MANAGER_H_
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -39,6 +45,19 @@ class BlockManager {
   // Drops one reference to each block; blocks reaching zero become free (and
   // stay cached if they were registered).
   void Free(std::span<const int32_t> blocks);
+
+  // Takes one more reference to each block of `table` (all in use): a
+  // sequence forked from another shares its blocks.
+  void Fork(std::span<const int32_t> table);
+
+  // Copy-on-write of table[index] before its owner writes into it. When the
+  // block is shared (reference count > 1), replaces it with a newly
+  // allocated block, drops this table's reference to the old one, and sets
+  // `*copy` to {old, new}: the engine must copy the old block's K/V into the
+  // new one before writing. Returns false, changing nothing, when no block is
+  // free. An unshared block is left alone (returns true, `*copy` unset).
+  bool CopyOnWrite(std::vector<int32_t>& table, size_t index,
+                   std::optional<BlockCopy>* copy);
 
   // Takes a reference on the cached blocks holding the longest prefix of
   // `tokens` made of at most `max_blocks` full blocks, appends them to

@@ -25,11 +25,16 @@ const char* FinishReasonName(FinishReason reason);
 // One generated token, as delivered to the sink.
 struct TokenEvent {
   SampledToken sampled;
-  // True when this token is one of the request's stop tokens: it ends the
-  // request with kStop and should not be shown as text.
+  // True when this token is one of the request's stop tokens: it ends its
+  // sequence with kStop and should not be shown as text.
   bool is_stop_token = false;
+  // Which of the request's RequestSpec::n sequences (choices) it belongs to:
+  // 0 <= index < n.
+  int32_t index = 0;
 };
 
+// For the whole request: with n > 1 the prompt counts once and the
+// completion tokens of every sequence are summed.
 struct RequestStats {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
@@ -40,6 +45,9 @@ struct RequestStats {
 };
 
 struct FinishInfo {
+  // kCancelled or kError when the request was cancelled or failed (every
+  // sequence ended with it); otherwise sequence 0's reason (each sequence's
+  // own reason went to OnSequenceFinish).
   FinishReason reason = FinishReason::kLength;
   // OK unless reason is kCancelled (CANCELLED or DEADLINE_EXCEEDED) or kError.
   absl::Status status;
@@ -53,18 +61,28 @@ class RequestSink {
  public:
   virtual ~RequestSink() = default;
 
-  // A new token. Return false to stop the request now (it then finishes with
-  // kStop); e.g. the sink saw a stop string in the decoded text.
+  // A new token of sequence event.index. Return false to stop that sequence
+  // now (it then finishes with kStop; its siblings go on); e.g. the sink saw
+  // a stop string in its decoded text.
   virtual bool OnToken(const TokenEvent& event) = 0;
 
-  // Exactly once per submitted request, including rejected-after-submit and
-  // cancelled ones.
+  // Sequence `index` ended with kLength or kStop; no more tokens for it.
+  // Called once per sequence that ends so, before OnFinish; not for
+  // sequences ended by a cancellation or a failure (OnFinish says that).
+  virtual void OnSequenceFinish(int32_t index, FinishReason reason) {}
+
+  // Exactly once per submitted request, after all of its sequences ended,
+  // including rejected-after-submit and cancelled ones.
   virtual void OnFinish(const FinishInfo& info) = 0;
 };
 
 struct RequestSpec {
   std::vector<TokenId> prompt;  // not empty; validated by server/
   SamplingParams sampling;
+  // Sequences (choices) to sample from the prompt, 1 <= n <= the scheduler's
+  // max_num_seqs. They share the prompt's KV blocks (prefilled once); each
+  // ends on its own; sequence i samples with seed sampling.seed + i.
+  int32_t n = 1;
   int32_t max_tokens = 256;  // >= 1
   // Tokens that end generation (the model's EOS unless ignore_eos, plus the
   // request's stop_token_ids).

@@ -8,44 +8,89 @@
 // num_computed reset to 0, requeued at the front) recomputes its prompt and
 // its generated tokens the same way before it samples again, so its client
 // sees neither repeated nor missing tokens.
+//
+// n > 1 samples of one prompt (vLLM's parallel sampling with a shared
+// prompt): the request starts as one sequence whose target is its prompt but
+// the last token. When that is computed (Commit), the sequence forks: n - 1
+// siblings take a reference to each of its blocks and join the batch, and
+// from then on each sibling is an ordinary sequence that computes the last
+// prompt token itself and samples its first token with its own seed (seed +
+// index). The block holding that last position is shared and, unless the
+// position starts a block, partly filled: the first sibling to write into it
+// while it is still shared gets a fresh block and the plan carries a copy
+// (copy-on-write); the last one writes in place. So the prompt is computed
+// once plus n - 1 tokens, the sampler needs no change, and a sibling's tokens
+// are exactly those of an n = 1 request with its seed. A one-token prompt has
+// nothing to share: its n sequences start apart.
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
+#include <iterator>
 #include <optional>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 
 namespace strata {
 
-struct Scheduler::Sequence {
+// A request as its client sees it: one sink, one OnFinish, n sequences.
+struct Scheduler::Request {
   RequestId id = 0;
-  RequestSpec spec;
+  RequestSpec spec;  // spec.prompt is moved into the first sequence
+  int32_t num_prompt = 0;
+  // Sequences that exist and have not ended (siblings not yet forked are
+  // not counted). The request finishes when this reaches 0.
+  int32_t num_live = 0;
+  // Set by a cancel, the deadline or an engine failure: every sequence ends
+  // at the next step with this reason (kCancelled or kError) and status.
+  bool ended = false;
+  FinishReason end_reason = FinishReason::kCancelled;
+  absl::Status end_status;
+  std::optional<FinishReason> first_reason;  // sequence 0's, if it ended so
+  bool started = false;
+  absl::Time first_scheduled;
+  bool has_token = false;
+  absl::Time first_token;            // of any sequence
+  int32_t completion_tokens = 0;     // of ended sequences, summed
+  int32_t cached_prompt_tokens = 0;  // at first admission, for usage
+};
+
+struct Scheduler::Sequence {
+  Request* request = nullptr;  // owned by requests_ (or by its Arrival)
+  int32_t index = 0;           // choice index, 0 <= index < n
+  // WorkItem::request_id: the request's id for sequence 0, a fresh id from
+  // the same counter for each sibling, so that the engine, which may keep
+  // per-sequence state by this id, sees distinct sequences.
+  RequestId item_id = 0;
+  SamplingParams sampling;      // the request's, with seed + index
   std::vector<TokenId> tokens;  // prompt followed by generated tokens
   int32_t num_prompt = 0;
   int32_t num_computed = 0;  // tokens whose K/V is in the cache
+  // Sequence 0 of an n > 1 request before its fork: siblings still to come.
+  int32_t num_unforked = 0;
   std::vector<int32_t> block_table;
-  absl::Status cancel_status;  // set when a cancel or the deadline arrived
-  bool cancelled = false;
-  std::optional<FinishReason> finish;  // set by Commit when the request ends
-  absl::Status finish_status;
-  bool started = false;
-  absl::Time first_scheduled;
-  absl::Time first_token;
-  int32_t step_tokens = 0;  // tokens planned in the current step
+  std::optional<FinishReason> finish;  // set by Commit when it ends
+  int32_t step_tokens = 0;             // tokens planned in the current step
   // Prefix caching: leading blocks of block_table registered in the cache,
   // and the chain hash of the last of them.
   int32_t num_hashed_blocks = 0;
   uint64_t chain_hash = 0;
-  int32_t cached_prompt_tokens = 0;  // at first admission, for usage
 
   int32_t num_output() const {
     return static_cast<int32_t>(tokens.size()) - num_prompt;
   }
-  int32_t num_remaining() const {
-    return static_cast<int32_t>(tokens.size()) - num_computed;
+  // Where computing stops before the next event: the end of the tokens (it
+  // then samples) or, before the fork, the last prompt token (it then
+  // forks; a prompt of n > 1 sequences that fork has at least 2 tokens).
+  int32_t target() const {
+    return num_unforked > 0 ? num_prompt - 1
+                            : static_cast<int32_t>(tokens.size());
   }
+  int32_t num_remaining() const { return target() - num_computed; }
+  // Running-batch slots it holds: its own and its unforked siblings'.
+  int32_t num_slots() const { return 1 + num_unforked; }
 };
 
 const char* FinishReasonName(FinishReason reason) {
@@ -97,8 +142,23 @@ Scheduler::~Scheduler() {
   const absl::Status status =
       absl::UnavailableError("the server shut down before the request ended");
   DrainInbox();
-  for (auto& seq : waiting_) Finish(*seq, FinishReason::kCancelled, status);
-  for (auto& seq : running_) Finish(*seq, FinishReason::kCancelled, status);
+  for (auto& [id, request] : requests_) {
+    EndRequest(*request, FinishReason::kCancelled, status);
+  }
+  for (auto& seq : waiting_) EndSequence(*seq, FinishReason::kCancelled);
+  for (auto& seq : running_) EndSequence(*seq, FinishReason::kCancelled);
+}
+
+std::unique_ptr<Scheduler::Sequence> Scheduler::NewSequence(
+    Request& request, int32_t index, std::vector<TokenId> tokens) {
+  auto seq = std::make_unique<Sequence>();
+  seq->request = &request;
+  seq->index = index;
+  seq->sampling = request.spec.sampling;
+  seq->sampling.seed += static_cast<uint64_t>(index);  // wraps, by design
+  seq->tokens = std::move(tokens);
+  seq->num_prompt = request.num_prompt;
+  return seq;
 }
 
 absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
@@ -106,6 +166,12 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
   if (spec.prompt.empty()) return absl::InvalidArgumentError("prompt: empty");
   if (spec.max_tokens < 1) {
     return absl::InvalidArgumentError("sampling.max_tokens: must be >= 1");
+  }
+  if (spec.n < 1 || spec.n > options_.max_num_seqs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.n: ", spec.n,
+                     " sequences do not fit this server, which runs ", "1 to ",
+                     options_.max_num_seqs, " at once (--max_num_seqs)"));
   }
   const int64_t num_prompt = static_cast<int64_t>(spec.prompt.size());
   if (num_prompt >= options_.max_model_len) {
@@ -117,10 +183,26 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
   }
   if (spec.arrival == absl::InfinitePast()) spec.arrival = absl::Now();
 
-  auto seq = std::make_unique<Sequence>();
-  seq->tokens = spec.prompt;
-  seq->num_prompt = static_cast<int32_t>(num_prompt);
-  seq->spec = std::move(spec);
+  Arrival arrival;
+  arrival.request = std::make_unique<Request>();
+  Request& request = *arrival.request;
+  request.num_prompt = static_cast<int32_t>(num_prompt);
+  request.spec = std::move(spec);
+  std::vector<TokenId> prompt = std::move(request.spec.prompt);
+  request.spec.prompt.clear();
+  const int32_t n = request.spec.n;
+  if (n > 1 && num_prompt == 1) {
+    // Nothing to share: the sequences start apart.
+    for (int32_t i = 0; i < n; ++i) {
+      arrival.sequences.push_back(NewSequence(request, i, prompt));
+    }
+  } else {
+    arrival.sequences.push_back(NewSequence(request, 0, std::move(prompt)));
+    arrival.sequences[0]->num_unforked = n - 1;
+  }
+  const int32_t num_sequences = static_cast<int32_t>(arrival.sequences.size());
+  request.num_live = num_sequences;
+  const int64_t queued_tokens = num_prompt * num_sequences;
 
   absl::MutexLock lock(&mu_);
   if (!accepting_) {
@@ -131,17 +213,20 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
         "the waiting queue is full (", options_.max_waiting_requests,
         " requests, the --max_waiting_requests limit); retry later"));
   }
-  if (waiting_tokens_.load() + num_prompt > options_.max_waiting_tokens) {
+  if (waiting_tokens_.load() + queued_tokens > options_.max_waiting_tokens) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the waiting queue holds too many prompt tokens (limit ",
                      options_.max_waiting_tokens,
                      ", the --max_waiting_tokens limit); retry later"));
   }
-  seq->id = next_id_.fetch_add(1);
-  const RequestId id = seq->id;
-  num_waiting_.fetch_add(1);
-  waiting_tokens_.fetch_add(num_prompt);
-  inbox_.push_back(std::move(seq));
+  request.id = next_id_.fetch_add(1);
+  const RequestId id = request.id;
+  for (auto& seq : arrival.sequences) {
+    seq->item_id = seq->index == 0 ? id : next_id_.fetch_add(1);
+  }
+  num_waiting_.fetch_add(num_sequences);
+  waiting_tokens_.fetch_add(queued_tokens);
+  inbox_.push_back(std::move(arrival));
   return id;
 }
 
@@ -174,7 +259,7 @@ int32_t Scheduler::num_running() const { return num_running_.load(); }
 int32_t Scheduler::num_blocks_used() const { return num_blocks_used_.load(); }
 
 void Scheduler::DrainInbox() {
-  std::vector<std::unique_ptr<Sequence>> arrived;
+  std::vector<Arrival> arrived;
   std::vector<std::pair<RequestId, absl::Status>> cancels;
   absl::Status cancel_all;
   {
@@ -183,73 +268,96 @@ void Scheduler::DrainInbox() {
     cancels.swap(cancels_);
     cancel_all = std::exchange(cancel_all_, absl::OkStatus());
   }
-  for (auto& seq : arrived) {
-    // Priority first, FCFS among equals: insert after every waiting request
-    // of the same or higher priority. Preempted sequences sit at the front.
-    auto pos = std::find_if(waiting_.begin(), waiting_.end(),
-                            [&](const std::unique_ptr<Sequence>& other) {
-                              return other->spec.priority < seq->spec.priority;
-                            });
-    waiting_.insert(pos, std::move(seq));
+  for (Arrival& arrival : arrived) {
+    const int32_t priority = arrival.request->spec.priority;
+    const RequestId id = arrival.request->id;
+    requests_.emplace(id, std::move(arrival.request));
+    for (auto& seq : arrival.sequences) {
+      // Priority first, FCFS among equals: insert after every waiting
+      // sequence of the same or higher priority. Preempted sequences sit at
+      // the front.
+      auto pos = std::find_if(waiting_.begin(), waiting_.end(),
+                              [&](const std::unique_ptr<Sequence>& other) {
+                                return other->request->spec.priority < priority;
+                              });
+      waiting_.insert(pos, std::move(seq));
+    }
   }
-  if (cancels.empty() && cancel_all.ok()) return;
-  auto mark = [&](Sequence& seq) {
-    if (!cancel_all.ok()) {
-      seq.cancelled = true;
-      seq.cancel_status = cancel_all;
-      return;
+  if (!cancel_all.ok()) {
+    for (auto& [id, request] : requests_) {
+      EndRequest(*request, FinishReason::kCancelled, cancel_all);
     }
-    for (const auto& [id, status] : cancels) {
-      if (id == seq.id && !seq.cancelled) {
-        seq.cancelled = true;
-        seq.cancel_status = status;
-      }
+  }
+  for (auto& [id, status] : cancels) {
+    const auto it = requests_.find(id);
+    if (it != requests_.end()) {
+      EndRequest(*it->second, FinishReason::kCancelled, std::move(status));
     }
-  };
-  for (auto& seq : waiting_) mark(*seq);
-  for (auto& seq : running_) mark(*seq);
+  }
 }
 
-void Scheduler::Finish(Sequence& seq, FinishReason reason,
-                       absl::Status status) {
+void Scheduler::EndRequest(Request& request, FinishReason reason,
+                           absl::Status status) {
+  if (request.ended) return;
+  request.ended = true;
+  request.end_reason = reason;
+  request.end_status = std::move(status);
+}
+
+void Scheduler::EndSequence(Sequence& seq, FinishReason reason) {
   blocks_.Free(seq.block_table);
   seq.block_table.clear();
+  Request& request = *seq.request;
+  request.completion_tokens += seq.num_output();
+  if (reason == FinishReason::kLength || reason == FinishReason::kStop) {
+    if (seq.index == 0) request.first_reason = reason;
+    request.spec.sink->OnSequenceFinish(seq.index, reason);
+  }
+  if (--request.num_live > 0) return;
+
   const absl::Time now = absl::Now();
   FinishInfo info;
-  info.reason = reason;
-  info.status = std::move(status);
-  info.stats.prompt_tokens = seq.num_prompt;
-  info.stats.completion_tokens = seq.num_output();
-  info.stats.cached_prompt_tokens = seq.cached_prompt_tokens;
-  info.stats.queue_time = seq.started ? seq.first_scheduled - seq.spec.arrival
-                                      : now - seq.spec.arrival;
-  info.stats.time_to_first_token = seq.num_output() > 0
-                                       ? seq.first_token - seq.spec.arrival
-                                       : absl::ZeroDuration();
-  info.stats.latency = now - seq.spec.arrival;
-  seq.spec.sink->OnFinish(info);
+  if (request.ended) {
+    info.reason = request.end_reason;
+    info.status = request.end_status;
+  } else {
+    info.reason = request.first_reason.value_or(reason);
+  }
+  const absl::Time arrival = request.spec.arrival;
+  info.stats.prompt_tokens = request.num_prompt;
+  info.stats.completion_tokens = request.completion_tokens;
+  info.stats.cached_prompt_tokens = request.cached_prompt_tokens;
+  info.stats.queue_time =
+      request.started ? request.first_scheduled - arrival : now - arrival;
+  info.stats.time_to_first_token =
+      request.has_token ? request.first_token - arrival : absl::ZeroDuration();
+  info.stats.latency = now - arrival;
+  request.spec.sink->OnFinish(info);
+  requests_.erase(request.id);  // `request` and seq.request dangle now
 }
 
-// Ends cancelled and expired sequences of `list`, removing them.
+// Ends the sequences of cancelled, failed and expired requests in `list`,
+// removing them.
 template <typename List>
 void Scheduler::ReapCancelled(List& list, absl::Time now, bool waiting) {
   for (auto it = list.begin(); it != list.end();) {
     Sequence& seq = **it;
-    if (!seq.cancelled && now >= seq.spec.deadline) {
-      seq.cancelled = true;
-      seq.cancel_status = absl::DeadlineExceededError(
-          "the request's deadline passed before it finished");
+    Request& request = *seq.request;
+    if (!request.ended && now >= request.spec.deadline) {
+      EndRequest(request, FinishReason::kCancelled,
+                 absl::DeadlineExceededError(
+                     "the request's deadline passed before it finished"));
     }
-    if (seq.cancelled) {
-      if (waiting) {
-        num_waiting_.fetch_sub(1);
-        waiting_tokens_.fetch_sub(seq.num_prompt);
-      }
-      Finish(seq, FinishReason::kCancelled, seq.cancel_status);
-      it = list.erase(it);
-    } else {
+    if (!request.ended) {
       ++it;
+      continue;
     }
+    if (waiting) {
+      num_waiting_.fetch_sub(1);
+      waiting_tokens_.fetch_sub(seq.num_prompt);
+    }
+    EndSequence(seq, request.end_reason);
+    it = list.erase(it);
   }
 }
 
@@ -266,11 +374,34 @@ void Scheduler::Preempt(std::unique_ptr<Sequence> seq) {
   waiting_.push_front(std::move(seq));
 }
 
+void Scheduler::Fork(Sequence& parent) {
+  Request& request = *parent.request;
+  std::vector<std::unique_ptr<Sequence>> siblings;
+  for (int32_t i = 1; i <= parent.num_unforked; ++i) {
+    auto sibling = NewSequence(request, parent.index + i, parent.tokens);
+    sibling->item_id = next_id_.fetch_add(1);
+    sibling->num_computed = parent.num_computed;
+    sibling->block_table = parent.block_table;
+    blocks_.Fork(sibling->block_table);
+    sibling->num_hashed_blocks = parent.num_hashed_blocks;
+    sibling->chain_hash = parent.chain_hash;
+    siblings.push_back(std::move(sibling));
+  }
+  request.num_live += parent.num_unforked;
+  parent.num_unforked = 0;
+  const auto pos = std::find_if(
+      running_.begin(), running_.end(),
+      [&](const std::unique_ptr<Sequence>& s) { return s.get() == &parent; });
+  STRATA_CHECK(pos != running_.end()) << "forking a sequence not running";
+  running_.insert(pos + 1, std::make_move_iterator(siblings.begin()),
+                  std::make_move_iterator(siblings.end()));
+}
+
 int32_t Scheduler::AcquireCachedPrefix(Sequence& seq) {
   if (!seq.block_table.empty()) return 0;
-  // At least one token must be computed to produce logits.
-  const int32_t max_blocks =
-      (static_cast<int32_t>(seq.tokens.size()) - 1) / options_.block_size;
+  // At least one token must be computed before the next event (sampling
+  // needs logits; a fork needs the parent's last chunk to have run).
+  const int32_t max_blocks = (seq.target() - 1) / options_.block_size;
   const int32_t hit = blocks_.AcquireCachedPrefix(
       seq.tokens, max_blocks, seq.block_table, &seq.chain_hash);
   seq.num_computed = hit * options_.block_size;
@@ -292,23 +423,72 @@ void Scheduler::RegisterFullBlocks(Sequence& seq) {
 
 absl::Status Scheduler::CheckConsistency() const {
   std::vector<int32_t> refs(blocks_.num_total(), 0);
+  absl::flat_hash_map<const Request*, int32_t> live;
+  int32_t slots = 0;
   for (const auto& seq : running_) {
     for (const int32_t b : seq->block_table) ++refs[b];
+    ++live[seq->request];
+    slots += seq->num_slots();
   }
   for (const auto& seq : waiting_) {
     if (!seq->block_table.empty()) {
+      return absl::InternalError(absl::StrCat("waiting request ",
+                                              seq->request->id, " sequence ",
+                                              seq->index, " holds blocks"));
+    }
+    ++live[seq->request];
+  }
+  if (slots > options_.max_num_seqs) {
+    return absl::InternalError(absl::StrCat("running sequences hold ", slots,
+                                            " slots, more than max_num_seqs ",
+                                            options_.max_num_seqs));
+  }
+  if (live.size() != requests_.size()) {
+    return absl::InternalError(absl::StrCat(live.size(),
+                                            " requests have sequences but ",
+                                            requests_.size(), " are held"));
+  }
+  for (const auto& [request, count] : live) {
+    const auto it = requests_.find(request->id);
+    if (it == requests_.end() || it->second.get() != request ||
+        request->num_live != count) {
       return absl::InternalError(
-          absl::StrCat("waiting request ", seq->id, " holds blocks"));
+          absl::StrCat("request ", request->id, " has ", count,
+                       " sequences queued or running but counts ",
+                       request->num_live, " live"));
     }
   }
   return blocks_.CheckConsistency(refs);
 }
 
-bool Scheduler::Reserve(Sequence& seq, int32_t num_tokens) {
+bool Scheduler::Reserve(Sequence& seq, int32_t num_tokens,
+                        std::vector<BlockCopy>& copies) {
+  const int32_t bs = options_.block_size;
   const int32_t needed =
-      BlocksFor(seq.num_computed + num_tokens, options_.block_size) -
-      static_cast<int32_t>(seq.block_table.size());
-  return needed <= 0 || blocks_.Allocate(needed, seq.block_table);
+      std::max(0, BlocksFor(seq.num_computed + num_tokens, bs) -
+                      static_cast<int32_t>(seq.block_table.size()));
+  // The first new token lands in the table's last block when that block is
+  // partly filled; if forked siblings still share it, this sequence needs a
+  // copy of its own first. (Blocks before it are full and only read.)
+  const size_t first = static_cast<size_t>(seq.num_computed / bs);
+  const bool shared = seq.num_computed % bs != 0 &&
+                      blocks_.ref_count(seq.block_table[first]) > 1;
+  if (needed + (shared ? 1 : 0) > blocks_.num_free()) return false;
+  if (shared) {
+    std::optional<BlockCopy> copy;
+    STRATA_CHECK(blocks_.CopyOnWrite(seq.block_table, first, &copy) &&
+                 copy.has_value());
+    copies.push_back(*copy);
+  }
+  if (needed > 0) STRATA_CHECK(blocks_.Allocate(needed, seq.block_table));
+  return true;
+}
+
+void Scheduler::UpdateCounters() {
+  absl::flat_hash_set<const Request*> running;
+  for (const auto& seq : running_) running.insert(seq->request);
+  num_running_.store(static_cast<int32_t>(running.size()));
+  num_blocks_used_.store(blocks_.num_used());
 }
 
 StepPlan Scheduler::Schedule() {
@@ -318,16 +498,19 @@ StepPlan Scheduler::Schedule() {
   ReapCancelled(waiting_, now, /*waiting=*/true);
   ReapCancelled(running_, now, /*waiting=*/false);
 
+  StepPlan plan;
   int32_t budget = options_.max_tokens_per_step;
   bool preempted = false;
   // 1. Running sequences, oldest first. When the pool is dry, preempt the
-  // newest running sequence (possibly this one) and try again.
+  // newest running sequence (possibly this one) and try again. A sequence
+  // reserved earlier in this loop is never the victim, so the copies it
+  // asked for stay valid.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence& seq = *running_[i];
     const int32_t n = std::min(seq.num_remaining(), budget);
-    if (Reserve(seq, n)) {
-      seq.step_tokens = n;
-      budget -= n;
+    if (n <= 0 || Reserve(seq, n, plan.block_copies)) {
+      seq.step_tokens = std::max(n, 0);
+      budget -= seq.step_tokens;
       ++i;
       continue;
     }
@@ -339,15 +522,20 @@ StepPlan Scheduler::Schedule() {
     if (self) break;
   }
   // 2. Admit waiting sequences into what is left; not in a step that had to
-  // preempt, since the pool is known to be short.
+  // preempt, since the pool is known to be short. A sequence that will fork
+  // is admitted only with room for all its siblings.
+  int32_t slots = 0;
+  for (const auto& seq : running_) slots += seq->num_slots();
   const bool admit =
       !preempted && (!options_.static_batching || running_.empty());
   while (admit && !waiting_.empty() && budget > 0 &&
-         static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
+         slots + waiting_.front()->num_slots() <= options_.max_num_seqs) {
     Sequence& seq = *waiting_.front();
+    Request& request = *seq.request;
     const int32_t hit_blocks = AcquireCachedPrefix(seq);
     const int32_t n = std::min(seq.num_remaining(), budget);
-    if (!Reserve(seq, n)) {
+    // A waiting sequence holds only full cached blocks: no copy-on-write.
+    if (!Reserve(seq, n, plan.block_copies)) {
       // Wait for running sequences to free blocks; give the prefix back.
       blocks_.Free(seq.block_table);
       seq.block_table.clear();
@@ -357,14 +545,15 @@ StepPlan Scheduler::Schedule() {
     }
     seq.step_tokens = n;
     budget -= n;
+    slots += seq.num_slots();
     prefix_queried_tokens_ += static_cast<int64_t>(seq.tokens.size());
     prefix_hit_tokens_ +=
         static_cast<int64_t>(hit_blocks) * options_.block_size;
-    if (!seq.started) {
-      seq.started = true;
-      seq.first_scheduled = now;
-      seq.cached_prompt_tokens =
-          std::min(hit_blocks * options_.block_size, seq.num_prompt);
+    if (!request.started) {
+      request.started = true;
+      request.first_scheduled = now;
+      request.cached_prompt_tokens =
+          std::min(hit_blocks * options_.block_size, request.num_prompt);
     }
     num_waiting_.fetch_sub(1);
     waiting_tokens_.fetch_sub(seq.num_prompt);
@@ -372,20 +561,19 @@ StepPlan Scheduler::Schedule() {
     waiting_.pop_front();
   }
 
-  StepPlan plan;
   plan.items.reserve(running_.size());
   for (auto& seq_ptr : running_) {
     Sequence& seq = *seq_ptr;
     if (seq.step_tokens == 0) continue;
     WorkItem item;
-    item.request_id = seq.id;
+    item.request_id = seq.item_id;
     item.tokens = std::span<const TokenId>(seq.tokens)
                       .subspan(seq.num_computed, seq.step_tokens);
     item.start_position = seq.num_computed;
     item.block_table = seq.block_table;
     item.sample = seq.num_computed + seq.step_tokens ==
                   static_cast<int32_t>(seq.tokens.size());
-    item.sampling = &seq.spec.sampling;
+    item.sampling = &seq.sampling;
     item.prompt_tokens =
         std::span<const TokenId>(seq.tokens).first(seq.num_prompt);
     item.output_tokens =
@@ -393,8 +581,7 @@ StepPlan Scheduler::Schedule() {
     plan.items.push_back(item);
     planned_.push_back(&seq);
   }
-  num_running_.store(static_cast<int32_t>(running_.size()));
-  num_blocks_used_.store(blocks_.num_used());
+  UpdateCounters();
   return plan;
 }
 
@@ -406,27 +593,37 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
   }
   for (size_t i = 0; i < planned_.size(); ++i) {
     Sequence& seq = *planned_[i];
+    Request& request = *seq.request;
     seq.num_computed += std::exchange(seq.step_tokens, 0);
-    if (result.ok()) RegisterFullBlocks(seq);
     if (!result.ok()) {
+      // The whole request fails: its other sequences end at the next step.
+      EndRequest(request, FinishReason::kError, result.status());
       seq.finish = FinishReason::kError;
-      seq.finish_status = result.status();
+      continue;
+    }
+    RegisterFullBlocks(seq);
+    if (seq.num_unforked > 0 && seq.num_computed == seq.target()) {
+      Fork(seq);
       continue;
     }
     const ItemResult& item = result->items[i];
     if (!item.sampled.has_value()) continue;
     const TokenId token = item.sampled->token;
     seq.tokens.push_back(token);
-    if (seq.num_output() == 1) seq.first_token = now;
+    if (!request.has_token) {
+      request.has_token = true;
+      request.first_token = now;
+    }
     TokenEvent event;
     event.sampled = *item.sampled;
-    const auto& stops = seq.spec.stop_token_ids;
+    event.index = seq.index;
+    const auto& stops = request.spec.stop_token_ids;
     event.is_stop_token =
         std::find(stops.begin(), stops.end(), token) != stops.end();
-    const bool keep_going = seq.spec.sink->OnToken(event);
+    const bool keep_going = request.spec.sink->OnToken(event);
     if (event.is_stop_token || !keep_going) {
       seq.finish = FinishReason::kStop;
-    } else if (seq.num_output() >= seq.spec.max_tokens ||
+    } else if (seq.num_output() >= request.spec.max_tokens ||
                static_cast<int32_t>(seq.tokens.size()) >=
                    options_.max_model_len) {
       seq.finish = FinishReason::kLength;
@@ -440,11 +637,10 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
       ++it;
       continue;
     }
-    Finish(seq, *seq.finish, seq.finish_status);
+    EndSequence(seq, *seq.finish);
     it = running_.erase(it);
   }
-  num_running_.store(static_cast<int32_t>(running_.size()));
-  num_blocks_used_.store(blocks_.num_used());
+  UpdateCounters();
 }
 
 }  // namespace strata

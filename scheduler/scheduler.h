@@ -2,6 +2,15 @@
 // OnFinish(), decides each engine step's work, and owns the KV block pool's
 // bookkeeping (the engine owns the memory).
 //
+// A request runs as one sequence, or as RequestSpec::n sequences (choices)
+// that share its prompt's KV blocks: the prompt but its last token is
+// computed once, then the sequence forks and every sibling computes the last
+// prompt token itself and samples with its own seed (copy-on-write of the
+// shared, partly filled block). See docs/scheduler.md. In a StepPlan a
+// sequence's WorkItem::request_id is the request's id for sequence 0 and a
+// fresh id (from the same counter) for each sibling, so the engine always
+// sees distinct sequences.
+//
 // Threading contract: Submit(), Cancel(), Drain() and the counters may be
 // called from any thread. Schedule() and Commit() are called only by the
 // engine thread (EngineLoop), alternately: Schedule, Execute, Commit, ...
@@ -47,12 +56,14 @@ class Scheduler {
   ~Scheduler();
 
   // Queues a request. Fails at once, without calling the sink, with
-  // RESOURCE_EXHAUSTED (queue full or prompt too long) or UNAVAILABLE
-  // (draining). On success the sink's OnFinish will be called exactly once.
+  // RESOURCE_EXHAUSTED (queue full), INVALID_ARGUMENT (prompt too long, n
+  // outside [1, max_num_seqs]) or UNAVAILABLE (draining). On success the
+  // sink's OnFinish will be called exactly once. spec.prompt is moved into
+  // the request's sequences.
   absl::StatusOr<RequestId> Submit(RequestSpec spec);
 
-  // Ends a request at the next step (FinishReason kCancelled with `status`).
-  // Unknown or finished ids are ignored.
+  // Ends a request, all of its sequences, at the next step (FinishReason
+  // kCancelled with `status`). Unknown or finished ids are ignored.
   void Cancel(RequestId id, absl::Status status = absl::CancelledError());
 
   // Engine thread: the next step's plan (empty when there is nothing to do).
@@ -71,7 +82,10 @@ class Scheduler {
   // Ends every request with `status` at the next step.
   void CancelAll(absl::Status status);
 
+  // Queued sequences: a request that has not run yet counts once (n
+  // included); a preempted sequence counts on its own.
   int32_t num_waiting() const;
+  // Requests with at least one sequence in the running batch.
   int32_t num_running() const;
   int32_t num_blocks_used() const;
   // Engine thread only.
@@ -79,36 +93,66 @@ class Scheduler {
   int64_t prefix_queried_tokens() const { return prefix_queried_tokens_; }
   int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
   // Engine thread: checks block reference counts against the block tables
-  // of every request, the free list and the prefix cache. For tests.
+  // of every sequence, the free list, the prefix cache, each request's count
+  // of live sequences and the sequence limit. For tests.
   absl::Status CheckConsistency() const;
+  // Engine thread: a KV block's reference count. For tests.
+  int32_t block_ref_count(int32_t block) const {
+    return blocks_.ref_count(block);
+  }
   const Options& options() const { return options_; }
 
  private:
+  struct Request;
   struct Sequence;
+  // A submitted request and its first sequences, on their way to the engine
+  // thread.
+  struct Arrival {
+    std::unique_ptr<Request> request;
+    std::vector<std::unique_ptr<Sequence>> sequences;
+  };
   explicit Scheduler(const Options& options);
 
+  // A sequence of `request` with choice `index` (seed + index).
+  static std::unique_ptr<Sequence> NewSequence(Request& request, int32_t index,
+                                               std::vector<TokenId> tokens);
   // Moves submitted requests into the waiting queue and applies cancels.
   void DrainInbox();
-  // Frees the sequence's blocks and tells its sink it ended.
-  void Finish(Sequence& seq, FinishReason reason, absl::Status status);
-  // Ends cancelled or expired sequences of `list` and removes them.
+  // Marks every sequence of the request to end at the next step (first
+  // reason and status win).
+  static void EndRequest(Request& request, FinishReason reason,
+                         absl::Status status);
+  // Frees the sequence's blocks and tells the sink it ended; after the
+  // request's last sequence, finishes the request (OnFinish) and forgets it.
+  // The caller then drops the sequence.
+  void EndSequence(Sequence& seq, FinishReason reason);
+  // Ends the sequences of `list` whose request was cancelled, failed or
+  // expired, and removes them.
   template <typename List>
   void ReapCancelled(List& list, absl::Time now, bool waiting);
   // Frees a running sequence's blocks and requeues it at the front.
   void Preempt(std::unique_ptr<Sequence> seq);
+  // Sequence 0 of an n > 1 request reached its fork point: its siblings are
+  // created sharing its blocks and join the running batch right after it.
+  void Fork(Sequence& parent);
   // For a sequence that holds no blocks: takes the cached blocks of its
   // longest cached prefix and counts them as computed. Returns the blocks hit.
   int32_t AcquireCachedPrefix(Sequence& seq);
   // Registers the sequence's newly completed full blocks in the prefix cache.
   void RegisterFullBlocks(Sequence& seq);
-  // Allocates the blocks `seq` needs to compute `num_tokens` more tokens.
-  bool Reserve(Sequence& seq, int32_t num_tokens);
+  // Allocates the blocks `seq` needs to compute `num_tokens` more tokens,
+  // copy-on-write of a shared partly filled block included (appended to
+  // `copies`). All or nothing: false when the pool is short.
+  bool Reserve(Sequence& seq, int32_t num_tokens,
+               std::vector<BlockCopy>& copies);
+  // Refreshes the counters other threads read.
+  void UpdateCounters();
 
   const Options options_;
 
   // Inbox: written by any thread, drained by the engine thread.
   mutable absl::Mutex mu_;
-  std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mu_);
+  std::vector<Arrival> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<RequestId, absl::Status>> cancels_ ABSL_GUARDED_BY(mu_);
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   absl::Status cancel_all_ ABSL_GUARDED_BY(mu_);
@@ -120,6 +164,8 @@ class Scheduler {
 
   // Engine-thread state.
   BlockManager blocks_;
+  // Every request with a live sequence; sequences point at their request.
+  absl::flat_hash_map<RequestId, std::unique_ptr<Request>> requests_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<Sequence*> planned_;  // items of the last plan, in order

@@ -1,6 +1,7 @@
 #include "scheduler/block_manager.h"
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -104,6 +105,102 @@ TEST(BlockManagerTest, DisabledCacheNeverHits) {
   std::vector<int32_t> again;
   uint64_t chain = 0;
   EXPECT_EQ(blocks.AcquireCachedPrefix(a, 1, again, &chain), 0);
+}
+
+// Block-table references to each block of a pool of `num_blocks`.
+std::vector<int32_t> Refs(int32_t num_blocks,
+                          const std::vector<std::vector<int32_t>>& tables) {
+  std::vector<int32_t> refs(num_blocks, 0);
+  for (const auto& table : tables) {
+    for (int32_t b : table) ++refs[b];
+  }
+  return refs;
+}
+
+TEST(BlockManagerTest, ForkSharesEveryBlockOfTheTable) {
+  BlockManager blocks(6, 4, true);
+  std::vector<int32_t> parent;
+  ASSERT_TRUE(blocks.Allocate(3, parent));  // e.g. 10 tokens: 4 + 4 + 2
+  std::vector<int32_t> a = parent;
+  blocks.Fork(a);
+  std::vector<int32_t> b = parent;
+  blocks.Fork(b);
+  for (int32_t block : parent) EXPECT_EQ(blocks.ref_count(block), 3);
+  EXPECT_EQ(blocks.num_used(), 3);
+  EXPECT_TRUE(blocks.CheckConsistency(Refs(6, {parent, a, b})).ok());
+  // A reference count that disagrees with the tables is reported.
+  EXPECT_FALSE(blocks.CheckConsistency(Refs(6, {parent, a})).ok());
+
+  blocks.Free(a);
+  blocks.Free(parent);
+  for (int32_t block : b) EXPECT_EQ(blocks.ref_count(block), 1);
+  blocks.Free(b);
+  EXPECT_EQ(blocks.num_free(), 6);
+  EXPECT_TRUE(blocks.CheckConsistency(Refs(6, {})).ok());
+}
+
+TEST(BlockManagerTest, CopyOnWriteOfASharedPartialBlock) {
+  BlockManager blocks(5, 4, true);
+  std::vector<int32_t> parent;
+  ASSERT_TRUE(blocks.Allocate(2, parent));  // full block, partial block
+  std::vector<int32_t> a = parent;
+  blocks.Fork(a);
+  std::vector<int32_t> b = parent;
+  blocks.Fork(b);
+  const int32_t shared = parent[1];
+
+  // The first writer gets a fresh block and a copy of the shared one.
+  std::optional<BlockCopy> copy;
+  ASSERT_TRUE(blocks.CopyOnWrite(a, 1, &copy));
+  ASSERT_TRUE(copy.has_value());
+  EXPECT_EQ(copy->src, shared);
+  EXPECT_EQ(copy->dst, a[1]);
+  EXPECT_NE(a[1], shared);
+  EXPECT_EQ(a[0], parent[0]);  // the full block stays shared
+  EXPECT_EQ(blocks.ref_count(shared), 2);
+  EXPECT_EQ(blocks.ref_count(a[1]), 1);
+  EXPECT_EQ(blocks.ref_count(parent[0]), 3);
+  EXPECT_TRUE(blocks.CheckConsistency(Refs(5, {parent, a, b})).ok());
+
+  // So does the second; the last holder writes in place (no copy).
+  copy.reset();
+  ASSERT_TRUE(blocks.CopyOnWrite(b, 1, &copy));
+  ASSERT_TRUE(copy.has_value());
+  EXPECT_EQ(copy->src, shared);
+  EXPECT_NE(b[1], a[1]);
+  copy.reset();
+  ASSERT_TRUE(blocks.CopyOnWrite(parent, 1, &copy));
+  EXPECT_FALSE(copy.has_value());
+  EXPECT_EQ(parent[1], shared);
+  EXPECT_EQ(blocks.ref_count(shared), 1);
+  EXPECT_EQ(blocks.num_used(), 4);  // the full block, the partial one, 2 copies
+  EXPECT_TRUE(blocks.CheckConsistency(Refs(5, {parent, a, b})).ok());
+
+  blocks.Free(a);
+  blocks.Free(b);
+  blocks.Free(parent);
+  EXPECT_EQ(blocks.num_free(), 5);
+  EXPECT_TRUE(blocks.CheckConsistency(Refs(5, {})).ok());
+}
+
+TEST(BlockManagerTest, CopyOnWriteWithoutAFreeBlockChangesNothing) {
+  BlockManager blocks(2, 4, true);
+  std::vector<int32_t> parent;
+  ASSERT_TRUE(blocks.Allocate(2, parent));
+  std::vector<int32_t> sibling = parent;
+  blocks.Fork(sibling);
+  std::optional<BlockCopy> copy;
+  EXPECT_FALSE(blocks.CopyOnWrite(sibling, 1, &copy));
+  EXPECT_FALSE(copy.has_value());
+  EXPECT_EQ(sibling, parent);
+  EXPECT_EQ(blocks.ref_count(parent[1]), 2);
+  EXPECT_TRUE(blocks.CheckConsistency(Refs(2, {parent, sibling})).ok());
+}
+
+TEST(BlockManagerDeathTest, ForkingAFreeBlockIsAnInvariantViolation) {
+  BlockManager blocks(2, 4, true);
+  const std::vector<int32_t> table = {0};
+  EXPECT_DEATH(blocks.Fork(table), "forking free block");
 }
 
 TEST(BlocksForTest, RoundsUp) {

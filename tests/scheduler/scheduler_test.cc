@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace strata {
@@ -21,10 +22,11 @@ namespace {
 
 constexpr int32_t kVocab = 1000;
 
-// The "model": the next token is a pure function of the sequence so far, so
-// recompute after preemption must reproduce it.
-TokenId NextToken(std::span<const TokenId> tokens) {
-  uint64_t h = 1469598103934665603ull;
+// The "model": the next token is a pure function of the sequence so far and
+// the sampling seed, so recompute after preemption must reproduce it, and
+// the siblings of an n > 1 request (seed + i) diverge.
+TokenId NextToken(std::span<const TokenId> tokens, uint64_t seed = 0) {
+  uint64_t h = 1469598103934665603ull ^ (seed * 0x9e3779b97f4a7c15ull);
   for (TokenId t : tokens)
     h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
   return static_cast<TokenId>(h % kVocab);
@@ -42,6 +44,18 @@ class SimExecutor : public StepExecutor {
 
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override {
     ++steps_;
+    // Copy-on-write first, in order, as the engine does.
+    for (const BlockCopy& copy : plan.block_copies) {
+      EXPECT_NE(copy.src, copy.dst);
+      EXPECT_GE(copy.src, 0);
+      EXPECT_LT(copy.src, num_blocks_);
+      EXPECT_GE(copy.dst, 0);
+      EXPECT_LT(copy.dst, num_blocks_);
+      std::copy_n(slots_.begin() + static_cast<size_t>(copy.src) * block_size_,
+                  block_size_,
+                  slots_.begin() + static_cast<size_t>(copy.dst) * block_size_);
+      ++copies_;
+    }
     EXPECT_LE(plan.NumTokens(), max_tokens_) << "token budget exceeded";
     EXPECT_LE(static_cast<int32_t>(plan.items.size()), max_seqs_);
     std::set<RequestId> ids;
@@ -86,8 +100,12 @@ class SimExecutor : public StepExecutor {
       r.request_id = item.request_id;
       EXPECT_EQ(item.sample, end == static_cast<int32_t>(all.size()));
       if (item.sample) {
+        EXPECT_NE(item.sampling, nullptr);
         r.sampled = SampledToken{
-            NextToken(std::span<const TokenId>(all).first(end)), -1.0f, {}};
+            NextToken(std::span<const TokenId>(all).first(end),
+                      item.sampling == nullptr ? 0 : item.sampling->seed),
+            -1.0f,
+            {}};
       }
       result.items.push_back(r);
     }
@@ -108,6 +126,7 @@ class SimExecutor : public StepExecutor {
   void FailNextStep() { fail_next_ = true; }
   int64_t steps() const { return steps_; }
   int64_t shared_reads() const { return shared_reads_; }
+  int64_t copies() const { return copies_; }
 
  private:
   struct Slot {
@@ -126,21 +145,34 @@ class SimExecutor : public StepExecutor {
   bool fail_next_ = false;
   int64_t steps_ = 0;
   int64_t shared_reads_ = 0;
+  int64_t copies_ = 0;
 };
 
+// Records what a request's sink hears, per choice, and fails on a token
+// after its choice or the request ended, or a choice ending twice.
 class RecordingSink : public RequestSink {
  public:
   explicit RecordingSink(TokenId stop_after = -1) : stop_after_(stop_after) {}
   bool OnToken(const TokenEvent& event) override {
     EXPECT_EQ(finishes, 0) << "token after finish";
-    tokens.push_back(event.sampled.token);
+    EXPECT_EQ(choice_reasons.count(event.index), 0u)
+        << "token after choice " << event.index << " ended";
+    choice_tokens[event.index].push_back(event.sampled.token);
+    if (event.index == 0) tokens.push_back(event.sampled.token);
     return event.sampled.token != stop_after_;
+  }
+  void OnSequenceFinish(int32_t index, FinishReason reason) override {
+    EXPECT_EQ(finishes, 0) << "choice ended after the request";
+    EXPECT_TRUE(choice_reasons.emplace(index, reason).second)
+        << "choice " << index << " ended twice";
   }
   void OnFinish(const FinishInfo& info) override {
     ++finishes;
     finish = info;
   }
-  std::vector<TokenId> tokens;
+  std::vector<TokenId> tokens;  // choice 0
+  std::map<int32_t, std::vector<TokenId>> choice_tokens;
+  std::map<int32_t, FinishReason> choice_reasons;  // OnSequenceFinish
   int finishes = 0;
   FinishInfo finish;
 
@@ -173,10 +205,11 @@ void RunToIdle(Scheduler& scheduler, SimExecutor& executor,
   FAIL() << "scheduler did not go idle";
 }
 
-std::vector<TokenId> Expected(std::vector<TokenId> prompt, int32_t n) {
+std::vector<TokenId> Expected(std::vector<TokenId> prompt, int32_t n,
+                              uint64_t seed = 0) {
   std::vector<TokenId> out;
   for (int32_t i = 0; i < n; ++i) {
-    const TokenId t = NextToken(prompt);
+    const TokenId t = NextToken(prompt, seed);
     out.push_back(t);
     prompt.push_back(t);
   }
@@ -423,9 +456,344 @@ TEST(SchedulerTest, HigherPriorityIsAdmittedFirst) {
   EXPECT_EQ(order, (std::vector<RequestId>{high, low}));
 }
 
-// Thousands of steps of random traffic on tiny and large pools: every request
-// ends exactly once with exactly its expected tokens, no block leaks, budgets
-// hold (checked inside SimExecutor), and preemption actually happens.
+// ---- n > 1 samples of one prompt ----
+
+// After Schedule(): every copy reads a block that was shared before the step
+// (Schedule only lowers a partly filled block's reference count, so the
+// count before the step bounds the one at the copy) and writes a block that
+// only the copying item holds, the one receiving its first new token.
+void CheckCopies(const Scheduler& scheduler, const StepPlan& plan,
+                 const std::vector<int32_t>& refs_before, int32_t block_size) {
+  std::set<int32_t> dsts;
+  for (const BlockCopy& copy : plan.block_copies) {
+    EXPECT_GE(refs_before[copy.src], 2)
+        << "copy from block " << copy.src << " that was not shared";
+    EXPECT_EQ(scheduler.block_ref_count(copy.dst), 1)
+        << "copy into block " << copy.dst << " that is not the copier's own";
+    EXPECT_TRUE(dsts.insert(copy.dst).second) << "two copies into one block";
+    int holders = 0;
+    for (const WorkItem& item : plan.items) {
+      const auto it =
+          std::find(item.block_table.begin(), item.block_table.end(), copy.dst);
+      if (it == item.block_table.end()) continue;
+      ++holders;
+      EXPECT_EQ(it - item.block_table.begin(), item.start_position / block_size)
+          << "copy into a block the item does not write first";
+      EXPECT_NE(item.start_position % block_size, 0)
+          << "copy of a block the item starts empty";
+    }
+    EXPECT_EQ(holders, 1) << "copy into block " << copy.dst;
+  }
+}
+
+std::vector<int32_t> RefCounts(const Scheduler& scheduler) {
+  std::vector<int32_t> refs(scheduler.options().num_blocks);
+  for (int32_t b = 0; b < static_cast<int32_t>(refs.size()); ++b) {
+    refs[b] = scheduler.block_ref_count(b);
+  }
+  return refs;
+}
+
+// One Schedule/Execute/Commit with the copy and consistency checks.
+StepPlan Step(Scheduler& scheduler, SimExecutor& executor) {
+  const std::vector<int32_t> refs_before = RefCounts(scheduler);
+  StepPlan plan = scheduler.Schedule();
+  CheckCopies(scheduler, plan, refs_before, scheduler.options().block_size);
+  scheduler.Commit(plan.items.empty() ? absl::StatusOr<StepResult>(StepResult{})
+                                      : executor.Execute(plan));
+  const absl::Status consistent = scheduler.CheckConsistency();
+  EXPECT_TRUE(consistent.ok()) << consistent;
+  return plan;
+}
+
+TEST(SchedulerNTest, PromptIsComputedOnceThenEachChoiceSamplesWithItsSeed) {
+  auto scheduler = *Scheduler::Create(SmallOptions());  // blocks of 4
+  SimExecutor executor(4, 64, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  for (int i = 0; i < 10; ++i) spec.prompt.push_back(200 + i);
+  spec.n = 3;
+  spec.sampling.seed = 100;
+  spec.max_tokens = 6;
+  spec.sink = sink;
+  const RequestId id = *scheduler->Submit(spec);
+
+  // Step 1: the prompt but its last token, once (it fills 2 blocks and 1
+  // slot of a third).
+  StepPlan plan = Step(*scheduler, executor);
+  ASSERT_EQ(plan.items.size(), 1u);
+  EXPECT_EQ(plan.items[0].request_id, id);
+  EXPECT_EQ(plan.items[0].tokens.size(), 9u);
+  EXPECT_FALSE(plan.items[0].sample);
+  EXPECT_TRUE(plan.block_copies.empty());
+  EXPECT_EQ(scheduler->num_blocks_used(), 3);
+
+  // Step 2: three sequences run the last prompt token at position 9, in the
+  // shared third block: the first two copy it, the last writes in place.
+  plan = Step(*scheduler, executor);
+  ASSERT_EQ(plan.items.size(), 3u);
+  std::set<RequestId> ids;
+  for (const WorkItem& item : plan.items) {
+    ids.insert(item.request_id);
+    EXPECT_EQ(item.start_position, 9);
+    EXPECT_EQ(item.tokens.size(), 1u);
+    EXPECT_TRUE(item.sample);
+    EXPECT_EQ(item.block_table[0], plan.items[0].block_table[0]);
+    EXPECT_EQ(item.block_table[1], plan.items[0].block_table[1]);
+  }
+  EXPECT_EQ(ids.size(), 3u) << "each sequence has its own item id";
+  EXPECT_EQ(plan.block_copies.size(), 2u);
+  EXPECT_EQ(scheduler->num_blocks_used(), 5);
+  EXPECT_EQ(scheduler->num_running(), 1);  // one request
+
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(sink->finishes, 1);
+  ASSERT_EQ(sink->choice_tokens.size(), 3u);
+  for (int32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(sink->choice_tokens[i], Expected(spec.prompt, 6, 100 + i))
+        << "choice " << i;
+    EXPECT_EQ(sink->choice_reasons.at(i), FinishReason::kLength);
+  }
+  EXPECT_NE(sink->choice_tokens[0], sink->choice_tokens[1]);
+  EXPECT_EQ(sink->finish.reason, FinishReason::kLength);
+  EXPECT_TRUE(sink->finish.status.ok());
+  EXPECT_EQ(sink->finish.stats.prompt_tokens, 10);
+  EXPECT_EQ(sink->finish.stats.completion_tokens, 18);
+  EXPECT_EQ(scheduler->num_blocks_used(), 0);
+  // 9 + 3 prompt tokens and 3 * 5 decode tokens were computed, not 3 * 15.
+  EXPECT_EQ(executor.copies(), 2);
+}
+
+TEST(SchedulerNTest, ALastPromptTokenThatStartsABlockNeedsNoCopy) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  for (int i = 0; i < 9; ++i) spec.prompt.push_back(300 + i);  // 8 + 1
+  spec.n = 4;
+  spec.sampling.seed = 7;
+  spec.max_tokens = 5;
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  while (sink->finishes == 0) {
+    const StepPlan plan = Step(*scheduler, executor);
+    EXPECT_TRUE(plan.block_copies.empty());
+  }
+  for (int32_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(sink->choice_tokens[i], Expected(spec.prompt, 5, 7 + i));
+  }
+  EXPECT_EQ(executor.copies(), 0);
+}
+
+TEST(SchedulerNTest, OneTokenPromptStartsTheSequencesApart) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  spec.prompt = {42};
+  spec.n = 3;
+  spec.sampling.seed = 5;
+  spec.max_tokens = 4;
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  EXPECT_EQ(scheduler->num_waiting(), 3);
+  const StepPlan plan = Step(*scheduler, executor);
+  EXPECT_EQ(plan.items.size(), 3u);
+  RunToIdle(*scheduler, executor);
+  for (int32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(sink->choice_tokens[i], Expected(spec.prompt, 4, 5 + i));
+  }
+  EXPECT_EQ(sink->finish.stats.completion_tokens, 12);
+}
+
+TEST(SchedulerNTest, EachChoiceStopsOnItsOwn) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  RequestSpec spec;
+  for (int i = 0; i < 6; ++i) spec.prompt.push_back(10 + i);
+  spec.n = 3;
+  spec.sampling.seed = 1000;
+  spec.max_tokens = 8;
+  // Choice 1 meets a stop token at its third token, choice 2 a stop string
+  // (the sink says stop) at its fifth; choice 0 runs to max_tokens.
+  const std::vector<TokenId> one = Expected(spec.prompt, 8, 1001);
+  const std::vector<TokenId> two = Expected(spec.prompt, 8, 1002);
+  const std::vector<TokenId> zero = Expected(spec.prompt, 8, 1000);
+  ASSERT_EQ(std::count(zero.begin(), zero.end(), one[2]), 0);
+  ASSERT_EQ(std::count(zero.begin(), zero.end(), two[4]), 0);
+  ASSERT_EQ(std::count(one.begin(), one.begin() + 2, one[2]), 0);
+  ASSERT_EQ(std::count(one.begin(), one.begin() + 3, two[4]), 0);
+  ASSERT_EQ(std::count(two.begin(), two.begin() + 5, one[2]), 0);
+  spec.stop_token_ids = {one[2]};
+  auto sink = std::make_shared<RecordingSink>(two[4]);
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  RunToIdle(*scheduler, executor);
+  ASSERT_EQ(sink->finishes, 1);
+  EXPECT_EQ(sink->choice_tokens[0], zero);
+  EXPECT_EQ(sink->choice_reasons.at(0), FinishReason::kLength);
+  EXPECT_EQ(sink->choice_tokens[1],
+            std::vector<TokenId>(one.begin(), one.begin() + 3));
+  EXPECT_EQ(sink->choice_reasons.at(1), FinishReason::kStop);
+  const auto two_end = std::find(two.begin(), two.end(), two[4]) + 1;
+  EXPECT_EQ(sink->choice_tokens[2], std::vector<TokenId>(two.begin(), two_end));
+  EXPECT_EQ(sink->choice_reasons.at(2), FinishReason::kStop);
+  // The request's reason is choice 0's.
+  EXPECT_EQ(sink->finish.reason, FinishReason::kLength);
+  EXPECT_EQ(sink->finish.stats.completion_tokens,
+            static_cast<int32_t>(8 + 3 + (two_end - two.begin())));
+}
+
+TEST(SchedulerNTest, CancelEndsEverySiblingOnceAndFreesTheirBlocks) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  for (int i = 0; i < 7; ++i) spec.prompt.push_back(i + 1);
+  spec.n = 4;
+  spec.max_tokens = 50;
+  spec.sink = sink;
+  const RequestId id = *scheduler->Submit(spec);
+  for (int i = 0; i < 4; ++i) Step(*scheduler, executor);
+  EXPECT_EQ(sink->choice_tokens.size(), 4u);
+  scheduler->Cancel(id);
+  Step(*scheduler, executor);
+  EXPECT_EQ(sink->finishes, 1);
+  EXPECT_EQ(sink->finish.reason, FinishReason::kCancelled);
+  EXPECT_EQ(sink->finish.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(sink->choice_reasons.empty());
+  EXPECT_EQ(sink->finish.stats.completion_tokens, 4 * 3);
+  EXPECT_EQ(scheduler->num_blocks_used(), 0);
+  EXPECT_EQ(scheduler->num_running(), 0);
+}
+
+TEST(SchedulerNTest, EngineFailureEndsTheWholeRequestWithError) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  for (int i = 0; i < 5; ++i) spec.prompt.push_back(i + 1);
+  spec.n = 2;
+  spec.max_tokens = 20;
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  Step(*scheduler, executor);  // prefill
+  Step(*scheduler, executor);  // both sample
+  executor.FailNextStep();
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(sink->finishes, 1);
+  EXPECT_EQ(sink->finish.reason, FinishReason::kError);
+  EXPECT_EQ(sink->finish.status.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(scheduler->num_blocks_used(), 0);
+}
+
+TEST(SchedulerNTest, NCountsTowardMaxNumSeqsAndIsRefusedBeyondIt) {
+  Scheduler::Options options = SmallOptions();
+  options.max_num_seqs = 4;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 4);
+  RequestSpec spec;
+  spec.prompt = {1, 2, 3, 4, 5};
+  spec.max_tokens = 3;
+  spec.n = 5;
+  spec.sink = std::make_shared<RecordingSink>();
+  const absl::Status refused = scheduler->Submit(spec).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.message()),
+              ::testing::StartsWith("sampling.n:"));
+  spec.n = 0;
+  EXPECT_EQ(scheduler->Submit(spec).status().code(),
+            absl::StatusCode::kInvalidArgument);
+
+  // n = 3 then n = 2: the second waits for slots even before the first
+  // forks (the step budget and the pool have room).
+  auto first = std::make_shared<RecordingSink>();
+  auto second = std::make_shared<RecordingSink>();
+  spec.n = 3;
+  spec.sink = first;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  spec.n = 2;
+  spec.sink = second;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  StepPlan plan = Step(*scheduler, executor);
+  EXPECT_EQ(plan.items.size(), 1u);
+  EXPECT_EQ(scheduler->num_waiting(), 1);
+  while (first->finishes == 0) {
+    plan = Step(*scheduler, executor);
+    EXPECT_LE(plan.items.size(), 3u) << "the second request ran early";
+  }
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(second->choice_tokens.size(), 2u);
+}
+
+TEST(SchedulerNTest, PrefixCacheRegistersThePromptOnceAndChoicesBlocks) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  RequestSpec spec;
+  for (int i = 0; i < 14; ++i) spec.prompt.push_back(500 + i);
+  spec.n = 3;
+  spec.max_tokens = 6;
+  spec.sampling.seed = 3;
+  auto first = std::make_shared<RecordingSink>();
+  spec.sink = first;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  RunToIdle(*scheduler, executor);
+  // The same prompt again: its three full blocks (12 tokens) are cached.
+  auto second = std::make_shared<RecordingSink>();
+  spec.sink = second;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(second->finish.stats.cached_prompt_tokens, 12);
+  EXPECT_EQ(second->choice_tokens, first->choice_tokens);
+  // A choice's own full block (prompt + output) is cached too: an n = 1
+  // request continuing choice 2 hits it.
+  RequestSpec next;
+  next.prompt = spec.prompt;
+  next.prompt.insert(next.prompt.end(), first->choice_tokens[2].begin(),
+                     first->choice_tokens[2].end());  // 20 tokens
+  next.max_tokens = 1;
+  auto third = std::make_shared<RecordingSink>();
+  next.sink = third;
+  ASSERT_TRUE(scheduler->Submit(next).ok());
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(third->finish.stats.cached_prompt_tokens, 16);
+  EXPECT_TRUE(scheduler->CheckConsistency().ok());
+}
+
+TEST(SchedulerNTest, PreemptedSiblingRecomputesAloneAndMatches) {
+  // 16 blocks of 4 = one 64-token sequence; three long siblings cannot all
+  // fit, so the newest are preempted and recompute their prompt alone.
+  Scheduler::Options options = SmallOptions();
+  options.num_blocks = 16;
+  options.max_model_len = 64;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 16, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  for (int i = 0; i < 18; ++i) spec.prompt.push_back(700 + i);
+  spec.n = 3;
+  spec.max_tokens = 40;
+  spec.sampling.seed = 11;
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  for (int i = 0; i < 10000 && sink->finishes == 0; ++i) {
+    Step(*scheduler, executor);
+  }
+  ASSERT_EQ(sink->finishes, 1);
+  EXPECT_GT(scheduler->num_preemptions(), 0);
+  for (int32_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(sink->choice_tokens[i], Expected(spec.prompt, 40, 11 + i));
+  }
+  EXPECT_EQ(scheduler->num_blocks_used(), 0);
+}
+
+// Thousands of steps of random traffic on tiny and large pools, a quarter of
+// the requests with n = 2..4 choices: every request ends exactly once and
+// every choice at most once (exactly once unless cancelled) with exactly its
+// expected tokens (those of an n = 1 request with its seed), no block leaks,
+// reference counts equal block-table references after every step, copies
+// only read shared blocks and write the copier's fresh one, budgets hold
+// (checked inside SimExecutor), and preemption actually happens.
 class SchedulerSimulationTest
     : public ::testing::TestWithParam<std::tuple<int32_t, bool>> {};
 
@@ -464,6 +832,8 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
       }
       s.spec.max_tokens = 1 + rng() % 30;
       s.spec.priority = rng() % 4 == 0 ? 1 : 0;
+      s.spec.n = rng() % 4 == 0 ? 2 + rng() % 3 : 1;
+      s.spec.sampling.seed = rng();
       if (rng() % 10 == 0)
         s.spec.stop_token_ids = {static_cast<TokenId>(rng() % kVocab)};
       s.sink = std::make_shared<RecordingSink>();
@@ -482,7 +852,9 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
       scheduler->Cancel(victim.id);
       victim.cancel_sent = true;
     }
+    const std::vector<int32_t> refs_before = RefCounts(*scheduler);
     StepPlan plan = scheduler->Schedule();
+    CheckCopies(*scheduler, plan, refs_before, options.block_size);
     scheduler->Commit(executor.Execute(plan));
     EXPECT_LE(scheduler->num_blocks_used(), num_blocks);
     const absl::Status consistent = scheduler->CheckConsistency();
@@ -498,37 +870,72 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
     EXPECT_EQ(scheduler->prefix_hit_tokens(), 0);
   }
   int cancelled = 0;
+  int forked = 0;
+  int forked_cancelled = 0;
   for (const Submitted& s : submitted) {
     ASSERT_EQ(s.sink->finishes, 1);
+    const bool was_cancelled =
+        s.sink->finish.reason == FinishReason::kCancelled;
+    EXPECT_NE(s.sink->finish.reason, FinishReason::kError)
+        << s.sink->finish.status;
+    if (was_cancelled) {
+      EXPECT_TRUE(s.cancel_sent);
+      ++cancelled;
+    }
+    if (s.spec.n > 1) {
+      ++forked;
+      if (was_cancelled) ++forked_cancelled;
+    }
     // Capped by the context: prompt + output <= max_model_len.
-    const auto expected = Expected(
-        s.spec.prompt,
-        std::min<int32_t>(s.spec.max_tokens,
-                          options.max_model_len -
-                              static_cast<int32_t>(s.spec.prompt.size())));
-    // Whatever arrived is a prefix of the expected output: never a repeated
-    // or missing token, also across preemptions.
-    ASSERT_LE(s.sink->tokens.size(), expected.size());
-    EXPECT_TRUE(std::equal(s.sink->tokens.begin(), s.sink->tokens.end(),
-                           expected.begin()));
-    switch (s.sink->finish.reason) {
-      case FinishReason::kLength:
-        EXPECT_EQ(s.sink->tokens.size(), expected.size());
-        break;
-      case FinishReason::kStop:
-        ASSERT_FALSE(s.sink->tokens.empty());
-        EXPECT_EQ(s.sink->tokens.back(), s.spec.stop_token_ids.at(0));
-        break;
-      case FinishReason::kCancelled:
-        EXPECT_TRUE(s.cancel_sent);
-        ++cancelled;
-        break;
-      case FinishReason::kError:
-        ADD_FAILURE() << "unexpected error " << s.sink->finish.status;
+    const int32_t cap = std::min<int32_t>(
+        s.spec.max_tokens,
+        options.max_model_len - static_cast<int32_t>(s.spec.prompt.size()));
+    int32_t completion_tokens = 0;
+    for (const auto& [index, tokens] : s.sink->choice_tokens) {
+      EXPECT_GE(index, 0);
+      EXPECT_LT(index, s.spec.n);
+      completion_tokens += static_cast<int32_t>(tokens.size());
+    }
+    EXPECT_EQ(s.sink->finish.stats.completion_tokens, completion_tokens);
+    if (!was_cancelled) {
+      EXPECT_EQ(static_cast<int32_t>(s.sink->choice_reasons.size()), s.spec.n);
+    }
+    for (int32_t i = 0; i < s.spec.n; ++i) {
+      const auto expected =
+          Expected(s.spec.prompt, cap, s.spec.sampling.seed + i);
+      const auto it = s.sink->choice_tokens.find(i);
+      const std::vector<TokenId> got = it == s.sink->choice_tokens.end()
+                                           ? std::vector<TokenId>()
+                                           : it->second;
+      // Whatever arrived is a prefix of the expected output: never a
+      // repeated or missing token, also across preemptions and forks.
+      ASSERT_LE(got.size(), expected.size());
+      EXPECT_TRUE(std::equal(got.begin(), got.end(), expected.begin()))
+          << "request " << s.id << " choice " << i;
+      const auto reason = s.sink->choice_reasons.find(i);
+      if (reason == s.sink->choice_reasons.end()) {
+        EXPECT_TRUE(was_cancelled) << "choice " << i << " never ended";
+        continue;
+      }
+      switch (reason->second) {
+        case FinishReason::kLength:
+          EXPECT_EQ(got.size(), expected.size());
+          break;
+        case FinishReason::kStop:
+          ASSERT_FALSE(got.empty());
+          EXPECT_EQ(got.back(), s.spec.stop_token_ids.at(0));
+          break;
+        default:
+          ADD_FAILURE() << "choice ended with "
+                        << FinishReasonName(reason->second);
+      }
     }
   }
   EXPECT_GT(submitted.size(), 300u);
   EXPECT_GT(cancelled, 0);
+  EXPECT_GT(forked, 50);
+  EXPECT_GT(forked_cancelled, 0);
+  EXPECT_GT(executor.copies(), 0);
   if (num_blocks <= 24) {
     EXPECT_GT(scheduler->num_preemptions(), 0);
   }
