@@ -1,6 +1,7 @@
 #include "server/generation_service.h"
 
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -48,7 +49,7 @@ grpc::Status Reply(std::string_view method, const absl::Status& status) {
 }
 
 // Appends a chunk to the output gathered so far; the finish fields of the
-// last chunk overwrite.
+// last chunk overwrite. Both chunks are of the same choice.
 void AppendChunk(v1::CompletionChunk chunk, v1::CompletionChunk& into) {
   std::string text = std::move(*into.mutable_text());
   text += chunk.text();
@@ -56,15 +57,51 @@ void AppendChunk(v1::CompletionChunk chunk, v1::CompletionChunk& into) {
   into.set_text(std::move(text));
 }
 
-void AppendChunk(v1::CompletionChunk chunk, v1::CompletionResponse& into) {
-  into.mutable_text()->append(chunk.text());
-  into.mutable_token_ids()->MergeFrom(chunk.token_ids());
-  into.mutable_logprobs()->MergeFrom(chunk.logprobs());
-  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-    into.set_finish_reason(chunk.finish_reason());
+// Streams: a chunk joins the last one waiting to be written when it is of the
+// same choice and that choice has not ended there (a slow reader gets fewer,
+// larger chunks); otherwise it queues behind it. For n = 1 everything merges
+// into one waiting chunk.
+void QueueChunk(v1::CompletionChunk chunk,
+                std::deque<v1::CompletionChunk>& pending) {
+  if (!pending.empty() && pending.back().index() == chunk.index() &&
+      pending.back().finish_reason() == v1::FINISH_REASON_UNSPECIFIED &&
+      !pending.back().has_usage()) {
+    AppendChunk(std::move(chunk), pending.back());
+    return;
   }
-  if (!chunk.stop_reason().empty()) into.set_stop_reason(chunk.stop_reason());
+  pending.push_back(std::move(chunk));
+}
+
+// Unary: gathers a chunk into its choice of the response.
+void AppendChunk(v1::CompletionChunk chunk, v1::CompletionResponse& into) {
+  const uint32_t index = chunk.index();
+  while (static_cast<uint32_t>(into.choices_size()) <= index) {
+    into.add_choices()->set_index(static_cast<uint32_t>(into.choices_size()) -
+                                  1);
+  }
+  v1::Choice& choice = *into.mutable_choices(static_cast<int>(index));
+  choice.mutable_text()->append(chunk.text());
+  choice.mutable_token_ids()->MergeFrom(chunk.token_ids());
+  choice.mutable_logprobs()->MergeFrom(chunk.logprobs());
+  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+    choice.set_finish_reason(chunk.finish_reason());
+  }
+  if (!chunk.stop_reason().empty()) {
+    choice.set_stop_reason(chunk.stop_reason());
+  }
   if (chunk.has_usage()) *into.mutable_usage() = chunk.usage();
+}
+
+// The response's top-level fields mirror choice 0 (the only one for n = 1,
+// as before choices existed).
+void MirrorFirstChoice(v1::CompletionResponse& response) {
+  if (response.choices_size() == 0) response.add_choices();
+  const v1::Choice& first = response.choices(0);
+  response.set_text(first.text());
+  *response.mutable_token_ids() = first.token_ids();
+  *response.mutable_logprobs() = first.logprobs();
+  response.set_finish_reason(first.finish_reason());
+  response.set_stop_reason(first.stop_reason());
 }
 
 // The scheduler side of one generation call, shared by both reactors. Submit
@@ -83,11 +120,13 @@ class ScheduledGeneration {
             .tokenizer = &tokenizer,
             .stop_strings = std::move(prepared.stop_strings),
             .logprobs = prepared.logprobs,
-            .metrics = metrics_},
+            .metrics = metrics_,
+            .n = prepared.n},
         listener);
     RequestSpec spec;
     spec.prompt = std::move(prepared.prompt);
     spec.sampling = prepared.sampling;
+    spec.n = prepared.n;
     spec.max_tokens = prepared.max_tokens;
     spec.stop_token_ids = std::move(prepared.stop_token_ids);
     spec.priority = prepared.priority;
@@ -161,7 +200,10 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
       absl::MutexLock lock(&mu_);
       if (finished_) return;
       AppendChunk(std::move(last), result_);
-      if (status.ok()) response_ = SerializeResponse(result_);
+      if (status.ok()) {
+        MirrorFirstChoice(result_);
+        response_ = SerializeResponse(result_);
+      }
     }
     FinishOnce(status);
   }
@@ -201,8 +243,9 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
 };
 
 // CompleteStream / ChatStream: writes one message at a time; chunks that
-// arrive while a write is in flight are merged into the next message, so a
-// slow client gets fewer, larger chunks and never holds up the engine.
+// arrive while a write is in flight are merged into the next message of
+// their choice (QueueChunk), so a slow client gets fewer, larger chunks and
+// never holds up the engine.
 class StreamGenerationReactor final
     : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
       public GenerationListener {
@@ -232,8 +275,7 @@ class StreamGenerationReactor final
   void OnChunk(v1::CompletionChunk chunk) override {
     absl::MutexLock lock(&mu_);
     if (finished_ || cancel_status_.has_value()) return;
-    if (!pending_.has_value()) pending_.emplace();
-    AppendChunk(std::move(chunk), *pending_);
+    QueueChunk(std::move(chunk), pending_);
     ProgressLocked();
   }
 
@@ -241,8 +283,7 @@ class StreamGenerationReactor final
   void OnComplete(v1::CompletionChunk last, absl::Status status) override {
     absl::MutexLock lock(&mu_);
     if (finished_ || cancel_status_.has_value()) return;
-    if (!pending_.has_value()) pending_.emplace();
-    AppendChunk(std::move(last), *pending_);
+    QueueChunk(std::move(last), pending_);
     complete_ = true;
     final_status_ = std::move(status);
     ProgressLocked();
@@ -294,9 +335,9 @@ class StreamGenerationReactor final
       Finish(Reply(method_, *cancel_status_));
       return;
     }
-    if (pending_.has_value()) {
-      write_buffer_ = SerializeResponse(*pending_);
-      pending_.reset();
+    if (!pending_.empty()) {
+      write_buffer_ = SerializeResponse(pending_.front());
+      pending_.pop_front();
       writing_ = true;
       StartWrite(&write_buffer_);
       return;
@@ -312,8 +353,8 @@ class StreamGenerationReactor final
   ScheduledGeneration generation_;
 
   absl::Mutex mu_;
-  // Output not yet written, gathered into one message.
-  std::optional<v1::CompletionChunk> pending_ ABSL_GUARDED_BY(mu_);
+  // Output not yet written, one message per run of a choice's chunks.
+  std::deque<v1::CompletionChunk> pending_ ABSL_GUARDED_BY(mu_);
   grpc::ByteBuffer write_buffer_ ABSL_GUARDED_BY(mu_);  // the write in flight
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool complete_ ABSL_GUARDED_BY(mu_) = false;  // the sink is done

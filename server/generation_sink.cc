@@ -1,5 +1,6 @@
 #include "server/generation_sink.h"
 
+#include <algorithm>
 #include <span>
 #include <utility>
 
@@ -38,9 +39,13 @@ GenerationSink::GenerationSink(const Options& options,
     : tokenizer_(*options.tokenizer),
       logprobs_(options.logprobs),
       metrics_(options.metrics),
-      detokenizer_(*options.tokenizer, /*skip_special_tokens=*/true),
-      stop_matcher_(options.stop_strings),
-      listener_(listener) {}
+      listener_(listener) {
+  const int32_t n = std::max(options.n, 1);
+  choices_.reserve(n);
+  for (int32_t i = 0; i < n; ++i) {
+    choices_.emplace_back(*options.tokenizer, options.stop_strings);
+  }
+}
 
 std::string GenerationSink::TokenText(TokenId id) const {
   return tokenizer_.Decode(std::span<const TokenId>(&id, 1),
@@ -48,9 +53,14 @@ std::string GenerationSink::TokenText(TokenId id) const {
 }
 
 bool GenerationSink::OnToken(const TokenEvent& event) {
-  if (stopped_) return false;  // the scheduler should not call again
+  if (event.index < 0 || event.index >= static_cast<int32_t>(choices_.size())) {
+    return false;  // not a choice of this request: a scheduler bug
+  }
+  Choice& choice = choices_[event.index];
+  if (choice.stopped || choice.finished) return false;  // not called again
   const SampledToken& sampled = event.sampled;
   v1::CompletionChunk chunk;
+  chunk.set_index(static_cast<uint32_t>(event.index));
   chunk.add_token_ids(sampled.token);
   if (logprobs_) {
     v1::TokenLogprob* logprob = chunk.add_logprobs();
@@ -65,19 +75,55 @@ bool GenerationSink::OnToken(const TokenEvent& event) {
   }
   if (event.is_stop_token) {
     // Counted and returned as an id, never shown as text.
-    stopped_ = true;
-    stop_reason_ = TokenText(sampled.token);
+    choice.stopped = true;
+    choice.stop_reason = TokenText(sampled.token);
   } else {
     StopStringMatcher::Result result =
-        stop_matcher_.Add(detokenizer_.Add(sampled.token));
+        choice.stop_matcher.Add(choice.detokenizer.Add(sampled.token));
     chunk.set_text(std::move(result.text));
     if (result.stopped) {
-      stopped_ = true;
-      stop_reason_ = std::move(result.matched);
+      choice.stopped = true;
+      choice.stop_reason = std::move(result.matched);
     }
   }
   Deliver(std::move(chunk));
-  return !stopped_;
+  return !choice.stopped;
+}
+
+void GenerationSink::FinishChoice(int32_t index, FinishReason reason) {
+  Choice& choice = choices_[index];
+  choice.finished = true;
+  ++num_finished_;
+  v1::CompletionChunk last;
+  last.set_index(static_cast<uint32_t>(index));
+  if (!choice.stopped) {
+    // Bytes of an incomplete character become U+FFFD; text held back as a
+    // possible stop-string start is released unless the tail completes one.
+    StopStringMatcher::Result tail =
+        choice.stop_matcher.Add(choice.detokenizer.Flush());
+    std::string text = std::move(tail.text);
+    if (tail.stopped) {
+      choice.stop_reason = std::move(tail.matched);
+    } else {
+      text += choice.stop_matcher.Flush();
+    }
+    last.set_text(std::move(text));
+  }
+  last.set_stop_reason(choice.stop_reason);
+  last.set_finish_reason(ToProto(reason));
+  if (num_finished_ == static_cast<int32_t>(choices_.size())) {
+    held_last_ = std::move(last);
+  } else {
+    Deliver(std::move(last));
+  }
+}
+
+void GenerationSink::OnSequenceFinish(int32_t index, FinishReason reason) {
+  if (index < 0 || index >= static_cast<int32_t>(choices_.size()) ||
+      choices_[index].finished) {
+    return;
+  }
+  FinishChoice(index, reason);
 }
 
 void GenerationSink::OnFinish(const FinishInfo& info) {
@@ -87,26 +133,23 @@ void GenerationSink::OnFinish(const FinishInfo& info) {
   if (info.reason == FinishReason::kLength ||
       info.reason == FinishReason::kStop) {
     status = absl::OkStatus();
-    if (!stopped_) {
-      // Bytes of an incomplete character become U+FFFD; text held back as a
-      // possible stop-string start is released unless the tail completes one.
-      StopStringMatcher::Result tail = stop_matcher_.Add(detokenizer_.Flush());
-      std::string text = std::move(tail.text);
-      if (tail.stopped) {
-        stop_reason_ = std::move(tail.matched);
-      } else {
-        text += stop_matcher_.Flush();
+    // Choices the scheduler did not report one by one end with the
+    // request's reason.
+    for (size_t i = 0; i < choices_.size(); ++i) {
+      if (!choices_[i].finished) {
+        FinishChoice(static_cast<int32_t>(i), info.reason);
       }
-      last.set_text(std::move(text));
     }
-    last.set_stop_reason(stop_reason_);
-  } else if (status.ok()) {
-    // A cancelled or failed request always carries why.
-    status = info.reason == FinishReason::kCancelled
-                 ? absl::CancelledError("request cancelled")
-                 : absl::InternalError("request failed");
+    if (held_last_.has_value()) last = *std::move(held_last_);
+  } else {
+    if (status.ok()) {
+      // A cancelled or failed request always carries why.
+      status = info.reason == FinishReason::kCancelled
+                   ? absl::CancelledError("request cancelled")
+                   : absl::InternalError("request failed");
+    }
+    last.set_finish_reason(ToProto(info.reason));
   }
-  last.set_finish_reason(ToProto(info.reason));
   FillUsage(info.stats, *last.mutable_usage());
 
   absl::MutexLock lock(&mu_);

@@ -4,6 +4,12 @@
 // is emitted, the stop string itself never is), stop tokens (counted, not
 // shown), logprobs, and the final chunk with finish reason and usage.
 //
+// With n > 1 choices each choice has its own detokenizer and stop matcher;
+// every chunk carries its choice's index, and each choice's last chunk its
+// finish_reason and stop_reason. The chunk that ends the last choice to end
+// is held back and becomes the final chunk (OnComplete), with the usage, so
+// for n = 1 the output is exactly the single-choice stream.
+//
 // Lifetimes: the scheduler owns the sink (shared_ptr) until after OnFinish;
 // the RPC reactor that listens may be done before that (client cancelled,
 // deadline). The reactor calls Detach() before it is destroyed; the sink's
@@ -12,6 +18,8 @@
 #ifndef STRATA_SERVER_GENERATION_SINK_H_
 #define STRATA_SERVER_GENERATION_SINK_H_
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,8 +48,9 @@ class GenerationListener {
   virtual void OnChunk(v1::CompletionChunk chunk) = 0;
 
   // Exactly once, last. `last` carries any text held back until the end,
-  // finish_reason, stop_reason and usage. `status` is OK for LENGTH/STOP and
-  // the cancellation or error otherwise.
+  // finish_reason, stop_reason and usage (with n > 1: the end of the last
+  // choice to end, with the request's usage). `status` is OK for
+  // LENGTH/STOP and the cancellation or error otherwise.
   virtual void OnComplete(v1::CompletionChunk last, absl::Status status) = 0;
 };
 
@@ -52,23 +61,42 @@ class GenerationSink : public RequestSink {
     std::vector<std::string> stop_strings;
     bool logprobs = false;       // attach a TokenLogprob to each token
     Metrics* metrics = nullptr;  // borrowed; optional: told how it ended
+    int32_t n = 1;               // choices (RequestSpec::n), >= 1
   };
 
   // `listener` may be null (the output is then dropped).
   GenerationSink(const Options& options, GenerationListener* listener);
 
   // RequestSink (engine thread). OnToken returns false once a stop string
-  // or stop token has ended the generation.
+  // or stop token has ended the event's choice.
   bool OnToken(const TokenEvent& event) override;
+  void OnSequenceFinish(int32_t index, FinishReason reason) override;
   void OnFinish(const FinishInfo& info) override;
 
   // Any thread. After Detach() returns, the listener is never called again.
   void Detach();
 
  private:
+  // One choice's decoding state.
+  struct Choice {
+    Choice(const Tokenizer& tokenizer,
+           const std::vector<std::string>& stop_strings)
+        : detokenizer(tokenizer, /*skip_special_tokens=*/true),
+          stop_matcher(stop_strings) {}
+    IncrementalDetokenizer detokenizer;
+    StopStringMatcher stop_matcher;
+    bool stopped = false;     // a stop string or stop token ended it
+    std::string stop_reason;  // which one
+    bool finished = false;    // its last chunk was made
+  };
+
   // Text of a token for logprob alternatives and stop reasons: its bytes,
   // with an incomplete UTF-8 character shown as U+FFFD.
   std::string TokenText(TokenId id) const;
+  // The last chunk of choice `index`: text held back, finish and stop
+  // reason. Delivered at once unless it ends the last open choice; then it
+  // is kept in held_last_ for OnFinish.
+  void FinishChoice(int32_t index, FinishReason reason);
   void Deliver(v1::CompletionChunk chunk);
 
   const Tokenizer& tokenizer_;
@@ -76,10 +104,9 @@ class GenerationSink : public RequestSink {
   Metrics* const metrics_;
 
   // Engine-thread state (the scheduler never calls one sink concurrently).
-  IncrementalDetokenizer detokenizer_;
-  StopStringMatcher stop_matcher_;
-  bool stopped_ = false;     // a stop string or stop token ended generation
-  std::string stop_reason_;  // which one
+  std::vector<Choice> choices_;  // [n]
+  int32_t num_finished_ = 0;
+  std::optional<v1::CompletionChunk> held_last_;
 
   absl::Mutex mu_;
   GenerationListener* listener_ ABSL_GUARDED_BY(mu_);

@@ -178,6 +178,7 @@ absl::StatusOr<PreparedRequest> RequestBuilder::Finish(
   out.stop_strings.assign(sampling.stop().begin(), sampling.stop().end());
   out.logprobs = sampling.logprobs();
   out.priority = priority;
+  out.n = sampling.has_n() ? static_cast<int32_t>(sampling.n()) : 1;
   return out;
 }
 

@@ -41,6 +41,9 @@ struct PreparedRequest {
   std::vector<std::string> stop_strings;
   bool logprobs = false;
   int32_t priority = 0;
+  // Choices to sample (sampling.n, default 1); choice i uses sampling.seed
+  // + i.
+  int32_t n = 1;
 };
 
 class RequestBuilder {

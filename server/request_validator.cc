@@ -76,6 +76,10 @@ absl::Status RequestValidator::ValidateSampling(
         "sampling.frequency_penalty",
         absl::StrCat("must be in [-2, 2], got ", s.frequency_penalty()));
   }
+  if (s.has_n() && (s.n() < 1 || s.n() > static_cast<uint32_t>(kMaxChoices))) {
+    return FieldError("sampling.n", absl::StrCat("must be in [1, ", kMaxChoices,
+                                                 "], got ", s.n()));
+  }
   if (s.top_logprobs() > static_cast<uint32_t>(kMaxTopLogprobs)) {
     return FieldError("sampling.top_logprobs",
                       absl::StrCat("must be in [0, ", kMaxTopLogprobs,

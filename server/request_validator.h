@@ -27,6 +27,8 @@ class RequestValidator {
   static constexpr int kMaxStopStrings = 16;
   // Most alternatives per token a request may ask for.
   static constexpr int kMaxTopLogprobs = 20;
+  // Most choices (sampling.n) one request may ask for.
+  static constexpr int kMaxChoices = 16;
 
   struct Limits {
     // Token ids must be in [0, vocab_size).

@@ -12,8 +12,10 @@
 // its gRPC code and message and exits 1.
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -43,6 +45,9 @@ ABSL_FLAG(double, repetition_penalty, -1, "In (0, 10]; -1 = unset.");
 ABSL_FLAG(int64_t, seed, -1,
           "Sampling seed for reproducible output; -1 = "
           "random.");
+ABSL_FLAG(int32_t, n, 1,
+          "Choices to generate from the prompt (sampling.n, 1-16); with more "
+          "than one, each choice is printed whole as it ends.");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "Comma-separated stop strings.");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence.");
 ABSL_FLAG(bool, stream, true,
@@ -73,6 +78,7 @@ Commands:
 
 Examples:
   strata-cli complete "Once upon a time" --max_tokens=32 --temperature=0
+  strata-cli complete "Once upon a time" --n=3 --seed=7 --max_tokens=16
   strata-cli --addr=127.0.0.1:50051 chat --system="Be brief." "Hi there")";
 
 int Fail(const grpc::Status& status) {
@@ -115,6 +121,9 @@ v1::SamplingParams SamplingFromFlags() {
   if (int64_t v = absl::GetFlag(FLAGS_seed); v >= 0) {
     sampling.set_seed(static_cast<uint64_t>(v));
   }
+  if (int32_t v = absl::GetFlag(FLAGS_n); v != 1) {
+    sampling.set_n(static_cast<uint32_t>(std::max(v, 0)));
+  }
   for (const std::string& stop : absl::GetFlag(FLAGS_stop)) {
     sampling.add_stop(stop);
   }
@@ -149,18 +158,37 @@ void PrintUsage(v1::FinishReason reason, const std::string& stop_reason,
                usage.queue_time_seconds(), usage.time_to_first_token_seconds());
 }
 
-// Streams or waits, prints the text, and the usage at the end.
+// One whole choice of an n > 1 request: a header line, then its text.
+void PrintChoice(uint32_t index, const std::string& text,
+                 v1::FinishReason reason, const std::string& stop_reason) {
+  std::string stop;
+  if (!stop_reason.empty()) stop = absl::StrCat(" (", stop_reason, ")");
+  std::printf("--- choice %u [finish: %s%s] ---\n%s\n", index,
+              FinishReasonText(reason), stop.c_str(), text.c_str());
+  std::fflush(stdout);
+}
+
+// Streams or waits, prints the text, and the usage at the end. With n > 1
+// choices, each is printed whole once it ends (their chunks interleave).
 template <typename Request, typename StreamCall, typename UnaryCall>
 int Generate(const Request& request, StreamCall stream_call,
              UnaryCall unary_call) {
   grpc::ClientContext context;
   PrepareContext(context);
+  const bool several = absl::GetFlag(FLAGS_n) > 1;
   if (!absl::GetFlag(FLAGS_stream)) {
     v1::CompletionResponse response;
     grpc::Status status = unary_call(&context, request, &response);
     if (!status.ok()) return Fail(status);
-    std::fwrite(response.text().data(), 1, response.text().size(), stdout);
-    std::fflush(stdout);
+    if (several) {
+      for (const v1::Choice& choice : response.choices()) {
+        PrintChoice(choice.index(), choice.text(), choice.finish_reason(),
+                    choice.stop_reason());
+      }
+    } else {
+      std::fwrite(response.text().data(), 1, response.text().size(), stdout);
+      std::fflush(stdout);
+    }
     PrintUsage(response.finish_reason(), response.stop_reason(),
                response.usage());
     return 0;
@@ -169,9 +197,18 @@ int Generate(const Request& request, StreamCall stream_call,
       stream_call(&context, request);
   v1::CompletionChunk chunk;
   v1::CompletionChunk last;
+  std::map<uint32_t, std::string> texts;  // n > 1: each choice's text so far
   while (reader->Read(&chunk)) {
-    std::fwrite(chunk.text().data(), 1, chunk.text().size(), stdout);
-    std::fflush(stdout);
+    if (several) {
+      texts[chunk.index()] += chunk.text();
+      if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        PrintChoice(chunk.index(), texts[chunk.index()], chunk.finish_reason(),
+                    chunk.stop_reason());
+      }
+    } else {
+      std::fwrite(chunk.text().data(), 1, chunk.text().size(), stdout);
+      std::fflush(stdout);
+    }
     if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) last = chunk;
   }
   grpc::Status status = reader->Finish();

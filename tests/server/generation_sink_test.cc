@@ -2,6 +2,8 @@
 // strings, stop tokens, logprobs and the final chunk.
 #include "server/generation_sink.h"
 
+#include <algorithm>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -251,6 +253,92 @@ TEST_F(GenerationSinkTest, ErrorWithoutStatusStillFails) {
   sink->OnFinish(Finished(FinishReason::kError));
   EXPECT_EQ(listener_.status.code(), absl::StatusCode::kInternal);
   EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_ERROR);
+}
+
+TEST_F(GenerationSinkTest, ChoicesDecodeAndStopOnTheirOwn) {
+  auto sink = std::make_unique<GenerationSink>(
+      GenerationSink::Options{.tokenizer = tokenizer_,
+                              .stop_strings = {"llama"},
+                              .logprobs = false,
+                              .metrics = nullptr,
+                              .n = 3},
+      &listener_);
+  auto event = [](TokenId id, int32_t index) {
+    TokenEvent e = Event(id);
+    e.index = index;
+    return e;
+  };
+  // Interleaved as the scheduler delivers them: choice 1 meets the stop
+  // string, choice 0 and 2 do not.
+  const std::vector<TokenId> zero = Encode("a small cat");
+  const std::vector<TokenId> one = Encode("a tiny llama runs");
+  const std::vector<TokenId> two = Encode("ok");
+  size_t stopped_at = one.size();
+  for (size_t i = 0; i < std::max(zero.size(), one.size()); ++i) {
+    if (i < zero.size()) {
+      EXPECT_TRUE(sink->OnToken(event(zero[i], 0)));
+    }
+    if (i < one.size() && i <= stopped_at) {
+      if (!sink->OnToken(event(one[i], 1))) {
+        stopped_at = i;
+        sink->OnSequenceFinish(1, FinishReason::kStop);
+      }
+    }
+  }
+  ASSERT_LT(stopped_at, one.size());
+  for (TokenId id : two) EXPECT_TRUE(sink->OnToken(event(id, 2)));
+  sink->OnSequenceFinish(2, FinishReason::kLength);
+  sink->OnSequenceFinish(0, FinishReason::kLength);
+  FinishInfo info = Finished(FinishReason::kLength);
+  sink->OnFinish(info);
+
+  std::map<uint32_t, std::string> texts;
+  std::map<uint32_t, int> finishes;
+  for (const auto& chunk : listener_.chunks) {
+    texts[chunk.index()] += chunk.text();
+    EXPECT_FALSE(chunk.has_usage());
+    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      ++finishes[chunk.index()];
+    }
+  }
+  ASSERT_TRUE(listener_.last.has_value());
+  // The choice that ended last (0) ends the stream, with the usage.
+  EXPECT_EQ(listener_.last->index(), 0u);
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(listener_.last->usage().completion_tokens(), 3u);
+  texts[0] += listener_.last->text();
+  EXPECT_EQ(texts[0], "a small cat");
+  EXPECT_EQ(texts[1], "a tiny ");
+  EXPECT_EQ(texts[2], "ok");
+  EXPECT_EQ(finishes[1], 1);
+  EXPECT_EQ(finishes[2], 1);
+  EXPECT_EQ(finishes[0], 0);  // in `last`
+  for (const auto& chunk : listener_.chunks) {
+    if (chunk.index() == 1 && chunk.finish_reason() != 0) {
+      EXPECT_EQ(chunk.finish_reason(), v1::FINISH_REASON_STOP);
+      EXPECT_EQ(chunk.stop_reason(), "llama");
+    }
+  }
+  EXPECT_TRUE(listener_.status.ok());
+  EXPECT_EQ(listener_.num_complete, 1);
+}
+
+TEST_F(GenerationSinkTest, CancelledChoicesEndWithTheRequestsStatus) {
+  auto sink = std::make_unique<GenerationSink>(
+      GenerationSink::Options{.tokenizer = tokenizer_,
+                              .stop_strings = {},
+                              .logprobs = false,
+                              .metrics = nullptr,
+                              .n = 2},
+      &listener_);
+  TokenEvent e = Event(Encode("Hi")[0]);
+  e.index = 1;
+  sink->OnToken(e);
+  sink->OnSequenceFinish(1, FinishReason::kLength);
+  sink->OnFinish(Finished(FinishReason::kCancelled, absl::CancelledError()));
+  EXPECT_EQ(listener_.status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_CANCELLED);
+  EXPECT_EQ(listener_.num_complete, 1);
 }
 
 TEST_F(GenerationSinkTest, DetachedSinkDeliversNothing) {

@@ -115,6 +115,21 @@ TEST_F(RequestBuilderTest, SamplingAndStopConditions) {
   EXPECT_EQ(prepared->priority, 3);
 }
 
+TEST_F(RequestBuilderTest, NumberOfChoicesDefaultsToOne) {
+  v1::CompletionRequest request;
+  request.set_text("x");
+  auto one = builder_->BuildCompletion(request);
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->n, 1);
+  request.mutable_sampling()->set_n(4);
+  auto four = builder_->BuildCompletion(request);
+  ASSERT_TRUE(four.ok()) << four.status();
+  EXPECT_EQ(four->n, 4);
+  request.mutable_sampling()->set_n(17);
+  EXPECT_EQ(builder_->BuildCompletion(request).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(RequestBuilderTest, UnsetSeedIsDrawnAtRandom) {
   v1::CompletionRequest request;
   request.set_text("x");

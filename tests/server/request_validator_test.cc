@@ -106,6 +106,21 @@ TEST_F(RequestValidatorTest, MaxTokens) {
   EXPECT_TRUE(SamplingError(s).ok());
 }
 
+TEST_F(RequestValidatorTest, NumberOfChoices) {
+  v1::SamplingParams s;
+  s.set_n(0);
+  ExpectFieldError(SamplingError(s), "sampling.n", "[1, 16], got 0");
+  s.set_n(17);
+  ExpectFieldError(SamplingError(s), "sampling.n", "got 17");
+  for (uint32_t n : {1u, 4u, 16u}) {
+    s.set_n(n);
+    EXPECT_TRUE(SamplingError(s).ok()) << n;
+  }
+  // Greedy choices are allowed (all the same, as in vLLM).
+  s.set_temperature(0.0f);
+  EXPECT_TRUE(SamplingError(s).ok());
+}
+
 TEST_F(RequestValidatorTest, Temperature) {
   v1::SamplingParams s;
   s.set_temperature(-1.0f);
