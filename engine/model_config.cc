@@ -18,7 +18,10 @@ namespace {
 using json = nlohmann::json;
 
 constexpr const char* kSupportedArchitectures[] = {
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+    "StrataRecursiveLlamaForCausalLM"};
+constexpr const char* kRecursiveArchitecture =
+    "StrataRecursiveLlamaForCausalLM";
 
 // Reads typed keys from one JSON object, producing errors that name the
 // source file and the full key path ("rope_scaling.factor").
@@ -190,6 +193,44 @@ absl::Status Positive(const std::string& source, const std::string& key,
       absl::StrCat(source, ": ", key, " (", value, ") must be positive"));
 }
 
+// The recursive-model keys (docs/recursive-models.md): num_loops >= 1,
+// lora_rank >= 0, lora_alpha (required when lora_rank > 0). Other
+// architectures may carry them only at their plain values (N = 1, r = 0).
+absl::Status ParseRecursion(const Reader& r, const std::string& source,
+                            ModelConfig* c) {
+  if (absl::Status s = r.Int("num_loops", false, &c->num_loops); !s.ok()) {
+    return s;
+  }
+  if (c->num_loops < 1) {
+    return r.Error("num_loops",
+                   absl::StrCat("(", c->num_loops, ") must be at least 1"));
+  }
+  if (absl::Status s = r.Int("lora_rank", false, &c->lora_rank); !s.ok()) {
+    return s;
+  }
+  if (c->lora_rank < 0) {
+    return r.Error("lora_rank",
+                   absl::StrCat("(", c->lora_rank, ") must not be negative"));
+  }
+  if (c->lora_rank > 0) {
+    if (r.Get("lora_alpha") == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": missing key lora_alpha (required when lora_rank > 0)"));
+    }
+    if (absl::Status s = r.Float("lora_alpha", &c->lora_alpha); !s.ok()) {
+      return s;
+    }
+  }
+  if (c->architecture != kRecursiveArchitecture &&
+      (c->num_loops != 1 || c->lora_rank != 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": num_loops ", c->num_loops, " / lora_rank ",
+                     c->lora_rank, " need architecture ",
+                     kRecursiveArchitecture, ", not ", c->architecture));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ModelConfig::FromJson(
@@ -225,6 +266,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(
     c.architecture = "MistralForCausalLM";
   } else if (c.model_type == "qwen2") {
     c.architecture = "Qwen2ForCausalLM";
+  } else if (c.model_type == "strata_recursive_llama") {
+    c.architecture = kRecursiveArchitecture;
   } else {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": missing architectures (and model_type '",
@@ -360,6 +403,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(
                                                "float16, bfloat16"));
   }
 
+  if (absl::Status s = ParseRecursion(r, source, &c); !s.ok()) return s;
+
   if (const json* bos = r.Get("bos_token_id"); bos != nullptr) {
     absl::StatusOr<TokenId> id = ParseTokenId(*bos, source, "bos_token_id");
     if (!id.ok()) return id.status();
@@ -414,12 +459,17 @@ std::string ModelConfig::DebugString() const {
   }
   absl::StrAppendFormat(&out,
                         " tie_word_embeddings=%s attention_bias=%s "
-                        "torch_dtype=%s bos_token_id=%s eos_token_ids=[%s]}",
+                        "torch_dtype=%s bos_token_id=%s eos_token_ids=[%s]",
                         tie_word_embeddings ? "true" : "false",
                         attention_bias ? "true" : "false", torch_dtype,
                         bos_token_id.has_value() ? absl::StrCat(*bos_token_id)
                                                  : std::string("none"),
                         absl::StrJoin(eos_token_ids, ","));
+  if (num_loops != 1 || lora_rank != 0) {
+    absl::StrAppendFormat(&out, " num_loops=%d lora_rank=%d lora_alpha=%g",
+                          num_loops, lora_rank, lora_alpha);
+  }
+  out += "}";
   return out;
 }
 

@@ -32,7 +32,8 @@ struct RopeScaling {
 
 struct ModelConfig {
   std::string architecture;  // architectures[0]: LlamaForCausalLM,
-                             // Qwen2ForCausalLM, MistralForCausalLM (others =>
+                             // Qwen2ForCausalLM, MistralForCausalLM,
+                             // StrataRecursiveLlamaForCausalLM (others =>
                              // UNIMPLEMENTED naming it)
   std::string model_type;
   int32_t vocab_size = 0;
@@ -52,6 +53,21 @@ struct ModelConfig {
   std::string torch_dtype;      // "float32" | "float16" | "bfloat16"
   std::optional<TokenId> bos_token_id;
   std::vector<TokenId> eos_token_ids;  // eos_token_id may be int or list
+
+  // Recursive models (architecture StrataRecursiveLlamaForCausalLM, see
+  // docs/recursive-models.md): the num_hidden_layers (K) unique layers run
+  // num_loops (N) times; loop l of layer k is KV layer l * K + k. A plain
+  // Llama is N = 1, lora_rank 0 (other architectures refuse these keys).
+  int32_t num_loops = 1;    // N >= 1
+  int32_t lora_rank = 0;    // r >= 0; 0 = no per-(loop, layer) LoRA
+  float lora_alpha = 0.0f;  // required when lora_rank > 0
+
+  // K * N: the KV cache holds one K and one V per (loop, layer).
+  int32_t num_kv_layers() const { return num_hidden_layers * num_loops; }
+  // alpha / r, the factor of every LoRA delta B @ A (0 without LoRA).
+  float lora_scale() const {
+    return lora_rank > 0 ? lora_alpha / static_cast<float>(lora_rank) : 0.0f;
+  }
 
   // Parses and validates a config.json document. `source_name` (usually the
   // file name) prefixes every error message. Validates: positive sizes, heads

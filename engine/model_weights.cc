@@ -99,6 +99,35 @@ absl::StatusOr<ModelWeights> ModelWeights::Load(const Checkpoint& checkpoint,
   if (!config.tie_word_embeddings) {
     jobs.push_back({"lm_head.weight", {vocab, hidden}, &weights.lm_head});
   }
+  // Recursive models: the LoRA of every (loop, layer, projection).
+  if (config.lora_rank > 0) {
+    const int64_t rank = config.lora_rank;
+    weights.lora.resize(static_cast<size_t>(config.num_loops) *
+                        config.num_hidden_layers);
+    for (int32_t l = 0; l < config.num_loops; ++l) {
+      for (int32_t k = 0; k < config.num_hidden_layers; ++k) {
+        LayerLoraWeights& lora =
+            weights.lora[static_cast<size_t>(l) * config.num_hidden_layers + k];
+        for (LoraProj proj : kAllLoraProjs) {
+          const auto [out, in] = LoraProjDims(config, proj);
+          const int p = static_cast<int>(proj);
+          jobs.push_back(
+              {LoraTensorName(l, k, proj, false), {rank, in}, &lora.a[p]});
+          jobs.push_back(
+              {LoraTensorName(l, k, proj, true), {out, rank}, &lora.b[p]});
+        }
+      }
+    }
+  } else {
+    // LoRA tensors a config does not ask for would be silently dropped.
+    for (const std::string& name : checkpoint.TensorNames()) {
+      if (name.rfind("model.loops.", 0) != 0) continue;
+      const TensorView* view = checkpoint.Find(name);
+      return absl::InvalidArgumentError(absl::StrCat(
+          view->file, ": tensor '", name, "' (file offset ", view->file_offset,
+          ") is present but config.json has no lora_rank"));
+    }
+  }
 
   // Validate everything before allocating anything, so a bad checkpoint fails
   // fast and without touching gigabytes of memory. LoadF32Into with an empty

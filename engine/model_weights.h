@@ -7,6 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/checkpoint.h"
+#include "engine/lora.h"
 #include "engine/model_config.h"
 
 namespace strata {
@@ -32,6 +33,10 @@ struct ModelWeights {
   std::vector<float> final_norm;     // [hidden]
   std::vector<float> lm_head;        // [vocab, hidden]; empty when tied (use
                                      // embed_tokens)
+  // Recursive models with lora_rank > 0: the LoRA of (loop l, layer k) at
+  // l * num_hidden_layers + k. [num_loops * num_hidden_layers]; empty
+  // without LoRA.
+  std::vector<LayerLoraWeights> lora;
 
   // Loads and converts every tensor, checking shapes against config (tensor
   // names model.embed_tokens.weight,
@@ -39,6 +44,9 @@ struct ModelWeights {
   // model.layers.{i}.input_layernorm.weight, .post_attention_layernorm.weight,
   // .mlp.{gate,up,down}_proj.weight, model.norm.weight, lm_head.weight). When
   // tie_word_embeddings is false but lm_head.weight is missing => error.
+  // With lora_rank > 0 also every model.loops.{l}.layers.{k}.{proj}.lora_A
+  // [r, in] / lora_B [out, r] (lora.h); without, a stored model.loops.*
+  // tensor is refused.
   // Converts straight from the memory map into the destination vectors (one
   // f32 copy of the model in memory), on 2 threads.
   static absl::StatusOr<ModelWeights> Load(const Checkpoint& checkpoint,
