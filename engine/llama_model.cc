@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <numbers>
+#include <numeric>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -27,6 +30,11 @@ namespace {
 // lhs = *expr, or returns expr's error.
 #define ASSIGN_OR_RETURN(lhs, expr) \
   STRATA_ASSIGN_OR_RETURN_IMPL(STRATA_CONCAT(status_or_, __LINE__), lhs, expr)
+// Returns expr's error, if any.
+#define RETURN_IF_ERROR(expr)                                         \
+  do {                                                                \
+    if (absl::Status status_ = (expr); !status_.ok()) return status_; \
+  } while (false)
 
 // Uploads a host weight vector as a tensor of `shape` (empty stays empty).
 absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
@@ -47,7 +55,7 @@ absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
 
 int64_t LlamaModel::KvBytesPerBlock(const ModelConfig& config,
                                     int32_t block_size, int64_t element_bytes) {
-  return 2LL * config.num_hidden_layers * block_size *
+  return 2LL * config.num_kv_layers() * block_size *
          config.num_key_value_heads * config.head_dim * element_bytes;
 }
 
@@ -88,7 +96,10 @@ absl::StatusOr<std::vector<float>> LlamaModel::RopeInverseFrequencies(
 
 LlamaModel::LlamaModel(const ModelConfig& config, Backend* backend,
                        const Options& options)
-    : config_(config), backend_(backend), options_(options) {
+    : config_(config),
+      backend_(backend),
+      options_(options),
+      store_(backend, config.hidden_size) {
   attention_.num_heads = config.num_attention_heads;
   attention_.num_kv_heads = config.num_key_value_heads;
   attention_.head_dim = config.head_dim;
@@ -117,6 +128,25 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "weights have ", weights.layers.size(), " layers but config.json says ",
         config.num_hidden_layers));
+  }
+  if (config.num_loops < 1 || config.lora_rank < 0 ||
+      weights.lora.size() != (config.lora_rank > 0
+                                  ? static_cast<size_t>(config.num_loops) *
+                                        config.num_hidden_layers
+                                  : 0u)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights have LoRA for ", weights.lora.size(),
+                     " (loop, layer) pairs but config.json says num_loops ",
+                     config.num_loops, ", lora_rank ", config.lora_rank));
+  }
+  // Physical KV slots (block * num_loops + loop) * block_size + offset are
+  // int32 in the ops.
+  if (static_cast<int64_t>(options.num_blocks) * config.num_loops *
+          options.block_size >
+      std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_blocks (", options.num_blocks, ") * num_loops (", config.num_loops,
+        ") * block_size (", options.block_size, ") exceeds int32 KV slots"));
   }
   std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend, options));
   const int64_t hidden = config.hidden_size;
@@ -153,9 +183,12 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
                    backend->Upload(std::move(table),
                                    {config.max_position_embeddings, head_dim}));
 
-  const std::vector<int64_t> cache_shape = {options.num_blocks,
-                                            config.num_key_value_heads,
-                                            options.block_size, head_dim};
+  const std::vector<int64_t> cache_shape = {
+      options.num_blocks, config.num_loops, config.num_key_value_heads,
+      options.block_size, head_dim};
+  const std::vector<int64_t> cache_view_shape = {
+      static_cast<int64_t>(options.num_blocks) * config.num_loops,
+      config.num_key_value_heads, options.block_size, head_dim};
   model->layers_.resize(config.num_hidden_layers);
   for (int32_t i = 0; i < config.num_hidden_layers; ++i) {
     LayerWeights& w = weights.layers[i];
@@ -211,6 +244,37 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
                      backend->Allocate(backend->kv_cache_type(), cache_shape));
     ASSIGN_OR_RETURN(t.v_cache,
                      backend->Allocate(backend->kv_cache_type(), cache_shape));
+    t.k_cache_view =
+        Tensor(t.k_cache.data(), t.k_cache.type(), cache_view_shape, nullptr);
+    t.v_cache_view =
+        Tensor(t.v_cache.data(), t.v_cache.type(), cache_view_shape, nullptr);
+  }
+
+  // LoRA (relaxed recursive models): f32 on every backend (a few MB at
+  // most), with alpha / r folded into B.
+  const float lora_scale = config.lora_scale();
+  model->lora_.resize(weights.lora.size());
+  for (size_t i = 0; i < weights.lora.size(); ++i) {
+    const int32_t loop = static_cast<int32_t>(i) / config.num_hidden_layers;
+    const int32_t layer = static_cast<int32_t>(i) % config.num_hidden_layers;
+    for (LoraProj proj : kAllLoraProjs) {
+      const int p = static_cast<int>(proj);
+      const auto [out, in] = LoraProjDims(config, proj);
+      const int64_t rank = config.lora_rank;
+      std::vector<float>& a = weights.lora[i].a[p];
+      std::vector<float>& b = weights.lora[i].b[p];
+      if (static_cast<int64_t>(a.size()) != rank * in ||
+          static_cast<int64_t>(b.size()) != out * rank) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("LoRA of ", LoraTensorName(loop, layer, proj, false),
+                         " has the wrong size"));
+      }
+      for (float& v : b) v *= lora_scale;
+      ASSIGN_OR_RETURN(model->lora_[i].a[p],
+                       backend->Upload(std::move(a), {rank, in}));
+      ASSIGN_OR_RETURN(model->lora_[i].scaled_b[p],
+                       backend->Upload(std::move(b), {out, rank}));
+    }
   }
   return model;
 }
@@ -257,7 +321,7 @@ absl::Status LlamaModel::Validate(std::span<const WorkItem> items) const {
       }
     }
   }
-  return absl::OkStatus();
+  return ValidateLoops(items);
 }
 
 std::vector<Tensor*> LlamaModel::KvCacheTensors() {
@@ -313,37 +377,65 @@ absl::StatusOr<std::vector<float>> LlamaModel::Forward(
   return logits;
 }
 
+absl::StatusOr<Tensor> LlamaModel::Scratch(FlatWorkspace& workspace,
+                                           int64_t rows, int64_t width) {
+  const int64_t elements = rows * width;
+  if (elements > workspace.capacity) {
+    const int64_t capacity = std::max(elements, workspace.capacity * 3 / 2);
+    ASSIGN_OR_RETURN(workspace.buffer,
+                     backend_->Allocate(ElementType::kF32, {capacity}));
+    workspace.capacity = capacity;
+  }
+  return Tensor(workspace.buffer.data(), ElementType::kF32, {rows, width},
+                nullptr);
+}
+
 absl::StatusOr<const Tensor*> LlamaModel::ForwardToDevice(
     std::span<const WorkItem> items, std::span<const int32_t> logit_rows) {
-  if (absl::Status status = Validate(items); !status.ok()) return status;
-
-  // Host-side metadata of the flattened batch.
-  std::vector<TokenId> ids;
-  std::vector<int32_t> positions;  // [num_tokens]
-  std::vector<int32_t> slots;      // [num_tokens] KV slot of each new token
-  std::vector<SequenceSlice> sequences;
-  const int32_t bs = options_.block_size;
-  for (const WorkItem& item : items) {
-    sequences.push_back({static_cast<int32_t>(ids.size()),
-                         static_cast<int32_t>(item.tokens.size()),
-                         item.start_position, item.block_table});
-    for (size_t t = 0; t < item.tokens.size(); ++t) {
-      const int32_t pos = item.start_position + static_cast<int32_t>(t);
-      ids.push_back(item.tokens[t]);
-      positions.push_back(pos);
-      slots.push_back(item.block_table[pos / bs] * bs + pos % bs);
-    }
+  StepOutput out;
+  if (absl::Status status = RunStep(items, logit_rows, false, &out);
+      !status.ok()) {
+    return status;
   }
-  const int64_t n = static_cast<int64_t>(ids.size());
-  for (int32_t row : logit_rows) {
-    if (row < 0 || row >= n) {
-      return absl::InternalError(
-          absl::StrCat("logit row ", row, " outside the batch of ", n));
-    }
+  return out.logits;
+}
+
+absl::StatusOr<LlamaModel::StepOutput> LlamaModel::Step(
+    std::span<const WorkItem> items) {
+  StepOutput out;
+  if (absl::Status status = RunStep(items, {}, true, &out); !status.ok()) {
+    return status;
   }
+  return out;
+}
 
-  if (n == 0) return nullptr;
+absl::Status LlamaModel::Project(const Tensor& x, const Tensor& w,
+                                 int32_t layer, LoraProj proj,
+                                 std::span<const LoopSegment> segments,
+                                 Tensor* out) {
+  Backend& b = *backend_;
+  b.MatMul(x, w, out);
+  if (lora_.empty()) return absl::OkStatus();
+  // The segmented low-rank product, one segment (loop) at a time in row
+  // order: y_seg += (x_seg A^T) (s B)^T. Row-wise ops only, so a row's
+  // result does not depend on the other rows (batch invariance).
+  const int p = static_cast<int>(proj);
+  for (const LoopSegment& seg : segments) {
+    const LayerLoraTensors& lora =
+        lora_[static_cast<size_t>(seg.loop) * config_.num_hidden_layers +
+              layer];
+    ASSIGN_OR_RETURN(Tensor t, Rows(lora_t_, seg.num_rows, config_.lora_rank));
+    ASSIGN_OR_RETURN(Tensor u, Scratch(lora_u_, seg.num_rows, out->dim(1)));
+    b.MatMul(x.Rows(seg.first_row, seg.num_rows), lora.a[p], &t);
+    b.MatMul(t, lora.scaled_b[p], &u);
+    Tensor y = out->Rows(seg.first_row, seg.num_rows);
+    b.Add(u, &y);
+  }
+  return absl::OkStatus();
+}
 
+absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
+  const int64_t n = round.num_rows;
   const int64_t hidden = config_.hidden_size;
   const int64_t q_dim =
       static_cast<int64_t>(config_.num_attention_heads) * config_.head_dim;
@@ -352,7 +444,6 @@ absl::StatusOr<const Tensor*> LlamaModel::ForwardToDevice(
   const int64_t inter = config_.intermediate_size;
   const float eps = config_.rms_norm_eps;
 
-  ASSIGN_OR_RETURN(Tensor x, Rows(x_, n, hidden));  // the residual stream
   ASSIGN_OR_RETURN(Tensor normed, Rows(normed_, n, hidden));
   ASSIGN_OR_RETURN(Tensor q, Rows(q_, n, q_dim));
   ASSIGN_OR_RETURN(Tensor k, Rows(k_, n, kv_dim));
@@ -363,49 +454,56 @@ absl::StatusOr<const Tensor*> LlamaModel::ForwardToDevice(
   ASSIGN_OR_RETURN(Tensor up, Rows(up_, n, inter));
 
   Backend& b = *backend_;
-  b.Embedding(embed_tokens_, ids, &x);
+  const std::span<const LoopSegment> segs = round.segments;
   // Each residual add is fused with the norm that reads it next (the default
   // AddRmsNorm is Add then RmsNorm: the CPU results are the unfused ones).
-  b.RmsNorm(x, layers_.front().input_norm, eps, &normed);
+  b.RmsNorm(*x, layers_.front().input_norm, eps, &normed);
   for (size_t l = 0; l < layers_.size(); ++l) {
     LayerTensors& layer = layers_[l];
+    const int32_t li = static_cast<int32_t>(l);
     // Attention block (normed = input_norm(x) here).
-    b.MatMul(normed, layer.q_proj, &q);
-    b.MatMul(normed, layer.k_proj, &k);
-    b.MatMul(normed, layer.v_proj, &v);
+    RETURN_IF_ERROR(Project(normed, layer.q_proj, li, LoraProj::kQ, segs, &q));
+    RETURN_IF_ERROR(Project(normed, layer.k_proj, li, LoraProj::kK, segs, &k));
+    RETURN_IF_ERROR(Project(normed, layer.v_proj, li, LoraProj::kV, segs, &v));
     if (!layer.q_bias.empty()) {
       b.AddBias(layer.q_bias, &q);
       b.AddBias(layer.k_bias, &k);
       b.AddBias(layer.v_bias, &v);
     }
-    b.Rope(rope_table_, positions, config_.head_dim, &q);
-    b.Rope(rope_table_, positions, config_.head_dim, &k);
-    b.WriteKv(k, v, slots, attention_, &layer.k_cache, &layer.v_cache);
-    b.PagedAttention(q, layer.k_cache, layer.v_cache, attention_, sequences,
-                     &attn);
-    b.MatMul(attn, layer.o_proj, &proj);
-    b.AddRmsNorm(proj, layer.post_attention_norm, eps, &x, &normed);
+    b.Rope(rope_table_, round.positions, config_.head_dim, &q);
+    b.Rope(rope_table_, round.positions, config_.head_dim, &k);
+    b.WriteKv(k, v, round.kv_slots, attention_, &layer.k_cache_view,
+              &layer.v_cache_view);
+    b.PagedAttention(q, layer.k_cache_view, layer.v_cache_view, attention_,
+                     round.sequences, &attn);
+    RETURN_IF_ERROR(Project(attn, layer.o_proj, li, LoraProj::kO, segs, &proj));
+    b.AddRmsNorm(proj, layer.post_attention_norm, eps, x, &normed);
     // MLP block (SwiGLU).
-    b.MatMul(normed, layer.gate_proj, &gate);
-    b.MatMul(normed, layer.up_proj, &up);
+    RETURN_IF_ERROR(
+        Project(normed, layer.gate_proj, li, LoraProj::kGate, segs, &gate));
+    RETURN_IF_ERROR(
+        Project(normed, layer.up_proj, li, LoraProj::kUp, segs, &up));
     b.SiluMul(gate, up, &gate);
-    b.MatMul(gate, layer.down_proj, &proj);
+    RETURN_IF_ERROR(
+        Project(gate, layer.down_proj, li, LoraProj::kDown, segs, &proj));
     if (l + 1 < layers_.size()) {
-      b.AddRmsNorm(proj, layers_[l + 1].input_norm, eps, &x, &normed);
+      b.AddRmsNorm(proj, layers_[l + 1].input_norm, eps, x, &normed);
     } else {
-      b.Add(proj, &x);
+      b.Add(proj, x);
     }
   }
+  return absl::OkStatus();
+}
 
-  const int64_t r = static_cast<int64_t>(logit_rows.size());
-  if (r == 0) return nullptr;
-  ASSIGN_OR_RETURN(Tensor selected, Rows(selected_, r, hidden));
-  ASSIGN_OR_RETURN(Tensor out, Rows(logits_, r, config_.vocab_size));
-  b.GatherRows(x, logit_rows, &selected);
-  b.RmsNorm(selected, final_norm_, eps, &selected);
-  b.MatMul(selected, lm_head_.empty() ? embed_tokens_ : lm_head_, &out);
-  logits_view_ = std::move(out);
-  return &logits_view_;
+absl::Status LlamaModel::Head(const Tensor& x, std::span<const int32_t> rows,
+                              Tensor* out) {
+  const int64_t r = static_cast<int64_t>(rows.size());
+  ASSIGN_OR_RETURN(Tensor selected, Rows(selected_, r, config_.hidden_size));
+  Backend& b = *backend_;
+  b.GatherRows(x, rows, &selected);
+  b.RmsNorm(selected, final_norm_, config_.rms_norm_eps, &selected);
+  b.MatMul(selected, lm_head_.empty() ? embed_tokens_ : lm_head_, out);
+  return absl::OkStatus();
 }
 
 }  // namespace strata

@@ -15,6 +15,7 @@
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/cpu_backend.h"
+#include "engine/exit_policy.h"
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
@@ -79,6 +80,8 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
   }
+  absl::StatusOr<KvFillPolicy> kv_fill = ParseKvFillPolicy(options.kv_fill);
+  if (!kv_fill.ok()) return kv_fill.status();
 
   absl::StatusOr<ModelConfig> config =
       ModelConfig::FromFile(options.model_dir + "/config.json");
@@ -125,6 +128,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   LlamaModel::Options model_options;
   model_options.block_size = options.block_size;
   model_options.num_blocks = num_blocks;
+  model_options.kv_fill = *kv_fill;
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Create(
       *config, std::move(*weights), backend->get(), model_options);
   if (!model.ok()) return model.status();
@@ -140,91 +144,102 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const StepPlan& plan) {
       !status.ok()) {
     return status;
   }
-  if (backend_->SupportsSampling()) {
-    // Device sampling unless some item wants top logprobs (host only).
-    bool host_only = false;
-    for (const WorkItem& item : plan.items) {
-      if (item.sample && item.sampling != nullptr &&
-          item.sampling->num_top_logprobs > 0) {
-        host_only = true;
-      }
-    }
-    if (!host_only) return ExecuteWithDeviceSampling(plan);
+  return Run(plan, nullptr);
+}
+
+absl::StatusOr<StepResult> ModelRunner::ExecuteWithLogitsForTest(
+    const StepPlan& plan, std::vector<std::vector<float>>* logits) {
+  if (absl::Status status = model_->CopyBlocks(plan.block_copies);
+      !status.ok()) {
+    return status;
   }
-  std::vector<int32_t> logit_rows;
-  int32_t row = 0;
+  return Run(plan, logits);
+}
+
+absl::StatusOr<StepResult> ModelRunner::Run(
+    const StepPlan& plan, std::vector<std::vector<float>>* sampled_logits) {
+  if (sampled_logits != nullptr) sampled_logits->assign(plan.items.size(), {});
+  // Device sampling unless some item wants top logprobs (host only) or the
+  // test hook wants the logits.
+  bool device_sampling =
+      backend_->SupportsSampling() && sampled_logits == nullptr;
   for (size_t i = 0; i < plan.items.size(); ++i) {
     const WorkItem& item = plan.items[i];
-    row += static_cast<int32_t>(item.tokens.size());
     if (!item.sample) continue;
     if (item.sampling == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("work item ", i, " (request ", item.request_id,
                        ") asks to sample without sampling parameters"));
     }
-    if (item.tokens.empty()) continue;  // Validate() reports it
-    logit_rows.push_back(row - 1);
+    if (item.sampling->num_top_logprobs > 0) device_sampling = false;
   }
-  absl::StatusOr<std::vector<float>> logits =
-      model_->Forward(plan.items, logit_rows);
-  if (!logits.ok()) return logits.status();
+  // The forward pass; logits come back for the sample items whose tokens
+  // finished (all of them for a plain model).
+  absl::StatusOr<LlamaModel::StepOutput> step = model_->Step(plan.items);
+  if (!step.ok()) return step.status();
 
-  const size_t vocab = static_cast<size_t>(config_.vocab_size);
   StepResult result;
-  result.items.reserve(plan.items.size());
-  size_t next_row = 0;
-  for (const WorkItem& item : plan.items) {
-    ItemResult& out = result.items.emplace_back();
-    out.request_id = item.request_id;
-    if (!item.sample) continue;
-    const std::span<const float> row_logits(logits->data() + next_row * vocab,
-                                            vocab);
-    ++next_row;
-    out.sampled = Sampler::Sample(row_logits, *item.sampling,
-                                  item.prompt_tokens, item.output_tokens);
+  result.items.resize(plan.items.size());
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const LlamaModel::ItemProgress& progress = step->items[i];
+    ItemResult& out = result.items[i];
+    out.request_id = plan.items[i].request_id;
+    out.loops_done = progress.loops_done;
+    out.exit_loop = progress.exit_loop;
+    out.exit_confidence = progress.exit_confidence;
+    out.needs_kv_fill = progress.needs_kv_fill;
+  }
+  if (step->logits == nullptr) return result;
+
+  const std::vector<int32_t>& logit_items = step->logit_items;
+  if (device_sampling) {
+    std::vector<SampleRow> sample_rows;
+    sample_rows.reserve(logit_items.size());
+    for (int32_t i : logit_items) {
+      const WorkItem& item = plan.items[i];
+      sample_rows.push_back(
+          {item.sampling, item.prompt_tokens, item.output_tokens});
+    }
+    absl::StatusOr<std::vector<SampledToken>> sampled =
+        backend_->Sample(*step->logits, sample_rows);
+    if (!sampled.ok()) return sampled.status();
+    for (size_t j = 0; j < logit_items.size() && j < sampled->size(); ++j) {
+      result.items[logit_items[j]].sampled = std::move((*sampled)[j]);
+    }
+    return result;
+  }
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  std::vector<float> logits(logit_items.size() * vocab);
+  if (absl::Status status = backend_->CopyToHost(*step->logits, logits);
+      !status.ok()) {
+    return status;
+  }
+  for (size_t j = 0; j < logit_items.size(); ++j) {
+    const WorkItem& item = plan.items[logit_items[j]];
+    const std::span<const float> row_logits(logits.data() + j * vocab, vocab);
+    if (sampled_logits != nullptr) {
+      (*sampled_logits)[logit_items[j]].assign(row_logits.begin(),
+                                               row_logits.end());
+    }
+    result.items[logit_items[j]].sampled = Sampler::Sample(
+        row_logits, *item.sampling, item.prompt_tokens, item.output_tokens);
   }
   return result;
 }
 
-absl::StatusOr<StepResult> ModelRunner::ExecuteWithDeviceSampling(
-    const StepPlan& plan) {
-  std::vector<int32_t> logit_rows;
-  std::vector<SampleRow> sample_rows;
-  int32_t row = 0;
-  for (size_t i = 0; i < plan.items.size(); ++i) {
-    const WorkItem& item = plan.items[i];
-    row += static_cast<int32_t>(item.tokens.size());
-    if (!item.sample) continue;
-    if (item.sampling == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("work item ", i, " (request ", item.request_id,
-                       ") asks to sample without sampling parameters"));
-    }
-    if (item.tokens.empty()) continue;  // Validate() reports it
-    logit_rows.push_back(row - 1);
-    sample_rows.push_back(
-        {item.sampling, item.prompt_tokens, item.output_tokens});
-  }
-  absl::StatusOr<const Tensor*> logits =
-      model_->ForwardToDevice(plan.items, logit_rows);
-  if (!logits.ok()) return logits.status();
-  std::vector<SampledToken> sampled;
-  if (*logits != nullptr) {
-    absl::StatusOr<std::vector<SampledToken>> s =
-        backend_->Sample(**logits, sample_rows);
-    if (!s.ok()) return s.status();
-    sampled = *std::move(s);
-  }
-  StepResult result;
-  result.items.reserve(plan.items.size());
-  size_t next = 0;
-  for (const WorkItem& item : plan.items) {
-    ItemResult& out = result.items.emplace_back();
-    out.request_id = item.request_id;
-    if (!item.sample || next >= sampled.size()) continue;
-    out.sampled = std::move(sampled[next++]);
-  }
-  return result;
+void ModelRunner::ReleaseState(RequestId request) {
+  model_->ReleaseState(request);
+}
+
+size_t ModelRunner::num_kept_states() const {
+  return model_->state_store().size();
+}
+
+absl::Status ModelRunner::ReadKvForTest(int32_t kv_layer,
+                                        std::span<const int32_t> block_table,
+                                        int32_t position, std::vector<float>* k,
+                                        std::vector<float>* v) {
+  return model_->ReadKvForTest(kv_layer, block_table, position, k, v);
 }
 
 absl::StatusOr<std::vector<std::vector<float>>> ModelRunner::ComputeAllLogits(

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,10 @@ class ModelRunner : public StepExecutor {
     int32_t block_size = 16;
     // Kernel worker threads; 0 = hardware concurrency.
     int32_t num_threads = 0;
+    // Recursive models: K/V of the loops an early exit skipped, "propagate"
+    // (computed from the exit state in the same step) or "recompute" (the
+    // scheduler sends kv_fill items; see WorkItem::kv_fill).
+    std::string kv_fill = "propagate";
   };
 
   // Loads config.json and the weights (loader errors pass through, naming the
@@ -75,6 +80,25 @@ class ModelRunner : public StepExecutor {
   int32_t block_size() const override { return block_size_; }
   int32_t num_blocks() const override { return num_blocks_; }
 
+  // Test hook: Execute() on the host that also returns, per item, the
+  // logits its token was sampled from ([vocab]; empty when nothing was
+  // sampled). [plan.items.size()][vocab or 0]
+  absl::StatusOr<StepResult> ExecuteWithLogitsForTest(
+      const StepPlan& plan, std::vector<std::vector<float>>* logits);
+
+  // Drops the hidden states kept for `request` (recursive models).
+  void ReleaseState(RequestId request) override;
+  // Hidden states kept between steps (recursive models; 0 otherwise).
+  size_t num_kept_states() const;
+
+  // Test hook (CPU): K (after RoPE) and V at `position` of kv layer
+  // loop * num_hidden_layers + layer, through `block_table`; each
+  // [num_kv_heads * head_dim].
+  absl::Status ReadKvForTest(int32_t kv_layer,
+                             std::span<const int32_t> block_table,
+                             int32_t position, std::vector<float>* k,
+                             std::vector<float>* v);
+
   // Test hook: runs the plan like Execute() (block copies, then writing K/V)
   // but returns the logits of every new token of every item, in plan order,
   // and samples nothing. [total_tokens][vocab]
@@ -89,8 +113,10 @@ class ModelRunner : public StepExecutor {
   // Creates the backend named by options (nullptr result never returned).
   static absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
       const Options& options);
-  // Execute() with sampling on the backend (all rows without top logprobs).
-  absl::StatusOr<StepResult> ExecuteWithDeviceSampling(const StepPlan& plan);
+  // Execute() after the block copies; fills sampled_logits (test hook)
+  // when not null, sampling on the host then.
+  absl::StatusOr<StepResult> Run(
+      const StepPlan& plan, std::vector<std::vector<float>>* sampled_logits);
 
   ModelConfig config_;
   std::unique_ptr<Backend> backend_;

@@ -15,10 +15,15 @@ std::string SamplingParams::DebugString() const {
 }
 
 std::string WorkItem::DebugString() const {
-  return absl::StrCat("{request=", request_id, " tokens=", tokens.size(),
-                      " start=", start_position, " blocks=[",
-                      absl::StrJoin(block_table, ","), "] sample=", sample,
-                      "}");
+  return absl::StrCat(
+      "{request=", request_id, " tokens=", tokens.size(),
+      " start=", start_position, " blocks=[", absl::StrJoin(block_table, ","),
+      "] sample=", sample,
+      (loop_begin != 0 || loop_end != -1)
+          ? absl::StrCat(" loops=[", loop_begin, ",", loop_end, ")")
+          : std::string(),
+      exit != nullptr ? absl::StrCat(" ", exit->DebugString()) : std::string(),
+      kv_fill ? " kv_fill" : "", "}");
 }
 
 int32_t StepPlan::NumTokens() const {

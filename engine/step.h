@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/exit_policy.h"
 
 namespace strata {
 
@@ -63,6 +64,29 @@ struct WorkItem {
   std::span<const TokenId> prompt_tokens;
   std::span<const TokenId> output_tokens;
 
+  // ---- Recursive models (num_loops N > 1; docs/engine.md, "Recursive
+  // forward"). The defaults run every loop, as for a plain model (N = 1). ----
+  //
+  // The item's tokens run loops [loop_begin, loop_end) this step, after
+  // which their hidden state is kept by the engine (keyed by request_id and
+  // start_position) unless they finished: reached loop N-1 or exited early.
+  // Input: the embeddings when loop_begin == 0, otherwise the state an
+  // earlier step of this request kept for exactly these positions with
+  // loop_begin loops done (INVALID_ARGUMENT if there is none).
+  int32_t loop_begin = 0;  // in [0, N)
+  int32_t loop_end = -1;   // one past the last loop; -1 = N
+  // Early exit (sample items of one token only; null = full depth). At each
+  // boundary l in [loop_begin, loop_end) with l < N-1 the exit rule is
+  // applied; on exit the token is sampled from loop l's logits, later loops
+  // are skipped and their K/V filled per the runner's KvFillPolicy.
+  const ExitParams* exit = nullptr;
+  // Recompute policy: this item runs the loops an early exit skipped
+  // (loop_begin = exit_loop + 1, the same single token and position, and
+  // sample = false, exit = null), continuing from the kept exit state and
+  // writing exact K/V; nothing is sampled. Must precede (or share the step
+  // with) the next token of the request reaching loop_begin.
+  bool kv_fill = false;
+
   std::string DebugString() const;
 };
 
@@ -99,7 +123,28 @@ struct SampledToken {
 
 struct ItemResult {
   RequestId request_id = 0;
-  std::optional<SampledToken> sampled;  // set iff the item asked to sample
+  // Set iff the item asked to sample and its tokens finished this step
+  // (always, for a plain model or loop_end = N; for a recursive item that
+  // stops at loop_end < N without exiting, not).
+  std::optional<SampledToken> sampled;
+
+  // ---- Recursive models (plain models: loops_done 1, exit_loop 0). ----
+  // Loops the item's tokens have completed after this step (absolute, so
+  // N = all; exit_loop + 1 after an early exit). The next step of these
+  // positions, if any, has loop_begin = loops_done.
+  int32_t loops_done = 0;
+  // The loop after which the tokens stopped for good: < N-1 for an early
+  // exit, N-1 at full depth; -1 while loops remain (state kept). When
+  // `sampled` is set, the token was sampled from this loop's logits.
+  int32_t exit_loop = -1;
+  // Confidence at the last boundary where the exit rule was evaluated this
+  // step (the exit's own when it exited early); unset if none was.
+  std::optional<float> exit_confidence;
+  // Recompute policy only: exited early, so the scheduler must send a
+  // kv_fill item with loop_begin = exit_loop + 1 for these positions before
+  // the request's next token reaches that loop; the engine keeps the exit
+  // state until then (or until ReleaseState).
+  bool needs_kv_fill = false;
 };
 
 struct StepResult {
@@ -119,6 +164,12 @@ class StepExecutor {
   // Tokens per KV block and the number of blocks in the pool.
   virtual int32_t block_size() const = 0;
   virtual int32_t num_blocks() const = 0;
+
+  // Drops every hidden state the engine keeps for `request` (recursive
+  // models: partially looped tokens, pending recompute fills). The scheduler
+  // calls it when a request finishes, is cancelled or preempted; later items
+  // of the request must start at loop_begin 0. Unknown ids are a no-op.
+  virtual void ReleaseState(RequestId request) {}
 };
 
 }  // namespace strata

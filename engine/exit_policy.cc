@@ -1,0 +1,105 @@
+#include "engine/exit_policy.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace strata {
+
+std::string_view ExitConfidenceName(ExitConfidence kind) {
+  switch (kind) {
+    case ExitConfidence::kMaxProb:
+      return "max_prob";
+    case ExitConfidence::kMargin:
+      return "margin";
+  }
+  return "unknown";
+}
+
+bool ExitParams::Evaluates(int32_t loop, int32_t num_loops) const {
+  if (loop < 0 || loop >= num_loops - 1) return false;
+  if (forced_exit_loop >= 0) return loop == forced_exit_loop;
+  return threshold < 1.0f && loop >= min_loops - 1;
+}
+
+bool ExitParams::Exits(int32_t loop, float confidence_value) const {
+  if (forced_exit_loop >= 0) return loop == forced_exit_loop;
+  return confidence_value >= threshold;
+}
+
+std::string ExitParams::DebugString() const {
+  return absl::StrFormat(
+      "ExitParams{threshold=%g confidence=%s min_loops=%d "
+      "forced_exit_loop=%d}",
+      threshold, std::string(ExitConfidenceName(confidence)), min_loops,
+      forced_exit_loop);
+}
+
+absl::Status ValidateExitParams(const ExitParams& params, int32_t num_loops) {
+  if (!std::isfinite(params.threshold)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("exit threshold must be finite, got ", params.threshold));
+  }
+  if (params.min_loops < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("exit min_loops must be >= 1, got ", params.min_loops));
+  }
+  if (params.forced_exit_loop < -1 ||
+      params.forced_exit_loop >= num_loops - 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "forced_exit_loop ", params.forced_exit_loop,
+        " is not -1 or an early exit loop in [0, ", num_loops - 1, ")"));
+  }
+  return absl::OkStatus();
+}
+
+float ComputeExitConfidence(std::span<const float> logits,
+                            ExitConfidence kind) {
+  if (logits.empty()) return 0.0f;
+  // The two largest logits (first occurrence wins ties; the probabilities
+  // are equal then anyway).
+  double top1 = -std::numeric_limits<double>::infinity();
+  double top2 = -std::numeric_limits<double>::infinity();
+  for (float v : logits) {
+    const double x = v;
+    if (x > top1) {
+      top2 = top1;
+      top1 = x;
+    } else if (x > top2) {
+      top2 = x;
+    }
+  }
+  double sum = 0.0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - top1);
+  const double p1 = 1.0 / sum;
+  if (kind == ExitConfidence::kMaxProb) return static_cast<float>(p1);
+  const double p2 = logits.size() > 1 ? std::exp(top2 - top1) / sum : 0.0;
+  return static_cast<float>(p1 - p2);
+}
+
+absl::StatusOr<KvFillPolicy> ParseKvFillPolicy(std::string_view name) {
+  if (name == "propagate") return KvFillPolicy::kPropagate;
+  if (name == "recompute") return KvFillPolicy::kRecompute;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown kv_fill policy '", std::string(name),
+                   "' (expected 'propagate' or 'recompute')"));
+}
+
+std::string_view KvFillPolicyName(KvFillPolicy policy) {
+  switch (policy) {
+    case KvFillPolicy::kPropagate:
+      return "propagate";
+    case KvFillPolicy::kRecompute:
+      return "recompute";
+  }
+  return "unknown";
+}
+
+}  // namespace strata

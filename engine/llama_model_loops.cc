@@ -1,0 +1,434 @@
+// LlamaModel, continued: the step over loop ranges (recursive models), kept
+// apart from llama_model.cc (weights, cache and the layer block) so each file
+// reads in one sitting. docs/engine.md, "Recursive forward", has the design;
+// in short:
+//
+//   1. inputs: embeddings (loop_begin 0) or kept states (HiddenStateStore)
+//      into one state buffer [num_rows, hidden], in LoopPlanner slot order;
+//   2. rounds: the K layers over the active rows, each at its own loop
+//      (segmented LoRA, per-loop KV); after each round, the exit rule for
+//      sample items with ExitParams (exit logits -> host -> confidence);
+//   3. propagate policy: K/V of the loops exited rows skipped, from h_exit;
+//   4. logits: of finished sample items (exits reuse their exit logits), or
+//      of the rows asked for;
+//   5. the store: keep unfinished states (and recompute exits), drop the
+//      consumed ones.
+//
+// A plain model (N = 1) takes one round with every row, no gathers, exits or
+// store traffic: the same ops in the same order as a non-recursive forward.
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "engine/llama_model.h"
+
+namespace strata {
+namespace {
+
+#define RETURN_IF_ERROR(expr)                                         \
+  do {                                                                \
+    if (absl::Status status_ = (expr); !status_.ok()) return status_; \
+  } while (false)
+
+std::vector<int32_t> Iota(int32_t begin, int32_t count) {
+  std::vector<int32_t> v(count);
+  std::iota(v.begin(), v.end(), begin);
+  return v;
+}
+
+}  // namespace
+
+absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
+  const int32_t num_loops = config_.num_loops;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const WorkItem& item = items[i];
+    auto error = [&](auto&&... parts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "work item ", i, " (request ", item.request_id, "): ", parts...));
+    };
+    if (item.loop_begin < 0 || item.loop_begin >= num_loops) {
+      return error("loop_begin ", item.loop_begin, " outside [0, ", num_loops,
+                   ")");
+    }
+    if (item.loop_end != -1 &&
+        (item.loop_end <= item.loop_begin || item.loop_end > num_loops)) {
+      return error("loop_end ", item.loop_end, " is not -1 or in (",
+                   item.loop_begin, ", ", num_loops, "]");
+    }
+    if (item.exit != nullptr) {
+      if (!item.sample)
+        return error(
+            "exit parameters on an item that does "
+            "not sample");
+      if (item.tokens.size() != 1) {
+        return error("early exit needs a single decode token, got ",
+                     item.tokens.size(), " tokens");
+      }
+      if (absl::Status s = ValidateExitParams(*item.exit, num_loops); !s.ok()) {
+        return error(s.message());
+      }
+    }
+    if (item.kv_fill &&
+        (item.sample || item.exit != nullptr || item.loop_begin == 0)) {
+      return error(
+          "a kv_fill item must not sample or exit and needs "
+          "loop_begin > 0");
+    }
+    if (item.loop_begin > 0) {
+      const HiddenStateStore::Entry* entry =
+          store_.Find(item.request_id, item.start_position);
+      if (entry == nullptr) {
+        return error("loop_begin ", item.loop_begin,
+                     " but no hidden state is kept for position ",
+                     item.start_position);
+      }
+      if (entry->num_tokens != static_cast<int32_t>(item.tokens.size()) ||
+          entry->loops_done != item.loop_begin) {
+        return error("the state kept for position ", item.start_position,
+                     " has ", entry->num_tokens, " tokens after ",
+                     entry->loops_done, " loops, but the item has ",
+                     item.tokens.size(), " tokens and loop_begin ",
+                     item.loop_begin);
+      }
+      if (entry->exit_state != item.kv_fill) {
+        return error(entry->exit_state
+                         ? "the kept state is an early exit's: only a kv_fill "
+                           "item may continue it"
+                         : "kv_fill item but the kept state is not an early "
+                           "exit's");
+      }
+    }
+  }
+
+  // Items of one request in one step, by position (recursive models; a
+  // plain model runs one round, so any order works): an item reads the K/V
+  // of its request's earlier positions at its loops, so the item holding
+  // those positions must write each such loop no later in the step (an
+  // earlier or the same round: its loop_begin is not smaller, its loop_end
+  // not smaller), must not exit (propagated K/V are written after the
+  // rounds), and positions must not overlap.
+  if (num_loops == 1) return absl::OkStatus();
+  std::vector<int32_t> order(items.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    if (items[a].request_id != items[b].request_id) {
+      return items[a].request_id < items[b].request_id;
+    }
+    return items[a].start_position < items[b].start_position;
+  });
+  const int32_t n = config_.num_loops;
+  for (size_t j = 1; j < order.size(); ++j) {
+    const WorkItem& x = items[order[j - 1]];
+    const WorkItem& y = items[order[j]];
+    if (x.request_id != y.request_id) continue;
+    const int32_t x_end = x.loop_end < 0 ? n : x.loop_end;
+    const int32_t y_end = y.loop_end < 0 ? n : y.loop_end;
+    if (x.start_position + static_cast<int64_t>(x.tokens.size()) >
+            y.start_position ||
+        x.sample || y.loop_begin > x.loop_begin || y_end > x_end) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "work items ", order[j - 1], " and ", order[j], " (request ",
+          x.request_id, ", positions ", x.start_position, " and ",
+          y.start_position,
+          "): a later item of a request needs the earlier one not to sample, "
+          "not to overlap it, and to cover its loops no later (loop ranges [",
+          x.loop_begin, ", ", x_end, ") and [", y.loop_begin, ", ", y_end,
+          "))"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::RunStep(std::span<const WorkItem> items,
+                                 std::span<const int32_t> logit_rows,
+                                 bool sample_mode, StepOutput* out) {
+  RETURN_IF_ERROR(Validate(items));
+  const int32_t num_loops = config_.num_loops;
+  LoopPlanner planner(items, num_loops, options_.block_size);
+  const int64_t n = planner.num_rows();
+  for (int32_t row : logit_rows) {
+    if (row < 0 || row >= n) {
+      return absl::InternalError(
+          absl::StrCat("logit row ", row, " outside the batch of ", n));
+    }
+  }
+  out->items.assign(items.size(), ItemProgress{});
+  out->logits = nullptr;
+  out->logit_items.clear();
+  if (n == 0) return absl::OkStatus();
+
+  const int64_t hidden = config_.hidden_size;
+  const int64_t vocab = config_.vocab_size;
+  Backend& b = *backend_;
+
+  // 1. Inputs, in slot order: the loop_begin 0 items come first.
+  absl::StatusOr<Tensor> state_or = Rows(x_, n, hidden);
+  if (!state_or.ok()) return state_or.status();
+  Tensor state = *std::move(state_or);  // the residual stream of every row
+  Tensor other;                         // x2_, for row reorders
+  std::vector<TokenId> ids;
+  for (int32_t i : planner.order()) {
+    if (items[i].loop_begin != 0) break;
+    ids.insert(ids.end(), items[i].tokens.begin(), items[i].tokens.end());
+  }
+  if (!ids.empty()) {
+    Tensor embedded = state.Rows(0, static_cast<int64_t>(ids.size()));
+    b.Embedding(embed_tokens_, ids, &embedded);
+  }
+  for (int32_t i : planner.order()) {
+    if (items[i].loop_begin == 0) continue;
+    const HiddenStateStore::Entry* entry =
+        store_.Find(items[i].request_id, items[i].start_position);
+    Tensor dst = state.Rows(planner.item(i).slot, entry->num_tokens);
+    b.GatherRows(entry->state, Iota(0, entry->num_tokens), &dst);
+  }
+
+  // Sample mode: one logits row per sample item at most.
+  int32_t num_sample = 0;
+  for (const WorkItem& item : items) num_sample += item.sample ? 1 : 0;
+  Tensor logits_out;
+  if (sample_mode && num_sample > 0) {
+    absl::StatusOr<Tensor> t = Rows(logits_, num_sample, vocab);
+    if (!t.ok()) return t.status();
+    logits_out = *std::move(t);
+  }
+  int32_t next_logit = 0;
+  std::vector<int32_t> exited, exit_loops;  // early exits of this step
+
+  // 2. Rounds.
+  LoopPlanner::Round round;
+  std::vector<int32_t> check_items, check_rows;
+  std::vector<float> host_logits;
+  while (planner.NextRound(&round)) {
+    if (!round.gather.empty()) {
+      if (other.empty()) {
+        absl::StatusOr<Tensor> t = Rows(x2_, n, hidden);
+        if (!t.ok()) return t.status();
+        other = *std::move(t);
+      }
+      b.GatherRows(state, round.gather, &other);
+      std::swap(state, other);
+    }
+    Tensor x = state.Rows(0, round.num_rows);
+    RETURN_IF_ERROR(RunBlock(round, &x));
+    planner.FinishRound(round);
+
+    // The exit rule at this boundary, for sample items with ExitParams.
+    check_items.clear();
+    check_rows.clear();
+    for (size_t a = 0; a < round.items.size(); ++a) {
+      const int32_t i = round.items[a];
+      const WorkItem& item = items[i];
+      if (!item.sample || item.exit == nullptr ||
+          !item.exit->Evaluates(round.loops[a], num_loops)) {
+        continue;
+      }
+      check_items.push_back(i);
+      check_rows.push_back(planner.item(i).slot);  // its single row
+    }
+    if (check_items.empty()) continue;
+    const int64_t c = static_cast<int64_t>(check_items.size());
+    absl::StatusOr<Tensor> ex = Rows(exit_logits_, c, vocab);
+    if (!ex.ok()) return ex.status();
+    RETURN_IF_ERROR(Head(state, check_rows, &*ex));
+    host_logits.resize(static_cast<size_t>(c * vocab));
+    RETURN_IF_ERROR(b.CopyToHost(*ex, host_logits));
+    for (int64_t j = 0; j < c; ++j) {
+      const int32_t i = check_items[j];
+      const ExitParams& params = *items[i].exit;
+      const int32_t loop = planner.item(i).next_loop - 1;
+      const float confidence = ComputeExitConfidence(
+          std::span<const float>(host_logits.data() + j * vocab, vocab),
+          params.confidence);
+      ItemProgress& progress = out->items[i];
+      progress.exit_confidence = confidence;
+      if (!params.Exits(loop, confidence)) continue;
+      planner.Exit(i);
+      exited.push_back(i);
+      exit_loops.push_back(loop);
+      progress.exit_loop = loop;
+      if (sample_mode) {
+        Tensor dst = logits_out.Rows(next_logit, 1);
+        const int32_t src[1] = {static_cast<int32_t>(j)};
+        b.GatherRows(*ex, src, &dst);
+        out->logit_items.push_back(i);
+        progress.logits_row = next_logit++;
+      }
+    }
+  }
+
+  for (size_t i = 0; i < items.size(); ++i) {
+    const LoopPlanner::ItemState& s = planner.item(static_cast<int32_t>(i));
+    out->items[i].loops_done = s.next_loop;
+    if (!s.exited && s.next_loop == num_loops) {
+      out->items[i].exit_loop = num_loops - 1;
+    }
+  }
+
+  // 3. Propagated K/V of the skipped loops.
+  if (options_.kv_fill == KvFillPolicy::kPropagate && !exited.empty()) {
+    RETURN_IF_ERROR(PropagateKv(planner, exited, exit_loops, state));
+  }
+
+  // 4. Logits.
+  if (sample_mode) {
+    std::vector<int32_t> rows;
+    const int32_t first = next_logit;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const LoopPlanner::ItemState& s = planner.item(static_cast<int32_t>(i));
+      if (!items[i].sample || s.exited || s.next_loop < num_loops) continue;
+      rows.push_back(s.slot + s.num_rows - 1);
+      out->logit_items.push_back(static_cast<int32_t>(i));
+      out->items[i].logits_row = next_logit++;
+    }
+    if (!rows.empty()) {
+      Tensor dst = logits_out.Rows(first, static_cast<int64_t>(rows.size()));
+      RETURN_IF_ERROR(Head(state, rows, &dst));
+    }
+    if (next_logit > 0) {
+      logits_view_ = logits_out.Rows(0, next_logit);
+      out->logits = &logits_view_;
+    }
+  } else if (!logit_rows.empty()) {
+    std::vector<int32_t> rows;
+    rows.reserve(logit_rows.size());
+    for (int32_t row : logit_rows) rows.push_back(planner.SlotOfRow(row));
+    absl::StatusOr<Tensor> t =
+        Rows(logits_, static_cast<int64_t>(rows.size()), vocab);
+    if (!t.ok()) return t.status();
+    RETURN_IF_ERROR(Head(state, rows, &*t));
+    logits_view_ = *std::move(t);
+    out->logits = &logits_view_;
+  }
+
+  // 5. The hidden-state store.
+  if (num_loops == 1) return absl::OkStatus();
+  for (size_t i = 0; i < items.size(); ++i) {
+    const WorkItem& item = items[i];
+    const LoopPlanner::ItemState& s = planner.item(static_cast<int32_t>(i));
+    const bool keep = s.exited ? options_.kv_fill == KvFillPolicy::kRecompute
+                               : s.next_loop < num_loops;
+    if (!keep) {
+      store_.Erase(item.request_id, item.start_position);
+      continue;
+    }
+    absl::StatusOr<HiddenStateStore::Entry*> entry =
+        store_.Put(item.request_id, item.start_position, s.num_rows);
+    if (!entry.ok()) return entry.status();
+    b.GatherRows(state, Iota(s.slot, s.num_rows), &(*entry)->state);
+    (*entry)->loops_done = s.next_loop;
+    (*entry)->exit_state = s.exited;
+    out->items[i].needs_kv_fill = s.exited;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::PropagateKv(const LoopPlanner& planner,
+                                     std::span<const int32_t> exited,
+                                     std::span<const int32_t> exit_loops,
+                                     const Tensor& state) {
+  const int32_t num_loops = config_.num_loops;
+  const int64_t hidden = config_.hidden_size;
+  const int64_t kv_dim =
+      static_cast<int64_t>(config_.num_key_value_heads) * config_.head_dim;
+  const int64_t e = static_cast<int64_t>(exited.size());
+
+  // The exit states h_e, one row per exited item (a single token each).
+  std::vector<int32_t> exit_rows;
+  for (int32_t i : exited) exit_rows.push_back(planner.item(i).slot);
+  // One row per (exited item, skipped loop), grouped by loop for the LoRA.
+  std::vector<int32_t> pair_src, pair_pos, pair_slot;
+  std::vector<LoopSegment> segments;
+  for (int32_t l = 1; l < num_loops; ++l) {
+    for (int64_t j = 0; j < e; ++j) {
+      if (exit_loops[j] >= l) continue;
+      const LoopPlanner::ItemState& s = planner.item(exited[j]);
+      if (segments.empty() || segments.back().loop != l) {
+        segments.push_back({l, static_cast<int32_t>(pair_src.size()), 0});
+      }
+      ++segments.back().num_rows;
+      pair_src.push_back(static_cast<int32_t>(j));
+      pair_pos.push_back(s.start_position);
+      pair_slot.push_back(planner.KvSlot(s.block_table, l, s.start_position));
+    }
+  }
+  const int64_t p = static_cast<int64_t>(pair_src.size());
+  if (p == 0) return absl::OkStatus();
+
+  absl::StatusOr<Tensor> h = Rows(fill_state_, e, hidden);
+  if (!h.ok()) return h.status();
+  absl::StatusOr<Tensor> h_normed = Rows(fill_normed_, e, hidden);
+  if (!h_normed.ok()) return h_normed.status();
+  absl::StatusOr<Tensor> f = Rows(fill_rows_, p, hidden);
+  if (!f.ok()) return f.status();
+  absl::StatusOr<Tensor> k = Rows(fill_k_, p, kv_dim);
+  if (!k.ok()) return k.status();
+  absl::StatusOr<Tensor> v = Rows(fill_v_, p, kv_dim);
+  if (!v.ok()) return v.status();
+
+  Backend& b = *backend_;
+  b.GatherRows(state, exit_rows, &*h);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    LayerTensors& layer = layers_[li];
+    const int32_t layer_index = static_cast<int32_t>(li);
+    // x = RMSNorm(h_e) * input_norm_k, then K/V with each loop's weights.
+    b.RmsNorm(*h, layer.input_norm, config_.rms_norm_eps, &*h_normed);
+    b.GatherRows(*h_normed, pair_src, &*f);
+    RETURN_IF_ERROR(
+        Project(*f, layer.k_proj, layer_index, LoraProj::kK, segments, &*k));
+    RETURN_IF_ERROR(
+        Project(*f, layer.v_proj, layer_index, LoraProj::kV, segments, &*v));
+    if (!layer.k_bias.empty()) {
+      b.AddBias(layer.k_bias, &*k);
+      b.AddBias(layer.v_bias, &*v);
+    }
+    b.Rope(rope_table_, pair_pos, config_.head_dim, &*k);
+    b.WriteKv(*k, *v, pair_slot, attention_, &layer.k_cache_view,
+              &layer.v_cache_view);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::ReadKvForTest(int32_t kv_layer,
+                                       std::span<const int32_t> block_table,
+                                       int32_t position, std::vector<float>* k,
+                                       std::vector<float>* v) {
+  const int32_t num_layers = config_.num_hidden_layers;
+  const int32_t bs = options_.block_size;
+  if (kv_layer < 0 || kv_layer >= config_.num_kv_layers() || position < 0 ||
+      position / bs >= static_cast<int32_t>(block_table.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "no KV entry for kv layer ", kv_layer, " at position ", position));
+  }
+  const LayerTensors& layer = layers_[kv_layer % num_layers];
+  if (layer.k_cache.type() != ElementType::kF32) {
+    return absl::UnimplementedError("ReadKvForTest reads f32 caches only");
+  }
+  const int32_t loop = kv_layer / num_layers;
+  const int64_t phys =
+      static_cast<int64_t>(block_table[position / bs]) * config_.num_loops +
+      loop;
+  const int64_t kv_heads = config_.num_key_value_heads;
+  const int64_t head_dim = config_.head_dim;
+  for (auto [cache, dst] :
+       {std::pair{&layer.k_cache, k}, std::pair{&layer.v_cache, v}}) {
+    std::vector<float> all(static_cast<size_t>(cache->num_elements()));
+    RETURN_IF_ERROR(backend_->CopyToHost(*cache, all));
+    dst->resize(static_cast<size_t>(kv_heads * head_dim));
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      const float* src =
+          all.data() + ((phys * kv_heads + h) * bs + position % bs) * head_dim;
+      std::copy(src, src + head_dim, dst->data() + h * head_dim);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata
