@@ -42,6 +42,11 @@ void EngineLoop::Run() {
       absl::SleepFor(absl::Milliseconds(20));
     }
     StepPlan plan = scheduler.Schedule();
+    // Sequences that ended or were preempted since the last step: their
+    // kept hidden states (recursive models) go before the next Execute.
+    for (const RequestId id : scheduler.TakeReleasedStates()) {
+      executor.ReleaseState(id);
+    }
     if (plan.items.empty()) {
       scheduler.Commit(StepResult{});
       continue;
@@ -69,6 +74,7 @@ void EngineLoop::Run() {
       stats.num_preemptions = scheduler.num_preemptions();
       stats.prefix_queried_tokens = scheduler.prefix_queried_tokens();
       stats.prefix_hit_tokens = scheduler.prefix_hit_tokens();
+      stats.early_exit_tokens = scheduler.early_exit_tokens();
       options_.observer->OnStep(stats);
     }
   }

@@ -30,6 +30,9 @@ struct StepStats {
   int64_t num_preemptions = 0;
   int64_t prefix_queried_tokens = 0;
   int64_t prefix_hit_tokens = 0;
+  // Recursive models: tokens that exited early (their skipped loops' K/V
+  // filled by propagation or recompute).
+  int64_t early_exit_tokens = 0;
 };
 
 // Called on the engine thread after every step; must be quick.

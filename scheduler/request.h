@@ -31,6 +31,9 @@ struct TokenEvent {
   // Which of the request's RequestSpec::n sequences (choices) it belongs to:
   // 0 <= index < n.
   int32_t index = 0;
+  // Loops of a recursive model the token ran before it was sampled: N at
+  // full depth, fewer after an early exit; 1 for a plain model.
+  int32_t loops = 1;
 };
 
 // For the whole request: with n > 1 the prompt counts once and the
@@ -87,6 +90,9 @@ struct RequestSpec {
   // Tokens that end generation (the model's EOS unless ignore_eos, plus the
   // request's stop_token_ids).
   std::vector<TokenId> stop_token_ids;
+  // Early exit for recursive models (threshold >= 1: full depth, the
+  // default); validated by server/.
+  ExitParams exit;
   int32_t priority = 0;                       // higher first; FCFS among equals
   absl::Time arrival = absl::InfinitePast();  // set by Submit if left unset
   absl::Time deadline = absl::InfiniteFuture();

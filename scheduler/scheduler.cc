@@ -22,6 +22,18 @@
 // once plus n - 1 tokens, the sampler needs no change, and a sibling's tokens
 // are exactly those of an n = 1 request with its seed. A one-token prompt has
 // nothing to share: its n sequences start apart.
+//
+// Recursive models (num_loops N > 1): a token is done when it has run all N
+// loops or exited early, and only then counts as computed. Depth-wise, an
+// item runs one loop per step: the sequence keeps its tokens "in flight"
+// (in_flight, loops_done) and the next step sends the same tokens at the next
+// loop, the engine carrying their hidden state. Sequence-wise, an item runs
+// every loop in one step, as for a plain model. Under the recompute policy a
+// token that exited early leaves a fill (its skipped loops) that the
+// scheduler sends as a kv_fill item in every step, ahead of or beside the
+// sequence's own item, until it reaches the last loop; the fill starts at a
+// loop above the one the next token starts at and advances as fast, so
+// attention at every loop finds the earlier positions' K/V.
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
@@ -73,10 +85,22 @@ struct Scheduler::Sequence {
   std::vector<int32_t> block_table;
   std::optional<FinishReason> finish;  // set by Commit when it ends
   int32_t step_tokens = 0;             // tokens planned in the current step
+  bool step_fills = false;             // its recompute fills are planned too
   // Prefix caching: leading blocks of block_table registered in the cache,
   // and the chain hash of the last of them.
   int32_t num_hashed_blocks = 0;
   uint64_t chain_hash = 0;
+  // Recursive models, depth-wise: tokens [num_computed, num_computed +
+  // in_flight) have run loops_done loops; the engine keeps their state.
+  int32_t in_flight = 0;
+  int32_t loops_done = 0;
+  // Recompute policy: positions whose skipped loops are still to run, with
+  // the next such loop, oldest (and furthest along) first.
+  struct Fill {
+    int32_t position;
+    int32_t loop;
+  };
+  std::vector<Fill> fills;
 
   int32_t num_output() const {
     return static_cast<int32_t>(tokens.size()) - num_prompt;
@@ -118,6 +142,9 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(
   if (options.max_num_seqs <= 0 || options.max_tokens_per_step <= 0) {
     return absl::InvalidArgumentError(
         "max_num_seqs and max_tokens_per_step must be positive");
+  }
+  if (options.num_loops < 1) {
+    return absl::InvalidArgumentError("num_loops must be at least 1");
   }
   // A lone sequence must always fit, or preemption could never make room.
   const int64_t capacity =
@@ -307,6 +334,7 @@ void Scheduler::EndRequest(Request& request, FinishReason reason,
 void Scheduler::EndSequence(Sequence& seq, FinishReason reason) {
   blocks_.Free(seq.block_table);
   seq.block_table.clear();
+  if (options_.num_loops > 1) released_.push_back(seq.item_id);
   Request& request = *seq.request;
   request.completion_tokens += seq.num_output();
   if (reason == FinishReason::kLength || reason == FinishReason::kStop) {
@@ -368,6 +396,10 @@ void Scheduler::Preempt(std::unique_ptr<Sequence> seq) {
   seq->step_tokens = 0;
   seq->num_hashed_blocks = 0;
   seq->chain_hash = 0;
+  seq->in_flight = 0;
+  seq->loops_done = 0;
+  seq->fills.clear();
+  if (options_.num_loops > 1) released_.push_back(seq->item_id);
   ++num_preemptions_;
   num_waiting_.fetch_add(1);
   waiting_tokens_.fetch_add(seq->num_prompt);
@@ -411,7 +443,12 @@ int32_t Scheduler::AcquireCachedPrefix(Sequence& seq) {
 
 void Scheduler::RegisterFullBlocks(Sequence& seq) {
   const int32_t bs = options_.block_size;
-  while ((seq.num_hashed_blocks + 1) * bs <= seq.num_computed) {
+  // A block whose position still waits for its recompute fill lacks the
+  // K/V of some loops: another request must not find it in the cache yet.
+  const int32_t ready = seq.fills.empty()
+                            ? seq.num_computed
+                            : std::min(seq.num_computed, seq.fills[0].position);
+  while ((seq.num_hashed_blocks + 1) * bs <= ready) {
     const auto tokens =
         std::span<const TokenId>(seq.tokens)
             .subspan(static_cast<size_t>(seq.num_hashed_blocks) * bs, bs);
@@ -507,13 +544,28 @@ StepPlan Scheduler::Schedule() {
   // asked for stay valid.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence& seq = *running_[i];
-    const int32_t n = std::min(seq.num_remaining(), budget);
-    if (n <= 0 || Reserve(seq, n, plan.block_copies)) {
-      seq.step_tokens = std::max(n, 0);
-      budget -= seq.step_tokens;
+    // Pending recompute fills (one token each) go first: the sequence's
+    // next token may not run without them.
+    const int32_t fill = static_cast<int32_t>(seq.fills.size());
+    if (seq.in_flight > 0 || fill > budget) {
+      // Tokens between loops hold their blocks already; they continue only
+      // whole (and with their fills), or wait for the next step.
+      const bool fits = seq.in_flight + fill <= budget;
+      seq.step_tokens = fits ? seq.in_flight : 0;
+      seq.step_fills = fits && fill > 0;
+      budget -= fits ? seq.in_flight + fill : 0;
       ++i;
       continue;
     }
+    seq.step_fills = fill > 0;
+    const int32_t n = std::min(seq.num_remaining(), budget - fill);
+    if (n <= 0 || Reserve(seq, n, plan.block_copies)) {
+      seq.step_tokens = std::max(n, 0);
+      budget -= seq.step_tokens + fill;
+      ++i;
+      continue;
+    }
+    seq.step_fills = false;
     std::unique_ptr<Sequence> victim = std::move(running_.back());
     running_.pop_back();
     const bool self = victim.get() == &seq;
@@ -562,8 +614,32 @@ StepPlan Scheduler::Schedule() {
   }
 
   plan.items.reserve(running_.size());
+  const bool recursive = options_.num_loops > 1;
+  // Loops an item runs this step, past its first: -1 = to the last loop.
+  auto loop_end = [&](int32_t loop_begin) {
+    return recursive && options_.depthwise ? loop_begin + 1 : -1;
+  };
   for (auto& seq_ptr : running_) {
     Sequence& seq = *seq_ptr;
+    for (size_t f = 0; seq.step_fills && f < seq.fills.size(); ++f) {
+      const Sequence::Fill& pending = seq.fills[f];
+      WorkItem fill;
+      fill.request_id = seq.item_id;
+      fill.tokens =
+          std::span<const TokenId>(seq.tokens).subspan(pending.position, 1);
+      fill.start_position = pending.position;
+      fill.block_table = seq.block_table;
+      fill.sampling = &seq.sampling;
+      fill.prompt_tokens =
+          std::span<const TokenId>(seq.tokens).first(seq.num_prompt);
+      fill.output_tokens =
+          std::span<const TokenId>(seq.tokens).subspan(seq.num_prompt);
+      fill.loop_begin = pending.loop;
+      fill.loop_end = loop_end(pending.loop);
+      fill.kv_fill = true;
+      plan.items.push_back(fill);
+      planned_.push_back({&seq, pending.position});
+    }
     if (seq.step_tokens == 0) continue;
     WorkItem item;
     item.request_id = seq.item_id;
@@ -578,8 +654,20 @@ StepPlan Scheduler::Schedule() {
         std::span<const TokenId>(seq.tokens).first(seq.num_prompt);
     item.output_tokens =
         std::span<const TokenId>(seq.tokens).subspan(seq.num_prompt);
+    if (recursive) {
+      item.loop_begin = seq.loops_done;
+      item.loop_end = loop_end(seq.loops_done);
+      const ExitParams& exit = seq.request->spec.exit;
+      // The engine applies exits to single decode tokens; prompt tokens
+      // always run every loop.
+      if (item.sample && seq.step_tokens == 1 &&
+          seq.num_computed >= seq.num_prompt &&
+          (exit.threshold < 1.0f || exit.forced_exit_loop >= 0)) {
+        item.exit = &exit;
+      }
+    }
     plan.items.push_back(item);
-    planned_.push_back(&seq);
+    planned_.push_back({&seq, -1});
   }
   UpdateCounters();
   return plan;
@@ -591,22 +679,56 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
     STRATA_CHECK(result->items.size() == planned_.size())
         << "StepResult does not match the plan";
   }
+  const bool recursive = options_.num_loops > 1;
   for (size_t i = 0; i < planned_.size(); ++i) {
-    Sequence& seq = *planned_[i];
+    Sequence& seq = *planned_[i].seq;
     Request& request = *seq.request;
-    seq.num_computed += std::exchange(seq.step_tokens, 0);
     if (!result.ok()) {
       // The whole request fails: its other sequences end at the next step.
+      seq.step_tokens = 0;
+      seq.step_fills = false;
       EndRequest(request, FinishReason::kError, result.status());
       seq.finish = FinishReason::kError;
       continue;
+    }
+    const ItemResult& done = result->items[i];
+    if (planned_[i].fill_position >= 0) {
+      seq.step_fills = false;
+      const auto fill = std::find_if(
+          seq.fills.begin(), seq.fills.end(), [&](const Sequence::Fill& f) {
+            return f.position == planned_[i].fill_position;
+          });
+      STRATA_CHECK(fill != seq.fills.end()) << "a fill that was not pending";
+      if (done.exit_loop >= 0) {
+        seq.fills.erase(fill);  // every skipped loop has run
+        RegisterFullBlocks(seq);
+      } else {
+        fill->loop = done.loops_done;
+      }
+      continue;
+    }
+    const int32_t tokens = std::exchange(seq.step_tokens, 0);
+    if (recursive && done.exit_loop < 0) {
+      // Between loops: the engine keeps the state; same tokens next step.
+      seq.in_flight = tokens;
+      seq.loops_done = done.loops_done;
+      continue;
+    }
+    seq.in_flight = 0;
+    seq.loops_done = 0;
+    seq.num_computed += tokens;
+    if (recursive && done.exit_loop < options_.num_loops - 1) {
+      ++early_exit_tokens_;
+      if (done.needs_kv_fill) {
+        seq.fills.push_back({seq.num_computed - 1, done.exit_loop + 1});
+      }
     }
     RegisterFullBlocks(seq);
     if (seq.num_unforked > 0 && seq.num_computed == seq.target()) {
       Fork(seq);
       continue;
     }
-    const ItemResult& item = result->items[i];
+    const ItemResult& item = done;
     if (!item.sampled.has_value()) continue;
     const TokenId token = item.sampled->token;
     seq.tokens.push_back(token);
@@ -617,6 +739,7 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
     TokenEvent event;
     event.sampled = *item.sampled;
     event.index = seq.index;
+    event.loops = recursive ? item.exit_loop + 1 : 1;
     const auto& stops = request.spec.stop_token_ids;
     event.is_stop_token =
         std::find(stops.begin(), stops.end(), token) != stops.end();

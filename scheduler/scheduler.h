@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -47,6 +48,14 @@ class Scheduler {
     // Static batching admits a new batch only once every running request
     // has finished: the baseline continuous batching is measured against.
     bool static_batching = false;
+    // Recursive models (docs/recursive-models.md): the model's num_loops
+    // (1 = a plain model) and how a token's loops are batched. Depth-wise:
+    // every item runs one loop per step, so a step mixes items at different
+    // loops and a slot freed by an early exit or a finished sequence is
+    // refilled at the next step; a token's hidden state stays in the engine
+    // between steps. Sequence-wise: an item runs all its loops in one step.
+    int32_t num_loops = 1;
+    bool depthwise = true;
   };
 
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
@@ -92,6 +101,17 @@ class Scheduler {
   int64_t num_preemptions() const { return num_preemptions_; }
   int64_t prefix_queried_tokens() const { return prefix_queried_tokens_; }
   int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
+  // Recursive models: tokens that exited before the last loop, and thus had
+  // the K/V of their skipped loops filled (propagated in the same step, or
+  // recomputed by kv_fill items). Engine thread only.
+  int64_t early_exit_tokens() const { return early_exit_tokens_; }
+  // Engine thread: the WorkItem::request_ids whose engine-side state (kept
+  // hidden states of a recursive model) must be dropped, because their
+  // sequence ended or was preempted since the last call. The engine loop
+  // passes them to StepExecutor::ReleaseState before the next Execute.
+  std::vector<RequestId> TakeReleasedStates() {
+    return std::exchange(released_, {});
+  }
   // Engine thread: checks block reference counts against the block tables
   // of every sequence, the free list, the prefix cache, each request's count
   // of live sequences and the sequence limit. For tests.
@@ -168,7 +188,15 @@ class Scheduler {
   absl::flat_hash_map<RequestId, std::unique_ptr<Request>> requests_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
-  std::vector<Sequence*> planned_;  // items of the last plan, in order
+  // Items of the last plan, in order: the sequence, and the position of the
+  // recompute fill the item runs (-1: the sequence's own tokens).
+  struct Planned {
+    Sequence* seq;
+    int32_t fill_position;
+  };
+  std::vector<Planned> planned_;
+  std::vector<RequestId> released_;  // see TakeReleasedStates()
+  int64_t early_exit_tokens_ = 0;
   int64_t num_preemptions_ = 0;
   int64_t prefix_queried_tokens_ = 0;
   int64_t prefix_hit_tokens_ = 0;

@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -32,93 +33,232 @@ TokenId NextToken(std::span<const TokenId> tokens, uint64_t seed = 0) {
   return static_cast<TokenId>(h % kVocab);
 }
 
+// For recursive models (num_loops > 1) it also plays the loops: every KV slot
+// is remembered per loop, an item must continue from the state the engine
+// kept for exactly its positions and loop, each loop's attention must find
+// every earlier position written at that loop (so recompute fills ran ahead
+// of the next token), and decode tokens that carry exit parameters exit early
+// at random, leaving propagated K/V or a fill to recompute.
 class SimExecutor : public StepExecutor {
  public:
+  struct Loops {
+    int32_t num_loops = 1;
+    bool recompute = false;  // KV fill policy (else propagate)
+    double exit_rate = 0.3;  // chance an exit-eligible boundary exits
+  };
+
   SimExecutor(int32_t block_size, int32_t num_blocks, int32_t max_tokens,
               int32_t max_seqs)
+      : SimExecutor(block_size, num_blocks, max_tokens, max_seqs, Loops()) {}
+  SimExecutor(int32_t block_size, int32_t num_blocks, int32_t max_tokens,
+              int32_t max_seqs, Loops loops)
       : block_size_(block_size),
         num_blocks_(num_blocks),
         max_tokens_(max_tokens),
         max_seqs_(max_seqs),
-        slots_(static_cast<size_t>(block_size) * num_blocks) {}
+        loops_(loops),
+        slots_(static_cast<size_t>(loops.num_loops) * block_size * num_blocks),
+        rng_(99) {}
 
   absl::StatusOr<StepResult> Execute(const StepPlan& plan) override {
     ++steps_;
-    // Copy-on-write first, in order, as the engine does.
+    const int32_t num_loops = loops_.num_loops;
+    // Copy-on-write first, in order, as the engine does (every loop).
     for (const BlockCopy& copy : plan.block_copies) {
       EXPECT_NE(copy.src, copy.dst);
       EXPECT_GE(copy.src, 0);
       EXPECT_LT(copy.src, num_blocks_);
       EXPECT_GE(copy.dst, 0);
       EXPECT_LT(copy.dst, num_blocks_);
-      std::copy_n(slots_.begin() + static_cast<size_t>(copy.src) * block_size_,
-                  block_size_,
-                  slots_.begin() + static_cast<size_t>(copy.dst) * block_size_);
+      for (int32_t l = 0; l < num_loops; ++l) {
+        const size_t base = static_cast<size_t>(l) * num_blocks_ * block_size_;
+        std::copy_n(
+            slots_.begin() + base + static_cast<size_t>(copy.src) * block_size_,
+            block_size_,
+            slots_.begin() + base +
+                static_cast<size_t>(copy.dst) * block_size_);
+      }
       ++copies_;
     }
     EXPECT_LE(plan.NumTokens(), max_tokens_) << "token budget exceeded";
-    EXPECT_LE(static_cast<int32_t>(plan.items.size()), max_seqs_);
-    std::set<RequestId> ids;
-    std::map<int32_t, int> table_refs;  // block -> items whose table has it
-    std::set<int32_t> written;          // blocks written this step
+    std::set<RequestId> ids, fills;
+    std::map<RequestId, size_t> last_item;  // request -> its previous item
+    std::map<int32_t, std::set<RequestId>> table_refs;  // block -> requests
+    std::set<int32_t> written;  // blocks written this step
+    struct Run {
+      std::vector<TokenId> all;  // the sequence's tokens
+      int32_t loop = 0;          // next loop to run
+      int32_t loop_end = 0;
+      int32_t end = 0;  // one past the item's last position
+      bool exited = false;
+    };
+    std::vector<Run> runs(plan.items.size());
     StepResult result;
-    for (const WorkItem& item : plan.items) {
-      EXPECT_TRUE(ids.insert(item.request_id).second) << "request twice";
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      const WorkItem& item = plan.items[i];
+      // Items of one request (its fills, then its own tokens): in position
+      // order, each no deeper than the one before, as the engine requires.
+      if (const auto prev = last_item.find(item.request_id);
+          prev != last_item.end()) {
+        const WorkItem& earlier = plan.items[prev->second];
+        EXPECT_TRUE(earlier.kv_fill) << "two items of one request";
+        EXPECT_LT(earlier.start_position, item.start_position);
+        EXPECT_GE(earlier.loop_begin, item.loop_begin);
+      }
+      last_item[item.request_id] = i;
+      if (item.kv_fill) {
+        fills.insert(item.request_id);
+      } else {
+        EXPECT_TRUE(ids.insert(item.request_id).second) << "request twice";
+      }
       EXPECT_FALSE(item.tokens.empty());
-      const int32_t end =
-          item.start_position + static_cast<int32_t>(item.tokens.size());
+      Run& run = runs[i];
+      run.end = item.start_position + static_cast<int32_t>(item.tokens.size());
       EXPECT_GE(static_cast<int32_t>(item.block_table.size()) * block_size_,
-                end)
+                run.end)
           << "block table too short";
       for (int32_t b : item.block_table) {
         EXPECT_GE(b, 0);
         EXPECT_LT(b, num_blocks_);
-        ++table_refs[b];
+        table_refs[b].insert(item.request_id);
       }
-      for (int32_t p = item.start_position; p < end; ++p) {
+      for (int32_t p = item.start_position; p < run.end; ++p) {
         written.insert(item.block_table[p / block_size_]);
       }
-      std::vector<TokenId> all(item.prompt_tokens.begin(),
-                               item.prompt_tokens.end());
-      all.insert(all.end(), item.output_tokens.begin(),
-                 item.output_tokens.end());
-      EXPECT_LE(end, static_cast<int32_t>(all.size()));
-      // The cached prefix must hold this sequence's tokens (written by it
-      // or, through the prefix cache, by another request with that prefix).
-      for (int32_t p = 0; p < item.start_position; ++p) {
-        const Slot& slot = SlotAt(item, p);
-        EXPECT_EQ(slot.position, p) << "stale KV at position " << p;
-        EXPECT_EQ(slot.token, all[p]) << "wrong KV at position " << p;
-        if (slot.id != item.request_id) ++shared_reads_;
-      }
+      run.all.assign(item.prompt_tokens.begin(), item.prompt_tokens.end());
+      run.all.insert(run.all.end(), item.output_tokens.begin(),
+                     item.output_tokens.end());
+      EXPECT_LE(run.end, static_cast<int32_t>(run.all.size()));
       for (size_t j = 0; j < item.tokens.size(); ++j) {
-        const int32_t p = item.start_position + static_cast<int32_t>(j);
-        EXPECT_EQ(item.tokens[j], all[p]);
-        SlotAt(item, p) = Slot{item.request_id, p, item.tokens[j]};
+        EXPECT_EQ(item.tokens[j], run.all[item.start_position + j]);
       }
+      run.loop = item.loop_begin;
+      run.loop_end = item.loop_end < 0 ? num_loops : item.loop_end;
+      EXPECT_LT(run.loop, run.loop_end);
+      EXPECT_LE(run.loop_end, num_loops);
+      const StateKey key{item.request_id, item.start_position};
+      if (item.kv_fill) {
+        EXPECT_EQ(item.tokens.size(), 1u);
+        EXPECT_FALSE(item.sample);
+        const auto it = pending_fills_.find(key);
+        if (it == pending_fills_.end()) {
+          ADD_FAILURE() << "fill without an exit";
+        } else {
+          EXPECT_EQ(it->second, run.loop) << "fill from the wrong loop";
+          pending_fills_.erase(it);
+        }
+      } else if (run.loop > 0) {
+        const auto it = states_.find(key);
+        if (it == states_.end()) {
+          ADD_FAILURE() << "continues without a kept state";
+        } else {
+          EXPECT_EQ(it->second.loops_done, run.loop);
+          EXPECT_EQ(it->second.num_tokens,
+                    static_cast<int32_t>(item.tokens.size()));
+          states_.erase(it);
+        }
+      }
+      if (item.exit != nullptr) {
+        EXPECT_EQ(item.tokens.size(), 1u);
+        EXPECT_TRUE(item.sample);
+        EXPECT_GE(item.start_position,
+                  static_cast<int32_t>(item.prompt_tokens.size()))
+            << "a prompt token may not exit";
+      }
+    }
+    // Rounds, as the engine runs them: every item runs its next loop; each
+    // loop's K/V of all rows is written before any row attends.
+    for (int32_t round = 0; round < num_loops; ++round) {
+      for (size_t i = 0; i < plan.items.size(); ++i) {
+        const WorkItem& item = plan.items[i];
+        Run& run = runs[i];
+        if (run.exited || run.loop >= run.loop_end) continue;
+        for (int32_t p = item.start_position; p < run.end; ++p) {
+          SlotAt(item, run.loop, p) = Slot{item.request_id, p, run.all[p]};
+        }
+      }
+      for (size_t i = 0; i < plan.items.size(); ++i) {
+        const WorkItem& item = plan.items[i];
+        Run& run = runs[i];
+        if (run.exited || run.loop >= run.loop_end) continue;
+        // The prefix this loop attends to must hold the sequence's tokens
+        // at this loop (own, prefix-cached, copied or propagated).
+        for (int32_t p = 0; p < item.start_position; ++p) {
+          const Slot& slot = SlotAt(item, run.loop, p);
+          EXPECT_EQ(slot.position, p)
+              << "stale KV at position " << p << " loop " << run.loop;
+          EXPECT_EQ(slot.token, run.all[p])
+              << "wrong KV at position " << p << " loop " << run.loop;
+          if (slot.id != item.request_id) ++shared_reads_;
+        }
+        const int32_t loop = run.loop++;
+        if (item.exit != nullptr && loop < num_loops - 1 &&
+            loop >= item.exit->min_loops - 1 &&
+            std::bernoulli_distribution(loops_.exit_rate)(rng_)) {
+          run.exited = true;
+          ++exits_;
+          if (loops_.recompute) {
+            pending_fills_[{item.request_id, item.start_position}] = loop + 1;
+          } else {
+            for (int32_t l = loop + 1; l < num_loops; ++l) {
+              SlotAt(item, l, item.start_position) =
+                  Slot{item.request_id, item.start_position,
+                       run.all[item.start_position]};
+            }
+          }
+          run.loop_end = loop + 1;
+        }
+      }
+    }
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      const WorkItem& item = plan.items[i];
+      const Run& run = runs[i];
       ItemResult r;
       r.request_id = item.request_id;
-      EXPECT_EQ(item.sample, end == static_cast<int32_t>(all.size()));
-      if (item.sample) {
+      r.loops_done = run.loop;
+      const bool finished = run.exited || run.loop == num_loops;
+      r.exit_loop = finished ? run.loop - 1 : -1;
+      r.needs_kv_fill = run.exited && loops_.recompute;
+      if (item.kv_fill) {
+        if (!finished) {
+          pending_fills_[{item.request_id, item.start_position}] = run.loop;
+        }
+        result.items.push_back(r);
+        continue;
+      }
+      if (!finished) {
+        states_[{item.request_id, item.start_position}] =
+            State{run.loop, static_cast<int32_t>(item.tokens.size())};
+      }
+      EXPECT_EQ(item.sample, run.end == static_cast<int32_t>(run.all.size()));
+      if (item.sample && finished) {
         EXPECT_NE(item.sampling, nullptr);
         r.sampled = SampledToken{
-            NextToken(std::span<const TokenId>(all).first(end),
+            NextToken(std::span<const TokenId>(run.all).first(run.end),
                       item.sampling == nullptr ? 0 : item.sampling->seed),
             -1.0f,
             {}};
       }
       result.items.push_back(r);
     }
-    // A block written this step belongs to one table only: K/V shared
+    // A block written this step belongs to one request only: K/V shared
     // through the prefix cache is read, never overwritten.
     for (int32_t b : written) {
-      EXPECT_EQ(table_refs[b], 1) << "block " << b << " written while shared";
+      EXPECT_EQ(table_refs[b].size(), 1u)
+          << "block " << b << " written while shared";
     }
+    EXPECT_LE(static_cast<int32_t>(ids.size()), max_seqs_);
     if (fail_next_) {
       fail_next_ = false;
       return absl::InternalError("injected engine failure");
     }
     return result;
+  }
+  void ReleaseState(RequestId request) override {
+    std::erase_if(states_,
+                  [&](const auto& kv) { return kv.first.id == request; });
+    std::erase_if(pending_fills_,
+                  [&](const auto& kv) { return kv.first.id == request; });
   }
   int32_t block_size() const override { return block_size_; }
   int32_t num_blocks() const override { return num_blocks_; }
@@ -127,6 +267,9 @@ class SimExecutor : public StepExecutor {
   int64_t steps() const { return steps_; }
   int64_t shared_reads() const { return shared_reads_; }
   int64_t copies() const { return copies_; }
+  int64_t exits() const { return exits_; }
+  // Hidden states and fills still kept (0 once every request ended).
+  size_t kept_states() const { return states_.size() + pending_fills_.size(); }
 
  private:
   struct Slot {
@@ -134,18 +277,35 @@ class SimExecutor : public StepExecutor {
     int32_t position = -1;
     TokenId token = -1;
   };
-  Slot& SlotAt(const WorkItem& item, int32_t position) {
+  struct StateKey {
+    RequestId id;
+    int32_t position;
+    bool operator<(const StateKey& o) const {
+      return std::tie(id, position) < std::tie(o.id, o.position);
+    }
+  };
+  struct State {
+    int32_t loops_done = 0;
+    int32_t num_tokens = 0;
+  };
+  Slot& SlotAt(const WorkItem& item, int32_t loop, int32_t position) {
     const int32_t block = item.block_table[position / block_size_];
-    return slots_[static_cast<size_t>(block) * block_size_ +
+    return slots_[(static_cast<size_t>(loop) * num_blocks_ + block) *
+                      block_size_ +
                   position % block_size_];
   }
 
   const int32_t block_size_, num_blocks_, max_tokens_, max_seqs_;
-  std::vector<Slot> slots_;
+  const Loops loops_;
+  std::vector<Slot> slots_;  // [loop][block][offset]
+  std::map<StateKey, State> states_;
+  std::map<StateKey, int32_t> pending_fills_;  // -> next loop to run
+  std::mt19937 rng_;
   bool fail_next_ = false;
   int64_t steps_ = 0;
   int64_t shared_reads_ = 0;
   int64_t copies_ = 0;
+  int64_t exits_ = 0;
 };
 
 // Records what a request's sink hears, per choice, and fails on a token
@@ -190,11 +350,20 @@ Scheduler::Options SmallOptions() {
   return options;
 }
 
+// What the engine loop does after Schedule(): drop the engine-side state of
+// sequences that ended or were preempted.
+void ReleaseStates(Scheduler& scheduler, SimExecutor& executor) {
+  for (const RequestId id : scheduler.TakeReleasedStates()) {
+    executor.ReleaseState(id);
+  }
+}
+
 // Runs steps until the scheduler is idle (bounded).
 void RunToIdle(Scheduler& scheduler, SimExecutor& executor,
                int max_steps = 100000) {
   for (int i = 0; i < max_steps; ++i) {
     StepPlan plan = scheduler.Schedule();
+    ReleaseStates(scheduler, executor);
     if (plan.items.empty()) {
       scheduler.Commit(StepResult{});
       if (scheduler.num_running() == 0 && scheduler.num_waiting() == 0) return;
@@ -471,18 +640,18 @@ void CheckCopies(const Scheduler& scheduler, const StepPlan& plan,
     EXPECT_EQ(scheduler.block_ref_count(copy.dst), 1)
         << "copy into block " << copy.dst << " that is not the copier's own";
     EXPECT_TRUE(dsts.insert(copy.dst).second) << "two copies into one block";
-    int holders = 0;
+    std::set<RequestId> holders;
     for (const WorkItem& item : plan.items) {
       const auto it =
           std::find(item.block_table.begin(), item.block_table.end(), copy.dst);
-      if (it == item.block_table.end()) continue;
-      ++holders;
+      if (it == item.block_table.end() || item.kv_fill) continue;
+      holders.insert(item.request_id);
       EXPECT_EQ(it - item.block_table.begin(), item.start_position / block_size)
           << "copy into a block the item does not write first";
       EXPECT_NE(item.start_position % block_size, 0)
           << "copy of a block the item starts empty";
     }
-    EXPECT_EQ(holders, 1) << "copy into block " << copy.dst;
+    EXPECT_EQ(holders.size(), 1u) << "copy into block " << copy.dst;
   }
 }
 
@@ -794,12 +963,19 @@ TEST(SchedulerNTest, PreemptedSiblingRecomputesAloneAndMatches) {
 // reference counts equal block-table references after every step, copies
 // only read shared blocks and write the copier's fresh one, budgets hold
 // (checked inside SimExecutor), and preemption actually happens.
-class SchedulerSimulationTest
-    : public ::testing::TestWithParam<std::tuple<int32_t, bool>> {};
+// Recursive models: num_loops > 1, depth-wise or sequence-wise, and the KV
+// fill policy; exits need requests that ask for them.
+struct LoopConfig {
+  int32_t num_loops = 1;
+  bool depthwise = true;
+  bool recompute = false;
+};
 
-TEST_P(SchedulerSimulationTest, RandomTraffic) {
-  const auto [num_blocks, prefix_caching] = GetParam();
+void RunRandomTraffic(int32_t num_blocks, bool prefix_caching,
+                      const LoopConfig& loops) {
   Scheduler::Options options;
+  options.num_loops = loops.num_loops;
+  options.depthwise = loops.depthwise;
   options.enable_prefix_caching = prefix_caching;
   options.block_size = 4;
   options.num_blocks = num_blocks;
@@ -808,7 +984,9 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
   options.max_tokens_per_step = 24;
   options.max_waiting_requests = 40;
   auto scheduler = *Scheduler::Create(options);
-  SimExecutor executor(4, num_blocks, 24, 6);
+  SimExecutor executor(4, num_blocks, 24, 6,
+                       SimExecutor::Loops{.num_loops = loops.num_loops,
+                                          .recompute = loops.recompute});
   std::mt19937 rng(1234 + num_blocks);
   std::vector<std::string> shared_prefixes;
 
@@ -836,6 +1014,10 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
       s.spec.sampling.seed = rng();
       if (rng() % 10 == 0)
         s.spec.stop_token_ids = {static_cast<TokenId>(rng() % kVocab)};
+      if (loops.num_loops > 1 && rng() % 3 != 0) {
+        s.spec.exit.threshold = 0.5f;  // the simulated engine exits at random
+        s.spec.exit.min_loops = 1 + rng() % 2;
+      }
       s.sink = std::make_shared<RecordingSink>();
       s.spec.sink = s.sink;
       auto id = scheduler->Submit(s.spec);
@@ -854,6 +1036,7 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
     }
     const std::vector<int32_t> refs_before = RefCounts(*scheduler);
     StepPlan plan = scheduler->Schedule();
+    ReleaseStates(*scheduler, executor);
     CheckCopies(*scheduler, plan, refs_before, options.block_size);
     scheduler->Commit(executor.Execute(plan));
     EXPECT_LE(scheduler->num_blocks_used(), num_blocks);
@@ -863,6 +1046,13 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
   RunToIdle(*scheduler, executor);
   EXPECT_EQ(scheduler->num_blocks_used(), 0);
   EXPECT_TRUE(scheduler->CheckConsistency().ok());
+  // Every kept hidden state and pending fill was consumed or released.
+  ReleaseStates(*scheduler, executor);
+  EXPECT_EQ(executor.kept_states(), 0u);
+  if (loops.num_loops > 1) {
+    EXPECT_GT(executor.exits(), 100);
+    EXPECT_EQ(scheduler->early_exit_tokens(), executor.exits());
+  }
   if (prefix_caching) {
     EXPECT_GT(scheduler->prefix_hit_tokens(), 0);
     EXPECT_GT(executor.shared_reads(), 0);
@@ -931,9 +1121,10 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
       }
     }
   }
-  EXPECT_GT(submitted.size(), 300u);
+  // Depth-wise, a token takes num_loops steps: fewer requests get in.
+  EXPECT_GT(submitted.size(), loops.num_loops > 1 ? 150u : 300u);
   EXPECT_GT(cancelled, 0);
-  EXPECT_GT(forked, 50);
+  EXPECT_GT(forked, loops.num_loops > 1 ? 25 : 50);
   EXPECT_GT(forked_cancelled, 0);
   EXPECT_GT(executor.copies(), 0);
   if (num_blocks <= 24) {
@@ -941,9 +1132,40 @@ TEST_P(SchedulerSimulationTest, RandomTraffic) {
   }
 }
 
+class SchedulerSimulationTest
+    : public ::testing::TestWithParam<std::tuple<int32_t, bool>> {};
+
+TEST_P(SchedulerSimulationTest, RandomTraffic) {
+  const auto [num_blocks, prefix_caching] = GetParam();
+  RunRandomTraffic(num_blocks, prefix_caching, LoopConfig{});
+}
+
 INSTANTIATE_TEST_SUITE_P(Pools, SchedulerSimulationTest,
                          ::testing::Combine(::testing::Values(16, 24, 64, 1024),
                                             ::testing::Bool()));
+
+// (sequence, loop) items: the same traffic on a 3-loop recursive model.
+class SchedulerLoopSimulationTest
+    : public ::testing::TestWithParam<std::tuple<int32_t, bool, bool>> {};
+
+TEST_P(SchedulerLoopSimulationTest, RandomTraffic) {
+  const auto [num_blocks, depthwise, recompute] = GetParam();
+  RunRandomTraffic(
+      num_blocks, /*prefix_caching=*/true,
+      LoopConfig{
+          .num_loops = 3, .depthwise = depthwise, .recompute = recompute});
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Loops, SchedulerLoopSimulationTest,
+    ::testing::Combine(::testing::Values(16, 64), ::testing::Bool(),
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<int32_t, bool, bool>>& info) {
+      return absl::StrCat(std::get<0>(info.param), "blocks_",
+                          std::get<1>(info.param) ? "depthwise" : "seqwise",
+                          "_",
+                          std::get<2>(info.param) ? "recompute" : "propagate");
+    });
 
 }  // namespace
 }  // namespace strata
