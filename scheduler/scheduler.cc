@@ -99,6 +99,9 @@ struct Scheduler::Sequence {
   struct Fill {
     int32_t position;
     int32_t loop;
+    // Depth-wise, the first of its loops is a kv_fill item (continuing the
+    // exit state); later ones continue the fill's own state like any item.
+    bool started = false;
   };
   std::vector<Fill> fills;
 
@@ -636,7 +639,7 @@ StepPlan Scheduler::Schedule() {
           std::span<const TokenId>(seq.tokens).subspan(seq.num_prompt);
       fill.loop_begin = pending.loop;
       fill.loop_end = loop_end(pending.loop);
-      fill.kv_fill = true;
+      fill.kv_fill = !pending.started;
       plan.items.push_back(fill);
       planned_.push_back({&seq, pending.position});
     }
@@ -704,6 +707,7 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
         RegisterFullBlocks(seq);
       } else {
         fill->loop = done.loops_done;
+        fill->started = true;
       }
       continue;
     }

@@ -127,6 +127,7 @@ class ScheduledGeneration {
     spec.prompt = std::move(prepared.prompt);
     spec.sampling = prepared.sampling;
     spec.n = prepared.n;
+    spec.exit = prepared.exit;
     spec.max_tokens = prepared.max_tokens;
     spec.stop_token_ids = std::move(prepared.stop_token_ids);
     spec.priority = prepared.priority;

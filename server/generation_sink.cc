@@ -59,6 +59,9 @@ bool GenerationSink::OnToken(const TokenEvent& event) {
   Choice& choice = choices_[event.index];
   if (choice.stopped || choice.finished) return false;  // not called again
   const SampledToken& sampled = event.sampled;
+  total_loops_ += event.loops;
+  ++num_tokens_;
+  if (metrics_ != nullptr) metrics_->RecordTokenLoops(event.loops);
   v1::CompletionChunk chunk;
   chunk.set_index(static_cast<uint32_t>(event.index));
   chunk.add_token_ids(sampled.token);
@@ -66,6 +69,7 @@ bool GenerationSink::OnToken(const TokenEvent& event) {
     v1::TokenLogprob* logprob = chunk.add_logprobs();
     logprob->set_token_id(sampled.token);
     logprob->set_logprob(sampled.logprob);
+    logprob->set_loops(static_cast<uint32_t>(event.loops));
     for (const auto& [id, value] : sampled.top_logprobs) {
       v1::TopLogprob* top = logprob->add_top();
       top->set_token_id(id);
@@ -151,6 +155,10 @@ void GenerationSink::OnFinish(const FinishInfo& info) {
     last.set_finish_reason(ToProto(info.reason));
   }
   FillUsage(info.stats, *last.mutable_usage());
+  if (num_tokens_ > 0) {
+    last.mutable_usage()->set_mean_loops(static_cast<double>(total_loops_) /
+                                         static_cast<double>(num_tokens_));
+  }
 
   absl::MutexLock lock(&mu_);
   if (listener_ != nullptr) {

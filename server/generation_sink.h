@@ -105,6 +105,10 @@ class GenerationSink : public RequestSink {
 
   // Engine-thread state (the scheduler never calls one sink concurrently).
   std::vector<Choice> choices_;  // [n]
+  // Loops run by the tokens delivered so far (recursive models), for
+  // Usage.mean_loops.
+  int64_t total_loops_ = 0;
+  int64_t num_tokens_ = 0;
   int32_t num_finished_ = 0;
   std::optional<v1::CompletionChunk> held_last_;
 

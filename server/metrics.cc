@@ -147,6 +147,23 @@ Metrics::Metrics(const Options& options)
       &AddHistogram(r, "strata_step_tokens",
                     "Tokens computed in one engine step", StepTokensBuckets());
 
+  // Exit depth: one bucket per loop, so bucket le="l" counts the tokens
+  // that ran at most l loops (all of them on a plain model, l = 1).
+  std::vector<double> loop_buckets;
+  for (int32_t l = 1; l <= std::max(options.num_loops, 1); ++l) {
+    loop_buckets.push_back(l);
+  }
+  token_loops_ = &AddHistogram(
+      r, "strata_generated_token_loops",
+      "Loops a generated token ran before it was sampled (exit depth of a "
+      "recursive model; 1 on a plain model)",
+      loop_buckets);
+  kv_fill_tokens_ = &AddCounter(
+      r, "strata_kv_fill_tokens_total",
+      "Tokens that exited early and had the K/V of their skipped loops "
+      "filled, by KV fill policy",
+      {{"policy", options.kv_fill}});
+
   AddGauge(r, "strata_model_info", "The served model; value is always 1",
            {{"model", options.model_name},
             {"architecture", options.architecture},
@@ -205,7 +222,11 @@ void Metrics::OnStep(const StepStats& stats) {
       Advance(stats.prefix_queried_tokens, last_prefix_queried_)));
   prefix_hit_tokens_->Increment(
       static_cast<double>(Advance(stats.prefix_hit_tokens, last_prefix_hit_)));
+  kv_fill_tokens_->Increment(
+      static_cast<double>(Advance(stats.early_exit_tokens, last_early_exits_)));
 }
+
+void Metrics::RecordTokenLoops(int32_t loops) { token_loops_->Observe(loops); }
 
 void Metrics::RecordFinish(const FinishInfo& info) {
   switch (info.reason) {

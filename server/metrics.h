@@ -37,6 +37,11 @@ class Metrics : public StepObserver {
     std::string backend;       // e.g. "cpu"
     // Label of strata_build_info.
     std::string version;
+    // Recursive models: the loops of the shared block (1 = a plain model;
+    // the exit-depth histogram has one bucket per loop) and the KV fill
+    // policy (label of strata_kv_fill_tokens_total).
+    int32_t num_loops = 1;
+    std::string kv_fill = "propagate";
   };
 
   // Latency histogram buckets (seconds): 1 ms to 2 min, so both a GPU's
@@ -68,6 +73,9 @@ class Metrics : public StepObserver {
   // the increments of the scheduler's running totals (preemptions, prefix
   // cache) since the previous call.
   void OnStep(const StepStats& stats) override;
+
+  // A generated token ran `loops` loops (exit depth; 1 on a plain model).
+  void RecordTokenLoops(int32_t loops);
 
   // A request ended (any thread): strata_requests_total by outcome, token
   // counters and the latency histograms.
@@ -113,6 +121,8 @@ class Metrics : public StepObserver {
   prometheus::Histogram* step_duration_;
   prometheus::Histogram* step_batch_size_;
   prometheus::Histogram* step_tokens_;
+  prometheus::Histogram* token_loops_;
+  prometheus::Counter* kv_fill_tokens_;
 
   // The scheduler's running totals at the previous OnStep, to turn them into
   // counter increments.
@@ -120,6 +130,7 @@ class Metrics : public StepObserver {
   int64_t last_preemptions_ ABSL_GUARDED_BY(step_mu_) = 0;
   int64_t last_prefix_queried_ ABSL_GUARDED_BY(step_mu_) = 0;
   int64_t last_prefix_hit_ ABSL_GUARDED_BY(step_mu_) = 0;
+  int64_t last_early_exits_ ABSL_GUARDED_BY(step_mu_) = 0;
 
   mutable absl::Mutex exposer_mu_;
   std::unique_ptr<MetricsHttpServer> exposer_ ABSL_GUARDED_BY(exposer_mu_);

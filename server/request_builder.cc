@@ -82,7 +82,8 @@ RequestBuilder::RequestBuilder(const Options& options)
     : options_(options),
       validator_(
           RequestValidator::Limits{.vocab_size = options.vocab_size,
-                                   .max_model_len = options.max_model_len}) {}
+                                   .max_model_len = options.max_model_len,
+                                   .num_loops = options.num_loops}) {}
 
 absl::StatusOr<PreparedRequest> RequestBuilder::BuildCompletion(
     const v1::CompletionRequest& request) const {
@@ -179,6 +180,15 @@ absl::StatusOr<PreparedRequest> RequestBuilder::Finish(
   out.logprobs = sampling.logprobs();
   out.priority = priority;
   out.n = sampling.has_n() ? static_cast<int32_t>(sampling.n()) : 1;
+  if (sampling.has_exit_threshold()) {
+    out.exit.threshold = sampling.exit_threshold();
+  }
+  out.exit.confidence = sampling.exit_confidence() == v1::EXIT_CONFIDENCE_MARGIN
+                            ? ExitConfidence::kMargin
+                            : ExitConfidence::kMaxProb;
+  if (sampling.has_exit_min_loops()) {
+    out.exit.min_loops = static_cast<int32_t>(sampling.exit_min_loops());
+  }
   return out;
 }
 

@@ -44,6 +44,8 @@ struct PreparedRequest {
   // Choices to sample (sampling.n, default 1); choice i uses sampling.seed
   // + i.
   int32_t n = 1;
+  // Early exit (recursive models); threshold 1 = full depth.
+  ExitParams exit;
 };
 
 class RequestBuilder {
@@ -57,6 +59,8 @@ class RequestBuilder {
     // tokenizer's vocabulary sizes).
     int32_t vocab_size = 0;
     int32_t max_model_len = 0;
+    // Loops of a recursive model (1 = a plain model).
+    int32_t num_loops = 1;
     // The chat format used when a ChatRequest names none; nullopt when the
     // model has no recognisable template (chat then needs chat_template).
     std::optional<ChatFormat> default_chat_format;

@@ -76,6 +76,30 @@ absl::Status RequestValidator::ValidateSampling(
         "sampling.frequency_penalty",
         absl::StrCat("must be in [-2, 2], got ", s.frequency_penalty()));
   }
+  if (s.has_exit_threshold()) {
+    if (!InClosed(s.exit_threshold(), 0.0f, 1.0f)) {
+      return FieldError(
+          "sampling.exit_threshold",
+          absl::StrCat("must be in [0, 1], got ", s.exit_threshold()));
+    }
+    if (s.exit_threshold() < 1.0f && limits_.num_loops < 2) {
+      return FieldError("sampling.exit_threshold",
+                        "early exit needs a recursive model (this one has "
+                        "one loop); leave it unset or 1");
+    }
+  }
+  if (s.has_exit_min_loops() &&
+      (s.exit_min_loops() < 1 ||
+       s.exit_min_loops() > static_cast<uint32_t>(limits_.num_loops))) {
+    return FieldError(
+        "sampling.exit_min_loops",
+        absl::StrCat("must be in [1, ", limits_.num_loops,
+                     "] (the model's loops), got ", s.exit_min_loops()));
+  }
+  if (!v1::ExitConfidence_IsValid(s.exit_confidence())) {
+    return FieldError("sampling.exit_confidence",
+                      absl::StrCat("unknown value ", s.exit_confidence()));
+  }
   if (s.has_n() && (s.n() < 1 || s.n() > static_cast<uint32_t>(kMaxChoices))) {
     return FieldError("sampling.n", absl::StrCat("must be in [1, ", kMaxChoices,
                                                  "], got ", s.n()));

@@ -36,6 +36,9 @@ class RequestValidator {
     // Prompt plus generated tokens per sequence; a prompt may use at most
     // max_model_len - 1 of them so that one token can be generated.
     int32_t max_model_len = 0;
+    // Loops of a recursive model (1 = a plain model): early exit needs
+    // more than one, and exit_min_loops may be at most this.
+    int32_t num_loops = 1;
   };
 
   explicit RequestValidator(const Limits& limits) : limits_(limits) {}

@@ -50,6 +50,13 @@ ABSL_FLAG(int32_t, n, 1,
           "than one, each choice is printed whole as it ends.");
 ABSL_FLAG(std::vector<std::string>, stop, {}, "Comma-separated stop strings.");
 ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence.");
+ABSL_FLAG(double, exit_threshold, -1,
+          "Recursive models: early-exit confidence threshold in [0, 1]; "
+          "-1 = unset (full depth).");
+ABSL_FLAG(std::string, exit_confidence, "max_prob",
+          "Recursive models: max_prob or margin.");
+ABSL_FLAG(int32_t, exit_min_loops, -1,
+          "Recursive models: loops every token runs at least; -1 = unset.");
 ABSL_FLAG(bool, stream, true,
           "Stream text as it is generated (CompleteStream/ChatStream).");
 ABSL_FLAG(std::string, system, "", "chat: a system message to send first.");
@@ -128,6 +135,15 @@ v1::SamplingParams SamplingFromFlags() {
     sampling.add_stop(stop);
   }
   sampling.set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  if (double v = absl::GetFlag(FLAGS_exit_threshold); v >= 0) {
+    sampling.set_exit_threshold(static_cast<float>(v));
+  }
+  if (absl::GetFlag(FLAGS_exit_confidence) == "margin") {
+    sampling.set_exit_confidence(v1::EXIT_CONFIDENCE_MARGIN);
+  }
+  if (int32_t v = absl::GetFlag(FLAGS_exit_min_loops); v >= 0) {
+    sampling.set_exit_min_loops(static_cast<uint32_t>(v));
+  }
   return sampling;
 }
 
@@ -152,10 +168,12 @@ void PrintUsage(v1::FinishReason reason, const std::string& stop_reason,
   if (!stop_reason.empty()) stop = absl::StrCat(" (", stop_reason, ")");
   std::fprintf(stderr,
                "\n[finish: %s%s | prompt %u tokens (%u cached), completion %u "
-               "tokens | queue %.3fs | time to first token %.3fs]\n",
+               "tokens (mean loops %.2f) | queue %.3fs | time to first token "
+               "%.3fs]\n",
                FinishReasonText(reason), stop.c_str(), usage.prompt_tokens(),
                usage.cached_prompt_tokens(), usage.completion_tokens(),
-               usage.queue_time_seconds(), usage.time_to_first_token_seconds());
+               usage.mean_loops(), usage.queue_time_seconds(),
+               usage.time_to_first_token_seconds());
 }
 
 // One whole choice of an n > 1 request: a header line, then its text.

@@ -81,7 +81,7 @@ class SimExecutor : public StepExecutor {
       ++copies_;
     }
     EXPECT_LE(plan.NumTokens(), max_tokens_) << "token budget exceeded";
-    std::set<RequestId> ids, fills;
+    std::set<RequestId> ids;
     std::map<RequestId, size_t> last_item;  // request -> its previous item
     std::map<int32_t, std::set<RequestId>> table_refs;  // block -> requests
     std::set<int32_t> written;  // blocks written this step
@@ -101,16 +101,12 @@ class SimExecutor : public StepExecutor {
       if (const auto prev = last_item.find(item.request_id);
           prev != last_item.end()) {
         const WorkItem& earlier = plan.items[prev->second];
-        EXPECT_TRUE(earlier.kv_fill) << "two items of one request";
+        EXPECT_FALSE(earlier.sample) << "two items of one request sample";
         EXPECT_LT(earlier.start_position, item.start_position);
         EXPECT_GE(earlier.loop_begin, item.loop_begin);
       }
       last_item[item.request_id] = i;
-      if (item.kv_fill) {
-        fills.insert(item.request_id);
-      } else {
-        EXPECT_TRUE(ids.insert(item.request_id).second) << "request twice";
-      }
+      ids.insert(item.request_id);
       EXPECT_FALSE(item.tokens.empty());
       Run& run = runs[i];
       run.end = item.start_position + static_cast<int32_t>(item.tokens.size());
@@ -219,13 +215,6 @@ class SimExecutor : public StepExecutor {
       const bool finished = run.exited || run.loop == num_loops;
       r.exit_loop = finished ? run.loop - 1 : -1;
       r.needs_kv_fill = run.exited && loops_.recompute;
-      if (item.kv_fill) {
-        if (!finished) {
-          pending_fills_[{item.request_id, item.start_position}] = run.loop;
-        }
-        result.items.push_back(r);
-        continue;
-      }
       if (!finished) {
         states_[{item.request_id, item.start_position}] =
             State{run.loop, static_cast<int32_t>(item.tokens.size())};

@@ -1,0 +1,216 @@
+// Recursive models through the real daemon: full depth equals the PyTorch
+// reference and sequence-wise batching token for token, depth-wise batching
+// of concurrent requests at different loops equals each request alone, early
+// exit reports per-token loops, mean loops and the exit metrics, and the exit
+// fields are validated.
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "strata/v1/generation.grpc.pb.h"
+#include "tests/integration/stratad_daemon.h"
+#include "tests/testing/net_util.h"
+
+namespace strata {
+namespace {
+
+using ::strata::testing::StratadDaemon;
+using ::testing::HasSubstr;
+
+std::string FixtureDir() {
+  return std::string(STRATA_SOURCE_DIR) + "/tests/data/tiny-recursive";
+}
+std::string BundledDir() {
+  return std::string(STRATA_SOURCE_DIR) + "/models/strata-recursive-tiny";
+}
+
+nlohmann::json ReadJson(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str());
+}
+
+struct Output {
+  std::vector<int32_t> ids;
+  std::vector<uint32_t> loops;  // per token, from the logprobs
+  double mean_loops = 0;
+};
+
+absl::StatusOr<Output> Complete(StratadDaemon& daemon,
+                                const std::vector<int32_t>& prompt,
+                                uint32_t max_tokens, float threshold = 1.0f,
+                                uint32_t min_loops = 0) {
+  v1::CompletionRequest request;
+  for (int32_t id : prompt) request.mutable_token_ids()->add_ids(id);
+  v1::SamplingParams& sampling = *request.mutable_sampling();
+  sampling.set_temperature(0.0f);
+  sampling.set_max_tokens(max_tokens);
+  sampling.set_ignore_eos(true);
+  sampling.set_logprobs(true);
+  if (threshold != 1.0f) sampling.set_exit_threshold(threshold);
+  if (min_loops > 0) sampling.set_exit_min_loops(min_loops);
+  auto stub = v1::Generation::NewStub(daemon.channel());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(60));
+  v1::CompletionResponse response;
+  const grpc::Status status = stub->Complete(&context, request, &response);
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  Output out;
+  out.ids.assign(response.token_ids().begin(), response.token_ids().end());
+  for (const v1::TokenLogprob& lp : response.logprobs()) {
+    out.loops.push_back(lp.loops());
+  }
+  out.mean_loops = response.usage().mean_loops();
+  return out;
+}
+
+std::vector<int32_t> Ids(const nlohmann::json& array) {
+  return array.get<std::vector<int32_t>>();
+}
+
+// Threshold 1 (full depth): depth-wise and sequence-wise batching give the
+// tokens of tools/recursive/model.py (reference.json, float64), and every
+// token reports all of the model's loops.
+TEST(RecursiveServingTest, FullDepthMatchesReferenceInBothBatchingModes) {
+  const nlohmann::json reference = ReadJson(FixtureDir() + "/reference.json");
+  const std::vector<int32_t> prompt = Ids(reference["prompt_ids"]);
+  const std::vector<int32_t> expected = Ids(reference["generated_ids"]);
+  for (const char* mode : {"depthwise", "sequencewise"}) {
+    SCOPED_TRACE(mode);
+    auto daemon = StratadDaemon::Start(
+        FixtureDir(), {absl::StrCat("--loop_batching=", mode)});
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    absl::StatusOr<Output> out =
+        Complete(**daemon, prompt, static_cast<uint32_t>(expected.size()));
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->ids, expected);
+    EXPECT_EQ(out->loops, std::vector<uint32_t>(expected.size(), 3));
+    EXPECT_DOUBLE_EQ(out->mean_loops, 3.0);
+  }
+}
+
+// The forced-exit fixture's threshold run (threshold 0.6, max_prob,
+// propagate): the daemon's exit loops and tokens are the reference's.
+TEST(RecursiveServingTest, ThresholdRunMatchesReferenceExits) {
+  const nlohmann::json fixture = ReadJson(FixtureDir() + "/forced_exits.json");
+  const nlohmann::json& run = fixture["threshold_run"];
+  ASSERT_EQ(run["kv_policy"], "propagate");
+  ASSERT_EQ(run["confidence"], "max_prob");
+  const std::vector<int32_t> prompt = Ids(fixture["prompt_ids"]);
+  const std::vector<int32_t> expected = Ids(run["generated_ids"]);
+  // The first token comes from the prompt (every loop); decode step s
+  // samples token s from its exit loop.
+  std::vector<uint32_t> expected_loops = {3};
+  for (const auto& step : run["steps"]) {
+    expected_loops.push_back(step["exit_loop"].get<uint32_t>() + 1);
+  }
+  ASSERT_EQ(expected_loops.size(), expected.size());
+  auto daemon = StratadDaemon::Start(FixtureDir());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  absl::StatusOr<Output> out =
+      Complete(**daemon, prompt, static_cast<uint32_t>(expected.size()),
+               run["threshold"].get<float>(), run["min_loops"].get<uint32_t>());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->ids, expected);
+  EXPECT_EQ(out->loops, expected_loops);
+}
+
+// Depth-wise batching mixes requests at different loops in one step (and,
+// with exits, refills freed slots at once): each of 8 concurrent requests
+// gets exactly what it gets alone, for both KV fill policies. The exit
+// metrics count what the responses report.
+TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
+  for (const char* policy : {"propagate", "recompute"}) {
+    SCOPED_TRACE(policy);
+    const int metrics_port = strata::testing::FreePort();
+    ASSERT_GT(metrics_port, 0);
+    auto daemon = StratadDaemon::Start(
+        BundledDir(), {absl::StrCat("--kv_fill=", policy),
+                       absl::StrCat("--metrics_port=", metrics_port)});
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 8; ++i) {
+      std::vector<int32_t> prompt = {4096};  // BOS, then varied lengths
+      for (int j = 0; j < 5 + 3 * i; ++j) prompt.push_back(100 + 37 * i + j);
+      prompts.push_back(prompt);
+    }
+    std::vector<Output> solo;
+    int64_t early = 0;
+    for (const auto& prompt : prompts) {
+      absl::StatusOr<Output> out = Complete(**daemon, prompt, 24, 0.6f);
+      ASSERT_TRUE(out.ok()) << out.status();
+      for (uint32_t loops : out->loops) early += loops < 3 ? 1 : 0;
+      solo.push_back(*out);
+    }
+    EXPECT_GT(early, 0) << "threshold 0.6 should let some tokens exit";
+    std::vector<absl::StatusOr<Output>> together(prompts.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      threads.emplace_back(
+          [&, i] { together[i] = Complete(**daemon, prompts[i], 24, 0.6f); });
+    }
+    for (auto& thread : threads) thread.join();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ASSERT_TRUE(together[i].ok()) << together[i].status();
+      EXPECT_EQ(together[i]->ids, solo[i].ids) << "request " << i;
+      EXPECT_EQ(together[i]->loops, solo[i].loops) << "request " << i;
+      double sum = 0;
+      for (uint32_t loops : solo[i].loops) sum += loops;
+      EXPECT_NEAR(solo[i].mean_loops, sum / solo[i].loops.size(), 1e-9);
+    }
+    const std::string metrics = strata::testing::HttpBody(
+        strata::testing::HttpGet(metrics_port, "/metrics"));
+    EXPECT_EQ(strata::testing::PrometheusValue(
+                  metrics, absl::StrCat("strata_kv_fill_tokens_total{policy=\"",
+                                        policy, "\"}")),
+              2 * early);
+    EXPECT_EQ(strata::testing::PrometheusValue(
+                  metrics, "strata_generated_token_loops_count"),
+              2 * 8 * 24);
+    EXPECT_EQ(strata::testing::PrometheusValue(
+                  metrics, "strata_generated_token_loops_bucket{le=\"2\"}"),
+              2 * early);
+  }
+}
+
+TEST(RecursiveServingTest, ExitFieldsAreValidated) {
+  auto recursive = StratadDaemon::Start(FixtureDir());
+  ASSERT_TRUE(recursive.ok()) << recursive.status();
+  absl::StatusOr<Output> out = Complete(**recursive, {1792, 79}, 4, 1.5f);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("sampling.exit_threshold"));
+  out = Complete(**recursive, {1792, 79}, 4, 0.5f, /*min_loops=*/4);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("sampling.exit_min_loops"));
+
+  auto plain = StratadDaemon::Start(strata::testing::TinyLlamaDir());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  out = Complete(**plain, {1792, 79}, 4, 0.5f);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("sampling.exit_threshold"));
+  // A plain model reports one loop per token.
+  out = Complete(**plain, {1792, 79}, 4);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->loops, std::vector<uint32_t>(4, 1));
+}
+
+}  // namespace
+}  // namespace strata
