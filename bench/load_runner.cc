@@ -84,6 +84,9 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     sampling->set_max_tokens(static_cast<uint32_t>(request.output_len));
     sampling->set_temperature(options.temperature);
     sampling->set_ignore_eos(options.ignore_eos);
+    if (options.exit_threshold < 1.0f) {
+      sampling->set_exit_threshold(options.exit_threshold);
+    }
     request_timeout_ = options.request_timeout;
   }
 
@@ -135,6 +138,7 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     record_.output_tokens =
         has_usage_ ? usage_.completion_tokens() : ids_received_;
     record_.cached_prompt_tokens = usage_.cached_prompt_tokens();
+    record_.loops_sum = usage_.mean_loops() * usage_.completion_tokens();
     if (!status.ok()) {
       record_.error_code = CodeName(status.error_code());
       record_.error_message = status.error_message();

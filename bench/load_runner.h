@@ -53,6 +53,8 @@ class LoadRunner {
     // Sampling sent with every request (max_tokens comes from the workload).
     float temperature = 0;   // greedy
     bool ignore_eos = true;  // so output lengths are exactly max_tokens
+    // Recursive models: early-exit threshold (>= 1: unset, full depth).
+    float exit_threshold = 1.0f;
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
   };

@@ -76,6 +76,7 @@ BenchMetrics ComputeMetrics(const std::vector<RequestRecord>& records,
     m.total_input_tokens += r.prompt_tokens;
     m.total_output_tokens += r.output_tokens;
     m.cached_input_tokens += r.cached_prompt_tokens;
+    m.mean_loops += r.loops_sum;  // a sum until divided below
     if (r.target_output_tokens > 0 &&
         r.output_tokens != r.target_output_tokens) {
       ++m.output_len_mismatches;
@@ -91,6 +92,9 @@ BenchMetrics ComputeMetrics(const std::vector<RequestRecord>& records,
                       (slo.e2el_ms <= 0 || r.e2el_s * 1e3 <= slo.e2el_ms);
     if (good) ++m.good_requests;
   }
+  m.mean_loops = m.total_output_tokens > 0
+                     ? m.mean_loops / static_cast<double>(m.total_output_tokens)
+                     : 0.0;
   if (duration_s > 0) {
     m.request_throughput = m.completed / duration_s;
     m.request_goodput = m.good_requests / duration_s;
@@ -114,6 +118,7 @@ const std::vector<std::string>& MetricNames() {
         "total_input_tokens",
         "total_output_tokens",
         "cached_input_tokens",
+        "mean_loops",
         "output_len_mismatches",
         "request_throughput",
         "request_goodput",
@@ -145,6 +150,7 @@ nlohmann::ordered_json MetricsToJson(const BenchMetrics& m) {
   j["total_input_tokens"] = m.total_input_tokens;
   j["total_output_tokens"] = m.total_output_tokens;
   j["cached_input_tokens"] = m.cached_input_tokens;
+  j["mean_loops"] = m.mean_loops;
   j["output_len_mismatches"] = m.output_len_mismatches;
   j["request_throughput"] = m.request_throughput;
   j["request_goodput"] = m.request_goodput;

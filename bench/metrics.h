@@ -43,6 +43,9 @@ struct RequestRecord {
   int64_t prompt_tokens = 0;  // usage.prompt_tokens, else the known length
   int64_t output_tokens = 0;  // usage.completion_tokens, else ids received
   int64_t cached_prompt_tokens = 0;
+  // Recursive models: loops run over all generated tokens (usage.mean_loops
+  // times completion tokens).
+  double loops_sum = 0;
   int32_t target_output_tokens = 0;  // max_tokens requested
 };
 
@@ -62,6 +65,8 @@ struct BenchMetrics {
   int64_t total_input_tokens = 0;
   int64_t total_output_tokens = 0;
   int64_t cached_input_tokens = 0;
+  // Mean loops per generated token (recursive models; 1 on a plain model).
+  double mean_loops = 0;
   int64_t output_len_mismatches = 0;    // completed with != max_tokens tokens
   int64_t good_requests = 0;            // completed within the SLO
   double request_throughput = 0;        // completed / duration

@@ -88,6 +88,9 @@ ABSL_FLAG(int32_t, max_token_id, 0,
           "Random prompts: token ids below this (0 = the model's vocab_size).");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of prompts, lengths and arrival times.");
 ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy).");
+ABSL_FLAG(double, exit_threshold, 1.0,
+          "Recursive models: early-exit confidence threshold sent with every "
+          "request (>= 1: full depth, the field is left unset).");
 ABSL_FLAG(bool, ignore_eos, true,
           "Keep generating past EOS so output lengths equal max_tokens.");
 // Goodput.
@@ -178,6 +181,8 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
       absl::GetFlag(FLAGS_abort_after_errors);
   o.runner.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   o.runner.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  o.runner.exit_threshold =
+      static_cast<float>(absl::GetFlag(FLAGS_exit_threshold));
   o.runner.progress_interval = Seconds(absl::GetFlag(FLAGS_progress_s));
 
   absl::StatusOr<WorkloadKind> kind =

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh
-exec build/bin/stratad --model=models/strata-tiny "$@"
+exec build/bin/stratad --model=models/strata-recursive-tiny "$@"
