@@ -1,11 +1,24 @@
 #include "server/server.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <linux/filter.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstring>
+#include <iterator>
 #include <optional>
+#include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -21,6 +34,11 @@ namespace {
 constexpr char kGenerationServiceName[] = "strata.v1.Generation";
 // How long cancelled requests get to reach their clients at shutdown.
 constexpr absl::Duration kCancelGrace = absl::Seconds(2);
+// How long a TCP handshake under way may take to complete once the listener
+// drops new connection attempts (a round trip; generous for a LAN).
+constexpr absl::Duration kHandshakeSettle = absl::Milliseconds(100);
+// After a connection's age GOAWAY: the client's PING ack and its leaving.
+constexpr absl::Duration kGoawaySettle = absl::Milliseconds(200);
 
 std::string JoinHostPort(const std::string& host, int32_t port) {
   if (absl::StrContains(host, ':') && !absl::StartsWith(host, "[")) {
@@ -185,18 +203,32 @@ absl::Status Server::Start() {
                                  .metrics = metrics_.get(),
                                  .model_info = model_info_});
 
+  if (options_.max_connection_age < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_connection_age: must be at least 1ms, got ",
+                     absl::FormatDuration(options_.max_connection_age)));
+  }
+  if (absl::Status st = Listen(); !st.ok()) return st;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder_grpc;
-  const std::string requested = JoinHostPort(options_.host, options_.port);
-  builder_grpc.AddListeningPort(requested, grpc::InsecureServerCredentials(),
-                                &port_);
+  // No AddListeningPort: connections come from our listener (AcceptLoop).
+  acceptor_ = builder_grpc.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
+      grpc::InsecureServerCredentials());
+  // Connections end gracefully after max_connection_age; a call in flight
+  // then may run as long as it needs (the age's grace is unbounded).
+  builder_grpc.AddChannelArgument(
+      GRPC_ARG_MAX_CONNECTION_AGE_MS,
+      static_cast<int>(std::min<int64_t>(
+          absl::ToInt64Milliseconds(options_.max_connection_age), INT_MAX)));
+  builder_grpc.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                                  INT_MAX);
   builder_grpc.RegisterService(service_.get());
   grpc_server_ = builder_grpc.BuildAndStart();
-  if (grpc_server_ == nullptr || port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("could not listen on ", requested,
-                     " (address in use, or host not a local address?)"));
+  if (grpc_server_ == nullptr) {
+    return absl::InternalError("the gRPC server did not start");
   }
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
   grpc::HealthCheckServiceInterface* health =
       grpc_server_->GetHealthCheckService();
   if (health == nullptr) {
@@ -282,35 +314,173 @@ bool Server::WaitForIdle(absl::Duration timeout) const {
   return true;
 }
 
+absl::Status Server::Listen() {
+  const std::string requested = JoinHostPort(options_.host, options_.port);
+  const auto cannot_listen = [&requested](absl::string_view why) {
+    return absl::UnavailableError(
+        absl::StrCat("could not listen on ", requested, ": ", why,
+                     " (address in use, or host not a local address?)"));
+  };
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* addresses = nullptr;
+  const std::string port = std::to_string(options_.port);
+  if (int error =
+          getaddrinfo(options_.host.c_str(), port.c_str(), &hints, &addresses);
+      error != 0) {
+    return cannot_listen(gai_strerror(error));
+  }
+  std::string error = "no address";
+  for (addrinfo* a = addresses; a != nullptr; a = a->ai_next) {
+    const int fd =
+        socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      error = std::strerror(errno);
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+      error = std::strerror(errno);
+      close(fd);
+      continue;
+    }
+    sockaddr_storage bound{};
+    socklen_t length = sizeof(bound);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length);
+    port_ = ntohs(bound.ss_family == AF_INET6
+                      ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                      : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    listen_fd_ = fd;
+    break;
+  }
+  freeaddrinfo(addresses);
+  if (listen_fd_ < 0) return cannot_listen(error);
+  return absl::OkStatus();
+}
+
+void Server::AcceptLoop() {
+  while (!stop_accepting_.load()) {
+    const int fd =
+        accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (stop_accepting_.load()) break;
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      // EMFILE and friends: the connection waits in the backlog.
+      STRATA_LOG(WARNING) << "accept: " << std::strerror(errno);
+      absl::SleepFor(absl::Milliseconds(50));
+      continue;
+    }
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters
+        connection;
+    connection.listener_fd = listen_fd_;
+    connection.fd = fd;  // gRPC owns it from here (and closes it)
+    acceptor_->HandleNewConnection(&connection);
+  }
+}
+
+void Server::StopListening() {
+  if (listen_fd_ < 0) return;
+  // Closing a listening socket resets the connections whose handshake is
+  // done or under way but that accept() has not returned yet; a client that
+  // already sent its call on one would see it fail (nginx does not re-send
+  // a gRPC call it sent). So first drop new connection attempts (a socket
+  // filter discarding bare SYNs: the client retransmits its SYN after a
+  // second and then finds the port closed, i.e. connection refused, which a
+  // proxy retries elsewhere), accept what is under way, and only then close.
+  // [TCP header] byte 13: flags; SYN = 0x02, ACK = 0x10.
+  sock_filter drop_syn[] = {
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, 0),           // a bare SYN: drop it
+      BPF_STMT(BPF_RET | BPF_K, 0xffffffff),  // anything else: keep
+  };
+  sock_fprog program{.len = static_cast<unsigned short>(std::size(drop_syn)),
+                     .filter = drop_syn};
+  if (setsockopt(listen_fd_, SOL_SOCKET, SO_ATTACH_FILTER, &program,
+                 sizeof(program)) == 0) {
+    // Handshakes under way complete within a round trip; the accept loop
+    // hands them to gRPC meanwhile.
+    absl::SleepFor(kHandshakeSettle);
+  } else {
+    STRATA_LOG(WARNING) << "cannot filter new connections ("
+                        << std::strerror(errno)
+                        << "); closing the listener at once";
+  }
+  stop_accepting_.store(true);
+  shutdown(listen_fd_, SHUT_RDWR);  // wakes accept()
+  if (accept_thread_.joinable()) accept_thread_.join();
+  close(listen_fd_);
+  listen_fd_ = -1;
+}
+
 void Server::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  const absl::Time deadline = absl::Now() + grace;
   // First, so that it cannot turn readiness back on while draining.
   watchdog_.reset();
-  if (grpc_server_ != nullptr &&
-      grpc_server_->GetHealthCheckService() != nullptr) {
-    // Load balancers stop sending new calls; also NOT_SERVING for Watch.
-    grpc_server_->GetHealthCheckService()->Shutdown();
+  grpc::HealthCheckServiceInterface* health =
+      grpc_server_ != nullptr ? grpc_server_->GetHealthCheckService() : nullptr;
+  if (health != nullptr) {
+    // NOT_SERVING for every service name, for Check and for open Watch
+    // streams, and frozen there (later SetServingStatus calls are no-ops).
+    health->Shutdown();
   }
-  if (scheduler_ != nullptr) {
+
+  // Why not grpc::Server::Shutdown at once: it closes the listener and sends
+  // GOAWAY, but a call that arrives on an open connection after it began
+  // (the client or proxy had not read the GOAWAY yet; the GOAWAY is graceful
+  // and still lets new streams in) is answered CANCELLED, and nginx passes
+  // that to its client instead of retrying. So: refuse new connections, keep
+  // serving the open ones, new calls included, until max_connection_age has
+  // sent each of them a graceful GOAWAY (with the server still serving, so
+  // no call is lost) and clients and proxies have left them.
+  StopListening();
+  // Every open connection was accepted by now; gRPC jitters the age by
+  // +-10%.
+  const absl::Time connections_aged =
+      absl::Now() + options_.max_connection_age * 1.1 + kGoawaySettle;
+  if (connections_aged > deadline && grace > absl::ZeroDuration() &&
+      grpc_server_ != nullptr) {
+    STRATA_LOG(WARNING) << "the drain (" << absl::FormatDuration(grace)
+                        << ") is shorter than max_connection_age x 1.1: "
+                           "proxies may still send calls when it ends";
+  }
+  const auto num_requests = [this] {
+    return scheduler_ == nullptr
+               ? 0
+               : scheduler_->num_waiting() + scheduler_->num_running();
+  };
+  while (absl::Now() < deadline &&
+         (absl::Now() < connections_aged || num_requests() > 0)) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  if (num_requests() > 0 && engine_loop_ != nullptr) {
+    STRATA_LOG(INFO) << "cancelling " << num_requests()
+                     << " requests still running after the "
+                     << absl::FormatDuration(grace) << " grace period";
     scheduler_->StopAccepting();
-    if (engine_loop_ != nullptr && !WaitForIdle(grace)) {
-      STRATA_LOG(INFO) << "cancelling "
-                       << scheduler_->num_running() + scheduler_->num_waiting()
-                       << " requests still running after the "
-                       << absl::FormatDuration(grace) << " grace period";
-      scheduler_->CancelAll(
-          absl::UnavailableError("the server is shutting down"));
-      if (!WaitForIdle(kCancelGrace)) {
-        STRATA_LOG(WARNING) << "requests still held after cancellation";
-      }
+    scheduler_->CancelAll(absl::UnavailableError(absl::StrCat(
+        "the server is shutting down and the request did not finish within "
+        "its drain timeout (",
+        absl::FormatDuration(grace), "); retry it on another replica")));
+    if (!WaitForIdle(kCancelGrace)) {
+      STRATA_LOG(WARNING) << "requests still held after cancellation";
     }
   }
+  if (scheduler_ != nullptr) scheduler_->StopAccepting();
   if (grpc_server_ != nullptr) {
-    // Calls and connections still open after the deadline are cancelled; the
-    // reactors finish at once on cancellation, so this returns by then.
+    // What is still open gets kCancelGrace to end by itself (the last chunks
+    // and statuses on their way to clients), then is cancelled: a client
+    // that stopped reading, a health Watch stream.
     grpc_server_->Shutdown(std::chrono::system_clock::now() +
-                           absl::ToChronoSeconds(kCancelGrace));
+                           absl::ToChronoMilliseconds(kCancelGrace));
   }
   if (engine_loop_ != nullptr) engine_loop_->Stop();
   if (grpc_server_ != nullptr) STRATA_LOG(INFO) << "server stopped";

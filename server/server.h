@@ -9,15 +9,20 @@
 //   (*server)->Shutdown(absl::Seconds(5));   // on SIGTERM
 //
 // Threading: Create, Shutdown and the destructor are called by one thread
-// (main); the accessors may be called from any thread.
+// (main); the accessors may be called from any thread. A thread of the
+// Server's own accepts connections (it owns the listening socket and hands
+// each connection to gRPC) until Shutdown.
 #ifndef STRATA_SERVER_SERVER_H_
 #define STRATA_SERVER_SERVER_H_
 
 #include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -64,6 +69,12 @@ struct ServerOptions {
   // Readiness watchdog: pending work and no completed engine step for this
   // long turns strata.v1.Generation NOT_SERVING.
   absl::Duration stall_timeout = absl::Seconds(30);
+  // Every client connection gets a graceful GOAWAY after this long (gRPC's
+  // max_connection_age, +-10% jitter; calls in flight finish, the client
+  // reconnects for its next call). A drain waits for this, so that proxies
+  // have left every connection before the server stops taking calls (see
+  // Shutdown); keep it below the drain's grace.
+  absl::Duration max_connection_age = absl::Seconds(2);
 };
 
 class Server {
@@ -83,9 +94,17 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Stops serving: health NOT_SERVING, new requests refused (UNAVAILABLE),
-  // running ones get up to `grace` to finish, then the rest are cancelled and
-  // the gRPC server and engine loop stop. Idempotent.
+  // Drains and stops, without failing a call that reached the server:
+  //   1. health NOT_SERVING (Check and Watch);
+  //   2. the listener stops taking connections (new ones are refused: a
+  //      proxy retries them elsewhere, a client gets UNAVAILABLE), while
+  //      every open connection keeps being served, new calls included;
+  //   3. the open connections reach max_connection_age and get a graceful
+  //      GOAWAY, so proxies and clients leave them; running calls finish;
+  //   4. once both are done, or at `grace`, the gRPC server shuts down; calls
+  //      still running then are cancelled with UNAVAILABLE.
+  // Then the engine loop stops. Idempotent. docs/operations.md, "Drain",
+  // explains why each step is there.
   void Shutdown(absl::Duration grace);
 
   // The bound port (the chosen one when options.port was 0).
@@ -106,11 +125,24 @@ class Server {
   absl::Status WarmUp();
   // Waits until the scheduler holds no request or `timeout` passes.
   bool WaitForIdle(absl::Duration timeout) const;
+  // Binds and listens on options_.host:options_.port (sets port_); the
+  // accepted connections go to gRPC through acceptor_ (AcceptLoop).
+  absl::Status Listen();
+  void AcceptLoop();
+  // Stops taking connections without resetting one a client has already
+  // opened (see server.cc), and closes the listening socket.
+  void StopListening();
 
   const ServerOptions options_;
   v1::ModelInfo model_info_;
   int32_t port_ = 0;
   bool shut_down_ = false;
+  // Our own listening socket, so that it can close while gRPC keeps serving
+  // the connections it has (grpc::Server::Shutdown would do both at once).
+  int listen_fd_ = -1;
+  std::atomic<bool> stop_accepting_{false};
+  std::thread accept_thread_;
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor_;
 
   // Destroyed bottom-up: the gRPC server first (no call left), then the
   // engine loop (no step left), then the scheduler (whose destructor still

@@ -77,8 +77,15 @@ ABSL_FLAG(std::string, chat_template, "",
           "Chat format for Chat requests: llama3, chatml or mistral; empty = "
           "detected from the model's tokenizer_config.json.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(5),
-          "On SIGTERM/SIGINT, how long running requests may finish before "
-          "they are cancelled.");
+          "On SIGTERM/SIGINT, how long the drain may take: running requests "
+          "finish (and open connections are served) for up to this long, "
+          "then what is left is cancelled. Keep it above "
+          "--max_connection_age.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Seconds(2),
+          "Each client connection is closed gracefully (HTTP/2 GOAWAY; calls "
+          "in flight finish) after this long, so that load balancers spread "
+          "reconnecting clients and a drain can move proxies off this "
+          "replica without failing a call. A drain lasts at least 1.1x this.");
 
 namespace strata {
 namespace {
@@ -93,8 +100,9 @@ Example:
   stratad --model=models/strata-tiny --port=50051
   strata-cli --addr=127.0.0.1:50051 complete "Once upon a time"
 
-Stop it with Ctrl-C or SIGTERM: it stops accepting requests, lets running
-ones finish for --shutdown_grace, then exits 0.)";
+Stop it with Ctrl-C or SIGTERM: it turns health NOT_SERVING, refuses new
+connections, serves the open ones until they reach --max_connection_age and
+its running requests are done (at most --shutdown_grace), then exits 0.)";
 
 absl::Status WritePortFile(const std::string& path, int32_t port) {
   // Written aside then renamed, so a reader never sees a partial number.
@@ -158,6 +166,7 @@ int Run(int argc, char** argv) {
   options.chat_template = absl::GetFlag(FLAGS_chat_template);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.stall_timeout = absl::GetFlag(FLAGS_stall_timeout);
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options);
   if (!server.ok()) {

@@ -8,11 +8,13 @@
 #   - Kubernetes: every manifest parses as YAML with the expected kinds;
 #   - nginx: `nginx -t` on deploy/nginx/strata.conf, then a live run on
 #     loopback with stand-in replicas (nginx h2c servers) behind the config:
-#     one refusing connections (dead), one answering 503 (draining) and two
-#     healthy ones. Calls go out over HTTP/2; those that meet the dead replica
-#     are retried elsewhere; the draining replica's 503 reaches the client
-#     (nginx cannot re-send a gRPC call it already sent; see the config's
-#     comments); unknown services get 404 (gRPC UNIMPLEMENTED).
+#     one refusing connections (dead), one answering 503 (draining), one
+#     resetting every call before its response headers, and two healthy
+#     ones. Calls go out over HTTP/2; those that meet the dead replica are
+#     retried elsewhere; the draining replica's 503 and the resetting
+#     replica's reset (as 502) reach the client (nginx cannot re-send a gRPC
+#     call it already sent; see the config's comments); unknown services get
+#     404 (gRPC UNIMPLEMENTED).
 # Needs promtool, nginx, curl and python3-yaml (scripts/install-deps.sh).
 # Usage: tests/deploy/check_configs.sh   (from anywhere; exit 0 = all passed)
 set -uo pipefail
@@ -151,10 +153,10 @@ EOF
 check "kubernetes manifests parse" k8s_yaml
 
 # --- nginx ---------------------------------------------------------------
-# Five distinct free loopback ports (all held open while choosing).
-read -r lb_port dead_port draining_port r1_port r2_port < <("${python}" -c '
+# Six distinct free loopback ports (all held open while choosing).
+read -r lb_port dead_port draining_port resetting_port r1_port r2_port < <("${python}" -c '
 import socket
-socks = [socket.socket() for _ in range(5)]
+socks = [socket.socket() for _ in range(6)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
@@ -165,7 +167,8 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))')
 # moved to a free loopback port.
 nginx_test_config() {
   "${python}" - "${root}/deploy/nginx/strata.conf" "${tmp}/strata.conf" \
-    "${lb_port}" "${dead_port}" "${draining_port}" "${r1_port}" "${r2_port}" <<'EOF'
+    "${lb_port}" "${dead_port}" "${draining_port}" "${resetting_port}" \
+    "${r1_port}" "${r2_port}" <<'EOF'
 import re, sys
 src, dst, lb, *replicas = sys.argv[1:]
 text = open(src).read()
@@ -176,7 +179,7 @@ new = [re.sub(r"\S+:50051", "127.0.0.1:" + port, lines[min(i, 2)])
        for i, port in enumerate(replicas)]
 text = text.replace(lines[0], "\n".join(new[:2]), 1)
 text = text.replace(lines[1], new[2], 1)
-text = text.replace(lines[2], new[3], 1)
+text = text.replace(lines[2], "\n".join(new[3:]), 1)
 text, n = re.subn(r"listen 50051 http2;", "listen 127.0.0.1:%s http2;" % lb, text)
 if n != 1:
     sys.exit("expected one `listen 50051 http2;`")
@@ -200,12 +203,17 @@ http {
   uwsgi_temp_path ${tmp}/nginx/uwsgi;
   scgi_temp_path ${tmp}/nginx/scgi;
   include ${tmp}/strata.conf;
-  # Stand-in replicas: h2c servers that name themselves, and one draining
-  # replica answering 503.
+  # Stand-in replicas: h2c servers that name themselves, one draining
+  # replica answering 503, and one that resets every call before answering
+  # (444 closes the request: RST_STREAM on HTTP/2).
   server {
     listen 127.0.0.1:${draining_port} http2;
     access_log ${tmp}/nginx/draining.log;
     location / { return 503; }
+  }
+  server {
+    listen 127.0.0.1:${resetting_port} http2;
+    location / { return 444; }
   }
   server {
     listen 127.0.0.1:${r1_port} http2;
@@ -230,11 +238,11 @@ nginx_live() {
     curl -s -o /dev/null "http://127.0.0.1:${lb_port}/" --http2-prior-knowledge && break
     sleep 0.1
   done
-  local served="" refused=0 out
+  local served="" refused=0 reset=0 out
   # gRPC calls are HTTP/2 POSTs with content-type application/grpc. With
-  # least_conn and no call in flight, ties rotate round robin: eight calls
+  # least_conn and no call in flight, ties rotate round robin: ten calls
   # try every replica.
-  for _ in 1 2 3 4 5 6 7 8; do
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
     out=$(curl -sS --http2-prior-knowledge -X POST \
       -H 'content-type: application/grpc' -H 'te: trailers' \
       --data-binary @/dev/null -o "${tmp}/body" -w '%{http_code} %{http_version}' \
@@ -244,6 +252,7 @@ nginx_live() {
       "200 2 replica-"[12]" POST /strata.v1.Generation/Complete"*)
         served+="$(cut -d' ' -f1 "${tmp}/body") " ;;
       "503 2 "*) refused=$((refused + 1)) ;; # the draining replica's answer
+      "502 2 "*) reset=$((reset + 1)) ;;     # the resetting replica's
       *) echo "unexpected answer"; return 1 ;;
     esac
   done
@@ -256,6 +265,14 @@ nginx_live() {
     { echo "calls did not reach both healthy replicas: ${served}"; return 1; }
   ((refused > 0)) ||
     { echo "no call reached the draining replica"; return 1; }
+  # A call reset before any response header (the `invalid_header` case) is
+  # not re-sent either: the client gets 502 (gRPC UNAVAILABLE). If this
+  # starts failing, nginx learned to retry gRPC calls: revisit the config's
+  # grpc_next_upstream and docs/operations.md.
+  ((reset > 0)) ||
+    { echo "no 502: were calls reset before headers retried?"; return 1; }
+  grep -q "upstream rejected request with error" "${tmp}/nginx/error.log" ||
+    { echo "the resetting replica was never tried"; return 1; }
   out=$(curl -sS --http2-prior-knowledge -o /dev/null -w '%{http_code}' \
     -X POST -H 'content-type: application/grpc' \
     "http://127.0.0.1:${lb_port}/unknown.Service/Method") || return 1
@@ -264,7 +281,7 @@ nginx_live() {
   wait "${pid}" 2>/dev/null
   return 0
 }
-check "nginx live: proxies h2c POSTs, retries past a dead replica, 404s the rest" \
+check "nginx live: h2c POSTs, retry past a dead replica, no re-send after a reset or 503, 404s" \
   nginx_live
 
 echo "${passed} passed, ${failed} failed"

@@ -1,20 +1,27 @@
 // Operating the real daemon: warm-up before SERVING, readiness that proves
 // forward progress (a test-only fault hook stalls the engine loop while a
 // file exists: STRATA_TEST_STALL_FILE), drain on SIGTERM with 8 streams in
-// flight, and a second SIGTERM exiting at once.
+// flight, and a second SIGTERM exiting at once. The drain with load
+// balancing in front is tests/integration/load_balancer_test.cc.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "strata/v1/generation.grpc.pb.h"
@@ -60,6 +67,79 @@ bool AwaitHealth(StratadDaemon& daemon, const std::string& service,
     absl::SleepFor(absl::Milliseconds(50));
   }
   return false;
+}
+
+// A grpc.health.v1 Watch stream on a connection of its own, opened now: it
+// keeps reporting while the daemon drains, when new connections (and so
+// Check calls on them) are refused.
+class HealthWatch {
+ public:
+  HealthWatch(const std::string& address, const std::string& service) {
+    grpc::ChannelArguments args;
+    args.SetString("strata.test.health_watch", service);  // own connection
+    stub_ = grpc::health::v1::Health::NewStub(grpc::CreateCustomChannel(
+        address, grpc::InsecureChannelCredentials(), args));
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    reader_ = stub_->Watch(&context_, request);
+    reader_thread_ = std::thread([this] {
+      HealthCheckResponse response;
+      while (reader_->Read(&response)) {
+        absl::MutexLock lock(&mu_);
+        last_ = response.status();
+      }
+      reader_->Finish();
+    });
+  }
+  ~HealthWatch() {
+    context_.TryCancel();
+    reader_thread_.join();
+  }
+
+  // Waits (bounded) until the last status received is `want`.
+  bool Await(HealthCheckResponse::ServingStatus want) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (absl::Now() < deadline) {
+      {
+        absl::MutexLock lock(&mu_);
+        if (last_ == want) return true;
+      }
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  }
+
+ private:
+  std::unique_ptr<grpc::health::v1::Health::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> reader_;
+  std::thread reader_thread_;
+  absl::Mutex mu_;
+  std::optional<HealthCheckResponse::ServingStatus> last_ ABSL_GUARDED_BY(mu_);
+};
+
+// Waits (bounded) until connections to 127.0.0.1:port are refused.
+bool AwaitRefused(int port) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (absl::Now() < deadline) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    const int rc =
+        connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    const int error = errno;
+    close(fd);
+    if (rc != 0 && error == ECONNREFUSED) return true;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return false;
+}
+
+int PortOf(const StratadDaemon& daemon) {
+  const std::string& address = daemon.address();
+  return std::stoi(address.substr(address.rfind(':') + 1));
 }
 
 v1::CompletionRequest Greedy(uint32_t max_tokens) {
@@ -129,6 +209,8 @@ TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
                                      {"--shutdown_grace=60s"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   std::shared_ptr<grpc::Channel> channel = (*daemon)->channel();
+  HealthWatch watch((*daemon)->address(), kGeneration);
+  ASSERT_TRUE(watch.Await(HealthCheckResponse::SERVING));
 
   // Hold the engine so that all 8 streams are in flight at SIGTERM.
   hook.Stall();
@@ -158,11 +240,16 @@ TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
   absl::SleepFor(absl::Milliseconds(1500));  // the 8 calls reach the server
   ASSERT_EQ(kill((*daemon)->process().pid(), SIGTERM), 0);
 
-  // Draining: not ready, and new work is refused.
-  EXPECT_TRUE(
-      AwaitHealth(**daemon, kGeneration, HealthCheckResponse::NOT_SERVING));
+  // Draining: not ready (a Watch opened before sees it)...
+  EXPECT_TRUE(watch.Await(HealthCheckResponse::NOT_SERVING));
+  // ...and new work is refused: the listener is closed, so a new client
+  // connection is refused and its call fails with UNAVAILABLE.
+  ASSERT_TRUE(AwaitRefused(PortOf(**daemon)));
   {
-    auto stub = v1::Generation::NewStub(channel);
+    grpc::ChannelArguments args;
+    args.SetInt("strata.test.new_client", 1);  // a connection of its own
+    auto stub = v1::Generation::NewStub(grpc::CreateCustomChannel(
+        (*daemon)->address(), grpc::InsecureChannelCredentials(), args));
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(10));
@@ -172,6 +259,7 @@ TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
         << refused.error_message();
   }
 
+  // The streams were accepted before SIGTERM: they finish in full.
   hook.Release();
   for (auto& client : clients) client.join();
   for (int i = 0; i < kStreams; ++i) {
@@ -199,11 +287,12 @@ TEST(OperationsTest, SecondSigtermExitsAtOnce) {
     v1::CompletionResponse response;
     stub->Complete(&context, Greedy(4), &response);
   });
+  HealthWatch watch((*daemon)->address(), kGeneration);
+  ASSERT_TRUE(watch.Await(HealthCheckResponse::SERVING));
   absl::SleepFor(absl::Milliseconds(300));
   const pid_t pid = (*daemon)->process().pid();
   ASSERT_EQ(kill(pid, SIGTERM), 0);
-  EXPECT_TRUE(
-      AwaitHealth(**daemon, kGeneration, HealthCheckResponse::NOT_SERVING));
+  EXPECT_TRUE(watch.Await(HealthCheckResponse::NOT_SERVING));
   EXPECT_FALSE((*daemon)->process().Wait(absl::Seconds(1)).has_value())
       << "the first SIGTERM should drain, not exit";
   ASSERT_EQ(kill(pid, SIGTERM), 0);
