@@ -97,7 +97,8 @@ absl::Status Server::Start() {
                            .quantization = options_.quantization,
                            .gpu_memory_fraction = options_.gpu_memory_fraction,
                            .block_size = options_.block_size,
-                           .num_threads = options_.num_threads});
+                           .num_threads = options_.num_threads,
+                           .kv_fill = options_.kv_fill});
   if (!runner.ok()) return runner.status();
   runner_ = *std::move(runner);
   const ModelConfig& config = runner_->config();
@@ -139,6 +140,7 @@ absl::Status Server::Start() {
           .tokenizer = tokenizer_.get(),
           .vocab_size = std::min(config.vocab_size, tokenizer_->vocab_size()),
           .max_model_len = max_model_len,
+          .num_loops = config.num_loops,
           .default_chat_format = chat_format});
   if (!builder.ok()) return builder.status();
   builder_ = *std::move(builder);
@@ -151,6 +153,14 @@ absl::Status Server::Start() {
   scheduler_options.max_tokens_per_step = options_.max_tokens_per_step;
   scheduler_options.enable_prefix_caching = options_.enable_prefix_caching;
   scheduler_options.static_batching = options_.static_batching;
+  if (options_.loop_batching != "depthwise" &&
+      options_.loop_batching != "sequencewise") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("loop_batching: \"", options_.loop_batching,
+                     "\" is neither depthwise nor sequencewise"));
+  }
+  scheduler_options.num_loops = config.num_loops;
+  scheduler_options.depthwise = options_.loop_batching == "depthwise";
   scheduler_options.max_waiting_requests = options_.max_waiting_requests;
   scheduler_options.max_waiting_tokens = options_.max_waiting_tokens;
   absl::StatusOr<std::unique_ptr<Scheduler>> scheduler =
@@ -163,7 +173,9 @@ absl::Status Server::Start() {
                        .architecture = config.architecture,
                        .dtype = config.torch_dtype,
                        .backend = options_.backend,
-                       .version = STRATA_VERSION});
+                       .version = STRATA_VERSION,
+                       .num_loops = config.num_loops,
+                       .kv_fill = options_.kv_fill});
   if (absl::Status st =
           metrics_->StartExposer(options_.host, options_.metrics_port);
       !st.ok()) {
@@ -181,6 +193,7 @@ absl::Status Server::Start() {
   model_info_.set_vocab_size(config.vocab_size);
   model_info_.set_dtype(config.torch_dtype);
   model_info_.set_num_layers(config.num_hidden_layers);
+  model_info_.set_num_loops(static_cast<uint32_t>(config.num_loops));
   model_info_.set_hidden_size(config.hidden_size);
   model_info_.set_num_attention_heads(config.num_attention_heads);
   model_info_.set_num_key_value_heads(config.num_key_value_heads);

@@ -51,6 +51,12 @@ struct ServerOptions {
   int32_t max_tokens_per_step = 2048;  // token budget of one engine step
   bool enable_prefix_caching = true;
   bool static_batching = false;  // baseline policy for benchmarks
+  // Recursive models: "depthwise" (one loop per item per step, items at
+  // different loops batched together) or "sequencewise" (all loops of an
+  // item in one step); and the K/V of loops skipped by an early exit:
+  // "propagate" (from the exit state, in the same step) or "recompute".
+  std::string loop_batching = "depthwise";
+  std::string kv_fill = "propagate";
   // CUDA backend only: weight dtype ("bf16" or "f16"), quantization ("none",
   // "int8" weight-only, "llm.int8"), and the share of GPU memory to use.
   std::string dtype = "bf16";

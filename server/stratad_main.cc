@@ -53,6 +53,15 @@ ABSL_FLAG(bool, enable_prefix_caching, true,
 ABSL_FLAG(bool, static_batching, false,
           "Admit a new batch only when the running one has finished (a "
           "baseline for benchmarks; continuous batching is the default).");
+ABSL_FLAG(std::string, loop_batching, "depthwise",
+          "Recursive models: depthwise (each step runs one loop of every "
+          "item, so items at different loops share a step and a slot freed "
+          "by an early exit is refilled at once) or sequencewise (each step "
+          "runs all loops of its items).");
+ABSL_FLAG(std::string, kv_fill, "propagate",
+          "Recursive models: K/V of the loops an early-exiting token skips: "
+          "propagate (computed from its exit state, cheap, approximate) or "
+          "recompute (the skipped loops run later, exact).");
 ABSL_FLAG(std::string, dtype, "bf16",
           "CUDA backend: weight dtype, bf16 or f16 (the CPU computes in f32).");
 ABSL_FLAG(std::string, quantization, "none",
@@ -157,6 +166,8 @@ int Run(int argc, char** argv) {
   options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
   options.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   options.static_batching = absl::GetFlag(FLAGS_static_batching);
+  options.loop_batching = absl::GetFlag(FLAGS_loop_batching);
+  options.kv_fill = absl::GetFlag(FLAGS_kv_fill);
   options.dtype = absl::GetFlag(FLAGS_dtype);
   options.quantization = absl::GetFlag(FLAGS_quantization);
   options.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
