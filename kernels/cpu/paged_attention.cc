@@ -28,6 +28,23 @@ struct AttendArgs {
   float* out;        // [group, head_dim]
 };
 
+// Softmax of each of `rows` rows of n scores, in place: max, exp and a
+// sequential sum in key order (shared by every body, so all give the same
+// probabilities for the same scores).
+inline void SoftmaxRows(float* scores, int64_t rows, int64_t n) {
+  for (int64_t h = 0; h < rows; ++h) {
+    float* s = scores + h * n;
+    const float max = *std::max_element(s, s + n);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = std::exp(s[j] - max);
+      sum += s[j];
+    }
+    const float inv_sum = 1.0f / sum;
+    for (int64_t j = 0; j < n; ++j) s[j] *= inv_sum;
+  }
+}
+
 // The attention of the query heads sharing one kv head, over num_keys keys.
 // Written once and instantiated per ISA with that ISA's dot and axpy.
 template <DotFn Dot, AxpyFn Axpy>
@@ -52,19 +69,8 @@ inline __attribute__((always_inline)) void AttendBody(const AttendArgs& a) {
       }
     }
   }
-  // Softmax per head: max, exp and a sequential sum in key order.
-  for (int64_t h = 0; h < group; ++h) {
-    float* s = a.scores + h * n;
-    const float max = *std::max_element(s, s + n);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = std::exp(s[j] - max);
-      sum += s[j];
-    }
-    const float inv_sum = 1.0f / sum;
-    for (int64_t j = 0; j < n; ++j) s[j] *= inv_sum;
-    std::fill(a.out + h * hd, a.out + (h + 1) * hd, 0.0f);
-  }
+  SoftmaxRows(a.scores, group, n);
+  std::fill(a.out, a.out + group * hd, 0.0f);
   // Probability-weighted values, in key order.
   for (int64_t j0 = 0; j0 < n; j0 += bs) {
     const int64_t block = a.block_table[j0 / bs];
@@ -250,18 +256,7 @@ STRATA_TARGET_AVX512 void AttendWideAvx512(const AttendArgs& a) {
                       a.scores + h * n + j0);
     }
   }
-  // Softmax exactly as the generic body.
-  for (int64_t h = 0; h < group; ++h) {
-    float* s = a.scores + h * n;
-    const float max = *std::max_element(s, s + n);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = std::exp(s[j] - max);
-      sum += s[j];
-    }
-    const float inv_sum = 1.0f / sum;
-    for (int64_t j = 0; j < n; ++j) s[j] *= inv_sum;
-  }
+  SoftmaxRows(a.scores, group, n);
   WeightedValuesAllHeadsAvx512<V>(a, group);
 }
 
