@@ -1,0 +1,94 @@
+// strata-cpu-kernels-bench: the CPU matrix-product kernels side by side in one
+// run -- the dot-product MatMul (weights as uploaded) against PackedMatMul
+// (Linear weights repacked into column panels) -- on the shapes of a 53M
+// Llama's projections, at batch sizes from a single decode token to a
+// prefill chunk. Prints GFLOP/s of each and their ratio; on a shared machine
+// read the ratio, not the absolute figures (docs/benchmarks.md).
+//
+// Usage: build/bin/strata-cpu-kernels-bench [--threads=2] [--seconds=0.3]
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/kernel_context.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/packed_matmul.h"
+#include "kernels/cpu/thread_pool.h"
+
+ABSL_FLAG(int32_t, threads, 0, "Kernel threads; 0 = one per core.");
+ABSL_FLAG(double, seconds, 0.3, "Time per measurement (each of A and B).");
+
+namespace strata::cpu {
+namespace {
+
+// Seconds per call of `fn`, run repeatedly for about `budget` seconds.
+template <typename Fn>
+double TimePerCall(Fn&& fn, double budget) {
+  fn();  // warm caches and the pool
+  using Clock = std::chrono::steady_clock;
+  int64_t calls = 0;
+  const auto start = Clock::now();
+  double elapsed = 0;
+  while (elapsed < budget) {
+    fn();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  }
+  return elapsed / static_cast<double>(calls);
+}
+
+int Run() {
+  ThreadPool pool(absl::GetFlag(FLAGS_threads));
+  const KernelContext ctx{DefaultIsa(), &pool};
+  const double budget = absl::GetFlag(FLAGS_seconds);
+  std::printf("isa %s, %d threads\n", std::string(IsaName(ctx.isa)).c_str(),
+              pool.num_threads());
+  std::printf("%-22s %5s %12s %12s %7s\n", "shape (m x k)", "rows",
+              "dot GFLOP/s", "packed", "ratio");
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  struct Shape {
+    const char* name;
+    int64_t m, k;
+  };
+  for (const Shape& s :
+       {Shape{"gate/up 2048x768", 2048, 768}, Shape{"down 768x2048", 768, 2048},
+        Shape{"q/o 768x768", 768, 768}}) {
+    std::vector<float> w(static_cast<size_t>(s.m * s.k));
+    for (float& v : w) v = dist(rng);
+    std::vector<float> packed(PackedWeightSize(s.m, s.k));
+    PackWeight(w.data(), s.m, s.k, packed.data());
+    for (int64_t n : {1, 4, 16, 64, 256}) {
+      std::vector<float> x(static_cast<size_t>(n * s.k));
+      for (float& v : x) v = dist(rng);
+      std::vector<float> out(static_cast<size_t>(n * s.m));
+      const double dot = TimePerCall(
+          [&] { MatMul(ctx, x.data(), w.data(), n, s.m, s.k, out.data()); },
+          budget);
+      const double pan = TimePerCall(
+          [&] {
+            PackedMatMul(ctx, x.data(), packed.data(), n, s.m, s.k, out.data());
+          },
+          budget);
+      const double flops = 2.0 * n * s.m * s.k;
+      std::printf("%-22s %5lld %12.1f %12.1f %6.2fx\n", s.name,
+                  static_cast<long long>(n), flops / dot / 1e9,
+                  flops / pan / 1e9, dot / pan);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace strata::cpu
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return strata::cpu::Run();
+}
