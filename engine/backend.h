@@ -120,9 +120,11 @@ struct AttentionShape {
 
 // What a weight is for, so a device backend can choose its storage.
 enum class WeightRole {
-  kVector,  // norm weights and biases: kept f32
-  kTable,   // embedding table and LM head: 16-bit on a GPU, never int8
-  kLinear,  // a layer's projection [out, in]: 16-bit or int8 on a GPU
+  kVector,   // norm weights and biases: kept f32
+  kTable,    // embedding table and LM head: 16-bit on a GPU, never int8
+  kLinear,   // a layer's projection [out, in]: 16-bit or int8 on a GPU
+  kAdapter,  // a LoRA factor ([r, in] or [out, r]): f32 everywhere (small,
+             // and its low-rank product is added to a full projection)
 };
 
 // One row of logits to sample on the device (Backend::Sample).

@@ -43,15 +43,23 @@ class VectorStorage : public Tensor::Storage {
   std::vector<float> data_;
 };
 
-// A Linear weight repacked into column panels (kernels/cpu/packed_matmul.h),
-// 64-byte aligned so that panel rows do not straddle cache lines.
+// A weight repacked into column panels (kernels/cpu/packed_matmul.h), 64-byte
+// aligned so that panel rows do not straddle cache lines, for MatMul. A table
+// (embeddings, possibly tied to the LM head) also keeps its row-major copy,
+// which the tensor's data points at, for the embedding gather; a Linear
+// weight is only ever multiplied, so its tensor points at the panels.
 class PackedWeightStorage : public Tensor::Storage {
  public:
-  explicit PackedWeightStorage(float* data) : data_(data) {}
-  ~PackedWeightStorage() override { std::free(data_); }
+  PackedWeightStorage(float* packed, std::vector<float> rows)
+      : packed_(packed), rows_(std::move(rows)) {}
+  ~PackedWeightStorage() override { std::free(packed_); }
+
+  const float* packed() const { return packed_; }
+  float* rows() { return rows_.data(); }
 
  private:
-  float* data_;
+  float* packed_;
+  std::vector<float> rows_;  // empty for a Linear weight
 };
 
 int64_t Product(const std::vector<int64_t>& shape) {
@@ -132,7 +140,7 @@ absl::StatusOr<Tensor> CpuBackend::Upload(std::vector<float> host,
 absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
                                                 std::vector<int64_t> shape,
                                                 WeightRole role) {
-  if (role != WeightRole::kLinear || shape.size() != 2) {
+  if (role == WeightRole::kVector || shape.size() != 2) {
     return Upload(std::move(host), std::move(shape));
   }
   if (static_cast<int64_t>(host.size()) != Product(shape)) {
@@ -152,8 +160,18 @@ absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
   }
   float* packed = static_cast<float*>(data);
   cpu::PackWeight(host.data(), m, k, packed);
-  return Tensor(packed, ElementType::kF32, std::move(shape),
-                std::make_unique<PackedWeightStorage>(packed));
+  if (role == WeightRole::kTable) {
+    // Twice the memory of the table, for a 1.3-1.8x faster LM head (and
+    // exit heads of recursive models) at batch sizes >= 4.
+    auto storage =
+        std::make_unique<PackedWeightStorage>(packed, std::move(host));
+    float* rows = storage->rows();
+    return Tensor(rows, ElementType::kF32, std::move(shape),
+                  std::move(storage));
+  }
+  return Tensor(
+      packed, ElementType::kF32, std::move(shape),
+      std::make_unique<PackedWeightStorage>(packed, std::vector<float>()));
 }
 
 absl::Status CpuBackend::CopyToHost(const Tensor& src, std::span<float> host) {
@@ -177,8 +195,10 @@ void CpuBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
   STRATA_TENSOR_CHECK(Cols(w) == k);
   STRATA_TENSOR_CHECK(Rows(*out) == n);
   STRATA_TENSOR_CHECK(Cols(*out) == m);
-  if (dynamic_cast<const PackedWeightStorage*>(w.storage()) != nullptr) {
-    cpu::PackedMatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
+  if (const auto* packed =
+          dynamic_cast<const PackedWeightStorage*>(w.storage());
+      packed != nullptr) {
+    cpu::PackedMatMul(context_, F32(x), packed->packed(), n, m, k, F32(*out));
   } else {
     cpu::MatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
   }

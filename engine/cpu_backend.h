@@ -50,8 +50,10 @@ class CpuBackend : public Backend {
   void Embedding(const Tensor& table, std::span<const TokenId> ids,
                  Tensor* out) override;
   // Linear weights (WeightRole::kLinear, [m, k]) are repacked into column
-  // panels for PackedMatMul; other roles stay as uploaded. A packed weight
-  // is never viewed with Tensor::Rows.
+  // panels for PackedMatMul, and so are LoRA factors (kAdapter); tables
+  // (kTable: embeddings, LM head) keep their
+  // rows for the embedding gather plus a packed copy for MatMul; vectors
+  // stay as uploaded. A packed weight is never viewed with Tensor::Rows.
   absl::StatusOr<Tensor> UploadWeight(std::vector<float> host,
                                       std::vector<int64_t> shape,
                                       WeightRole role) override;

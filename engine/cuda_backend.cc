@@ -356,7 +356,7 @@ absl::StatusOr<Tensor> CudaBackend::Upload(std::vector<float> host,
 absl::StatusOr<Tensor> CudaBackend::UploadWeight(std::vector<float> host,
                                                  std::vector<int64_t> shape,
                                                  WeightRole role) {
-  if (role == WeightRole::kVector) {
+  if (role == WeightRole::kVector || role == WeightRole::kAdapter) {
     return Upload(std::move(host), std::move(shape));
   }
   // Stage as f32 on the device, then convert or quantize there.

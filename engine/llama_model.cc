@@ -271,9 +271,11 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
       }
       for (float& v : b) v *= lora_scale;
       ASSIGN_OR_RETURN(model->lora_[i].a[p],
-                       backend->Upload(std::move(a), {rank, in}));
+                       backend->UploadWeight(std::move(a), {rank, in},
+                                             WeightRole::kAdapter));
       ASSIGN_OR_RETURN(model->lora_[i].scaled_b[p],
-                       backend->Upload(std::move(b), {out, rank}));
+                       backend->UploadWeight(std::move(b), {out, rank},
+                                             WeightRole::kAdapter));
     }
   }
   return model;
