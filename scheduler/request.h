@@ -41,6 +41,9 @@ struct TokenEvent {
 struct RequestStats {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
+  // The most tokens any one sequence (choice) generated: the length of the
+  // request's longest stream, for time per output token.
+  int32_t longest_choice_tokens = 0;
   int32_t cached_prompt_tokens = 0;
   absl::Duration queue_time;           // arrival to first scheduled step
   absl::Duration time_to_first_token;  // arrival to first token

@@ -64,9 +64,10 @@ struct Scheduler::Request {
   bool started = false;
   absl::Time first_scheduled;
   bool has_token = false;
-  absl::Time first_token;            // of any sequence
-  int32_t completion_tokens = 0;     // of ended sequences, summed
-  int32_t cached_prompt_tokens = 0;  // at first admission, for usage
+  absl::Time first_token;             // of any sequence
+  int32_t completion_tokens = 0;      // of ended sequences, summed
+  int32_t longest_choice_tokens = 0;  // of ended sequences, the most
+  int32_t cached_prompt_tokens = 0;   // at first admission, for usage
 };
 
 struct Scheduler::Sequence {
@@ -340,6 +341,8 @@ void Scheduler::EndSequence(Sequence& seq, FinishReason reason) {
   if (options_.num_loops > 1) released_.push_back(seq.item_id);
   Request& request = *seq.request;
   request.completion_tokens += seq.num_output();
+  request.longest_choice_tokens =
+      std::max(request.longest_choice_tokens, seq.num_output());
   if (reason == FinishReason::kLength || reason == FinishReason::kStop) {
     if (seq.index == 0) request.first_reason = reason;
     request.spec.sink->OnSequenceFinish(seq.index, reason);
@@ -357,6 +360,7 @@ void Scheduler::EndSequence(Sequence& seq, FinishReason reason) {
   const absl::Time arrival = request.spec.arrival;
   info.stats.prompt_tokens = request.num_prompt;
   info.stats.completion_tokens = request.completion_tokens;
+  info.stats.longest_choice_tokens = request.longest_choice_tokens;
   info.stats.cached_prompt_tokens = request.cached_prompt_tokens;
   info.stats.queue_time =
       request.started ? request.first_scheduled - arrival : now - arrival;

@@ -258,10 +258,12 @@ void Metrics::RecordFinish(const FinishInfo& info) {
   if (s.completion_tokens > 0) {
     time_to_first_token_->Observe(absl::ToDoubleSeconds(s.time_to_first_token));
   }
-  if (s.completion_tokens > 1) {
+  // Per stream: with n > 1 choices generated side by side, the time between
+  // tokens of one choice, over the longest one.
+  if (s.longest_choice_tokens > 1) {
     time_per_output_token_->Observe(
         absl::ToDoubleSeconds(s.latency - s.time_to_first_token) /
-        (s.completion_tokens - 1));
+        (s.longest_choice_tokens - 1));
   }
 }
 

@@ -1070,12 +1070,15 @@ void RunRandomTraffic(int32_t num_blocks, bool prefix_caching,
         s.spec.max_tokens,
         options.max_model_len - static_cast<int32_t>(s.spec.prompt.size()));
     int32_t completion_tokens = 0;
+    int32_t longest = 0;
     for (const auto& [index, tokens] : s.sink->choice_tokens) {
       EXPECT_GE(index, 0);
       EXPECT_LT(index, s.spec.n);
       completion_tokens += static_cast<int32_t>(tokens.size());
+      longest = std::max(longest, static_cast<int32_t>(tokens.size()));
     }
     EXPECT_EQ(s.sink->finish.stats.completion_tokens, completion_tokens);
+    EXPECT_EQ(s.sink->finish.stats.longest_choice_tokens, longest);
     if (!was_cancelled) {
       EXPECT_EQ(static_cast<int32_t>(s.sink->choice_reasons.size()), s.spec.n);
     }

@@ -1,6 +1,5 @@
 #include "server/metrics.h"
 
-
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -212,6 +211,7 @@ FinishInfo Finished(FinishReason reason, absl::Status status,
   info.status = std::move(status);
   info.stats.prompt_tokens = prompt_tokens;
   info.stats.completion_tokens = completion_tokens;
+  info.stats.longest_choice_tokens = completion_tokens;  // one choice
   info.stats.queue_time = queue;
   info.stats.time_to_first_token = ttft;
   info.stats.latency = latency;
@@ -320,6 +320,23 @@ TEST(MetricsTest, ConcurrentRecordersLoseNothing) {
             kThreads * kPerThread);
   EXPECT_EQ(Value(text, "strata_preemptions_total"), kPerThread);
   EXPECT_EQ(Value(text, "strata_engine_steps_total"), kPerThread);
+}
+
+// With n > 1 choices streamed side by side, time per output token is per
+// stream: the time after the first token over the longest choice's tokens,
+// not over the tokens of all choices together.
+TEST(MetricsTest, TimePerOutputTokenOfSeveralChoicesIsPerStream) {
+  Metrics metrics(TestOptions());
+  FinishInfo info =
+      Finished(FinishReason::kLength, absl::OkStatus(), 5, 30,
+               absl::Milliseconds(1), absl::Seconds(1), absl::Seconds(10));
+  info.stats.longest_choice_tokens = 10;  // 3 choices of 10 tokens
+  metrics.RecordFinish(info);
+  const std::string text = Scrape(metrics);
+  EXPECT_EQ(Value(text, "strata_generation_tokens_total"), 30);
+  EXPECT_EQ(Value(text, "strata_time_per_output_token_seconds_count"), 1);
+  EXPECT_NEAR(Value(text, "strata_time_per_output_token_seconds_sum"), 9.0 / 9,
+              1e-9);
 }
 
 // Starts the exposer on a free loopback port, retrying if another process
