@@ -274,8 +274,18 @@ int64_t CudaBackend::EstimateWeightBytes(const ModelConfig& c,
       static_cast<int64_t>(c.vocab_size) * h * (c.tie_word_embeddings ? 1 : 2);
   const int64_t rope =
       static_cast<int64_t>(c.max_position_embeddings) * c.head_dim * 4;
+  // Recursive models: a LoRA pair per (loop, layer, projection), kept f32
+  // (WeightRole::kAdapter): r * (in + out) values each.
+  const int64_t lora_per_layer =
+      c.lora_rank > 0
+          ? static_cast<int64_t>(c.lora_rank) *
+                (2 * (h + q_dim) + 2 * (h + kv_dim) +
+                 3 * (h + static_cast<int64_t>(c.intermediate_size)))
+          : 0;
+  const int64_t lora = static_cast<int64_t>(c.num_loops) * c.num_hidden_layers *
+                       lora_per_layer * 4;
   return c.num_hidden_layers * linear_per_layer * linear_bytes + tables * 2 +
-         rope;
+         rope + lora;
 }
 
 absl::StatusOr<int64_t> CudaBackend::KvBudgetBytes(double fraction,
