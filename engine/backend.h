@@ -134,6 +134,15 @@ struct SampleRow {
   std::span<const TokenId> output_tokens;
 };
 
+// A run of rows that share one low-rank (LoRA) pair: for a recursive model,
+// the rows at one loop. Backend::AddLowRank.
+struct LowRankSegment {
+  int32_t first_row = 0;
+  int32_t num_rows = 0;
+  const Tensor* a = nullptr;  // [r, k], uploaded as WeightRole::kAdapter
+  const Tensor* b = nullptr;  // [m, r] (already scaled), kAdapter
+};
+
 // One sequence's new tokens in the flattened batch, for attention.
 struct SequenceSlice {
   int32_t first_row = 0;       // row of its first new token
@@ -201,6 +210,16 @@ class Backend {
   virtual void AddBias(const Tensor& bias, Tensor* x) = 0;
   // x += y (residual). x, y: same shape
   virtual void Add(const Tensor& y, Tensor* x) = 0;
+  // For every segment, out[rows] += (x[rows] a^T) b^T, each segment with its
+  // own pair, in one call (a gathered, segmented low-rank product). Returns
+  // false, doing nothing, when the backend has no such op: the caller then
+  // runs MatMul, MatMul, Add per segment, which must give the same result.
+  // x: [n, k], out: [n, m], rank r.
+  virtual bool AddLowRank(const Tensor& x,
+                          std::span<const LowRankSegment> segments,
+                          Tensor* out) {
+    return false;
+  }
   // Llama RMSNorm. x, out: [n, h] (may be the same tensor), weight: [h]
   virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps,
                        Tensor* out) = 0;

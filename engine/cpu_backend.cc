@@ -204,6 +204,52 @@ void CpuBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
   }
 }
 
+bool CpuBackend::AddLowRank(const Tensor& x,
+                            std::span<const LowRankSegment> segments,
+                            Tensor* out) {
+  const int64_t k = Cols(x), m = Cols(*out);
+  struct Task {
+    const LowRankSegment* segment;
+    int64_t first_row, num_rows;
+  };
+  std::vector<Task> tasks;
+  constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
+  for (const LowRankSegment& seg : segments) {
+    const auto* a = dynamic_cast<const PackedWeightStorage*>(seg.a->storage());
+    const auto* b = dynamic_cast<const PackedWeightStorage*>(seg.b->storage());
+    // Only pairs uploaded as kAdapter (packed); others take the caller's
+    // per-segment path.
+    if (a == nullptr || b == nullptr) return false;
+    STRATA_TENSOR_CHECK(Cols(*seg.a) == k && Rows(*seg.b) == m &&
+                        Cols(*seg.b) == Rows(*seg.a));
+    STRATA_TENSOR_CHECK(seg.first_row >= 0 &&
+                        seg.first_row + seg.num_rows <= Rows(x));
+    for (int64_t r = 0; r < seg.num_rows; r += kRowsPerTask) {
+      tasks.push_back(
+          {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
+    }
+  }
+  const cpu::KernelContext inline_ctx{context_.isa, nullptr};
+  context_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
+    const Task& t = tasks[i];
+    const int64_t rank = Rows(*t.segment->a);
+    thread_local std::vector<float> low, update;
+    low.resize(static_cast<size_t>(t.num_rows * rank));
+    update.resize(static_cast<size_t>(t.num_rows * m));
+    const auto* a =
+        static_cast<const PackedWeightStorage*>(t.segment->a->storage());
+    const auto* b =
+        static_cast<const PackedWeightStorage*>(t.segment->b->storage());
+    cpu::PackedMatMul(inline_ctx, F32(x) + t.first_row * k, a->packed(),
+                      t.num_rows, rank, k, low.data());
+    cpu::PackedMatMul(inline_ctx, low.data(), b->packed(), t.num_rows, m, rank,
+                      update.data());
+    cpu::Add(inline_ctx, update.data(), t.num_rows * m,
+             F32(*out) + t.first_row * m);
+  });
+  return true;
+}
+
 void CpuBackend::AddBias(const Tensor& bias, Tensor* x) {
   STRATA_TENSOR_CHECK(bias.num_elements() == Cols(*x));
   cpu::AddBias(context_, F32(bias), Rows(*x), Cols(*x), F32(*x));

@@ -62,6 +62,11 @@ class CpuBackend : public Backend {
   void MatMul(const Tensor& x, const Tensor& w, Tensor* out) override;
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;
+  // One thread-pool job for all segments (tasks of up to 8 rows of one
+  // segment): PackedMatMul, PackedMatMul and Add per task on the worker,
+  // which are row-wise, so the bits equal those of the per-segment calls.
+  bool AddLowRank(const Tensor& x, std::span<const LowRankSegment> segments,
+                  Tensor* out) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps,
                Tensor* out) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) override;

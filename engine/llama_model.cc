@@ -422,10 +422,20 @@ absl::Status LlamaModel::Project(const Tensor& x, const Tensor& w,
   // order: y_seg += (x_seg A^T) (s B)^T. Row-wise ops only, so a row's
   // result does not depend on the other rows (batch invariance).
   const int p = static_cast<int>(proj);
+  auto pair = [&](const LoopSegment& seg) -> const LayerLoraTensors& {
+    return lora_[static_cast<size_t>(seg.loop) * config_.num_hidden_layers +
+                 layer];
+  };
+  // One gathered call where the backend has it (the same result).
+  std::vector<LowRankSegment> gathered;
+  gathered.reserve(segments.size());
   for (const LoopSegment& seg : segments) {
-    const LayerLoraTensors& lora =
-        lora_[static_cast<size_t>(seg.loop) * config_.num_hidden_layers +
-              layer];
+    gathered.push_back(
+        {seg.first_row, seg.num_rows, &pair(seg).a[p], &pair(seg).scaled_b[p]});
+  }
+  if (b.AddLowRank(x, gathered, out)) return absl::OkStatus();
+  for (const LoopSegment& seg : segments) {
+    const LayerLoraTensors& lora = pair(seg);
     ASSIGN_OR_RETURN(Tensor t, Rows(lora_t_, seg.num_rows, config_.lora_rank));
     ASSIGN_OR_RETURN(Tensor u, Scratch(lora_u_, seg.num_rows, out->dim(1)));
     b.MatMul(x.Rows(seg.first_row, seg.num_rows), lora.a[p], &t);
