@@ -427,13 +427,12 @@ absl::Status LlamaModel::Project(const Tensor& x, const Tensor& w,
                  layer];
   };
   // One gathered call where the backend has it (the same result).
-  std::vector<LowRankSegment> gathered;
-  gathered.reserve(segments.size());
+  low_rank_segments_.clear();
   for (const LoopSegment& seg : segments) {
-    gathered.push_back(
+    low_rank_segments_.push_back(
         {seg.first_row, seg.num_rows, &pair(seg).a[p], &pair(seg).scaled_b[p]});
   }
-  if (b.AddLowRank(x, gathered, out)) return absl::OkStatus();
+  if (b.AddLowRank(x, low_rank_segments_, out)) return absl::OkStatus();
   for (const LoopSegment& seg : segments) {
     const LayerLoraTensors& lora = pair(seg);
     ASSIGN_OR_RETURN(Tensor t, Rows(lora_t_, seg.num_rows, config_.lora_rank));

@@ -247,6 +247,8 @@ class LlamaModel {
   Workspace x2_, exit_logits_, fill_state_, fill_normed_, fill_rows_, fill_k_,
       fill_v_, lora_t_;
   FlatWorkspace lora_u_;  // [rows, out_features of the projection]
+  // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
+  std::vector<LowRankSegment> low_rank_segments_;
 };
 
 }  // namespace strata

@@ -626,21 +626,25 @@ StepPlan Scheduler::Schedule() {
   auto loop_end = [&](int32_t loop_begin) {
     return recursive && options_.depthwise ? loop_begin + 1 : -1;
   };
+  // An item over `count` of the sequence's tokens from `start`.
+  auto make_item = [](const Sequence& seq, int32_t start, int32_t count) {
+    WorkItem item;
+    item.request_id = seq.item_id;
+    item.tokens = std::span<const TokenId>(seq.tokens).subspan(start, count);
+    item.start_position = start;
+    item.block_table = seq.block_table;
+    item.sampling = &seq.sampling;
+    item.prompt_tokens =
+        std::span<const TokenId>(seq.tokens).first(seq.num_prompt);
+    item.output_tokens =
+        std::span<const TokenId>(seq.tokens).subspan(seq.num_prompt);
+    return item;
+  };
   for (auto& seq_ptr : running_) {
     Sequence& seq = *seq_ptr;
     for (size_t f = 0; seq.step_fills && f < seq.fills.size(); ++f) {
       const Sequence::Fill& pending = seq.fills[f];
-      WorkItem fill;
-      fill.request_id = seq.item_id;
-      fill.tokens =
-          std::span<const TokenId>(seq.tokens).subspan(pending.position, 1);
-      fill.start_position = pending.position;
-      fill.block_table = seq.block_table;
-      fill.sampling = &seq.sampling;
-      fill.prompt_tokens =
-          std::span<const TokenId>(seq.tokens).first(seq.num_prompt);
-      fill.output_tokens =
-          std::span<const TokenId>(seq.tokens).subspan(seq.num_prompt);
+      WorkItem fill = make_item(seq, pending.position, 1);
       fill.loop_begin = pending.loop;
       fill.loop_end = loop_end(pending.loop);
       fill.kv_fill = !pending.started;
@@ -648,19 +652,9 @@ StepPlan Scheduler::Schedule() {
       planned_.push_back({&seq, pending.position});
     }
     if (seq.step_tokens == 0) continue;
-    WorkItem item;
-    item.request_id = seq.item_id;
-    item.tokens = std::span<const TokenId>(seq.tokens)
-                      .subspan(seq.num_computed, seq.step_tokens);
-    item.start_position = seq.num_computed;
-    item.block_table = seq.block_table;
+    WorkItem item = make_item(seq, seq.num_computed, seq.step_tokens);
     item.sample = seq.num_computed + seq.step_tokens ==
                   static_cast<int32_t>(seq.tokens.size());
-    item.sampling = &seq.sampling;
-    item.prompt_tokens =
-        std::span<const TokenId>(seq.tokens).first(seq.num_prompt);
-    item.output_tokens =
-        std::span<const TokenId>(seq.tokens).subspan(seq.num_prompt);
     if (recursive) {
       item.loop_begin = seq.loops_done;
       item.loop_end = loop_end(seq.loops_done);
@@ -736,18 +730,17 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
       Fork(seq);
       continue;
     }
-    const ItemResult& item = done;
-    if (!item.sampled.has_value()) continue;
-    const TokenId token = item.sampled->token;
+    if (!done.sampled.has_value()) continue;
+    const TokenId token = done.sampled->token;
     seq.tokens.push_back(token);
     if (!request.has_token) {
       request.has_token = true;
       request.first_token = now;
     }
     TokenEvent event;
-    event.sampled = *item.sampled;
+    event.sampled = *done.sampled;
     event.index = seq.index;
-    event.loops = recursive ? item.exit_loop + 1 : 1;
+    event.loops = recursive ? done.exit_loop + 1 : 1;
     const auto& stops = request.spec.stop_token_ids;
     event.is_stop_token =
         std::find(stops.begin(), stops.end(), token) != stops.end();
