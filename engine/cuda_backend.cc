@@ -23,6 +23,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/int8_matmul.h"
 #include "kernels/cuda/kv_block_copy.h"
+#include "kernels/cuda/low_rank.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rope.h"
@@ -127,6 +128,7 @@ struct CudaBackend::Impl {
   Scratch outlier_out;   // [n, m] f32
   Scratch outlier_meta;  // flags [k] u8, cols [max_outliers] i32, count
   Scratch attention;     // decode split partials
+  Scratch low_rank;      // [n, r] f32 segmented LoRA intermediate
   Scratch sampling;      // [rows, vocab] f32
   Scratch sample_out;    // [rows] SampleOutput
 
@@ -539,6 +541,51 @@ void CudaBackend::Add(const Tensor& y, Tensor* x) {
   Record(CudaStatus(
       cuda::LaunchAdd(F32(y), x->num_elements(), F32(*x), impl_->stream),
       "Add"));
+}
+
+bool CudaBackend::AddLowRank(const Tensor& x,
+                             std::span<const LowRankSegment> segments,
+                             Tensor* out) {
+  if (segments.empty()) return true;
+  const int64_t n = Rows(x), k = Cols(x), m = Cols(*out);
+  STRATA_TENSOR_CHECK(Rows(*out) == n);
+  STRATA_TENSOR_CHECK(x.type() == ElementType::kF32);
+  const int64_t r = Rows(*segments[0].a);
+  // Above the kernels' rank the caller's per-segment GEMMs take over.
+  if (r < 1 || r > cuda::kMaxLowRank) return false;
+  std::vector<int32_t> row_segment(static_cast<size_t>(n), -1);
+  std::vector<cuda::LowRankPair> pairs;
+  pairs.reserve(segments.size());
+  for (const LowRankSegment& s : segments) {
+    STRATA_TENSOR_CHECK(s.a->type() == ElementType::kF32 &&
+                        s.b->type() == ElementType::kF32);
+    STRATA_TENSOR_CHECK(Rows(*s.a) == r && Cols(*s.a) == k);
+    STRATA_TENSOR_CHECK(Rows(*s.b) == m && Cols(*s.b) == r);
+    STRATA_TENSOR_CHECK(s.first_row >= 0 && s.num_rows >= 0 &&
+                        static_cast<int64_t>(s.first_row) + s.num_rows <= n);
+    for (int32_t i = s.first_row; i < s.first_row + s.num_rows; ++i) {
+      // Overlapping segments would add twice; the planner never makes them.
+      STRATA_TENSOR_CHECK(row_segment[i] < 0);
+      row_segment[i] = static_cast<int32_t>(pairs.size());
+    }
+    pairs.push_back({F32(*s.a), F32(*s.b)});
+  }
+  if (!pending_.ok() || n == 0) return true;
+  absl::StatusOr<const int32_t*> d_rows =
+      impl_->StageSpan(std::span<const int32_t>(row_segment));
+  if (!Record(d_rows.status())) return true;
+  absl::StatusOr<const cuda::LowRankPair*> d_pairs =
+      impl_->StageSpan(std::span<const cuda::LowRankPair>(pairs));
+  if (!Record(d_pairs.status())) return true;
+  absl::StatusOr<void*> t =
+      impl_->low_rank.Get(static_cast<size_t>(n * r) * sizeof(float));
+  if (!Record(t.status())) return true;
+  Record(CudaStatus(
+      cuda::LaunchSegmentedLowRank(F32(x), n, k, m, static_cast<int32_t>(r),
+                                   *d_rows, *d_pairs, static_cast<float*>(*t),
+                                   F32(*out), impl_->stream),
+      "SegmentedLowRank"));
+  return true;
 }
 
 void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps,

@@ -101,6 +101,8 @@ class CudaBackend : public Backend {
   void MatMul(const Tensor& x, const Tensor& w, Tensor* out) override;
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;
+  bool AddLowRank(const Tensor& x, std::span<const LowRankSegment> segments,
+                  Tensor* out) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps,
                Tensor* out) override;
   void AddRmsNorm(const Tensor& y, const Tensor& weight, float eps, Tensor* x,

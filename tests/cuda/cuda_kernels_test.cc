@@ -170,6 +170,52 @@ TEST(CudaOpsTest, ElementwiseMatchCpu) {
   EXPECT_EQ(ToHost(*gpu, gathered.gpu), ToHost(*cpu, gathered.cpu));
 }
 
+// The gathered, segmented LoRA product against the CPU's: three segments
+// with their own pairs, a gap of rows no segment covers (left unchanged),
+// awkward sizes (k, m not multiples of 32), and a rank past the kernel's
+// limit, which must decline so the caller falls back to GEMMs.
+TEST(CudaOpsTest, AddLowRankMatchesCpu) {
+  STRATA_REQUIRE_CUDA(gpu);
+  auto cpu = MakeCpu();
+  const int64_t n = 29, k = 201, m = 333, r = 8;
+  Pair x = UploadBoth(*cpu, *gpu, RandomVector(n * k, 20), {n, k});
+  const std::vector<float> base = RandomVector(n * m, 21);
+  std::vector<Tensor> ac, ag, bc, bg;
+  for (int s = 0; s < 3; ++s) {
+    const std::vector<float> a = RandomVector(r * k, 30 + s, 0.1f);
+    const std::vector<float> b = RandomVector(m * r, 40 + s, 0.1f);
+    ac.push_back(*cpu->Upload(a, {r, k}));
+    ag.push_back(*gpu->UploadWeight(a, {r, k}, WeightRole::kAdapter));
+    bc.push_back(*cpu->Upload(b, {m, r}));
+    bg.push_back(*gpu->UploadWeight(b, {m, r}, WeightRole::kAdapter));
+  }
+  // Rows [0, 5) loop 0, [5, 17) loop 1, [17, 22) nothing, [22, 29) loop 2.
+  const int32_t spans[3][2] = {{0, 5}, {5, 12}, {22, 7}};
+  std::vector<LowRankSegment> sc, sg;
+  for (int s = 0; s < 3; ++s) {
+    sc.push_back({spans[s][0], spans[s][1], &ac[s], &bc[s]});
+    sg.push_back({spans[s][0], spans[s][1], &ag[s], &bg[s]});
+  }
+  Pair out = UploadBoth(*cpu, *gpu, base, {n, m});
+  ASSERT_TRUE(cpu->AddLowRank(x.cpu, sc, &out.cpu));
+  ASSERT_TRUE(gpu->AddLowRank(x.gpu, sg, &out.gpu));
+  const std::vector<float> got = ToHost(*gpu, out.gpu);
+  const std::vector<float> want = ToHost(*cpu, out.cpu);
+  // f32 throughout; only the summation order differs.
+  EXPECT_LT(RelativeMaxError(got, want), 1e-5);
+  for (int64_t i = 17 * m; i < 22 * m; ++i) ASSERT_EQ(got[i], base[i]) << i;
+  EXPECT_NE(got, base);
+
+  const int64_t big = 257;  // > cuda::kMaxLowRank
+  Tensor a_big = *gpu->UploadWeight(RandomVector(big * k, 50), {big, k},
+                                    WeightRole::kAdapter);
+  Tensor b_big = *gpu->UploadWeight(RandomVector(m * big, 51), {m, big},
+                                    WeightRole::kAdapter);
+  const LowRankSegment too_big[] = {{0, 3, &a_big, &b_big}};
+  EXPECT_FALSE(gpu->AddLowRank(x.gpu, too_big, &out.gpu));
+  EXPECT_EQ(ToHost(*gpu, out.gpu), got);  // declined: nothing written
+}
+
 TEST(CudaOpsTest, RopeMatchesCpu) {
   STRATA_REQUIRE_CUDA(gpu);
   auto cpu = MakeCpu();
