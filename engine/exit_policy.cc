@@ -1,5 +1,6 @@
 #include "engine/exit_policy.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -10,6 +11,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/softmax_stats.h"
 
 namespace strata {
 
@@ -63,28 +66,25 @@ absl::Status ValidateExitParams(const ExitParams& params, int32_t num_loops) {
 float ComputeExitConfidence(std::span<const float> logits,
                             ExitConfidence kind) {
   if (logits.empty()) return 0.0f;
-  // The two largest logits (first occurrence wins ties; the probabilities
-  // are equal then anyway).
-  double top1 = -std::numeric_limits<double>::infinity();
-  double top2 = -std::numeric_limits<double>::infinity();
-  for (float v : logits) {
-    const double x = v;
-    if (x > top1) {
-      top2 = top1;
-      top1 = x;
-    } else if (x > top2) {
-      top2 = x;
-    }
-  }
-  // exp in float (a few times cheaper than in double; this runs over the
-  // vocabulary at every exit boundary), summed in double: the confidence is
-  // within ~1e-6 of an all-double one.
-  const float max = static_cast<float>(top1);
-  double sum = 0.0;
-  for (float v : logits) sum += std::exp(v - max);
+  // The vectorised softmax denominator (kernels/cpu/softmax_stats.h): this
+  // runs over the vocabulary for every row at every exit boundary.
+  static const cpu::Isa isa = cpu::DefaultIsa();
+  const cpu::SoftmaxStats stats = cpu::ComputeSoftmaxStats(
+      isa, logits.data(), static_cast<int64_t>(logits.size()));
+  const double sum = stats.sum_exp;
   const double p1 = 1.0 / sum;
   if (kind == ExitConfidence::kMaxProb) return static_cast<float>(p1);
-  const double p2 = logits.size() > 1 ? std::exp(top2 - top1) / sum : 0.0;
+  // The runner-up: the largest logit once the first occurrence of the
+  // maximum is set aside (a tie gives p2 = p1, margin 0).
+  const size_t first_max = static_cast<size_t>(
+      std::find(logits.begin(), logits.end(), stats.max) - logits.begin());
+  float top2 = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (i != first_max) top2 = std::max(top2, logits[i]);
+  }
+  const double p2 = logits.size() > 1
+                        ? std::exp(static_cast<double>(top2) - stats.max) / sum
+                        : 0.0;
   return static_cast<float>(p1 - p2);
 }
 

@@ -53,10 +53,11 @@ struct ExitParams {
 // forced_exit_loop is -1 or in [0, num_loops - 1).
 absl::Status ValidateExitParams(const ExitParams& params, int32_t num_loops);
 
-// Confidence of one row of exit logits. Exponentials in float, their sum in
-// double: max_prob = 1 / sum_j exp(l_j - l_max); margin subtracts exp(l_2nd -
-// l_max) / sum. logits: [vocab], vocab >= 1 (margin of a one-token vocabulary
-// is p_top1).
+// Confidence of one row of exit logits (the softmax denominator from
+// kernels/cpu/softmax_stats.h: vectorised float exponentials, the same bits
+// on every ISA; within ~1e-6 of a float64 softmax): max_prob = 1 / sum_j
+// exp(l_j - l_max); margin subtracts exp(l_2nd - l_max) / sum. logits: [vocab],
+// vocab >= 1 (margin of a one-token vocabulary is p_top1).
 float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind);
 
 // What happens to the K/V of the loops a token skipped by exiting early.

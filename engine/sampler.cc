@@ -7,6 +7,9 @@
 #include <numeric>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/softmax_stats.h"
+
 namespace strata {
 namespace {
 
@@ -183,13 +186,16 @@ SampledToken Sampler::Sample(std::span<const float> logits,
   std::vector<float>& z = scratch.z;
   z.resize(logits.size());
   for (int32_t i = 0; i < vocab; ++i) z[i] = Sanitize(logits[i]);
-  // log_softmax normaliser of the raw logits (before penalties).
+  // log_softmax normaliser of the raw logits (before penalties), by the
+  // vectorised kernel: every sampled token pays this pass over the
+  // vocabulary, and libm's expf one element at a time was a visible part of
+  // the engine thread's profile.
   float raw_max = -std::numeric_limits<float>::infinity();
   for (float x : z) raw_max = std::max(raw_max, x);
   double sum = 0.0;
   if (std::isfinite(raw_max)) {
-    // Float exp (several times faster than double) summed in double.
-    for (float x : z) sum += std::exp(x - raw_max);
+    static const cpu::Isa isa = cpu::DefaultIsa();
+    sum = cpu::ComputeSoftmaxStats(isa, z.data(), vocab).sum_exp;
   }
   const double log_z = std::isfinite(raw_max)
                            ? static_cast<double>(raw_max) + std::log(sum)
