@@ -27,6 +27,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -154,6 +155,24 @@ struct SequenceSlice {
   std::span<const int32_t> block_table;
 };
 
+// What fixes the op sequence of a decode step (one token per sequence, all
+// loops, no early exit): a backend that records a step's ops (CUDA graphs)
+// replays them for the next step with an equal key. Block tables are padded
+// to table_stride entries (a power of two), so attention's launch shape
+// depends only on the key.
+struct StepGraphKey {
+  int32_t num_rows = 0;        // tokens = sequences
+  int32_t num_logit_rows = 0;  // rows whose logits the step computes
+  int32_t table_stride = 0;    // >= every sequence's block-table length
+  bool sample_mode = false;    // LlamaModel::Step (vs ForwardToDevice)
+  bool operator==(const StepGraphKey&) const = default;
+  bool operator<(const StepGraphKey& o) const {
+    return std::tie(num_rows, num_logit_rows, table_stride, sample_mode) <
+           std::tie(o.num_rows, o.num_logit_rows, o.table_stride,
+                    o.sample_mode);
+  }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -267,6 +286,22 @@ class Backend {
   // out[i] = x[rows[i]]. x: [n, h], rows: [r] (< n), out: [r, h]
   virtual void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                           Tensor* out) = 0;
+
+  // ---- Step graphs ----
+
+  // Brackets the ops of one decode step so that a backend can record them
+  // once and replay them as one launch for later steps with an equal key
+  // (CUDA graphs: no per-op launch cost). Returns false when this step is
+  // not bracketed (the ops then run as usual and EndStepGraph is not
+  // called). Between the two calls the caller issues exactly the ops that
+  // `key` determines (metadata values may differ; their sizes may not), and
+  // nothing that reads results on the host.
+  virtual bool BeginStepGraph(const StepGraphKey& key) { return false; }
+  // Ends the bracket. commit: queue the step's work (OK), or, where the
+  // backend could not record it, ABORTED with nothing done: the caller
+  // issues the ops again without a bracket. !commit (the caller gave up
+  // midway): drop whatever was recorded; returns OK.
+  virtual absl::Status EndStepGraph(bool commit) { return absl::OkStatus(); }
 };
 
 }  // namespace strata

@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <set>
 #include <span>
 #include <string>
 #include <utility>
@@ -48,6 +50,9 @@ class DeviceStorage : public Tensor::Storage {
 // (cudaFree waits for the device, so queued ops that read it are done).
 class Scratch {
  public:
+  // *generation is bumped whenever the buffer moves (step graphs hold its
+  // address).
+  explicit Scratch(uint64_t* generation) : generation_(generation) {}
   ~Scratch() {
     if (data_ != nullptr) cudaFree(data_);
   }
@@ -56,6 +61,7 @@ class Scratch {
     if (data_ != nullptr) cudaFree(data_);
     data_ = nullptr;
     capacity_ = 0;
+    ++*generation_;
     const size_t want = std::max(bytes, capacity_ * 3 / 2) + 256;
     STRATA_CUDA_RETURN_IF_ERROR(cudaMalloc(&data_, want));
     capacity_ = want;
@@ -63,9 +69,12 @@ class Scratch {
   }
 
  private:
+  uint64_t* generation_;
   void* data_ = nullptr;
   size_t capacity_ = 0;
 };
+
+enum class GraphMode { kOff, kCapture, kReplay };
 
 cuda::DType ToDType(ElementType t) {
   switch (t) {
@@ -110,6 +119,10 @@ struct CudaBackend::Impl {
   cudaStream_t stream = nullptr;
   std::unique_ptr<cuda::LtGemm> gemm;
   size_t total_memory = 0;
+  // Bumped whenever a device address an op may use can have changed
+  // (allocations, scratch and staging growth): step graphs recorded at an
+  // older generation are stale.
+  uint64_t generation = 0;
 
   // Host metadata staging: pinned host and device buffers of equal size,
   // filled front to back and recycled after each stream synchronisation.
@@ -118,21 +131,38 @@ struct CudaBackend::Impl {
   size_t staging_bytes = 0;
   size_t staging_used = 0;
 
-  Scratch input16;       // [n, k] GEMM input in the weights' type
-  Scratch dequantized;   // [m, k] int8 weights dequantized for prefill
-  Scratch act_i8;        // [n, k] int8 activations
-  Scratch act_scales;    // [n] f32
-  Scratch acc_i32;       // [n, m] int32
-  Scratch outliers_x;    // [n, max_outliers] f16
-  Scratch outliers_w;    // [m, max_outliers] f16
-  Scratch outlier_out;   // [n, m] f32
-  Scratch outlier_meta;  // flags [k] u8, cols [max_outliers] i32, count
-  Scratch attention;     // decode split partials
-  Scratch low_rank;      // [n, r] f32 segmented LoRA intermediate
-  Scratch sampling;      // [rows, vocab] f32
-  Scratch sample_out;    // [rows] SampleOutput
+  Scratch input16{&generation};  // [n, k] GEMM input in the weights' type
+  Scratch dequantized{
+      &generation};             // [m, k] int8 weights dequantized for prefill
+  Scratch act_i8{&generation};  // [n, k] int8 activations
+  Scratch act_scales{&generation};   // [n] f32
+  Scratch acc_i32{&generation};      // [n, m] int32
+  Scratch outliers_x{&generation};   // [n, max_outliers] f16
+  Scratch outliers_w{&generation};   // [m, max_outliers] f16
+  Scratch outlier_out{&generation};  // [n, m] f32
+  Scratch outlier_meta{
+      &generation};  // flags [k] u8, cols [max_outliers] i32, count
+  Scratch attention{&generation};   // decode split partials
+  Scratch low_rank{&generation};    // [n, r] f32 segmented LoRA intermediate
+  Scratch sampling{&generation};    // [rows, vocab] f32
+  Scratch sample_out{&generation};  // [rows] SampleOutput
+
+  // Step graphs (CudaBackend::BeginStepGraph).
+  struct StepGraph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t generation = 0;
+  };
+  bool step_graphs = false;
+  GraphMode graph_mode = GraphMode::kOff;
+  StepGraphKey graph_key;
+  uint64_t graph_generation = 0;  // at BeginStepGraph
+  std::map<StepGraphKey, StepGraph> graphs;
+  std::map<StepGraphKey, uint64_t> warm;  // run eagerly at this generation
+  std::set<StepGraphKey> refused;         // could not be captured
+  GraphStats stats;
 
   ~Impl() {
+    for (auto& [key, graph] : graphs) cudaGraphExecDestroy(graph.exec);
     gemm.reset();
     if (pinned != nullptr) cudaFreeHost(pinned);
     if (staging != nullptr) cudaFree(staging);
@@ -150,12 +180,18 @@ struct CudaBackend::Impl {
   absl::StatusOr<void*> Stage(const void* host, size_t bytes) {
     const size_t aligned = (bytes + 255) / 256 * 256;
     if (staging_used + aligned > staging_bytes) {
+      if (graph_mode != GraphMode::kOff) {
+        // Recording or replaying: no synchronisation, no new addresses.
+        return absl::FailedPreconditionError(
+            "staging buffer full inside a step graph");
+      }
       if (absl::Status s = Sync(); !s.ok()) return s;
       if (aligned > staging_bytes) {
         if (pinned != nullptr) cudaFreeHost(pinned);
         if (staging != nullptr) cudaFree(staging);
         pinned = staging = nullptr;
         staging_bytes = 0;
+        ++generation;
         const size_t want = std::max(aligned, size_t{8} << 20);
         STRATA_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pinned, want));
         STRATA_CUDA_RETURN_IF_ERROR(cudaMalloc(&staging, want));
@@ -165,8 +201,11 @@ struct CudaBackend::Impl {
     char* h = static_cast<char*>(pinned) + staging_used;
     char* d = static_cast<char*>(staging) + staging_used;
     if (bytes > 0) std::memcpy(h, host, bytes);
-    STRATA_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
+    // A replayed graph holds this copy already (same offset, same size).
+    if (graph_mode != GraphMode::kReplay) {
+      STRATA_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
+    }
     staging_used += aligned;
     return static_cast<void*>(d);
   }
@@ -244,6 +283,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
       cuda::LtGemm::Create(options.gemm_workspace_bytes);
   if (!gemm.ok()) return gemm.status();
   impl->gemm = *std::move(gemm);
+  impl->step_graphs = options.step_graphs;
   return std::unique_ptr<CudaBackend>(
       new CudaBackend(options, std::move(impl), prop.name));
 }
@@ -331,6 +371,112 @@ absl::Status CudaBackend::Synchronize() {
   return s;
 }
 
+bool CudaBackend::Replaying() const {
+  return impl_->graph_mode == GraphMode::kReplay;
+}
+
+void CudaBackend::set_step_graphs(bool on) { impl_->step_graphs = on; }
+
+CudaBackend::GraphStats CudaBackend::graph_stats() const {
+  GraphStats stats = impl_->stats;
+  stats.graphs = static_cast<int64_t>(impl_->graphs.size());
+  return stats;
+}
+
+bool CudaBackend::BeginStepGraph(const StepGraphKey& key) {
+  Impl& g = *impl_;
+  if (!g.step_graphs || g.graph_mode != GraphMode::kOff || !pending_.ok() ||
+      key.num_rows < 1 || key.num_rows > options_.max_graph_rows ||
+      key.table_stride < 1 || g.refused.count(key) > 0) {
+    return false;
+  }
+  // Staged metadata must land at the offsets the capture used: start from
+  // an idle stream and an empty staging buffer.
+  if (!Record(g.Sync())) return false;
+  if (auto it = g.graphs.find(key); it != g.graphs.end()) {
+    if (it->second.generation == g.generation) {
+      g.graph_mode = GraphMode::kReplay;
+      g.graph_key = key;
+      g.graph_generation = g.generation;
+      return true;
+    }
+    cudaGraphExecDestroy(it->second.exec);  // stale addresses
+    g.graphs.erase(it);
+  }
+  // The first step of a key (at this generation) runs eagerly, so that every
+  // scratch buffer has grown to its size before a capture fixes addresses.
+  auto [warm, first] = g.warm.try_emplace(key, g.generation);
+  if (first || warm->second != g.generation) {
+    warm->second = g.generation;
+    return false;
+  }
+  if (static_cast<int64_t>(g.graphs.size()) >= options_.max_step_graphs) {
+    return false;
+  }
+  if (cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  g.graph_mode = GraphMode::kCapture;
+  g.graph_key = key;
+  g.graph_generation = g.generation;
+  return true;
+}
+
+absl::Status CudaBackend::EndStepGraph(bool commit) {
+  Impl& g = *impl_;
+  const GraphMode mode = g.graph_mode;
+  g.graph_mode = GraphMode::kOff;
+  const StepGraphKey key = g.graph_key;
+  // An address an op used may have moved since the capture or the Begin.
+  const bool moved = g.generation != g.graph_generation;
+  if (mode == GraphMode::kOff) return absl::OkStatus();
+  if (mode == GraphMode::kReplay) {
+    if (!commit) return absl::OkStatus();  // nothing was queued
+    auto it = g.graphs.find(key);
+    if (!pending_.ok() || moved || it == g.graphs.end()) {
+      // Nothing was queued (replayed ops only stage): run the step eagerly.
+      pending_ = absl::OkStatus();
+      if (it != g.graphs.end()) {
+        cudaGraphExecDestroy(it->second.exec);
+        g.graphs.erase(it);
+      }
+      ++g.stats.aborted;
+      return absl::AbortedError("step graph replay given up; run eagerly");
+    }
+    ++g.stats.replays;
+    Record(CudaStatus(cudaGraphLaunch(it->second.exec, g.stream),
+                      "cudaGraphLaunch"));
+    return absl::OkStatus();
+  }
+  // Capture: nothing ran yet, the ops were recorded.
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(g.stream, &graph);
+  cudaGraphExec_t exec = nullptr;
+  bool ok = commit && end == cudaSuccess && graph != nullptr && pending_.ok() &&
+            !moved;
+  if (ok) ok = cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess;
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (!ok) {
+    (void)cudaGetLastError();  // the capture's error, not a sticky one
+    const absl::Status why = pending_;
+    pending_ = absl::OkStatus();
+    if (!commit) return absl::OkStatus();
+    ++g.stats.aborted;
+    // An address that moved is worth another try later; anything else
+    // (an op that cannot be captured) is not.
+    if (!moved) g.refused.insert(key);
+    return absl::AbortedError(absl::StrCat("step graph capture failed (",
+                                           cudaGetErrorString(end), "; ",
+                                           why.ToString(), "); run eagerly"));
+  }
+  g.graphs[key] = {exec, g.generation};
+  ++g.stats.captures;
+  Record(CudaStatus(cudaGraphLaunch(exec, g.stream), "cudaGraphLaunch"));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Tensor> CudaBackend::Allocate(ElementType type,
                                              std::vector<int64_t> shape) {
   for (int64_t d : shape) {
@@ -342,6 +488,7 @@ absl::StatusOr<Tensor> CudaBackend::Allocate(ElementType type,
             static_cast<size_t>(shape.empty() ? 1 : shape[0]) * sizeof(float);
   }
   void* data = nullptr;
+  ++impl_->generation;  // a new address (step graphs hold old ones)
   STRATA_CUDA_RETURN_IF_ERROR(cudaMalloc(&data, bytes == 0 ? 256 : bytes));
   auto storage = std::make_unique<DeviceStorage>(data);
   STRATA_CUDA_RETURN_IF_ERROR(
@@ -403,6 +550,11 @@ absl::Status CudaBackend::CopyToHost(const Tensor& src, std::span<float> host) {
     return absl::InternalError(absl::StrCat("CopyToHost of ", src.DebugString(),
                                             " into ", host.size(), " floats"));
   }
+  if (impl_->graph_mode != GraphMode::kOff) {
+    // A host read cannot be part of a graph; the caller's bracket is wrong.
+    Record(absl::FailedPreconditionError("CopyToHost inside a step graph"));
+    return pending_;
+  }
   if (pending_.ok() && !host.empty()) {
     Record(CudaStatus(cudaMemcpyAsync(host.data(), src.data(), src.size_bytes(),
                                       cudaMemcpyDeviceToHost, impl_->stream),
@@ -417,7 +569,7 @@ void CudaBackend::Embedding(const Tensor& table, std::span<const TokenId> ids,
   STRATA_TENSOR_CHECK(Cols(*out) == Cols(table));
   if (!pending_.ok()) return;
   absl::StatusOr<const int32_t*> d = impl_->StageSpan(ids);
-  if (!Record(d.status())) return;
+  if (!Record(d.status()) || Replaying()) return;
   Record(CudaStatus(cuda::LaunchEmbeddingGather(
                         table.data(), ToDType(table.type()), *d, Rows(*out),
                         Cols(table), F32(*out), impl_->stream),
@@ -429,7 +581,7 @@ void CudaBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
   STRATA_TENSOR_CHECK(Cols(w) == k);
   STRATA_TENSOR_CHECK(Rows(*out) == n && Cols(*out) == m);
   STRATA_TENSOR_CHECK(x.type() == ElementType::kF32);
-  if (!pending_.ok() || n == 0) return;
+  if (!pending_.ok() || n == 0 || Replaying()) return;
   cudaStream_t stream = impl_->stream;
   auto gemm16 = [&](const void* w16, ElementType type) {
     absl::StatusOr<void*> xin =
@@ -529,7 +681,7 @@ void CudaBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
 
 void CudaBackend::AddBias(const Tensor& bias, Tensor* x) {
   STRATA_TENSOR_CHECK(bias.num_elements() == Cols(*x));
-  if (!pending_.ok()) return;
+  if (!pending_.ok() || Replaying()) return;
   Record(CudaStatus(cuda::LaunchAddBias(F32(bias), Rows(*x), Cols(*x), F32(*x),
                                         impl_->stream),
                     "AddBias"));
@@ -537,7 +689,7 @@ void CudaBackend::AddBias(const Tensor& bias, Tensor* x) {
 
 void CudaBackend::Add(const Tensor& y, Tensor* x) {
   STRATA_TENSOR_CHECK(y.num_elements() == x->num_elements());
-  if (!pending_.ok()) return;
+  if (!pending_.ok() || Replaying()) return;
   Record(CudaStatus(
       cuda::LaunchAdd(F32(y), x->num_elements(), F32(*x), impl_->stream),
       "Add"));
@@ -576,7 +728,7 @@ bool CudaBackend::AddLowRank(const Tensor& x,
   if (!Record(d_rows.status())) return true;
   absl::StatusOr<const cuda::LowRankPair*> d_pairs =
       impl_->StageSpan(std::span<const cuda::LowRankPair>(pairs));
-  if (!Record(d_pairs.status())) return true;
+  if (!Record(d_pairs.status()) || Replaying()) return true;
   absl::StatusOr<void*> t =
       impl_->low_rank.Get(static_cast<size_t>(n * r) * sizeof(float));
   if (!Record(t.status())) return true;
@@ -592,7 +744,7 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps,
                           Tensor* out) {
   STRATA_TENSOR_CHECK(weight.num_elements() == Cols(x));
   STRATA_TENSOR_CHECK(out->num_elements() == x.num_elements());
-  if (!pending_.ok()) return;
+  if (!pending_.ok() || Replaying()) return;
   Record(CudaStatus(cuda::LaunchRmsNorm(nullptr, F32(x), F32(weight), Rows(x),
                                         Cols(x), eps, F32(*out), impl_->stream),
                     "RmsNorm"));
@@ -603,7 +755,7 @@ void CudaBackend::AddRmsNorm(const Tensor& y, const Tensor& weight, float eps,
   STRATA_TENSOR_CHECK(y.num_elements() == x->num_elements());
   STRATA_TENSOR_CHECK(weight.num_elements() == Cols(*x));
   STRATA_TENSOR_CHECK(out->num_elements() == x->num_elements());
-  if (!pending_.ok()) return;
+  if (!pending_.ok() || Replaying()) return;
   Record(
       CudaStatus(cuda::LaunchRmsNorm(F32(y), F32(*x), F32(weight), Rows(*x),
                                      Cols(*x), eps, F32(*out), impl_->stream),
@@ -613,7 +765,7 @@ void CudaBackend::AddRmsNorm(const Tensor& y, const Tensor& weight, float eps,
 void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
   STRATA_TENSOR_CHECK(gate.num_elements() == up.num_elements());
   STRATA_TENSOR_CHECK(gate.num_elements() == out->num_elements());
-  if (!pending_.ok()) return;
+  if (!pending_.ok() || Replaying()) return;
   Record(CudaStatus(cuda::LaunchSiluMul(F32(gate), F32(up), gate.num_elements(),
                                         F32(*out), impl_->stream),
                     "SiluMul"));
@@ -627,7 +779,7 @@ void CudaBackend::Rope(const Tensor& rope_table,
   STRATA_TENSOR_CHECK(Cols(*x) % head_dim == 0);
   if (!pending_.ok()) return;
   absl::StatusOr<const int32_t*> d = impl_->StageSpan(positions);
-  if (!Record(d.status())) return;
+  if (!Record(d.status()) || Replaying()) return;
   Record(CudaStatus(
       cuda::LaunchRope(F32(rope_table), *d, Rows(*x), Cols(*x) / head_dim,
                        head_dim, F32(*x), impl_->stream),
@@ -658,7 +810,7 @@ void CudaBackend::WriteKv(const Tensor& k, const Tensor& v,
   STRATA_TENSOR_CHECK(k_cache->type() == v_cache->type());
   if (!pending_.ok()) return;
   absl::StatusOr<const int32_t*> d = impl_->StageSpan(slots);
-  if (!Record(d.status())) return;
+  if (!Record(d.status()) || Replaying()) return;
   Record(
       CudaStatus(cuda::LaunchWriteKv(Geometry(shape, k_cache->type()), F32(k),
                                      F32(v), *d, Rows(k), k_cache->data(),
@@ -678,15 +830,30 @@ void CudaBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
   if (!pending_.ok()) return;
   // Host metadata: all block tables in one array; single-token sequences go
   // to the decode kernel, chunks to the prefill kernel in tiles.
+  // In a step graph every table is padded to the key's stride and the
+  // decode grid sized for it, so the launch shape and the staged sizes
+  // depend only on the key.
+  const bool padded = impl_->graph_mode != GraphMode::kOff;
+  const int32_t stride = impl_->graph_key.table_stride;
   std::vector<int32_t> tables;
   std::vector<cuda::DecodeRow> decode;
   std::vector<cuda::PrefillTile> tiles;
-  int64_t max_context = 0;
+  int64_t max_context =
+      padded ? static_cast<int64_t>(stride) * shape.block_size : 0;
   for (const SequenceSlice& s : sequences) {
     STRATA_TENSOR_CHECK(static_cast<int64_t>(s.first_row) + s.num_tokens <=
                         Rows(q));
     const int32_t offset = static_cast<int32_t>(tables.size());
     tables.insert(tables.end(), s.block_table.begin(), s.block_table.end());
+    if (padded) {
+      if (static_cast<int64_t>(s.block_table.size()) > stride) {
+        Record(absl::FailedPreconditionError(
+            absl::StrCat("block table of ", s.block_table.size(),
+                         " entries in a step graph of stride ", stride)));
+        return;
+      }
+      tables.resize(static_cast<size_t>(offset) + stride, 0);
+    }
     if (s.num_tokens == 1) {
       decode.push_back({s.first_row, s.start_position, offset});
       max_context = std::max<int64_t>(max_context, s.start_position + 1);
@@ -715,19 +882,21 @@ void CudaBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
       if (!Record(w.status())) return;
       ws = *w;
     }
-    if (!Record(
-            CudaStatus(cuda::LaunchPagedAttentionDecode(
-                           g, F32(q), k_cache.data(), v_cache.data(), *d_tables,
-                           *d_rows, static_cast<int64_t>(decode.size()),
-                           max_context, ws, F32(*out), impl_->stream),
-                       "PagedAttentionDecode"))) {
+    if (Replaying()) {
+      // Launched by the graph.
+    } else if (!Record(CudaStatus(
+                   cuda::LaunchPagedAttentionDecode(
+                       g, F32(q), k_cache.data(), v_cache.data(), *d_tables,
+                       *d_rows, static_cast<int64_t>(decode.size()),
+                       max_context, ws, F32(*out), impl_->stream),
+                   "PagedAttentionDecode"))) {
       return;
     }
   }
   if (!tiles.empty()) {
     absl::StatusOr<const cuda::PrefillTile*> d_tiles =
         impl_->StageSpan(std::span<const cuda::PrefillTile>(tiles));
-    if (!Record(d_tiles.status())) return;
+    if (!Record(d_tiles.status()) || Replaying()) return;
     Record(CudaStatus(
         cuda::LaunchPagedAttentionPrefill(
             g, F32(q), k_cache.data(), v_cache.data(), *d_tables, *d_tiles,
@@ -770,6 +939,10 @@ void CudaBackend::CopyKvBlocks(std::span<const BlockCopy> copies,
     absl::StatusOr<cuda::BlockCopyPair*> d_pairs =
         impl_->StageSpan(std::span<const cuda::BlockCopyPair>(run));
     if (!Record(d_pairs.status())) return false;
+    if (Replaying()) {
+      run.clear();
+      return true;
+    }
     const bool ok = Record(CudaStatus(
         cuda::LaunchCopyKvBlocks(
             *d_caches, static_cast<int64_t>(pointers.size()), *d_pairs,
@@ -797,7 +970,7 @@ void CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
   for (int32_t r : rows) STRATA_TENSOR_CHECK(r >= 0 && r < Rows(x));
   if (!pending_.ok() || rows.empty()) return;
   absl::StatusOr<const int32_t*> d = impl_->StageSpan(rows);
-  if (!Record(d.status())) return;
+  if (!Record(d.status()) || Replaying()) return;
   Record(CudaStatus(cuda::LaunchGatherRows(F32(x), *d, Rows(*out), Cols(x),
                                            F32(*out), impl_->stream),
                     "GatherRows"));

@@ -53,6 +53,20 @@ class CudaBackend : public Backend {
     int32_t llm_int8_max_outliers = 128;
     // cuBLASLt workspace.
     size_t gemm_workspace_bytes = 32u << 20;
+    // Decode steps recorded as CUDA graphs (Backend::BeginStepGraph), one
+    // per StepGraphKey (batch size, logits rows, block-table stride), up to
+    // max_step_graphs graphs of at most max_graph_rows rows.
+    bool step_graphs = false;
+    int32_t max_graph_rows = 256;
+    int32_t max_step_graphs = 512;
+  };
+
+  // What the step graphs did so far.
+  struct GraphStats {
+    int64_t captures = 0;  // graphs recorded (and launched)
+    int64_t replays = 0;   // steps run by replaying a graph
+    int64_t aborted = 0;   // recordings or replays given up (step run eagerly)
+    int64_t graphs = 0;    // graphs held now
   };
 
   // dtype "f16" | "bf16"; quantization "none" | "int8" | "llm.int8".
@@ -79,6 +93,9 @@ class CudaBackend : public Backend {
   const std::string& device_name() const { return device_name_; }
   // Waits for queued work; returns (and clears) the first pending error.
   absl::Status Synchronize();
+  // Turns step graphs on or off (Options::step_graphs) between steps.
+  void set_step_graphs(bool on);
+  GraphStats graph_stats() const;
 
   std::string_view name() const override { return "cuda"; }
   std::string Description() const override;
@@ -122,6 +139,15 @@ class CudaBackend : public Backend {
   void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                   Tensor* out) override;
 
+  // CUDA graphs: the first step of a key runs eagerly (every buffer grows
+  // to its size), the second is captured and launched, later ones replay
+  // it: the ops only stage their metadata into the pinned buffer, at the
+  // offsets the capture used, and the graph is launched once. A graph is
+  // dropped when any device address may have changed since its capture
+  // (an allocation or a scratch buffer's growth).
+  bool BeginStepGraph(const StepGraphKey& key) override;
+  absl::Status EndStepGraph(bool commit) override;
+
  private:
   struct Impl;  // CUDA state (stream, cuBLASLt, staging, scratch)
   CudaBackend(const Options& options, std::unique_ptr<Impl> impl,
@@ -129,6 +155,8 @@ class CudaBackend : public Backend {
 
   // Keeps the first error; true if `status` is OK and nothing failed before.
   bool Record(absl::Status status);
+  // Replaying a step graph: ops stage their metadata but launch nothing.
+  bool Replaying() const;
 
   Options options_;
   std::unique_ptr<Impl> impl_;

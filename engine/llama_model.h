@@ -207,6 +207,19 @@ class LlamaModel {
   absl::Status RunStep(std::span<const WorkItem> items,
                        std::span<const int32_t> logit_rows, bool sample_mode,
                        StepOutput* out);
+  // RunStep once; allow_graph: a decode step may be bracketed as a step
+  // graph (Backend::BeginStepGraph). *rerun: the backend gave the graph up
+  // and nothing ran; RunStep runs the step again without one.
+  absl::Status RunStepOnce(std::span<const WorkItem> items,
+                           std::span<const int32_t> logit_rows,
+                           bool sample_mode, bool allow_graph, bool* rerun,
+                           StepOutput* out);
+  // The step-graph key of a step whose ops depend only on its shape (one
+  // token per item, every loop, no exit or fill); nullopt otherwise.
+  std::optional<StepGraphKey> GraphKeyOf(std::span<const WorkItem> items,
+                                         std::span<const int32_t> logit_rows,
+                                         bool sample_mode,
+                                         int64_t num_rows) const;
   // The K layers over the round's rows x [round.num_rows, hidden] (in place).
   absl::Status RunBlock(const LoopPlanner::Round& round, Tensor* x);
   // out = x W^T plus, per segment, that loop's LoRA of (layer, proj).

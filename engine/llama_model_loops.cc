@@ -17,8 +17,10 @@
 // A plain model (N = 1) takes one round with every row, no gathers, exits or
 // store traffic: the same ops in the same order as a non-recursive forward.
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -146,9 +148,45 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
   return absl::OkStatus();
 }
 
+std::optional<StepGraphKey> LlamaModel::GraphKeyOf(
+    std::span<const WorkItem> items, std::span<const int32_t> logit_rows,
+    bool sample_mode, int64_t num_rows) const {
+  StepGraphKey key;
+  size_t longest_table = 1;
+  for (const WorkItem& item : items) {
+    const bool all_loops =
+        item.loop_end == -1 || item.loop_end == config_.num_loops;
+    if (item.tokens.size() != 1 || item.loop_begin != 0 || !all_loops ||
+        item.exit != nullptr || item.kv_fill) {
+      return std::nullopt;
+    }
+    longest_table = std::max(longest_table, item.block_table.size());
+    key.num_logit_rows += item.sample ? 1 : 0;
+  }
+  key.num_rows = static_cast<int32_t>(num_rows);
+  if (!sample_mode) {
+    key.num_logit_rows = static_cast<int32_t>(logit_rows.size());
+  }
+  key.table_stride = static_cast<int32_t>(std::bit_ceil(longest_table));
+  key.sample_mode = sample_mode;
+  return key;
+}
+
 absl::Status LlamaModel::RunStep(std::span<const WorkItem> items,
                                  std::span<const int32_t> logit_rows,
                                  bool sample_mode, StepOutput* out) {
+  bool rerun = false;
+  absl::Status status =
+      RunStepOnce(items, logit_rows, sample_mode, true, &rerun, out);
+  if (!rerun) return status;
+  return RunStepOnce(items, logit_rows, sample_mode, false, &rerun, out);
+}
+
+absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
+                                     std::span<const int32_t> logit_rows,
+                                     bool sample_mode, bool allow_graph,
+                                     bool* rerun, StepOutput* out) {
+  *rerun = false;
   RETURN_IF_ERROR(Validate(items));
   const int32_t num_loops = config_.num_loops;
   LoopPlanner planner(items, num_loops, options_.block_size);
@@ -167,6 +205,20 @@ absl::Status LlamaModel::RunStep(std::span<const WorkItem> items,
   const int64_t hidden = config_.hidden_size;
   const int64_t vocab = config_.vocab_size;
   Backend& b = *backend_;
+
+  // Steps 1-4 of a decode step may be one step graph; an early return in
+  // between drops what was recorded.
+  std::optional<StepGraphKey> graph_key;
+  if (allow_graph) graph_key = GraphKeyOf(items, logit_rows, sample_mode, n);
+  struct GraphBracket {
+    Backend* backend = nullptr;  // set while the bracket is open
+    ~GraphBracket() {
+      if (backend != nullptr) backend->EndStepGraph(false).IgnoreError();
+    }
+  } bracket;
+  if (graph_key.has_value() && b.BeginStepGraph(*graph_key)) {
+    bracket.backend = &b;
+  }
 
   // 1. Inputs, in slot order: the loop_begin 0 items come first.
   absl::StatusOr<Tensor> state_or = Rows(x_, n, hidden);
@@ -306,6 +358,15 @@ absl::Status LlamaModel::RunStep(std::span<const WorkItem> items,
     RETURN_IF_ERROR(Head(state, rows, &*t));
     logits_view_ = *std::move(t);
     out->logits = &logits_view_;
+  }
+  if (bracket.backend != nullptr) {
+    bracket.backend = nullptr;
+    absl::Status ended = b.EndStepGraph(true);
+    if (absl::IsAborted(ended)) {
+      *rerun = true;  // nothing ran; the caller runs the step eagerly
+      return ended;
+    }
+    RETURN_IF_ERROR(ended);
   }
 
   // 5. The hidden-state store.

@@ -48,6 +48,7 @@ absl::StatusOr<std::unique_ptr<Backend>> ModelRunner::CreateBackend(
     if (!cuda_options.ok()) return cuda_options.status();
     cuda_options->device = options.device;
     cuda_options->llm_int8_threshold = options.llm_int8_threshold;
+    cuda_options->step_graphs = options.cuda_graphs;
     absl::StatusOr<std::unique_ptr<CudaBackend>> backend =
         CudaBackend::Create(*cuda_options);
     if (!backend.ok()) return backend.status();

@@ -49,6 +49,9 @@ class ModelRunner : public StepExecutor {
     double gpu_memory_fraction = 0.0;
     // CUDA device ordinal.
     int32_t device = 0;
+    // Decode steps recorded and replayed as CUDA graphs
+    // (CudaBackend::Options::step_graphs).
+    bool cuda_graphs = false;
     // Tokens per KV block.
     int32_t block_size = 16;
     // Kernel worker threads; 0 = hardware concurrency.
@@ -85,6 +88,9 @@ class ModelRunner : public StepExecutor {
   // sampled). [plan.items.size()][vocab or 0]
   absl::StatusOr<StepResult> ExecuteWithLogitsForTest(
       const StepPlan& plan, std::vector<std::vector<float>>* logits);
+
+  // The backend the steps run on (tests and benchmarks read its counters).
+  Backend& backend() { return *backend_; }
 
   // Drops the hidden states kept for `request` (recursive models).
   void ReleaseState(RequestId request) override;

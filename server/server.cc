@@ -96,6 +96,7 @@ absl::Status Server::Start() {
                            .dtype = options_.dtype,
                            .quantization = options_.quantization,
                            .gpu_memory_fraction = options_.gpu_memory_fraction,
+                           .cuda_graphs = options_.cuda_graphs,
                            .block_size = options_.block_size,
                            .num_threads = options_.num_threads,
                            .kv_fill = options_.kv_fill});

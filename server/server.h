@@ -62,6 +62,7 @@ struct ServerOptions {
   std::string dtype = "bf16";
   std::string quantization = "none";
   double gpu_memory_fraction = 0.0;
+  bool cuda_graphs = false;  // decode steps as CUDA graphs (--cuda_graphs)
   // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
   // 4096).
   int32_t max_model_len = 0;

@@ -69,6 +69,11 @@ ABSL_FLAG(std::string, quantization, "none",
 ABSL_FLAG(double, gpu_memory_fraction, 0.0,
           "CUDA backend: share of GPU memory for weights and KV cache; 0 = "
           "size the KV cache from --kv_cache_mb.");
+ABSL_FLAG(bool, cuda_graphs, false,
+          "CUDA backend: record decode steps as CUDA graphs, one per batch "
+          "size and block-table stride, and replay them (one launch per "
+          "step instead of one per op). Off by default until measured on a "
+          "GPU; see docs/cuda.md.");
 ABSL_FLAG(absl::Duration, stall_timeout, absl::Seconds(30),
           "Readiness: when requests are pending and the engine has not "
           "completed a step for this long, health for strata.v1.Generation "
@@ -171,6 +176,7 @@ int Run(int argc, char** argv) {
   options.dtype = absl::GetFlag(FLAGS_dtype);
   options.quantization = absl::GetFlag(FLAGS_quantization);
   options.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
   options.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);

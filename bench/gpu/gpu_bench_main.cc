@@ -8,7 +8,9 @@
 //   decode tokens/s at batch 1, 8 and 64 (512-token contexts), prefill
 //   tokens/s (8 x 512 tokens in one step), and at batch 1 the achieved
 //   memory bandwidth = weight bytes / step time, against the card's peak
-//   (H100 SXM 3.35 TB/s, H200 4.8 TB/s; printed by name).
+//   (H100 SXM 3.35 TB/s, H200 4.8 TB/s; printed by name); the decode steps
+//   again as replayed CUDA graphs (decode_graphs_batch_N, with the speedup
+//   over launching op by op).
 // Kernels: paged-attention decode bandwidth at a 32k context, and cuBLASLt
 // int8 vs f16 GEMM throughput at large shapes.
 #include <cuda_runtime_api.h>
@@ -161,43 +163,62 @@ nlohmann::json BenchModel(const ModelConfig& config, const ModelWeights& host,
   }
   out["prefill_tokens_per_s"] = prefill_s > 0 ? 8.0 * context / prefill_s : 0;
 
-  // Decode: `steps` timed steps at each batch size.
+  // Decode: `steps` timed steps at each batch size, launching op by op, then
+  // the same steps recorded once as a CUDA graph and replayed.
   const int steps = quick ? 4 : 16;
   const int32_t batches[] = {1, 8, 64};
-  for (int32_t batch : batches) {
-    if (quick && batch == 64) continue;
-    std::vector<TokenId> token = {11};
-    auto step = [&](int32_t pos) -> bool {
-      std::vector<WorkItem> items(batch);
-      std::vector<int32_t> rows(batch);
-      for (int32_t s = 0; s < batch; ++s) {
-        items[s].request_id = s;
-        items[s].tokens = token;
-        items[s].start_position = pos;
-        items[s].block_table = tables[s];
-        rows[s] = s;
+  for (const bool graphs : {false, true}) {
+    (*backend)->set_step_graphs(graphs);
+    for (int32_t batch : batches) {
+      if (quick && batch == 64) continue;
+      std::vector<TokenId> token = {11};
+      auto step = [&](int32_t pos) -> bool {
+        std::vector<WorkItem> items(batch);
+        std::vector<int32_t> rows(batch);
+        for (int32_t s = 0; s < batch; ++s) {
+          items[s].request_id = s;
+          items[s].tokens = token;
+          items[s].start_position = pos;
+          items[s].block_table = tables[s];
+          rows[s] = s;
+        }
+        absl::StatusOr<const Tensor*> r =
+            (*model)->ForwardToDevice(items, rows);
+        return r.ok();
+      };
+      // Warm-up: graphs need one eager step, then one captured.
+      for (int i = 0; i < (graphs ? 3 : 1); ++i) step(context);
+      if (!(*backend)->Synchronize().ok()) return {{"error", "decode failed"}};
+      const auto t0 = Clock::now();
+      for (int i = 0; i < steps; ++i) step(context + 1 + i);
+      const absl::Status sync = (*backend)->Synchronize();
+      const double s = Seconds(t0, Clock::now()) / steps;
+      if (!sync.ok()) return {{"error", std::string(sync.message())}};
+      nlohmann::json d;
+      d["step_ms"] = s * 1e3;
+      d["tokens_per_s"] = batch / s;
+      if (batch == 1) {
+        d["weight_bandwidth_bytes_per_s"] = weight_bytes / s;
+        if (peak_bytes_per_s > 0) {
+          d["fraction_of_peak"] = weight_bytes / s / peak_bytes_per_s;
+        }
       }
-      absl::StatusOr<const Tensor*> r = (*model)->ForwardToDevice(items, rows);
-      return r.ok();
-    };
-    step(context);
-    if (!(*backend)->Synchronize().ok()) return {{"error", "decode failed"}};
-    const auto t0 = Clock::now();
-    for (int i = 0; i < steps; ++i) step(context + 1 + i);
-    const absl::Status sync = (*backend)->Synchronize();
-    const double s = Seconds(t0, Clock::now()) / steps;
-    if (!sync.ok()) return {{"error", std::string(sync.message())}};
-    nlohmann::json d;
-    d["step_ms"] = s * 1e3;
-    d["tokens_per_s"] = batch / s;
-    if (batch == 1) {
-      d["weight_bandwidth_bytes_per_s"] = weight_bytes / s;
-      if (peak_bytes_per_s > 0) {
-        d["fraction_of_peak"] = weight_bytes / s / peak_bytes_per_s;
+      const std::string name = "decode_batch_" + std::to_string(batch);
+      if (graphs) {
+        const CudaBackend::GraphStats stats = (*backend)->graph_stats();
+        d["graph_replays_so_far"] = stats.replays;
+        d["graph_aborts_so_far"] = stats.aborted;
+        if (out.contains(name)) {
+          d["speedup_vs_eager"] =
+              out[name]["step_ms"].get<double>() / (s * 1e3);
+        }
+        out["decode_graphs_batch_" + std::to_string(batch)] = d;
+      } else {
+        out[name] = d;
       }
     }
-    out["decode_batch_" + std::to_string(batch)] = d;
   }
+  (*backend)->set_step_graphs(false);
   return out;
 }
 

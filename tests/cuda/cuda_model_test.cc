@@ -28,9 +28,11 @@ std::string ModelDir(const std::string& name = "strata-tiny") {
 std::unique_ptr<ModelRunner> Runner(const std::string& backend,
                                     const std::string& dtype,
                                     const std::string& quantization,
-                                    const std::string& model = "strata-tiny") {
+                                    const std::string& model = "strata-tiny",
+                                    bool cuda_graphs = false) {
   ModelRunner::Options options;
   options.model_dir = ModelDir(model);
+  options.cuda_graphs = cuda_graphs;
   options.backend = backend;
   options.dtype = dtype;
   options.quantization = quantization;
@@ -255,6 +257,123 @@ TEST(CudaRecursiveModelTest, DepthWiseStaggeredLogitsMatchCpu) {
   EXPECT_GE(mixed_steps, 10);  // the stagger kept loops mixed
   EXPECT_GE(agree, sampled - 3);
   EXPECT_EQ(gpu->num_kept_states(), 0u);
+}
+
+// Decode steps as CUDA graphs: three sequences decoded together for 40
+// steps, their block tables growing from 1 to 4 blocks (strides 1, 2, 4),
+// on two runners, one eager and one recording and replaying graphs. A replay
+// launches the same kernels and GEMM algorithms on the same addresses, so
+// the logits must be equal bit for bit; then the same through Execute
+// (sampling on the device after a graph).
+TEST(CudaStepGraphTest, ReplayEqualsEagerBitForBit) {
+  std::string why;
+  if (testing_cuda::MakeCuda(&why) == nullptr) {
+    GTEST_SKIP() << "no CUDA device: " << why;
+  }
+  std::unique_ptr<ModelRunner> eager = Runner("cuda", "f16", "none");
+  std::unique_ptr<ModelRunner> graphs =
+      Runner("cuda", "f16", "none", "strata-tiny", /*cuda_graphs=*/true);
+  ASSERT_NE(eager, nullptr);
+  ASSERT_NE(graphs, nullptr);
+  constexpr int32_t kBlock = 16;  // Runner's block size
+  const std::vector<std::vector<TokenId>> prompts = {
+      {1792, 5, 17, 300, 301}, {1792, 42, 43}, {1792, 9, 10, 11, 12, 13, 14}};
+  const size_t num_seqs = prompts.size();
+  std::vector<std::vector<int32_t>> tables(num_seqs);
+  std::vector<int32_t> positions(num_seqs, 0);
+  std::vector<TokenId> next(num_seqs);
+  auto grow_tables = [&](int32_t extra) {
+    for (size_t s = 0; s < num_seqs; ++s) {
+      const size_t need = (positions[s] + extra + kBlock - 1) / kBlock;
+      while (tables[s].size() < need) {
+        tables[s].push_back(static_cast<int32_t>(s * 8 + tables[s].size()));
+      }
+    }
+  };
+  // Prefill each prompt (multi-token steps: never graphs).
+  for (size_t s = 0; s < num_seqs; ++s) {
+    tables[s] = {static_cast<int32_t>(s * 8)};
+    StepPlan plan;
+    WorkItem item;
+    item.request_id = static_cast<RequestId>(s + 1);
+    item.tokens = prompts[s];
+    item.start_position = 0;
+    item.block_table = tables[s];
+    plan.items.push_back(item);
+    auto a = eager->ComputeAllLogits(plan);
+    auto b = graphs->ComputeAllLogits(plan);
+    ASSERT_TRUE(a.ok() && b.ok());
+    positions[s] = static_cast<int32_t>(prompts[s].size());
+    next[s] = ArgMax(a->back());
+  }
+  for (int step = 0; step < 40; ++step) {
+    grow_tables(1);
+    StepPlan plan;
+    std::vector<std::vector<TokenId>> tokens(num_seqs);
+    for (size_t s = 0; s < num_seqs; ++s) {
+      tokens[s] = {next[s]};
+      WorkItem item;
+      item.request_id = static_cast<RequestId>(s + 1);
+      item.tokens = tokens[s];
+      item.start_position = positions[s];
+      item.block_table = tables[s];
+      plan.items.push_back(item);
+    }
+    auto a = eager->ComputeAllLogits(plan);
+    auto b = graphs->ComputeAllLogits(plan);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(a->size(), num_seqs);
+    for (size_t s = 0; s < num_seqs; ++s) {
+      ASSERT_EQ((*a)[s], (*b)[s]) << "step " << step << " sequence " << s;
+      next[s] = ArgMax((*a)[s]);
+      ++positions[s];
+    }
+  }
+  const CudaBackend::GraphStats stats =
+      static_cast<CudaBackend&>(graphs->backend()).graph_stats();
+  // Strides 1, 2, 4 over 40 steps: each key runs eagerly once, is captured
+  // once, then replays.
+  EXPECT_GE(stats.captures, 2);
+  EXPECT_GE(stats.replays, 30);
+  EXPECT_EQ(stats.aborted, 0);
+  EXPECT_EQ(static_cast<CudaBackend&>(eager->backend()).graph_stats().captures,
+            0);
+
+  // Execute: greedy sampling on the device after a replayed graph.
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  std::vector<TokenId> out_eager, out_graphs;
+  for (int step = 0; step < 8; ++step) {
+    grow_tables(1);
+    StepPlan plan;
+    std::vector<std::vector<TokenId>> tokens(num_seqs);
+    for (size_t s = 0; s < num_seqs; ++s) {
+      tokens[s] = {next[s]};
+      WorkItem item;
+      item.request_id = static_cast<RequestId>(s + 1);
+      item.tokens = tokens[s];
+      item.start_position = positions[s];
+      item.block_table = tables[s];
+      item.sample = true;
+      item.sampling = &greedy;
+      plan.items.push_back(item);
+    }
+    auto a = eager->Execute(plan);
+    auto b = graphs->Execute(plan);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (size_t s = 0; s < num_seqs; ++s) {
+      ASSERT_TRUE(a->items[s].sampled.has_value());
+      ASSERT_TRUE(b->items[s].sampled.has_value());
+      EXPECT_EQ(a->items[s].sampled->token, b->items[s].sampled->token);
+      EXPECT_EQ(a->items[s].sampled->logprob, b->items[s].sampled->logprob);
+      next[s] = a->items[s].sampled->token;
+      ++positions[s];
+    }
+  }
+  EXPECT_GT(static_cast<CudaBackend&>(graphs->backend()).graph_stats().replays,
+            stats.replays);
 }
 
 }  // namespace
