@@ -8,12 +8,15 @@
 #include <vector>
 
 #include "kernels/cpu/simd.h"
+#include "kernels/cpu/simd_exp.h"
 
 namespace strata::cpu {
 namespace {
 
 using DotFn = float (*)(const float*, const float*, int64_t);
 using AxpyFn = void (*)(float, const float*, int64_t, float*);
+// x[j] = exp(x[j] - shift), returns the sum (kernels/cpu/simd_exp.h).
+using ExpSumFn = float (*)(float*, int64_t, float);
 
 // Everything one (token, kv head) task needs.
 struct AttendArgs {
@@ -28,18 +31,18 @@ struct AttendArgs {
   float* out;        // [group, head_dim]
 };
 
-// Softmax of each of `rows` rows of n scores, in place: max, exp and a
-// sequential sum in key order (shared by every body, so all give the same
+// Softmax of each of `rows` rows of n scores, in place: max, then the
+// exponentials and their sum in simd_exp.h's 16-lane layout, whose forms
+// give the same bits on every ISA (so every body gives the same
 // probabilities for the same scores).
-inline void SoftmaxRows(float* scores, int64_t rows, int64_t n) {
+template <ExpSumFn ExpSum>
+inline __attribute__((always_inline)) void SoftmaxRows(float* scores,
+                                                       int64_t rows,
+                                                       int64_t n) {
   for (int64_t h = 0; h < rows; ++h) {
     float* s = scores + h * n;
     const float max = *std::max_element(s, s + n);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = std::exp(s[j] - max);
-      sum += s[j];
-    }
+    const float sum = ExpSum(s, n, max);
     const float inv_sum = 1.0f / sum;
     for (int64_t j = 0; j < n; ++j) s[j] *= inv_sum;
   }
@@ -47,7 +50,7 @@ inline void SoftmaxRows(float* scores, int64_t rows, int64_t n) {
 
 // The attention of the query heads sharing one kv head, over num_keys keys.
 // Written once and instantiated per ISA with that ISA's dot and axpy.
-template <DotFn Dot, AxpyFn Axpy>
+template <DotFn Dot, AxpyFn Axpy, ExpSumFn ExpSum>
 inline __attribute__((always_inline)) void AttendBody(const AttendArgs& a) {
   const AttentionGeometry& g = *a.geometry;
   const int64_t group = g.num_heads / g.num_kv_heads;
@@ -69,7 +72,7 @@ inline __attribute__((always_inline)) void AttendBody(const AttendArgs& a) {
       }
     }
   }
-  SoftmaxRows(a.scores, group, n);
+  SoftmaxRows<ExpSum>(a.scores, group, n);
   std::fill(a.out, a.out + group * hd, 0.0f);
   // Probability-weighted values, in key order.
   for (int64_t j0 = 0; j0 < n; j0 += bs) {
@@ -86,14 +89,17 @@ inline __attribute__((always_inline)) void AttendBody(const AttendArgs& a) {
 }
 
 void AttendScalar(const AttendArgs& a) {
-  AttendBody<internal::DotScalar, internal::AxpyScalar>(a);
+  AttendBody<internal::DotScalar, internal::AxpyScalar,
+             internal::ExpShiftSumScalar>(a);
 }
 #if STRATA_CPU_X86
 STRATA_TARGET_AVX2 void AttendAvx2(const AttendArgs& a) {
-  AttendBody<internal::DotAvx2, internal::AxpyAvx2>(a);
+  AttendBody<internal::DotAvx2, internal::AxpyAvx2, internal::ExpShiftSumAvx2>(
+      a);
 }
 STRATA_TARGET_AVX512 void AttendAvx512(const AttendArgs& a) {
-  AttendBody<internal::DotAvx512, internal::AxpyAvx512>(a);
+  AttendBody<internal::DotAvx512, internal::AxpyAvx512,
+             internal::ExpShiftSumAvx512>(a);
 }
 
 // ---- AVX-512 for head_dim a multiple of 16 (up to 128) ----
@@ -256,7 +262,7 @@ STRATA_TARGET_AVX512 void AttendWideAvx512(const AttendArgs& a) {
                       a.scores + h * n + j0);
     }
   }
-  SoftmaxRows(a.scores, group, n);
+  SoftmaxRows<internal::ExpShiftSumAvx512>(a.scores, group, n);
   WeightedValuesAllHeadsAvx512<V>(a, group);
 }
 

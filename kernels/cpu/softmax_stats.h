@@ -5,10 +5,10 @@
 // libm's expf one element at a time was about a tenth of a depth-wise
 // serving profile with exits.
 //
-// The result is bit-identical across ISAs: the exponential is one fixed
-// sequence of fused multiply-adds (Cody-Waite reduction, a degree-6
-// polynomial, scaling by 2^k), element j is summed into lane j % 16 in index
-// order, and the 16 lanes are combined by one fixed tree.
+// The result is bit-identical across ISAs: the exponential of
+// kernels/cpu/simd_exp.h (one fixed sequence of fused multiply-adds),
+// element j summed into lane j % 16 in index order, and the 16 lanes
+// combined by one fixed tree.
 #ifndef STRATA_KERNELS_CPU_SOFTMAX_STATS_H_
 #define STRATA_KERNELS_CPU_SOFTMAX_STATS_H_
 

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -63,6 +64,27 @@ TEST_P(ElementwiseTest, SiluMul) {
       const double expected = g / (1.0 + std::exp(-g)) * up[i];
       ASSERT_NEAR(out[i], expected, 1e-6 * (1.0 + std::fabs(expected))) << i;
     }
+    // The same bits as the scalar variant (one exponential for every ISA).
+    std::vector<float> scalar(count);
+    const KernelContext scalar_ctx{Isa::kScalar, nullptr};
+    SiluMul(scalar_ctx, gate.data(), up.data(), count, scalar.data());
+    ASSERT_EQ(0, std::memcmp(out.data(), scalar.data(), count * sizeof(float)))
+        << count;
+  }
+  // Saturation at both ends stays finite and close.
+  const std::vector<float> gate = {-100.0f, -88.5f, -87.5f, -0.0f, 0.0f, 1e-30f,
+                                   87.5f,   88.5f,  100.0f, -3.0f, 3.0f, -20.0f,
+                                   20.0f,   -50.0f, 50.0f,  0.5f,  -0.5f};
+  const std::vector<float> up(gate.size(), 1.5f);
+  std::vector<float> out(gate.size());
+  SiluMul(ctx_, gate.data(), up.data(), static_cast<int64_t>(gate.size()),
+          out.data());
+  for (size_t i = 0; i < gate.size(); ++i) {
+    const double g = gate[i];
+    const double expected = g / (1.0 + std::exp(-g)) * up[i];
+    ASSERT_TRUE(std::isfinite(out[i])) << gate[i];
+    ASSERT_NEAR(out[i], expected, 1e-6 * (1.0 + std::fabs(expected)))
+        << gate[i];
   }
 }
 
