@@ -306,19 +306,31 @@ TEST(CudaStepGraphTest, ReplayEqualsEagerBitForBit) {
     positions[s] = static_cast<int32_t>(prompts[s].size());
     next[s] = ArgMax(a->back());
   }
-  for (int step = 0; step < 40; ++step) {
+  // One decode step of every sequence (its next token at its position);
+  // `tokens` holds the token spans the plan points into.
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  auto decode_plan = [&](bool sample,
+                         std::vector<std::vector<TokenId>>* tokens) {
     grow_tables(1);
     StepPlan plan;
-    std::vector<std::vector<TokenId>> tokens(num_seqs);
+    tokens->assign(num_seqs, {});
     for (size_t s = 0; s < num_seqs; ++s) {
-      tokens[s] = {next[s]};
+      (*tokens)[s] = {next[s]};
       WorkItem item;
       item.request_id = static_cast<RequestId>(s + 1);
-      item.tokens = tokens[s];
+      item.tokens = (*tokens)[s];
       item.start_position = positions[s];
       item.block_table = tables[s];
+      item.sample = sample;
+      item.sampling = &greedy;
       plan.items.push_back(item);
     }
+    return plan;
+  };
+  for (int step = 0; step < 40; ++step) {
+    std::vector<std::vector<TokenId>> tokens;
+    const StepPlan plan = decode_plan(false, &tokens);
     auto a = eager->ComputeAllLogits(plan);
     auto b = graphs->ComputeAllLogits(plan);
     ASSERT_TRUE(a.ok()) << a.status();
@@ -341,24 +353,9 @@ TEST(CudaStepGraphTest, ReplayEqualsEagerBitForBit) {
             0);
 
   // Execute: greedy sampling on the device after a replayed graph.
-  SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  std::vector<TokenId> out_eager, out_graphs;
   for (int step = 0; step < 8; ++step) {
-    grow_tables(1);
-    StepPlan plan;
-    std::vector<std::vector<TokenId>> tokens(num_seqs);
-    for (size_t s = 0; s < num_seqs; ++s) {
-      tokens[s] = {next[s]};
-      WorkItem item;
-      item.request_id = static_cast<RequestId>(s + 1);
-      item.tokens = tokens[s];
-      item.start_position = positions[s];
-      item.block_table = tables[s];
-      item.sample = true;
-      item.sampling = &greedy;
-      plan.items.push_back(item);
-    }
+    std::vector<std::vector<TokenId>> tokens;
+    const StepPlan plan = decode_plan(true, &tokens);
     auto a = eager->Execute(plan);
     auto b = graphs->Execute(plan);
     ASSERT_TRUE(a.ok()) << a.status();
