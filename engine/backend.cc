@@ -11,6 +11,27 @@
 
 namespace strata {
 
+absl::Status Backend::ExitConfidences(const Tensor& logits,
+                                      std::span<const ExitConfidence> kinds,
+                                      std::span<float> out) {
+  const int64_t rows = logits.rank() == 0 ? 1 : logits.dim(0);
+  if (static_cast<int64_t>(kinds.size()) != rows ||
+      static_cast<int64_t>(out.size()) != rows) {
+    return absl::InternalError(
+        absl::StrCat("ExitConfidences of ", rows, " rows with ", kinds.size(),
+                     " kinds and ", out.size(), " outputs"));
+  }
+  if (rows == 0) return absl::OkStatus();
+  const size_t vocab = static_cast<size_t>(logits.num_elements() / rows);
+  std::vector<float> host(logits.num_elements());
+  if (absl::Status s = CopyToHost(logits, host); !s.ok()) return s;
+  for (int64_t i = 0; i < rows; ++i) {
+    out[i] = ComputeExitConfidence(
+        std::span<const float>(host.data() + i * vocab, vocab), kinds[i]);
+  }
+  return absl::OkStatus();
+}
+
 size_t ElementSize(ElementType type) {
   switch (type) {
     case ElementType::kF32:

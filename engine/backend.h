@@ -287,6 +287,15 @@ class Backend {
   virtual void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                           Tensor* out) = 0;
 
+  // Early-exit confidence of every row of exit logits (ComputeExitConfidence
+  // of engine/exit_policy.h, row i of kind kinds[i]) into host memory; waits
+  // for queued ops. The default copies the logits to the host; a device
+  // backend computes next to them and copies one float per row.
+  // logits: [rows, vocab] f32, kinds, out: [rows]
+  virtual absl::Status ExitConfidences(const Tensor& logits,
+                                       std::span<const ExitConfidence> kinds,
+                                       std::span<float> out);
+
   // ---- Step graphs ----
 
   // Brackets the ops of one decode step so that a backend can record them

@@ -335,6 +335,24 @@ void CpuBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
                       F32(v_cache), seqs, F32(*out));
 }
 
+absl::Status CpuBackend::ExitConfidences(const Tensor& logits,
+                                         std::span<const ExitConfidence> kinds,
+                                         std::span<float> out) {
+  const int64_t rows = Rows(logits), vocab = Cols(logits);
+  if (static_cast<int64_t>(kinds.size()) != rows ||
+      static_cast<int64_t>(out.size()) != rows ||
+      logits.type() != ElementType::kF32) {
+    return Backend::ExitConfidences(logits, kinds, out);  // its error
+  }
+  context_.ParallelFor(rows, [&](int64_t i) {
+    out[i] = ComputeExitConfidence(
+        std::span<const float>(F32(logits) + i * vocab,
+                               static_cast<size_t>(vocab)),
+        kinds[i]);
+  });
+  return absl::OkStatus();
+}
+
 void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
                             Tensor* out) {
   const int64_t width = Cols(x);

@@ -81,6 +81,10 @@ class CpuBackend : public Backend {
                       const Tensor& v_cache, const AttentionShape& shape,
                       std::span<const SequenceSlice> sequences,
                       Tensor* out) override;
+  // In place (host memory, no copy), one row per pool task.
+  absl::Status ExitConfidences(const Tensor& logits,
+                               std::span<const ExitConfidence> kinds,
+                               std::span<float> out) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                   Tensor* out) override;
 

@@ -23,6 +23,7 @@
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/dtype.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/exit_confidence.h"
 #include "kernels/cuda/int8_matmul.h"
 #include "kernels/cuda/kv_block_copy.h"
 #include "kernels/cuda/low_rank.h"
@@ -142,8 +143,10 @@ struct CudaBackend::Impl {
   Scratch outlier_out{&generation};  // [n, m] f32
   Scratch outlier_meta{
       &generation};  // flags [k] u8, cols [max_outliers] i32, count
-  Scratch attention{&generation};   // decode split partials
-  Scratch low_rank{&generation};    // [n, r] f32 segmented LoRA intermediate
+  Scratch attention{&generation};  // decode split partials
+  Scratch low_rank{&generation};
+  Scratch exit_confidence{
+      &generation};  // [rows] f32    // [n, r] f32 segmented LoRA intermediate
   Scratch sampling{&generation};    // [rows, vocab] f32
   Scratch sample_out{&generation};  // [rows] SampleOutput
 
@@ -974,6 +977,43 @@ void CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
   Record(CudaStatus(cuda::LaunchGatherRows(F32(x), *d, Rows(*out), Cols(x),
                                            F32(*out), impl_->stream),
                     "GatherRows"));
+}
+
+absl::Status CudaBackend::ExitConfidences(const Tensor& logits,
+                                          std::span<const ExitConfidence> kinds,
+                                          std::span<float> out) {
+  const int64_t rows = Rows(logits), vocab = Cols(logits);
+  if (static_cast<int64_t>(kinds.size()) != rows ||
+      static_cast<int64_t>(out.size()) != rows ||
+      logits.type() != ElementType::kF32) {
+    return Backend::ExitConfidences(logits, kinds, out);  // its error
+  }
+  if (impl_->graph_mode != GraphMode::kOff) {
+    Record(
+        absl::FailedPreconditionError("ExitConfidences inside a step graph"));
+    return pending_;
+  }
+  if (rows == 0) return Synchronize();
+  std::vector<uint8_t> kind_bytes(kinds.size());
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    kind_bytes[i] = kinds[i] == ExitConfidence::kMargin ? 1 : 0;
+  }
+  if (pending_.ok()) {
+    absl::StatusOr<const uint8_t*> d_kinds =
+        impl_->StageSpan(std::span<const uint8_t>(kind_bytes));
+    absl::StatusOr<void*> d_out =
+        impl_->exit_confidence.Get(static_cast<size_t>(rows) * sizeof(float));
+    if (Record(d_kinds.status()) && Record(d_out.status()) &&
+        Record(CudaStatus(cuda::LaunchExitConfidence(
+                              F32(logits), rows, vocab, *d_kinds,
+                              static_cast<float*>(*d_out), impl_->stream),
+                          "ExitConfidence"))) {
+      Record(CudaStatus(cudaMemcpyAsync(out.data(), *d_out, out.size_bytes(),
+                                        cudaMemcpyDeviceToHost, impl_->stream),
+                        "cudaMemcpyAsync of exit confidences"));
+    }
+  }
+  return Synchronize();
 }
 
 absl::StatusOr<std::vector<SampledToken>> CudaBackend::Sample(

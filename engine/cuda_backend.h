@@ -138,6 +138,11 @@ class CudaBackend : public Backend {
                       Tensor* out) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                   Tensor* out) override;
+  // On the device (kernels/cuda/exit_confidence.h): one float per row
+  // comes back instead of the row's logits.
+  absl::Status ExitConfidences(const Tensor& logits,
+                               std::span<const ExitConfidence> kinds,
+                               std::span<float> out) override;
 
   // CUDA graphs: the first step of a key runs eagerly (every buffer grows
   // to its size), the second is captured and launched, later ones replay

@@ -257,7 +257,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   // 2. Rounds.
   LoopPlanner::Round round;
   std::vector<int32_t> check_items, check_rows;
-  std::vector<float> host_logits;
+  std::vector<ExitConfidence> check_kinds;
+  std::vector<float> check_confidences;
   while (planner.NextRound(&round)) {
     if (!round.gather.empty()) {
       if (other.empty()) {
@@ -290,15 +291,16 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     absl::StatusOr<Tensor> ex = Rows(exit_logits_, c, vocab);
     if (!ex.ok()) return ex.status();
     RETURN_IF_ERROR(Head(state, check_rows, &*ex));
-    host_logits.resize(static_cast<size_t>(c * vocab));
-    RETURN_IF_ERROR(b.CopyToHost(*ex, host_logits));
+    check_kinds.clear();
+    for (int32_t i : check_items)
+      check_kinds.push_back(items[i].exit->confidence);
+    check_confidences.resize(static_cast<size_t>(c));
+    RETURN_IF_ERROR(b.ExitConfidences(*ex, check_kinds, check_confidences));
     for (int64_t j = 0; j < c; ++j) {
       const int32_t i = check_items[j];
       const ExitParams& params = *items[i].exit;
       const int32_t loop = planner.item(i).next_loop - 1;
-      const float confidence = ComputeExitConfidence(
-          std::span<const float>(host_logits.data() + j * vocab, vocab),
-          params.confidence);
+      const float confidence = check_confidences[j];
       ItemProgress& progress = out->items[i];
       progress.exit_confidence = confidence;
       if (!params.Exits(loop, confidence)) continue;

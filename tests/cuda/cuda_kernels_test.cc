@@ -216,6 +216,31 @@ TEST(CudaOpsTest, AddLowRankMatchesCpu) {
   EXPECT_EQ(ToHost(*gpu, out.gpu), got);  // declined: nothing written
 }
 
+// Exit confidences on the device against the CPU's (f32 sums in another
+// order): both kinds, a tied maximum, a one-token vocabulary.
+TEST(CudaOpsTest, ExitConfidencesMatchCpu) {
+  STRATA_REQUIRE_CUDA(gpu);
+  auto cpu = MakeCpu();
+  for (int64_t vocab :
+       {int64_t{1}, int64_t{37}, int64_t{4112}, int64_t{32000}}) {
+    const int64_t rows = 6;
+    std::vector<float> logits = RandomVector(rows * vocab, 60, 4.0f);
+    if (vocab > 100) logits[3 * vocab + 5] = logits[3 * vocab + 90] = 30.0f;
+    Pair t = UploadBoth(*cpu, *gpu, logits, {rows, vocab});
+    std::vector<ExitConfidence> kinds;
+    for (int64_t i = 0; i < rows; ++i) {
+      kinds.push_back(i % 2 == 0 ? ExitConfidence::kMaxProb
+                                 : ExitConfidence::kMargin);
+    }
+    std::vector<float> want(rows), got(rows);
+    ASSERT_TRUE(cpu->ExitConfidences(t.cpu, kinds, want).ok());
+    ASSERT_TRUE(gpu->ExitConfidences(t.gpu, kinds, got).ok());
+    for (int64_t i = 0; i < rows; ++i) {
+      EXPECT_NEAR(got[i], want[i], 2e-5) << "vocab " << vocab << " row " << i;
+    }
+  }
+}
+
 TEST(CudaOpsTest, RopeMatchesCpu) {
   STRATA_REQUIRE_CUDA(gpu);
   auto cpu = MakeCpu();

@@ -112,5 +112,35 @@ TEST(CpuBackendTest, GatheredLowRankEqualsPerSegmentProducts) {
   EXPECT_NE(got, base);  // the products were added at all
 }
 
+// The exit confidences the engine asks the backend for equal
+// ComputeExitConfidence row by row (the CPU computes in place, rows on the
+// pool), for both kinds, including a row whose maximum is tied; and the
+// base-class path (a copy to the host) gives the same.
+TEST(CpuBackendTest, ExitConfidencesEqualComputeExitConfidence) {
+  auto backend = MakeBackend();
+  const int64_t rows = 5, vocab = 301;
+  std::vector<float> logits = Random(rows * vocab, 21);
+  for (float& x : logits) x *= 6.0f;
+  logits[2 * vocab + 7] = logits[2 * vocab + 100] = 9.0f;  // a tie at the top
+  auto t = backend->Upload(logits, {rows, vocab});
+  ASSERT_TRUE(t.ok());
+  const std::vector<ExitConfidence> kinds = {
+      ExitConfidence::kMaxProb, ExitConfidence::kMargin,
+      ExitConfidence::kMargin, ExitConfidence::kMaxProb,
+      ExitConfidence::kMargin};
+  std::vector<float> got(rows), base(rows);
+  ASSERT_TRUE(backend->ExitConfidences(*t, kinds, got).ok());
+  ASSERT_TRUE(backend->Backend::ExitConfidences(*t, kinds, base).ok());
+  for (int64_t i = 0; i < rows; ++i) {
+    const float want = ComputeExitConfidence(
+        std::span<const float>(logits.data() + i * vocab, vocab), kinds[i]);
+    EXPECT_EQ(got[i], want) << i;
+    EXPECT_EQ(base[i], want) << i;
+  }
+  EXPECT_EQ(got[2], 0.0f);  // tied maxima: margin 0
+  std::vector<float> short_out(rows - 1);
+  EXPECT_FALSE(backend->ExitConfidences(*t, kinds, short_out).ok());
+}
+
 }  // namespace
 }  // namespace strata
