@@ -205,7 +205,8 @@ struct CudaBackend::Impl {
     char* d = static_cast<char*>(staging) + staging_used;
     if (bytes > 0) std::memcpy(h, host, bytes);
     // A replayed graph holds this copy already (same offset, same size).
-    if (graph_mode != GraphMode::kReplay) {
+    // Empty copies are skipped (no zero-size node in a capture).
+    if (graph_mode != GraphMode::kReplay && bytes > 0) {
       STRATA_CUDA_RETURN_IF_ERROR(
           cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
     }
