@@ -16,24 +16,36 @@ struct Block {
   int64_t row_begin, row_end, panel_begin, panel_end;
 };
 
-// What every variant needs to address x, the panels and out.
+// What every variant needs to address x, the panels and out. W is the
+// panels' element: float, or uint16_t holding the upper half of a float
+// (bfloat16), which widens to the same float exactly.
+template <typename W>
 struct Operands {
   const float* x;
-  const float* packed;
+  const W* packed;
   float* out;
   int64_t m, k;
 };
 
-void BlockScalar(const Operands& o, const Block& b) {
+inline float ToFloat(float w) { return w; }
+inline float ToFloat(uint16_t w) {
+  const uint32_t bits = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+template <typename W>
+void BlockScalar(const Operands<W>& o, const Block& b) {
   for (int64_t i = b.row_begin; i < b.row_end; ++i) {
     const float* xi = o.x + i * o.k;
     for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
-      const float* panel = o.packed + pj * o.k * kPanelWidth;
+      const W* panel = o.packed + pj * o.k * kPanelWidth;
       const int64_t cols = std::min(kPanelWidth, o.m - pj * kPanelWidth);
       for (int64_t c = 0; c < cols; ++c) {
         float acc = 0.0f;
         for (int64_t p = 0; p < o.k; ++p) {
-          acc = std::fma(xi[p], panel[p * kPanelWidth + c], acc);
+          acc = std::fma(xi[p], ToFloat(panel[p * kPanelWidth + c]), acc);
         }
         o.out[i * o.m + pj * kPanelWidth + c] = acc;
       }
@@ -43,13 +55,32 @@ void BlockScalar(const Operands& o, const Block& b) {
 
 #if STRATA_CPU_X86
 
+// 16 panel columns as floats.
+STRATA_TARGET_AVX512 inline __m512 LoadAvx512(const float* w) {
+  return _mm512_loadu_ps(w);
+}
+STRATA_TARGET_AVX512 inline __m512 LoadAvx512(const uint16_t* w) {
+  const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+// 8 panel columns as floats.
+STRATA_TARGET_AVX2 inline __m256 LoadAvx2(const float* w) {
+  return _mm256_loadu_ps(w);
+}
+STRATA_TARGET_AVX2 inline __m256 LoadAvx2(const uint16_t* w) {
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+
 // R rows of x times C panels: R * C accumulators, each one output vector.
-template <int R, int C>
-STRATA_TARGET_AVX512 inline void TileAvx512(const Operands& o, int64_t row,
+template <int R, int C, typename W>
+STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
                                             int64_t panel) {
   const int64_t k = o.k;
   const float* x = o.x + row * k;
-  const float* w = o.packed + panel * k * kPanelWidth;
+  const W* w = o.packed + panel * k * kPanelWidth;
   __m512 acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -61,7 +92,7 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands& o, int64_t row,
     __m512 wv[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
-      wv[c] = _mm512_loadu_ps(w + (c * k + p) * kPanelWidth);
+      wv[c] = LoadAvx512(w + (c * k + p) * kPanelWidth);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
@@ -94,8 +125,8 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands& o, int64_t row,
 constexpr int kRowsAvx512 = 8;
 constexpr int kPanelsAvx512 = 3;
 
-template <int C>
-STRATA_TARGET_AVX512 void RowsAvx512(const Operands& o, int64_t rows,
+template <int C, typename W>
+STRATA_TARGET_AVX512 void RowsAvx512(const Operands<W>& o, int64_t rows,
                                      int64_t row, int64_t panel) {
   switch (rows) {
     case 8:
@@ -117,7 +148,8 @@ STRATA_TARGET_AVX512 void RowsAvx512(const Operands& o, int64_t rows,
   }
 }
 
-STRATA_TARGET_AVX512 void BlockAvx512(const Operands& o, const Block& b) {
+template <typename W>
+STRATA_TARGET_AVX512 void BlockAvx512(const Operands<W>& o, const Block& b) {
   // Panels outermost: the W of a panel group stays cache-resident while
   // every row tile of the block passes over it.
   for (int64_t pj = b.panel_begin; pj < b.panel_end; pj += kPanelsAvx512) {
@@ -141,12 +173,12 @@ STRATA_TARGET_AVX512 void BlockAvx512(const Operands& o, const Block& b) {
 
 // AVX2: a panel is two 8-lane halves; R rows x 1 panel = 2R accumulators of
 // the 16 registers.
-template <int R>
-STRATA_TARGET_AVX2 inline void TileAvx2(const Operands& o, int64_t row,
+template <int R, typename W>
+STRATA_TARGET_AVX2 inline void TileAvx2(const Operands<W>& o, int64_t row,
                                         int64_t panel) {
   const int64_t k = o.k;
   const float* x = o.x + row * k;
-  const float* w = o.packed + panel * k * kPanelWidth;
+  const W* w = o.packed + panel * k * kPanelWidth;
   __m256 lo[R], hi[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -154,8 +186,8 @@ STRATA_TARGET_AVX2 inline void TileAvx2(const Operands& o, int64_t row,
     hi[r] = _mm256_setzero_ps();
   }
   for (int64_t p = 0; p < k; ++p) {
-    const __m256 wl = _mm256_loadu_ps(w + p * kPanelWidth);
-    const __m256 wh = _mm256_loadu_ps(w + p * kPanelWidth + 8);
+    const __m256 wl = LoadAvx2(w + p * kPanelWidth);
+    const __m256 wh = LoadAvx2(w + p * kPanelWidth + 8);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m256 xb = _mm256_set1_ps(x[r * k + p]);
@@ -181,7 +213,8 @@ STRATA_TARGET_AVX2 inline void TileAvx2(const Operands& o, int64_t row,
 
 constexpr int kRowsAvx2 = 6;
 
-STRATA_TARGET_AVX2 void BlockAvx2(const Operands& o, const Block& b) {
+template <typename W>
+STRATA_TARGET_AVX2 void BlockAvx2(const Operands<W>& o, const Block& b) {
   for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
     for (int64_t i = b.row_begin; i < b.row_end; i += kRowsAvx2) {
       switch (std::min<int64_t>(kRowsAvx2, b.row_end - i)) {
@@ -215,27 +248,29 @@ constexpr int64_t kRowBlock = 64;
 // Below this many multiply-adds a product runs on the calling thread.
 constexpr int64_t kMinParallelMacs = 1 << 18;
 
-}  // namespace
-
-int64_t PackedWeightSize(int64_t m, int64_t k) {
-  return (m + kPanelWidth - 1) / kPanelWidth * kPanelWidth * k;
-}
-
-void PackWeight(const float* w, int64_t m, int64_t k, float* packed) {
+template <typename W, typename Convert>
+void Pack(const float* w, int64_t m, int64_t k, W* packed, Convert convert) {
   const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
   for (int64_t pj = 0; pj < num_panels; ++pj) {
-    float* panel = packed + pj * k * kPanelWidth;
+    W* panel = packed + pj * k * kPanelWidth;
     for (int64_t c = 0; c < kPanelWidth; ++c) {
       const int64_t row = pj * kPanelWidth + c;
       for (int64_t p = 0; p < k; ++p) {
-        panel[p * kPanelWidth + c] = row < m ? w[row * k + p] : 0.0f;
+        panel[p * kPanelWidth + c] = convert(row < m ? w[row * k + p] : 0.0f);
       }
     }
   }
 }
 
-void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
-                  int64_t n, int64_t m, int64_t k, float* out) {
+uint32_t Bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof(bits));
+  return bits;
+}
+
+template <typename W>
+void Multiply(const KernelContext& ctx, const float* x, const W* packed,
+              int64_t n, int64_t m, int64_t k, float* out) {
   if (n <= 0 || m <= 0) return;
   if (k <= 0) {
     std::fill(out, out + n * m, 0.0f);
@@ -254,7 +289,7 @@ void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
     panel_block -= 3;
   }
   const int64_t num_panel_blocks = (num_panels + panel_block - 1) / panel_block;
-  const Operands operands{x, packed, out, m, k};
+  const Operands<W> operands{x, packed, out, m, k};
   const Isa isa = ctx.isa;
   const KernelContext run_ctx =
       n * m * k < kMinParallelMacs ? KernelContext{isa, nullptr} : ctx;
@@ -278,6 +313,39 @@ void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
         return;
     }
   });
+}
+
+}  // namespace
+
+int64_t PackedWeightSize(int64_t m, int64_t k) {
+  return (m + kPanelWidth - 1) / kPanelWidth * kPanelWidth * k;
+}
+
+void PackWeight(const float* w, int64_t m, int64_t k, float* packed) {
+  Pack(w, m, k, packed, [](float v) { return v; });
+}
+
+bool IsBf16Exact(const float* w, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if ((Bits(w[i]) & 0xffffu) != 0) return false;
+  }
+  return true;
+}
+
+void PackWeightBf16(const float* w, int64_t m, int64_t k, uint16_t* packed) {
+  Pack(w, m, k, packed,
+       [](float v) { return static_cast<uint16_t>(Bits(v) >> 16); });
+}
+
+void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
+                  int64_t n, int64_t m, int64_t k, float* out) {
+  Multiply(ctx, x, packed, n, m, k, out);
+}
+
+void PackedMatMul(const KernelContext& ctx, const float* x,
+                  const uint16_t* packed, int64_t n, int64_t m, int64_t k,
+                  float* out) {
+  Multiply(ctx, x, packed, n, m, k, out);
 }
 
 }  // namespace strata::cpu

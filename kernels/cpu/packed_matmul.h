@@ -29,7 +29,7 @@ namespace strata::cpu {
 // Output columns per panel.
 inline constexpr int64_t kPanelWidth = 16;
 
-// Floats a packed [m, k] weight takes.
+// Elements a packed [m, k] weight takes.
 int64_t PackedWeightSize(int64_t m, int64_t k);
 
 // Repacks w [m, k] (row-major) into `packed` [PackedWeightSize(m, k)].
@@ -39,6 +39,20 @@ void PackWeight(const float* w, int64_t m, int64_t k, float* packed);
 //   x: [n, k], out: [n, m]
 void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
                   int64_t n, int64_t m, int64_t k, float* out);
+
+// bfloat16 panels, for weights that are bfloat16 values (most checkpoints):
+// half the memory and half the bytes a memory-bound decode step reads. The
+// kernels widen each element to the float it is exactly, so the results
+// equal PackedMatMul's on the same weights bit for bit.
+//
+// Whether every w[i] is a bfloat16 value (its low 16 bits are zero).
+bool IsBf16Exact(const float* w, int64_t count);
+// Repacks w [m, k] (bfloat16 values) into `packed` [PackedWeightSize(m, k)]
+// 16-bit elements (the upper halves of the floats).
+void PackWeightBf16(const float* w, int64_t m, int64_t k, uint16_t* packed);
+void PackedMatMul(const KernelContext& ctx, const float* x,
+                  const uint16_t* packed, int64_t n, int64_t m, int64_t k,
+                  float* out);
 
 }  // namespace strata::cpu
 

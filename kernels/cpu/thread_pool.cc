@@ -46,7 +46,8 @@ void ThreadPool::RunTasks(uint32_t generation) {
   for (;;) {
     if (static_cast<uint32_t>(state >> 32) != generation) return;
     const int64_t next = static_cast<uint32_t>(state);
-    if (next >= num_tasks_.load(std::memory_order_relaxed)) return;
+    // Acquire: pairs with ParallelFor's release (see there).
+    if (next >= num_tasks_.load(std::memory_order_acquire)) return;
     // On failure `state` is reloaded and the checks run again.
     if (!state_.compare_exchange_weak(state, state + 1,
                                       std::memory_order_acq_rel,
@@ -87,10 +88,18 @@ void ThreadPool::ParallelFor(int64_t num_tasks,
     return;
   }
   const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  // The claim state moves to the new job *before* the new task count is
+  // stored. A worker that wakes late for the previous job reads the old
+  // (fully claimed) state and then the task count; had the count been
+  // published first, a larger new count would let its CAS on the old state
+  // succeed: it would run a task of this job before publication and count it
+  // twice, and this call would wait forever for a completion count it had
+  // passed. The release/acquire pair on num_tasks_ makes a worker
+  // that reads the new count also see the new state, so its CAS fails.
+  state_.store(Pack(generation, 0), std::memory_order_relaxed);
   task_.store(&task, std::memory_order_relaxed);
-  num_tasks_.store(num_tasks, std::memory_order_relaxed);
   completed_.store(0, std::memory_order_relaxed);
-  state_.store(Pack(generation, 0), std::memory_order_release);
+  num_tasks_.store(num_tasks, std::memory_order_release);
   generation_.store(generation, std::memory_order_release);
   generation_.notify_all();
   RunTasks(generation);

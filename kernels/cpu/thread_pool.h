@@ -55,7 +55,8 @@ class ThreadPool {
   // Tasks of the current job that have finished.
   std::atomic<int64_t> completed_{0};
   std::atomic<bool> stop_{false};
-  // The current job; written by the caller before publishing state_.
+  // The current job; written by the caller after moving state_ to it (see
+  // ParallelFor) and before publishing generation_.
   std::atomic<int64_t> num_tasks_{0};
   std::atomic<const absl::FunctionRef<void(int64_t)>*> task_{nullptr};
 };

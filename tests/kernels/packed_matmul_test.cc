@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -125,6 +126,43 @@ TEST_P(PackedMatMulTest, EmptyReductionGivesZeros) {
   const std::vector<float> packed(PackedWeightSize(5, 0));
   PackedMatMul(ctx, nullptr, packed.data(), 3, 5, 0, out.data());
   EXPECT_EQ(out, std::vector<float>(15, 0.0f));
+}
+
+// bfloat16 panels: the weights widen to exactly the floats they are, so for
+// bfloat16-valued weights the product equals the f32 panels' bit for bit, on
+// every ISA and for awkward shapes (partial panels, odd k, row tails).
+TEST_P(PackedMatMulTest, Bf16PanelsEqualF32PanelsBitForBit) {
+  ThreadPool pool(2);
+  const KernelContext ctx{GetParam(), &pool};
+  const Shape shapes[] = {{1, 1, 1},    {1, 7, 3},    {3, 16, 16},
+                          {5, 33, 31},  {9, 49, 100}, {37, 41, 129},
+                          {70, 130, 40}};
+  uint32_t seed = 300;
+  for (const Shape& s : shapes) {
+    const std::vector<float> x = Random(s.n * s.k, seed++);
+    std::vector<float> w = Random(s.m * s.k, seed++);
+    EXPECT_FALSE(IsBf16Exact(w.data(), s.m * s.k));  // random floats
+    for (float& v : w) {  // round to bfloat16 values (truncation suffices)
+      uint32_t bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+      bits &= 0xffff0000u;
+      std::memcpy(&v, &bits, sizeof(v));
+    }
+    ASSERT_TRUE(IsBf16Exact(w.data(), s.m * s.k));
+    std::vector<uint16_t> packed16(PackedWeightSize(s.m, s.k), 0xdead);
+    PackWeightBf16(w.data(), s.m, s.k, packed16.data());
+    const std::vector<float> packed32 = Pack(w, s.m, s.k);
+    std::vector<float> a(s.n * s.m, -1.0f), b(s.n * s.m, -2.0f);
+    PackedMatMul(ctx, x.data(), packed16.data(), s.n, s.m, s.k, a.data());
+    PackedMatMul(ctx, x.data(), packed32.data(), s.n, s.m, s.k, b.data());
+    ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)))
+        << "n=" << s.n << " m=" << s.m << " k=" << s.k;
+    // And the same bits as the scalar variant.
+    const KernelContext scalar{Isa::kScalar, nullptr};
+    std::vector<float> c(s.n * s.m);
+    PackedMatMul(scalar, x.data(), packed16.data(), s.n, s.m, s.k, c.data());
+    ASSERT_EQ(0, std::memcmp(a.data(), c.data(), a.size() * sizeof(float)));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, PackedMatMulTest,

@@ -34,6 +34,28 @@ TEST(ThreadPoolTest, ManyJobsBackToBack) {
   EXPECT_EQ(total, 2000 * 28);
 }
 
+// A worker that wakes late for a finished job must never claim a task of the
+// next one: jobs alternate between few and many tasks (so a late worker
+// reading the new task count with the old claim state would find unclaimed
+// "tasks" of the old job), with more threads than cores so that workers and
+// the caller are preempted mid-job. Every task must run exactly once per
+// job, and no ParallelFor may hang (an over-counted job never returns). The
+// interleaving that broke this (see ParallelFor) needs the caller preempted
+// between two stores, so this stress test makes it possible, not certain.
+TEST(ThreadPoolTest, LateWorkersNeverRunTasksOfTheNextJob) {
+  ThreadPool pool(6);
+  constexpr int kMaxTasks = 64;
+  std::vector<std::atomic<int>> hits(kMaxTasks);
+  for (int job = 0; job < 60000; ++job) {
+    const int64_t tasks = job % 2 == 0 ? 1 + job % 3 : kMaxTasks;
+    for (int64_t i = 0; i < tasks; ++i) hits[i].store(0);
+    pool.ParallelFor(tasks, [&](int64_t i) { hits[i].fetch_add(1); });
+    for (int64_t i = 0; i < tasks; ++i) {
+      ASSERT_EQ(hits[i].load(), 1) << "job " << job << " task " << i;
+    }
+  }
+}
+
 TEST(ThreadPoolTest, ZeroMeansHardwareConcurrency) {
   ThreadPool pool(0);
   EXPECT_GE(pool.num_threads(), 1);
