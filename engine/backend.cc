@@ -11,16 +11,27 @@
 
 namespace strata {
 
+absl::Status Backend::CheckExitConfidenceArgs(
+    const Tensor& logits, std::span<const ExitConfidence> kinds,
+    std::span<float> out) {
+  const int64_t rows = logits.rank() == 0 ? 1 : logits.dim(0);
+  if (static_cast<int64_t>(kinds.size()) != rows ||
+      static_cast<int64_t>(out.size()) != rows ||
+      logits.type() != ElementType::kF32) {
+    return absl::InternalError(
+        absl::StrCat("ExitConfidences of ", logits.DebugString(), " with ",
+                     kinds.size(), " kinds and ", out.size(), " outputs"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Backend::ExitConfidences(const Tensor& logits,
                                       std::span<const ExitConfidence> kinds,
                                       std::span<float> out) {
-  const int64_t rows = logits.rank() == 0 ? 1 : logits.dim(0);
-  if (static_cast<int64_t>(kinds.size()) != rows ||
-      static_cast<int64_t>(out.size()) != rows) {
-    return absl::InternalError(
-        absl::StrCat("ExitConfidences of ", rows, " rows with ", kinds.size(),
-                     " kinds and ", out.size(), " outputs"));
+  if (absl::Status s = CheckExitConfidenceArgs(logits, kinds, out); !s.ok()) {
+    return s;
   }
+  const int64_t rows = logits.rank() == 0 ? 1 : logits.dim(0);
   if (rows == 0) return absl::OkStatus();
   const size_t vocab = static_cast<size_t>(logits.num_elements() / rows);
   std::vector<float> host(logits.num_elements());

@@ -311,6 +311,13 @@ class Backend {
   // issues the ops again without a bracket. !commit (the caller gave up
   // midway): drop whatever was recorded; returns OK.
   virtual absl::Status EndStepGraph(bool commit) { return absl::OkStatus(); }
+
+ protected:
+  // INTERNAL unless logits is f32 [rows, vocab] with `kinds` and `out` of
+  // `rows` entries (ExitConfidences' contract, shared by the overrides).
+  static absl::Status CheckExitConfidenceArgs(
+      const Tensor& logits, std::span<const ExitConfidence> kinds,
+      std::span<float> out);
 };
 
 }  // namespace strata

@@ -361,12 +361,10 @@ void CpuBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
 absl::Status CpuBackend::ExitConfidences(const Tensor& logits,
                                          std::span<const ExitConfidence> kinds,
                                          std::span<float> out) {
-  const int64_t rows = Rows(logits), vocab = Cols(logits);
-  if (static_cast<int64_t>(kinds.size()) != rows ||
-      static_cast<int64_t>(out.size()) != rows ||
-      logits.type() != ElementType::kF32) {
-    return Backend::ExitConfidences(logits, kinds, out);  // its error
+  if (absl::Status s = CheckExitConfidenceArgs(logits, kinds, out); !s.ok()) {
+    return s;
   }
+  const int64_t rows = Rows(logits), vocab = Cols(logits);
   context_.ParallelFor(rows, [&](int64_t i) {
     out[i] = ComputeExitConfidence(
         std::span<const float>(F32(logits) + i * vocab,

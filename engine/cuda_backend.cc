@@ -983,12 +983,10 @@ void CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
 absl::Status CudaBackend::ExitConfidences(const Tensor& logits,
                                           std::span<const ExitConfidence> kinds,
                                           std::span<float> out) {
-  const int64_t rows = Rows(logits), vocab = Cols(logits);
-  if (static_cast<int64_t>(kinds.size()) != rows ||
-      static_cast<int64_t>(out.size()) != rows ||
-      logits.type() != ElementType::kF32) {
-    return Backend::ExitConfidences(logits, kinds, out);  // its error
+  if (absl::Status s = CheckExitConfidenceArgs(logits, kinds, out); !s.ok()) {
+    return s;
   }
+  const int64_t rows = Rows(logits), vocab = Cols(logits);
   if (impl_->graph_mode != GraphMode::kOff) {
     Record(
         absl::FailedPreconditionError("ExitConfidences inside a step graph"));
