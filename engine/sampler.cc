@@ -189,14 +189,13 @@ SampledToken Sampler::Sample(std::span<const float> logits,
   // log_softmax normaliser of the raw logits (before penalties), by the
   // vectorised kernel: every sampled token pays this pass over the
   // vocabulary, and libm's expf one element at a time was a visible part of
-  // the engine thread's profile.
-  float raw_max = -std::numeric_limits<float>::infinity();
-  for (float x : z) raw_max = std::max(raw_max, x);
-  double sum = 0.0;
-  if (std::isfinite(raw_max)) {
-    static const cpu::Isa isa = cpu::DefaultIsa();
-    sum = cpu::ComputeSoftmaxStats(isa, z.data(), vocab).sum_exp;
-  }
+  // the engine thread's profile. Its max is z's (z holds no NaN); the sum
+  // is used only when that max is finite.
+  static const cpu::Isa isa = cpu::DefaultIsa();
+  const cpu::SoftmaxStats stats =
+      cpu::ComputeSoftmaxStats(isa, z.data(), vocab);
+  const float raw_max = stats.max;
+  const double sum = std::isfinite(raw_max) ? stats.sum_exp : 0.0;
   const double log_z = std::isfinite(raw_max)
                            ? static_cast<double>(raw_max) + std::log(sum)
                            : 0.0;
