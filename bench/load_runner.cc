@@ -87,6 +87,10 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     if (options.exit_threshold < 1.0f) {
       sampling->set_exit_threshold(options.exit_threshold);
     }
+    if (options.n > 1) sampling->set_n(static_cast<uint32_t>(options.n));
+    if (!options.api_key.empty()) {
+      context_.AddMetadata("authorization", "Bearer " + options.api_key);
+    }
     request_timeout_ = options.request_timeout;
   }
 
@@ -273,6 +277,9 @@ LoadRunner::~LoadRunner() = default;
 absl::StatusOr<v1::ModelInfo> LoadRunner::GetModelInfo() {
   grpc::ClientContext context;
   context.set_wait_for_ready(true);
+  if (!options_.api_key.empty()) {
+    context.AddMetadata("authorization", "Bearer " + options_.api_key);
+  }
   context.set_deadline(std::chrono::system_clock::now() +
                        absl::ToChronoNanoseconds(options_.connect_timeout));
   v1::ModelInfo info;

@@ -55,6 +55,11 @@ class LoadRunner {
     bool ignore_eos = true;  // so output lengths are exactly max_tokens
     // Recursive models: early-exit threshold (>= 1: unset, full depth).
     float exit_threshold = 1.0f;
+    // Choices per request (sampling.n); 1 leaves it unset.
+    int32_t n = 1;
+    // Sent as `authorization: Bearer KEY` when not empty (--api_keys_file on
+    // the daemon).
+    std::string api_key;
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
   };

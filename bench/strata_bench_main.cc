@@ -6,6 +6,7 @@
 //   strata-bench --sweep=1,2,4,8,16 --sweep_csv=s.csv --sweep_png=s.png
 //   strata-bench --compare_a=a1.json,a2.json --compare_b=b1.json,b2.json
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -88,6 +89,10 @@ ABSL_FLAG(int32_t, max_token_id, 0,
           "Random prompts: token ids below this (0 = the model's vocab_size).");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of prompts, lengths and arrival times.");
 ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy).");
+ABSL_FLAG(int32_t, n, 1, "Choices per request (sampling.n).");
+ABSL_FLAG(std::string, api_key, "",
+          "API key sent as 'authorization: Bearer KEY' (stratad "
+          "--api_keys_file); also read from $STRATA_API_KEY when empty.");
 ABSL_FLAG(double, exit_threshold, 1.0,
           "Recursive models: early-exit confidence threshold sent with every "
           "request (>= 1: full depth, the field is left unset).");
@@ -181,6 +186,12 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
       absl::GetFlag(FLAGS_abort_after_errors);
   o.runner.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   o.runner.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
+  o.runner.n = absl::GetFlag(FLAGS_n);
+  o.runner.api_key = absl::GetFlag(FLAGS_api_key);
+  if (const char* env = std::getenv("STRATA_API_KEY");
+      o.runner.api_key.empty() && env != nullptr) {
+    o.runner.api_key = env;
+  }
   o.runner.exit_threshold =
       static_cast<float>(absl::GetFlag(FLAGS_exit_threshold));
   o.runner.progress_interval = Seconds(absl::GetFlag(FLAGS_progress_s));

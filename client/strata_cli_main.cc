@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
@@ -32,6 +33,10 @@
 #include "strata/v1/generation.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "stratad address, host:port.");
+ABSL_FLAG(std::string, api_key, "",
+          "API key sent as 'authorization: Bearer KEY' (stratad "
+          "--api_keys_file); also read from $STRATA_API_KEY when empty, "
+          "which keeps it out of the process list.");
 ABSL_FLAG(int32_t, max_tokens, -1,
           "Most tokens to generate; -1 = the server's default (256).");
 ABSL_FLAG(double, temperature, -1,
@@ -100,6 +105,12 @@ int UsageError(const std::string& message) {
 }
 
 void PrepareContext(grpc::ClientContext& context) {
+  std::string key = absl::GetFlag(FLAGS_api_key);
+  if (const char* env = std::getenv("STRATA_API_KEY");
+      key.empty() && env != nullptr) {
+    key = env;
+  }
+  if (!key.empty()) context.AddMetadata("authorization", "Bearer " + key);
   const absl::Duration timeout = absl::GetFlag(FLAGS_timeout);
   if (timeout > absl::ZeroDuration()) {
     context.set_deadline(std::chrono::system_clock::now() +

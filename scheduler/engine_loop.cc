@@ -26,6 +26,27 @@ void EngineLoop::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void EngineLoop::FillState(StepStats& stats) const {
+  const Scheduler& scheduler = *options_.scheduler;
+  stats.num_running = scheduler.num_running();
+  stats.num_waiting = scheduler.num_waiting();
+  stats.num_blocks_used = scheduler.num_blocks_used();
+  stats.num_blocks_total = scheduler.options().num_blocks;
+}
+
+void EngineLoop::ReportStateChange() {
+  if (options_.observer == nullptr) return;
+  StepStats stats;
+  FillState(stats);
+  if (stats.num_running == last_reported_.num_running &&
+      stats.num_waiting == last_reported_.num_waiting &&
+      stats.num_blocks_used == last_reported_.num_blocks_used) {
+    return;
+  }
+  last_reported_ = stats;
+  options_.observer->OnStateChange(stats);
+}
+
 void EngineLoop::Run() {
   Scheduler& scheduler = *options_.scheduler;
   StepExecutor& executor = *options_.executor;
@@ -49,6 +70,7 @@ void EngineLoop::Run() {
     }
     if (plan.items.empty()) {
       scheduler.Commit(StepResult{});
+      ReportStateChange();
       continue;
     }
     const absl::Time start = absl::Now();
@@ -67,10 +89,8 @@ void EngineLoop::Run() {
       stats.num_tokens = plan.NumTokens();
       stats.duration = end - start;
       stats.failed = !result.ok();
-      stats.num_running = scheduler.num_running();
-      stats.num_waiting = scheduler.num_waiting();
-      stats.num_blocks_used = scheduler.num_blocks_used();
-      stats.num_blocks_total = scheduler.options().num_blocks;
+      FillState(stats);
+      last_reported_ = stats;
       stats.num_preemptions = scheduler.num_preemptions();
       stats.prefix_queried_tokens = scheduler.prefix_queried_tokens();
       stats.prefix_hit_tokens = scheduler.prefix_hit_tokens();

@@ -35,11 +35,17 @@ struct StepStats {
   int64_t early_exit_tokens = 0;
 };
 
-// Called on the engine thread after every step; must be quick.
+// Called on the engine thread; must be quick.
 class StepObserver {
  public:
   virtual ~StepObserver() = default;
+  // After every step with work.
   virtual void OnStep(const StepStats& stats) = 0;
+  // After a pass of the loop that ran no step but changed the scheduler's
+  // state (a cancel, a passed deadline, a client gone): only the state
+  // fields (num_running, num_waiting, num_blocks_*) are set. Gauges that
+  // follow the state must not wait for the next step with work.
+  virtual void OnStateChange(const StepStats& stats) {}
 };
 
 class EngineLoop {
@@ -69,12 +75,19 @@ class EngineLoop {
  private:
   explicit EngineLoop(const Options& options);
   void Run();
+  // The scheduler's state fields of `stats` (running, waiting, blocks).
+  void FillState(StepStats& stats) const;
+  // Tells the observer the state after a pass without a step, if it changed
+  // since the last report.
+  void ReportStateChange();
 
   const Options options_;
   std::atomic<bool> stop_{false};
   std::atomic<int64_t> num_steps_{0};
   std::atomic<int64_t> last_step_nanos_{0};
   std::thread thread_;
+  // Engine thread: the state last reported to the observer.
+  StepStats last_reported_;
 };
 
 }  // namespace strata

@@ -96,7 +96,16 @@ struct RequestSpec {
   // Early exit for recursive models (threshold >= 1: full depth, the
   // default); validated by server/.
   ExitParams exit;
-  int32_t priority = 0;                       // higher first; FCFS among equals
+  // Higher first, FCFS among equals: among the requests of one tenant, and
+  // across tenants only for an admin tenant's requests (Scheduler, "Fair
+  // admission").
+  int32_t priority = 0;
+  // Fairness and limits (docs/security.md): who sent the request (an API
+  // key's name; "" without keys) and that key's limits, 0 = none.
+  std::string tenant;
+  bool admin = false;
+  int32_t max_concurrency = 0;     // requests queued or running
+  int64_t max_queued_tokens = 0;   // prompt tokens waiting for admission
   absl::Time arrival = absl::InfinitePast();  // set by Submit if left unset
   absl::Time deadline = absl::InfiniteFuture();
   std::shared_ptr<RequestSink> sink;  // required

@@ -34,11 +34,26 @@
 // sequence's own item, until it reaches the last loop; the fill starts at a
 // loop above the one the next token starts at and advances as fast, so
 // attention at every loop finds the earlier positions' K/V.
+//
+// Fair admission: each request belongs to a tenant (its API key's name).
+// Waiting sequences are admitted round robin over tenants: each tenant's
+// first waiting sequence (its own priority order, FCFS among equals) is a
+// candidate, and the tenant admitted least recently goes first; an admin
+// tenant's priority, and a preempted sequence's progress, come before that.
+// While several tenants are active (running or waiting), each is entitled to
+// a fair share of the running slots, max_num_seqs / active tenants: a
+// candidate over its share waits while another tenant's candidate is within
+// its share, and a tenant within its share whose next sequence does not fit
+// in the free slots takes them from the tenant furthest over its share, by
+// preempting that tenant's newest sequences (PreemptForFairness). So a burst
+// of one tenant can hold every slot only while nobody else asks for one.
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
 #include <iterator>
 #include <optional>
+#include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -119,6 +134,8 @@ struct Scheduler::Sequence {
   int32_t num_remaining() const { return target() - num_computed; }
   // Running-batch slots it holds: its own and its unforked siblings'.
   int32_t num_slots() const { return 1 + num_unforked; }
+  // It ran and was preempted: it goes before new requests at admission.
+  bool preempted = false;
 };
 
 const char* FinishReasonName(FinishReason reason) {
@@ -234,10 +251,43 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
   const int32_t num_sequences = static_cast<int32_t>(arrival.sequences.size());
   request.num_live = num_sequences;
   const int64_t queued_tokens = num_prompt * num_sequences;
+  const RequestSpec& submitted = request.spec;
+  // A request that alone exceeds a queue limit could never be queued:
+  // retrying would not help, so it is the request that is wrong.
+  if (queued_tokens > options_.max_waiting_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", queued_tokens,
+        " prompt tokens can never be queued on this server (at most ",
+        options_.max_waiting_tokens, ", the --max_waiting_tokens limit)"));
+  }
+  if (submitted.max_queued_tokens > 0 &&
+      queued_tokens > submitted.max_queued_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", queued_tokens,
+        " prompt tokens can never be queued for API key \"",
+        submitted.tenant, "\" (its max_queued_tokens is ",
+        submitted.max_queued_tokens, ")"));
+  }
 
   absl::MutexLock lock(&mu_);
   if (!accepting_) {
     return absl::UnavailableError("the server is shutting down");
+  }
+  TenantCounts& tenant = tenants_[submitted.tenant];
+  if (submitted.max_concurrency > 0 &&
+      tenant.requests >= submitted.max_concurrency) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "API key \"", submitted.tenant, "\" has ", tenant.requests,
+        " requests queued or running, its max_concurrency limit; retry "
+        "later"));
+  }
+  if (submitted.max_queued_tokens > 0 &&
+      tenant.queued_tokens + queued_tokens > submitted.max_queued_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "API key \"", submitted.tenant, "\" has ", tenant.queued_tokens,
+        " prompt tokens queued; this request's ", queued_tokens,
+        " would pass its max_queued_tokens limit (",
+        submitted.max_queued_tokens, "); retry later"));
   }
   if (num_waiting_.load() >= options_.max_waiting_requests) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -257,6 +307,8 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
   }
   num_waiting_.fetch_add(num_sequences);
   waiting_tokens_.fetch_add(queued_tokens);
+  ++tenant.requests;
+  tenant.queued_tokens += queued_tokens;
   inbox_.push_back(std::move(arrival));
   return id;
 }
@@ -368,6 +420,14 @@ void Scheduler::EndSequence(Sequence& seq, FinishReason reason) {
       request.has_token ? request.first_token - arrival : absl::ZeroDuration();
   info.stats.latency = now - arrival;
   request.spec.sink->OnFinish(info);
+  {
+    absl::MutexLock lock(&mu_);
+    const auto tenant = tenants_.find(request.spec.tenant);
+    if (tenant != tenants_.end() && --tenant->second.requests <= 0 &&
+        tenant->second.queued_tokens <= 0) {
+      tenants_.erase(tenant);
+    }
+  }
   requests_.erase(request.id);  // `request` and seq.request dangle now
 }
 
@@ -389,7 +449,7 @@ void Scheduler::ReapCancelled(List& list, absl::Time now, bool waiting) {
     }
     if (waiting) {
       num_waiting_.fetch_sub(1);
-      waiting_tokens_.fetch_sub(seq.num_prompt);
+      AddQueuedTokens(request, -seq.num_prompt);
     }
     EndSequence(seq, request.end_reason);
     it = list.erase(it);
@@ -409,7 +469,8 @@ void Scheduler::Preempt(std::unique_ptr<Sequence> seq) {
   if (options_.num_loops > 1) released_.push_back(seq->item_id);
   ++num_preemptions_;
   num_waiting_.fetch_add(1);
-  waiting_tokens_.fetch_add(seq->num_prompt);
+  AddQueuedTokens(*seq->request, seq->num_prompt);
+  seq->preempted = true;
   waiting_.push_front(std::move(seq));
 }
 
@@ -528,6 +589,107 @@ bool Scheduler::Reserve(Sequence& seq, int32_t num_tokens,
   return true;
 }
 
+void Scheduler::AddQueuedTokens(const Request& request, int64_t delta) {
+  waiting_tokens_.fetch_add(delta);
+  absl::MutexLock lock(&mu_);
+  tenants_[request.spec.tenant].queued_tokens += delta;
+}
+
+std::deque<std::unique_ptr<Scheduler::Sequence>>::iterator
+Scheduler::PickWaiting() {
+  if (waiting_.empty()) return waiting_.end();
+  // Running slots per tenant, and each tenant's first waiting sequence.
+  absl::flat_hash_map<std::string_view, int32_t> slots;
+  for (const auto& seq : running_) {
+    slots[seq->request->spec.tenant] += seq->num_slots();
+  }
+  absl::flat_hash_map<std::string_view, size_t> first;
+  for (size_t i = 0; i < waiting_.size(); ++i) {
+    first.try_emplace(waiting_[i]->request->spec.tenant, i);
+  }
+  absl::flat_hash_set<std::string_view> active;
+  for (const auto& [tenant, count] : slots) active.insert(tenant);
+  for (const auto& [tenant, index] : first) active.insert(tenant);
+  // One tenant: its own order (preempted first, then priority, FCFS).
+  if (active.size() == 1) return waiting_.begin();
+  const int32_t share = std::max<int32_t>(
+      1, options_.max_num_seqs / static_cast<int32_t>(active.size()));
+  auto within_share = [&](const Sequence& seq) {
+    const auto it = slots.find(seq.request->spec.tenant);
+    return (it == slots.end() ? 0 : it->second) + seq.num_slots() <= share;
+  };
+  bool any_within = false;
+  for (const auto& [tenant, index] : first) {
+    any_within = any_within || within_share(*waiting_[index]);
+  }
+  // Order: within its share (when anyone is), preempted, admin priority,
+  // the tenant admitted least recently, then the earlier request (not the
+  // queue's order, which follows every tenant's priority).
+  auto rank = [&](const Sequence& seq) {
+    const RequestSpec& spec = seq.request->spec;
+    const auto last = last_admitted_.find(spec.tenant);
+    return std::make_tuple(
+        !any_within || within_share(seq), seq.preempted,
+        spec.admin ? spec.priority : 0,
+        -static_cast<int64_t>(last == last_admitted_.end() ? 0 : last->second),
+        -static_cast<int64_t>(seq.request->id));
+  };
+  size_t best = first.begin()->second;
+  for (const auto& [tenant, index] : first) {
+    if (rank(*waiting_[index]) > rank(*waiting_[best])) best = index;
+  }
+  return waiting_.begin() + static_cast<std::ptrdiff_t>(best);
+}
+
+void Scheduler::PreemptForFairness() {
+  if (options_.static_batching || waiting_.empty()) return;
+  absl::flat_hash_map<std::string_view, int32_t> slots;
+  int32_t used = 0;
+  for (const auto& seq : running_) {
+    slots[seq->request->spec.tenant] += seq->num_slots();
+    used += seq->num_slots();
+  }
+  absl::flat_hash_map<std::string_view, const Sequence*> first;
+  for (const auto& seq : waiting_) {
+    first.try_emplace(seq->request->spec.tenant, seq.get());
+  }
+  absl::flat_hash_set<std::string_view> active;
+  for (const auto& [tenant, count] : slots) active.insert(tenant);
+  for (const auto& [tenant, seq] : first) active.insert(tenant);
+  if (active.size() < 2) return;
+  const int32_t share = std::max<int32_t>(
+      1, options_.max_num_seqs / static_cast<int32_t>(active.size()));
+  for (const auto& [tenant, seq] : first) {
+    const int32_t held = slots.contains(tenant) ? slots[tenant] : 0;
+    const int32_t needed = seq->num_slots();
+    if (held + needed > share) continue;  // not entitled to more
+    while (options_.max_num_seqs - used < needed) {
+      // The tenant furthest over its share gives up its newest sequence.
+      std::string_view victim;
+      int32_t most_over = 0;
+      for (const auto& [other, count] : slots) {
+        if (other != tenant && count - share > most_over) {
+          victim = other;
+          most_over = count - share;
+        }
+      }
+      if (most_over == 0) break;
+      const auto it = std::find_if(
+          running_.rbegin(), running_.rend(),
+          [&](const std::unique_ptr<Sequence>& s) {
+            return s->request->spec.tenant == victim;
+          });
+      STRATA_CHECK(it != running_.rend()) << "a tenant's slots without a sequence";
+      const int32_t freed = (*it)->num_slots();
+      std::unique_ptr<Sequence> preempted = std::move(*it);
+      running_.erase(std::next(it).base());
+      slots[victim] -= freed;
+      used -= freed;
+      Preempt(std::move(preempted));
+    }
+  }
+}
+
 void Scheduler::UpdateCounters() {
   absl::flat_hash_set<const Request*> running;
   for (const auto& seq : running_) running.insert(seq->request);
@@ -541,6 +703,7 @@ StepPlan Scheduler::Schedule() {
   const absl::Time now = absl::Now();
   ReapCancelled(waiting_, now, /*waiting=*/true);
   ReapCancelled(running_, now, /*waiting=*/false);
+  PreemptForFairness();
 
   StepPlan plan;
   int32_t budget = options_.max_tokens_per_step;
@@ -587,9 +750,10 @@ StepPlan Scheduler::Schedule() {
   for (const auto& seq : running_) slots += seq->num_slots();
   const bool admit =
       !preempted && (!options_.static_batching || running_.empty());
-  while (admit && !waiting_.empty() && budget > 0 &&
-         slots + waiting_.front()->num_slots() <= options_.max_num_seqs) {
-    Sequence& seq = *waiting_.front();
+  while (admit && !waiting_.empty() && budget > 0) {
+    const auto next = PickWaiting();
+    Sequence& seq = **next;
+    if (slots + seq.num_slots() > options_.max_num_seqs) break;
     Request& request = *seq.request;
     const int32_t hit_blocks = AcquireCachedPrefix(seq);
     const int32_t n = std::min(seq.num_remaining(), budget);
@@ -615,9 +779,10 @@ StepPlan Scheduler::Schedule() {
           std::min(hit_blocks * options_.block_size, request.num_prompt);
     }
     num_waiting_.fetch_sub(1);
-    waiting_tokens_.fetch_sub(seq.num_prompt);
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+    AddQueuedTokens(request, -seq.num_prompt);
+    last_admitted_[request.spec.tenant] = ++admission_serial_;
+    running_.push_back(std::move(*next));
+    waiting_.erase(next);
   }
 
   plan.items.reserve(running_.size());

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -65,8 +66,11 @@ class Scheduler {
   ~Scheduler();
 
   // Queues a request. Fails at once, without calling the sink, with
-  // RESOURCE_EXHAUSTED (queue full), INVALID_ARGUMENT (prompt too long, n
-  // outside [1, max_num_seqs]) or UNAVAILABLE (draining). On success the
+  // RESOURCE_EXHAUSTED (queue full, or the tenant's max_concurrency or
+  // max_queued_tokens reached; the message names the limit),
+  // INVALID_ARGUMENT (prompt too long, n outside [1, max_num_seqs], a prompt
+  // that alone exceeds max_waiting_tokens or the tenant's max_queued_tokens
+  // and so could never be queued) or UNAVAILABLE (draining). On success the
   // sink's OnFinish will be called exactly once. spec.prompt is moved into
   // the request's sequences.
   absl::StatusOr<RequestId> Submit(RequestSpec spec);
@@ -167,6 +171,23 @@ class Scheduler {
                std::vector<BlockCopy>& copies);
   // Refreshes the counters other threads read.
   void UpdateCounters();
+  // Prompt tokens queued for admission went up or down by `delta`: the
+  // total and the request's tenant's.
+  void AddQueuedTokens(const Request& request, int64_t delta);
+  // Fair admission: with several tenants active, a tenant whose next
+  // waiting sequence fits in its fair share of the running slots but not in
+  // the free slots gets them from the tenant furthest over its share (its
+  // newest sequences are preempted). See scheduler.cc, "Fair admission".
+  void PreemptForFairness();
+  // The waiting sequence to admit next (waiting_.end() when none): see
+  // "Fair admission".
+  std::deque<std::unique_ptr<Sequence>>::iterator PickWaiting();
+
+  // Per tenant, what Submit checks against the tenant's limits.
+  struct TenantCounts {
+    int32_t requests = 0;       // submitted and not finished
+    int64_t queued_tokens = 0;  // prompt tokens waiting for admission
+  };
 
   const Options options_;
 
@@ -176,6 +197,7 @@ class Scheduler {
   std::vector<std::pair<RequestId, absl::Status>> cancels_ ABSL_GUARDED_BY(mu_);
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   absl::Status cancel_all_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, TenantCounts> tenants_ ABSL_GUARDED_BY(mu_);
   std::atomic<RequestId> next_id_{1};
   std::atomic<int32_t> num_waiting_{0};
   std::atomic<int32_t> num_running_{0};
@@ -196,6 +218,10 @@ class Scheduler {
   };
   std::vector<Planned> planned_;
   std::vector<RequestId> released_;  // see TakeReleasedStates()
+  // Fair admission's round robin: per tenant, the admission serial of its
+  // last admitted sequence (lowest goes first).
+  absl::flat_hash_map<std::string, uint64_t> last_admitted_;
+  uint64_t admission_serial_ = 0;
   int64_t early_exit_tokens_ = 0;
   int64_t num_preemptions_ = 0;
   int64_t prefix_queried_tokens_ = 0;

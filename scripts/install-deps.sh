@@ -12,6 +12,8 @@ PACKAGES=(
   prometheus-cpp-dev
   nlohmann-json3-dev
   libpcre2-dev
+  # SHA-256 of API keys (server/api_key_store.cc).
+  libssl-dev
   libgtest-dev libgmock-dev
   # Operations checks (tests/deploy/check_configs.sh, the metrics test's
   # `promtool check metrics`, YAML parsing) and benchmark plots.

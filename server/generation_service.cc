@@ -1,5 +1,6 @@
 #include "server/generation_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <memory>
@@ -30,13 +31,11 @@ absl::Time DeadlineOf(const grpc::CallbackServerContext& context) {
   return absl::FromChrono(deadline);
 }
 
-// Why a call ended before its generation did: its deadline passed, or the
-// client (or the server's shutdown) cancelled it.
+// Why a call ended before its generation did: its deadline passed (or was
+// about to: see kDeadlineTolerance), or the client (or the server's
+// shutdown) cancelled it.
 absl::Status CancellationStatus(const grpc::CallbackServerContext& context) {
-  if (absl::Now() >= DeadlineOf(context)) {
-    return absl::DeadlineExceededError("the request's deadline passed");
-  }
-  return absl::CancelledError("the call was cancelled");
+  return strata::CancellationStatus(absl::Now(), DeadlineOf(context));
 }
 
 // INTERNAL means a bug (DESIGN.md): say so where an operator will look.
@@ -113,15 +112,17 @@ class ScheduledGeneration {
       : scheduler_(scheduler), metrics_(metrics) {}
 
   // On failure nothing was queued and `listener` is never called.
-  absl::Status Submit(PreparedRequest prepared, const Tokenizer& tokenizer,
-                      GenerationListener* listener, absl::Time deadline) {
+  absl::Status Submit(PreparedRequest prepared, const ApiKey& key,
+                      const Tokenizer& tokenizer, GenerationListener* listener,
+                      absl::Time deadline) {
     sink_ = std::make_shared<GenerationSink>(
         GenerationSink::Options{
             .tokenizer = &tokenizer,
             .stop_strings = std::move(prepared.stop_strings),
             .logprobs = prepared.logprobs,
             .metrics = metrics_,
-            .n = prepared.n},
+            .n = prepared.n,
+            .key_name = key.name},
         listener);
     RequestSpec spec;
     spec.prompt = std::move(prepared.prompt);
@@ -131,6 +132,10 @@ class ScheduledGeneration {
     spec.max_tokens = prepared.max_tokens;
     spec.stop_token_ids = std::move(prepared.stop_token_ids);
     spec.priority = prepared.priority;
+    spec.tenant = key.name;
+    spec.admin = key.admin;
+    spec.max_concurrency = key.max_concurrency;
+    spec.max_queued_tokens = key.max_queued_tokens;
     spec.deadline = deadline;
     spec.sink = sink_;
     absl::StatusOr<RequestId> id = scheduler_.Submit(std::move(spec));
@@ -140,7 +145,7 @@ class ScheduledGeneration {
       if (metrics_ != nullptr &&
           (code == absl::StatusCode::kResourceExhausted ||
            code == absl::StatusCode::kUnavailable)) {
-        metrics_->RecordRejected();  // admission control said no
+        metrics_->RecordRejected(key.name);  // admission control said no
       }
       return id.status();
     }
@@ -179,12 +184,11 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
         generation_(scheduler, metrics) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
-  void Start(absl::StatusOr<PreparedRequest> prepared,
-             const Tokenizer& tokenizer) {
-    absl::Status status = prepared.status();
+  void Start(CallRequest call, const Tokenizer& tokenizer) {
+    absl::Status status = call.prepared.status();
     if (status.ok()) {
-      status = generation_.Submit(*std::move(prepared), tokenizer, this,
-                                  DeadlineOf(context_));
+      status = generation_.Submit(*std::move(call.prepared), *call.key,
+                                  tokenizer, this, call.deadline);
     }
     if (!status.ok()) FinishOnce(status);
   }
@@ -257,12 +261,11 @@ class StreamGenerationReactor final
       : method_(method), context_(*context), generation_(scheduler, metrics) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
-  void Start(absl::StatusOr<PreparedRequest> prepared,
-             const Tokenizer& tokenizer) {
-    absl::Status status = prepared.status();
+  void Start(CallRequest call, const Tokenizer& tokenizer) {
+    absl::Status status = call.prepared.status();
     if (status.ok()) {
-      status = generation_.Submit(*std::move(prepared), tokenizer, this,
-                                  DeadlineOf(context_));
+      status = generation_.Submit(*std::move(call.prepared), *call.key,
+                                  tokenizer, this, call.deadline);
     }
     if (!status.ok()) {
       absl::MutexLock lock(&mu_);
@@ -376,7 +379,40 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
 }  // namespace
 
 GenerationService::GenerationService(const Options& options)
-    : options_(options) {}
+    : options_(options), anonymous_(std::make_shared<const ApiKey>()) {}
+
+absl::StatusOr<std::shared_ptr<const ApiKey>> GenerationService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (options_.api_keys == nullptr) return anonymous_;
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  absl::StatusOr<std::shared_ptr<const ApiKey>> key =
+      options_.api_keys->Authenticate(
+          it == metadata.end()
+              ? absl::string_view()
+              : absl::string_view(it->second.data(), it->second.size()));
+  if (!key.ok() && options_.metrics != nullptr) {
+    options_.metrics->RecordUnauthenticated();
+  }
+  return key;
+}
+
+CallRequest GenerationService::Prepare(
+    const grpc::CallbackServerContext& context,
+    const grpc::ByteBuffer& request, bool chat) const {
+  CallRequest call;
+  absl::StatusOr<std::shared_ptr<const ApiKey>> key = Authenticate(context);
+  if (!key.ok()) {
+    call.prepared = key.status();
+    return call;
+  }
+  call.key = *std::move(key);
+  call.prepared = chat ? PrepareChat(request) : PrepareCompletion(request);
+  // The server's own bound on a request's time, under the call's deadline.
+  call.deadline = std::min(DeadlineOf(context),
+                           absl::Now() + options_.max_request_time);
+  return call;
+}
 
 absl::StatusOr<PreparedRequest> GenerationService::PrepareCompletion(
     const grpc::ByteBuffer& buffer) const {
@@ -397,7 +433,8 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
     grpc::ByteBuffer* response) {
   auto* reactor = new UnaryGenerationReactor(
       "Complete", context, response, *options_.scheduler, options_.metrics);
-  reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
+  reactor->Start(Prepare(*context, *request, /*chat=*/false),
+                 *options_.tokenizer);
   return reactor;
 }
 
@@ -405,7 +442,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   auto* reactor = new StreamGenerationReactor(
       "CompleteStream", context, *options_.scheduler, options_.metrics);
-  reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
+  reactor->Start(Prepare(*context, *request, /*chat=*/false),
+                 *options_.tokenizer);
   return reactor;
 }
 
@@ -414,7 +452,8 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
     grpc::ByteBuffer* response) {
   auto* reactor = new UnaryGenerationReactor(
       "Chat", context, response, *options_.scheduler, options_.metrics);
-  reactor->Start(PrepareChat(*request), *options_.tokenizer);
+  reactor->Start(Prepare(*context, *request, /*chat=*/true),
+                 *options_.tokenizer);
   return reactor;
 }
 
@@ -422,7 +461,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::ChatStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   auto* reactor = new StreamGenerationReactor(
       "ChatStream", context, *options_.scheduler, options_.metrics);
-  reactor->Start(PrepareChat(*request), *options_.tokenizer);
+  reactor->Start(Prepare(*context, *request, /*chat=*/true),
+                 *options_.tokenizer);
   return reactor;
 }
 
@@ -475,20 +515,25 @@ absl::Status GenerationService::DoDetokenize(const grpc::ByteBuffer& buffer,
 grpc::ServerUnaryReactor* GenerationService::Tokenize(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return FinishNow(context, "Tokenize", DoTokenize(*request, *response));
+  absl::Status status = Authenticate(*context).status();
+  if (status.ok()) status = DoTokenize(*request, *response);
+  return FinishNow(context, "Tokenize", status);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Detokenize(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return FinishNow(context, "Detokenize", DoDetokenize(*request, *response));
+  absl::Status status = Authenticate(*context).status();
+  if (status.ok()) status = DoDetokenize(*request, *response);
+  return FinishNow(context, "Detokenize", status);
 }
 
 grpc::ServerUnaryReactor* GenerationService::GetModelInfo(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   v1::GetModelInfoRequest parsed;
-  absl::Status status = ParseRequest(*request, parsed);
+  absl::Status status = Authenticate(*context).status();
+  if (status.ok()) status = ParseRequest(*request, parsed);
   if (status.ok()) *response = SerializeResponse(options_.model_info);
   return FinishNow(context, "GetModelInfo", status);
 }

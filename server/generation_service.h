@@ -23,6 +23,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "scheduler/scheduler.h"
+#include "server/api_key_store.h"
 #include "server/metrics.h"
 #include "server/request_builder.h"
 #include "strata/v1/generation.grpc.pb.h"
@@ -40,6 +41,14 @@ using RawGenerationService = v1::Generation::WithRawCallbackMethod_Complete<
                         v1::Generation::WithRawCallbackMethod_GetModelInfo<
                             v1::Generation::Service>>>>>>>;
 
+// A generation call's request, prepared, and what the call adds to it: who
+// sent it and until when it may run.
+struct CallRequest {
+  absl::StatusOr<PreparedRequest> prepared;
+  std::shared_ptr<const ApiKey> key;  // set when prepared is OK
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
 class GenerationService final : public RawGenerationService {
  public:
   struct Options {
@@ -48,6 +57,13 @@ class GenerationService final : public RawGenerationService {
     Scheduler* scheduler = nullptr;           // borrowed
     Metrics* metrics = nullptr;               // borrowed; optional
     v1::ModelInfo model_info;                 // answer of GetModelInfo
+    // When set, every method needs `authorization: Bearer KEY` metadata
+    // naming one of its keys (UNAUTHENTICATED otherwise); null = open, every
+    // call is the anonymous tenant "". Borrowed.
+    const ApiKeyStore* api_keys = nullptr;
+    // The longest a generation may run, whatever the call's own deadline:
+    // then it ends with DEADLINE_EXCEEDED (--max_request_time).
+    absl::Duration max_request_time = absl::InfiniteDuration();
   };
 
   // Everything borrowed must outlive the gRPC server this is registered with.
@@ -80,12 +96,20 @@ class GenerationService final : public RawGenerationService {
       const grpc::ByteBuffer& request) const;
   absl::StatusOr<PreparedRequest> PrepareChat(
       const grpc::ByteBuffer& request) const;
+  // The caller's key: UNAUTHENTICATED without a valid one when keys are
+  // required; the anonymous key (name "") when they are not.
+  absl::StatusOr<std::shared_ptr<const ApiKey>> Authenticate(
+      const grpc::CallbackServerContext& context) const;
+  // Authenticate, parse and build the request, and bound its time.
+  CallRequest Prepare(const grpc::CallbackServerContext& context,
+                             const grpc::ByteBuffer& request, bool chat) const;
   absl::Status DoTokenize(const grpc::ByteBuffer& request,
                           grpc::ByteBuffer& response) const;
   absl::Status DoDetokenize(const grpc::ByteBuffer& request,
                             grpc::ByteBuffer& response) const;
 
   const Options options_;
+  const std::shared_ptr<const ApiKey> anonymous_;
 };
 
 }  // namespace strata

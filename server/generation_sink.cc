@@ -39,11 +39,16 @@ GenerationSink::GenerationSink(const Options& options,
     : tokenizer_(*options.tokenizer),
       logprobs_(options.logprobs),
       metrics_(options.metrics),
+      key_name_(options.key_name),
       listener_(listener) {
   const int32_t n = std::max(options.n, 1);
+  // One copy of the stop strings for the whole request, however many
+  // choices it has.
+  const StopStringMatcher::StopStrings stop_strings =
+      StopStringMatcher::Share(options.stop_strings);
   choices_.reserve(n);
   for (int32_t i = 0; i < n; ++i) {
-    choices_.emplace_back(*options.tokenizer, options.stop_strings);
+    choices_.emplace_back(*options.tokenizer, stop_strings);
   }
 }
 
@@ -131,7 +136,7 @@ void GenerationSink::OnSequenceFinish(int32_t index, FinishReason reason) {
 }
 
 void GenerationSink::OnFinish(const FinishInfo& info) {
-  if (metrics_ != nullptr) metrics_->RecordFinish(info);
+  if (metrics_ != nullptr) metrics_->RecordFinish(info, key_name_);
   v1::CompletionChunk last;
   absl::Status status = info.status;
   if (info.reason == FinishReason::kLength ||

@@ -62,6 +62,8 @@ class GenerationSink : public RequestSink {
     bool logprobs = false;       // attach a TokenLogprob to each token
     Metrics* metrics = nullptr;  // borrowed; optional: told how it ended
     int32_t n = 1;               // choices (RequestSpec::n), >= 1
+    // The API key's name, for per-key metrics ("" = none).
+    std::string key_name = "";
   };
 
   // `listener` may be null (the output is then dropped).
@@ -80,7 +82,7 @@ class GenerationSink : public RequestSink {
   // One choice's decoding state.
   struct Choice {
     Choice(const Tokenizer& tokenizer,
-           const std::vector<std::string>& stop_strings)
+           const StopStringMatcher::StopStrings& stop_strings)
         : detokenizer(tokenizer, /*skip_special_tokens=*/true),
           stop_matcher(stop_strings) {}
     IncrementalDetokenizer detokenizer;
@@ -99,12 +101,15 @@ class GenerationSink : public RequestSink {
   void FinishChoice(int32_t index, FinishReason reason);
   void Deliver(v1::CompletionChunk chunk);
 
+  friend class GenerationSinkTestPeer;
+
   const Tokenizer& tokenizer_;
   const bool logprobs_;
   Metrics* const metrics_;
+  const std::string key_name_;
 
   // Engine-thread state (the scheduler never calls one sink concurrently).
-  std::vector<Choice> choices_;  // [n]
+  std::vector<Choice> choices_;  // [n], sharing one copy of the stop strings
   // Loops run by the tokens delivered so far (recursive models), for
   // Usage.mean_loops.
   int64_t total_loops_ = 0;

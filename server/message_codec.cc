@@ -2,14 +2,18 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/unknown_field_set.h>
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/support/slice.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "text/utf8.h"
 
@@ -96,6 +100,29 @@ grpc::ByteBuffer SerializeResponse(const google::protobuf::Message& message) {
   const std::string bytes = message.SerializeAsString();
   grpc::Slice slice(bytes);
   return grpc::ByteBuffer(&slice, 1);
+}
+
+namespace {
+
+void FilterProtobufLog(google::protobuf::LogLevel level, const char* filename,
+                       int line, const std::string& message) {
+  if (absl::StrContains(message, "invalid UTF-8 data")) return;
+  static const char* const kLevelNames[] = {"INFO", "WARNING", "ERROR",
+                                            "FATAL"};
+  const int index = std::clamp(static_cast<int>(level), 0, 3);
+  std::fprintf(stderr, "[libprotobuf %s %s:%d] %s\n", kLevelNames[index],
+               filename, line, message.c_str());
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+void InstallProtobufLogFilter() {
+  static const bool installed = [] {
+    google::protobuf::SetLogHandler(&FilterProtobufLog);
+    return true;
+  }();
+  (void)installed;
 }
 
 }  // namespace strata

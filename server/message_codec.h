@@ -28,6 +28,14 @@ absl::Status ParseRequest(const grpc::ByteBuffer& buffer,
 // buffer.
 grpc::ByteBuffer SerializeResponse(const google::protobuf::Message& message);
 
+// Installs (once per process; later calls do nothing) a protobuf log handler
+// that drops protobuf's own ERROR line about a string field with invalid
+// UTF-8: that is a client's mistake, answered INVALID_ARGUMENT by
+// ParseRequest, and one log line at ERROR per bad request would let any
+// client flood the server's error log. Every other protobuf message is
+// written to stderr as protobuf's default handler writes it.
+void InstallProtobufLogFilter();
+
 }  // namespace strata
 
 #endif  // STRATA_SERVER_MESSAGE_CODEC_H_

@@ -10,6 +10,7 @@
 #define STRATA_SERVER_METRICS_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,7 +65,14 @@ class Metrics : public StepObserver {
   // expose" and returns OK. Errors: INVALID_ARGUMENT for a port outside [0,
   // 65535], FAILED_PRECONDITION when already started, UNAVAILABLE when the
   // address cannot be bound.
-  absl::Status StartExposer(const std::string& host, int port);
+  // `state`, when given, is read at every scrape to refresh the queue and
+  // KV gauges, so a scrape sees requests that arrived (or ended) since the
+  // engine loop last reported; it must stay callable until StopExposer().
+  absl::Status StartExposer(const std::string& host, int port,
+                            std::function<StepStats()> state = nullptr);
+
+  // Stops serving (joins the exposer's threads); a no-op when not started.
+  void StopExposer();
 
   // The port the exposer listens on; 0 when it is not running.
   int exposer_port() const;
@@ -73,17 +81,23 @@ class Metrics : public StepObserver {
   // the increments of the scheduler's running totals (preemptions, prefix
   // cache) since the previous call.
   void OnStep(const StepStats& stats) override;
+  // The queue and KV gauges, after a cancel or an expiry with no step.
+  void OnStateChange(const StepStats& stats) override;
 
   // A generated token ran `loops` loops (exit depth; 1 on a plain model).
   void RecordTokenLoops(int32_t loops);
 
   // A request ended (any thread): strata_requests_total by outcome, token
-  // counters and the latency histograms.
-  void RecordFinish(const FinishInfo& info);
+  // counters and the latency histograms; with a key name (an API key's
+  // NAME, never the key) also the strata_key_* counters of that key.
+  void RecordFinish(const FinishInfo& info, const std::string& key_name = "");
 
   // Admission refused the request (RESOURCE_EXHAUSTED or UNAVAILABLE at
-  // Submit): counts it as outcome="rejected".
-  void RecordRejected();
+  // Submit): counts it as outcome="rejected" (and for its key, if any).
+  void RecordRejected(const std::string& key_name = "");
+
+  // A call without a valid API key (UNAUTHENTICATED).
+  void RecordUnauthenticated();
 
   // Result of the readiness watchdog: 1 while the engine loop is stuck.
   void SetEngineStalled(bool stalled);
@@ -99,6 +113,12 @@ class Metrics : public StepObserver {
   prometheus::Counter* requests_deadline_;
   prometheus::Counter* requests_rejected_;
   prometheus::Counter* requests_error_;
+  prometheus::Counter* unauthenticated_;
+
+  // Per API key name: created on a key's first request.
+  prometheus::Family<prometheus::Counter>* key_requests_;
+  prometheus::Family<prometheus::Counter>* key_prompt_tokens_;
+  prometheus::Family<prometheus::Counter>* key_generation_tokens_;
 
   prometheus::Gauge* requests_running_;
   prometheus::Gauge* requests_waiting_;

@@ -5,19 +5,26 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace strata {
 namespace {
 
 // A scrape request is a few hundred bytes; anything longer is not one.
 constexpr size_t kMaxRequestBytes = 8192;
-// Bounds how long a slow or silent client can hold the only thread.
-constexpr int kClientTimeoutMs = 2000;
+
+// Milliseconds left until `deadline` (0 once passed).
+int MillisLeft(absl::Time deadline) {
+  return static_cast<int>(std::max<int64_t>(
+      0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+}
 
 std::string Response(const std::string& status, const std::string& type,
                      const std::string& body) {
@@ -26,11 +33,17 @@ std::string Response(const std::string& status, const std::string& type,
                       "\r\nConnection: close\r\n\r\n", body);
 }
 
-void SendAll(int fd, const std::string& data) {
+// Sends until done or `deadline` (a client that does not read cannot hold
+// the connection past it).
+void SendAll(int fd, const std::string& data, absl::Time deadline) {
   size_t sent = 0;
   while (sent < data.size()) {
-    const ssize_t n =
-        send(fd, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    pollfd pfd{fd, POLLOUT, 0};
+    const int wait = MillisLeft(deadline);
+    if (wait == 0 || poll(&pfd, 1, wait) <= 0) return;
+    const ssize_t n = send(fd, data.data() + sent, data.size() - sent,
+                           MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
     if (n <= 0) return;
     sent += static_cast<size_t>(n);
   }
@@ -97,6 +110,10 @@ MetricsHttpServer::MetricsHttpServer(int listen_fd, int port,
 MetricsHttpServer::~MetricsHttpServer() {
   stop_.store(true);
   if (thread_.joinable()) thread_.join();
+  // Connection threads end by their request's deadline.
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* serving) { return *serving == 0; }, &num_serving_));
   close(listen_fd_);
 }
 
@@ -107,19 +124,34 @@ void MetricsHttpServer::Run() {
     if (poll(&pfd, 1, 100) <= 0) continue;
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
-    Serve(fd);
-    close(fd);
+    {
+      absl::MutexLock lock(&mu_);
+      if (num_serving_ >= kMaxConnections) {
+        close(fd);  // the scraper retries at its next interval
+        continue;
+      }
+      ++num_serving_;
+    }
+    std::thread([this, fd] {
+      Serve(fd);
+      close(fd);
+      absl::MutexLock lock(&mu_);
+      --num_serving_;
+    }).detach();
   }
 }
 
 void MetricsHttpServer::Serve(int fd) {
+  const absl::Time deadline =
+      absl::Now() + absl::Milliseconds(kRequestTimeoutMs);
   std::string request;
   char buf[1024];
   while (request.find("\r\n\r\n") == std::string::npos &&
          request.find("\n\n") == std::string::npos &&
          request.size() < kMaxRequestBytes) {
     pollfd pfd{fd, POLLIN, 0};
-    if (poll(&pfd, 1, kClientTimeoutMs) <= 0) return;
+    const int wait = MillisLeft(deadline);
+    if (wait == 0 || poll(&pfd, 1, wait) <= 0) return;
     const ssize_t n = recv(fd, buf, sizeof(buf), 0);
     if (n <= 0) break;
     request.append(buf, static_cast<size_t>(n));
@@ -128,14 +160,20 @@ void MetricsHttpServer::Serve(int fd) {
   const std::string line = request.substr(0, line_end);
   if (absl::StartsWith(line, "GET /metrics ") || line == "GET /metrics" ||
       absl::StartsWith(line, "GET /metrics?")) {
-    SendAll(fd, Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
-                         render_()));
+    SendAll(fd,
+            Response("200 OK", "text/plain; version=0.0.4; charset=utf-8",
+                     render_()),
+            deadline);
   } else if (absl::StartsWith(line, "GET ")) {
-    SendAll(fd, Response("404 Not Found", "text/plain",
-                         "not found; metrics are at /metrics\n"));
+    SendAll(fd,
+            Response("404 Not Found", "text/plain",
+                     "not found; metrics are at /metrics\n"),
+            deadline);
   } else {
-    SendAll(fd, Response("405 Method Not Allowed", "text/plain",
-                         "only GET /metrics is served\n"));
+    SendAll(fd,
+            Response("405 Method Not Allowed", "text/plain",
+                     "only GET /metrics is served\n"),
+            deadline);
   }
 }
 

@@ -83,7 +83,9 @@ RequestBuilder::RequestBuilder(const Options& options)
       validator_(
           RequestValidator::Limits{.vocab_size = options.vocab_size,
                                    .max_model_len = options.max_model_len,
-                                   .num_loops = options.num_loops}) {}
+                                   .num_loops = options.num_loops,
+                                   .max_prompt_bytes =
+                                       options.max_prompt_bytes}) {}
 
 absl::StatusOr<PreparedRequest> RequestBuilder::BuildCompletion(
     const v1::CompletionRequest& request) const {
@@ -94,8 +96,9 @@ absl::StatusOr<PreparedRequest> RequestBuilder::BuildCompletion(
   if (request.prompt_case() == v1::CompletionRequest::kText) {
     const bool add_special_tokens =
         request.has_add_special_tokens() ? request.add_special_tokens() : true;
-    absl::StatusOr<std::vector<TokenId>> ids =
-        options_.tokenizer->Encode(request.text(), add_special_tokens);
+    // Tokenizing stops once the prompt is known to be too long.
+    absl::StatusOr<std::vector<TokenId>> ids = options_.tokenizer->Encode(
+        request.text(), add_special_tokens, MaxPromptTokens());
     if (!ids.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("prompt.text: ", ids.status().message()));
@@ -142,8 +145,8 @@ absl::StatusOr<PreparedRequest> RequestBuilder::BuildChat(
   absl::StatusOr<std::string> text = chat_template->Render(messages);
   if (!text.ok()) return text.status();  // names messages[i]
   // The rendered text spells out its special tokens (BOS included).
-  absl::StatusOr<std::vector<TokenId>> prompt =
-      options_.tokenizer->Encode(*text, /*add_special_tokens=*/false);
+  absl::StatusOr<std::vector<TokenId>> prompt = options_.tokenizer->Encode(
+      *text, /*add_special_tokens=*/false, MaxPromptTokens());
   if (!prompt.ok()) return prompt.status();
   return Finish(*std::move(prompt), request.sampling(), request.priority());
 }

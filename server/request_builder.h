@@ -61,6 +61,8 @@ class RequestBuilder {
     int32_t max_model_len = 0;
     // Loops of a recursive model (1 = a plain model).
     int32_t num_loops = 1;
+    // Most bytes of prompt text (RequestValidator::Limits).
+    int64_t max_prompt_bytes = RequestValidator::kDefaultMaxPromptBytes;
     // The chat format used when a ChatRequest names none; nullopt when the
     // model has no recognisable template (chat then needs chat_template).
     std::optional<ChatFormat> default_chat_format;
@@ -83,6 +85,12 @@ class RequestBuilder {
 
  private:
   explicit RequestBuilder(const Options& options);
+
+  // Tokens past which tokenizing a prompt stops: one more than fits, so the
+  // length check still sees that it is too long.
+  size_t MaxPromptTokens() const {
+    return static_cast<size_t>(options_.max_model_len);
+  }
 
   // Fills everything but the prompt from the sampling parameters, once the
   // prompt is known (its length bounds max_tokens).

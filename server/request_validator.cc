@@ -113,6 +113,11 @@ absl::Status RequestValidator::ValidateSampling(
     return FieldError("sampling.top_logprobs",
                       "needs sampling.logprobs = true");
   }
+  if (s.stop_token_ids_size() > kMaxStopTokenIds) {
+    return FieldError("sampling.stop_token_ids",
+                      absl::StrCat("at most ", kMaxStopTokenIds, " ids, got ",
+                                   s.stop_token_ids_size()));
+  }
   if (s.stop_size() > kMaxStopStrings) {
     return FieldError("sampling.stop",
                       absl::StrCat("at most ", kMaxStopStrings,
@@ -121,6 +126,10 @@ absl::Status RequestValidator::ValidateSampling(
   for (int i = 0; i < s.stop_size(); ++i) {
     const std::string field = absl::StrCat("sampling.stop[", i, "]");
     if (s.stop(i).empty()) return FieldError(field, "must not be empty");
+    if (s.stop(i).size() > static_cast<size_t>(kMaxStopStringBytes)) {
+      return FieldError(field, absl::StrCat("at most ", kMaxStopStringBytes,
+                                            " bytes, got ", s.stop(i).size()));
+    }
     if (absl::Status st = CheckUtf8(s.stop(i), field); !st.ok()) return st;
   }
   return ValidateTokenIds(std::span<const int32_t>(s.stop_token_ids().data(),
@@ -137,6 +146,28 @@ absl::Status RequestValidator::ValidateTokenIds(std::span<const int32_t> ids,
           absl::StrCat(ids[i], " is outside the vocabulary (size ",
                        limits_.vocab_size, ")"));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequestValidator::ValidateTokenIdList(
+    std::span<const int32_t> ids, std::string_view field) const {
+  if (ids.size() > static_cast<size_t>(limits_.max_model_len)) {
+    return FieldError(
+        std::string(field),
+        absl::StrCat(ids.size(), " ids, more than the context length ",
+                     limits_.max_model_len));
+  }
+  return ValidateTokenIds(ids, field);
+}
+
+absl::Status RequestValidator::CheckPromptBytes(size_t bytes,
+                                                absl::string_view field) const {
+  if (bytes > static_cast<uint64_t>(limits_.max_prompt_bytes)) {
+    return FieldError(field,
+                      absl::StrCat(bytes, " bytes, more than the limit of ",
+                                   limits_.max_prompt_bytes,
+                                   " (--max_prompt_bytes)"));
   }
   return absl::OkStatus();
 }
@@ -160,6 +191,11 @@ absl::Status RequestValidator::ValidateCompletion(
       if (request.text().empty()) {
         return FieldError("prompt.text", "must not be empty");
       }
+      if (absl::Status st = CheckPromptBytes(request.text().size(),
+                                             "prompt.text");
+          !st.ok()) {
+        return st;
+      }
       if (absl::Status st = CheckUtf8(request.text(), "prompt.text");
           !st.ok()) {
         return st;
@@ -170,13 +206,14 @@ absl::Status RequestValidator::ValidateCompletion(
       if (ids.empty()) {
         return FieldError("prompt.token_ids", "must not be empty");
       }
+      // The length first: a list too long is refused without reading it.
+      if (absl::Status st = ValidatePromptLength(ids.size()); !st.ok()) {
+        return st;
+      }
       if (absl::Status st =
               ValidateTokenIds(std::span<const int32_t>(ids.data(), ids.size()),
                                "prompt.token_ids");
           !st.ok()) {
-        return st;
-      }
-      if (absl::Status st = ValidatePromptLength(ids.size()); !st.ok()) {
         return st;
       }
       break;
@@ -191,6 +228,19 @@ absl::Status RequestValidator::ValidateChat(
     const v1::ChatRequest& request) const {
   if (request.messages().empty()) {
     return FieldError("messages", "must not be empty");
+  }
+  if (request.messages_size() > kMaxMessages) {
+    return FieldError("messages", absl::StrCat("at most ", kMaxMessages,
+                                               " messages, got ",
+                                               request.messages_size()));
+  }
+  size_t content_bytes = 0;
+  for (const v1::ChatMessage& message : request.messages()) {
+    content_bytes += message.content().size() + message.role().size();
+  }
+  if (absl::Status st = CheckPromptBytes(content_bytes, "messages");
+      !st.ok()) {
+    return st;
   }
   for (int i = 0; i < request.messages_size(); ++i) {
     const v1::ChatMessage& message = request.messages(i);
@@ -210,6 +260,13 @@ absl::Status RequestValidator::ValidateChat(
     }
   }
   if (!request.chat_template().empty()) {
+    if (request.chat_template().size() >
+        static_cast<size_t>(kMaxChatTemplateBytes)) {
+      return FieldError("chat_template",
+                        absl::StrCat("at most ", kMaxChatTemplateBytes,
+                                     " bytes, got ",
+                                     request.chat_template().size()));
+    }
     if (absl::Status st = CheckUtf8(request.chat_template(), "chat_template");
         !st.ok()) {
       return st;
@@ -226,14 +283,19 @@ absl::Status RequestValidator::ValidateChat(
 
 absl::Status RequestValidator::ValidateTokenize(
     const v1::TokenizeRequest& request) const {
+  if (absl::Status st = CheckPromptBytes(request.text().size(), "text");
+      !st.ok()) {
+    return st;
+  }
   return CheckUtf8(request.text(), "text");
 }
 
 absl::Status RequestValidator::ValidateDetokenize(
     const v1::DetokenizeRequest& request) const {
-  return ValidateTokenIds(std::span<const int32_t>(request.token_ids().data(),
-                                                   request.token_ids().size()),
-                          "token_ids");
+  return ValidateTokenIdList(
+      std::span<const int32_t>(request.token_ids().data(),
+                               request.token_ids().size()),
+      "token_ids");
 }
 
 }  // namespace strata

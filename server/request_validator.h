@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "engine/step.h"
 #include "strata/v1/generation.pb.h"
 
@@ -29,6 +30,17 @@ class RequestValidator {
   static constexpr int kMaxTopLogprobs = 20;
   // Most choices (sampling.n) one request may ask for.
   static constexpr int kMaxChoices = 16;
+  // Most bytes of one stop string. The sink holds back at most this much
+  // text per choice while a stop string may be starting.
+  static constexpr int kMaxStopStringBytes = 256;
+  // Most stop_token_ids a request may list.
+  static constexpr int kMaxStopTokenIds = 64;
+  // Most messages of one chat request.
+  static constexpr int kMaxMessages = 1024;
+  // Most bytes of a chat_template name ("llama3", "chatml", "mistral").
+  static constexpr int kMaxChatTemplateBytes = 64;
+  // Default of Limits::max_prompt_bytes (--max_prompt_bytes).
+  static constexpr int64_t kDefaultMaxPromptBytes = 1 << 20;
 
   struct Limits {
     // Token ids must be in [0, vocab_size).
@@ -39,6 +51,10 @@ class RequestValidator {
     // Loops of a recursive model (1 = a plain model): early exit needs
     // more than one, and exit_min_loops may be at most this.
     int32_t num_loops = 1;
+    // Most bytes of prompt text: CompletionRequest.text, the sum of a chat
+    // request's message contents, TokenizeRequest.text. Checked before any
+    // tokenizing, so an oversized prompt costs a length check, not a parse.
+    int64_t max_prompt_bytes = kDefaultMaxPromptBytes;
   };
 
   explicit RequestValidator(const Limits& limits) : limits_(limits) {}
@@ -63,6 +79,11 @@ class RequestValidator {
   // 4096").
   absl::Status ValidatePromptLength(size_t num_tokens) const;
 
+  // At most max_model_len ids (a longer list cannot be a prompt or an
+  // output), each in [0, vocab_size); errors name `field` or `field`[i].
+  absl::Status ValidateTokenIdList(std::span<const int32_t> ids,
+                                   std::string_view field) const;
+
   // Every id in [0, vocab_size); errors name `field`[i].
   absl::Status ValidateTokenIds(std::span<const int32_t> ids,
                                 std::string_view field) const;
@@ -70,6 +91,9 @@ class RequestValidator {
   const Limits& limits() const { return limits_; }
 
  private:
+  // INVALID_ARGUMENT naming `field` when `bytes` exceeds max_prompt_bytes.
+  absl::Status CheckPromptBytes(size_t bytes, absl::string_view field) const;
+
   const Limits limits_;
 };
 

@@ -26,6 +26,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "server/message_codec.h"
 #include "text/chat_template.h"
 
 namespace strata {
@@ -37,6 +38,9 @@ constexpr absl::Duration kCancelGrace = absl::Seconds(2);
 // How long a TCP handshake under way may take to complete once the listener
 // drops new connection attempts (a round trip; generous for a LAN).
 constexpr absl::Duration kHandshakeSettle = absl::Milliseconds(100);
+// Room for a request's fields other than its prompt text (sampling, stop
+// strings, chat roles) in the gRPC message limit.
+constexpr int64_t kRequestOverheadBytes = 64 << 10;
 // After a connection's age GOAWAY: the client's PING ack and its leaving.
 constexpr absl::Duration kGoawaySettle = absl::Milliseconds(200);
 
@@ -67,7 +71,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(
   return server;
 }
 
-Server::~Server() { Shutdown(absl::ZeroDuration()); }
+Server::~Server() {
+  Shutdown(absl::ZeroDuration());
+  // Scrapes read the scheduler, which goes before the metrics do.
+  if (metrics_ != nullptr) metrics_->StopExposer();
+}
 
 std::string Server::address() const {
   return JoinHostPort(options_.host, port_);
@@ -103,6 +111,15 @@ v1::ModelInfo Server::BuildModelInfo(
 
 absl::Status Server::Start() {
   if (absl::Status st = ValidateServerOptions(options_); !st.ok()) return st;
+  InstallProtobufLogFilter();
+  if (!options_.api_keys_file.empty()) {
+    absl::StatusOr<std::unique_ptr<ApiKeyStore>> keys =
+        ApiKeyStore::Load(options_.api_keys_file);
+    if (!keys.ok()) return keys.status();
+    api_keys_ = *std::move(keys);
+    STRATA_LOG(INFO) << api_keys_->num_keys() << " API keys loaded from "
+                     << options_.api_keys_file;
+  }
 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       Tokenizer::FromDirectory(options_.model_dir);
@@ -151,6 +168,7 @@ absl::Status Server::Start() {
           .vocab_size = std::min(config.vocab_size, tokenizer_->vocab_size()),
           .max_model_len = max_model_len,
           .num_loops = config.num_loops,
+          .max_prompt_bytes = options_.max_prompt_bytes,
           .default_chat_format = chat_format});
   if (!builder.ok()) return builder.status();
   builder_ = *std::move(builder);
@@ -181,7 +199,17 @@ absl::Status Server::Start() {
       .num_loops = config.num_loops,
       .kv_fill = std::string(KvFillPolicyName(options_.kv_fill))});
   if (absl::Status st =
-          metrics_->StartExposer(options_.host, options_.metrics_port);
+          metrics_->StartExposer(options_.metrics_host, options_.metrics_port,
+                                 [scheduler = scheduler_.get()] {
+                                   StepStats state;
+                                   state.num_running = scheduler->num_running();
+                                   state.num_waiting = scheduler->num_waiting();
+                                   state.num_blocks_used =
+                                       scheduler->num_blocks_used();
+                                   state.num_blocks_total =
+                                       scheduler->options().num_blocks;
+                                   return state;
+                                 });
       !st.ok()) {
     return st;
   }
@@ -198,7 +226,10 @@ absl::Status Server::Start() {
                                  .builder = builder_.get(),
                                  .scheduler = scheduler_.get(),
                                  .metrics = metrics_.get(),
-                                 .model_info = model_info_});
+                                 .model_info = model_info_,
+                                 .api_keys = api_keys_.get(),
+                                 .max_request_time =
+                                     options_.max_request_time});
 
   if (absl::Status st = Listen(); !st.ok()) return st;
   grpc::EnableDefaultHealthCheckService(true);
@@ -215,6 +246,10 @@ absl::Status Server::Start() {
           absl::ToInt64Milliseconds(options_.max_connection_age), INT_MAX)));
   builder_grpc.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
                                   INT_MAX);
+  // The body is bounded before any of it is parsed: the longest prompt
+  // text the validator accepts, plus room for the other fields.
+  builder_grpc.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
+      options_.max_prompt_bytes + kRequestOverheadBytes, INT_MAX)));
   builder_grpc.RegisterService(service_.get());
   grpc_server_ = builder_grpc.BuildAndStart();
   if (grpc_server_ == nullptr) {
@@ -476,6 +511,14 @@ void Server::Shutdown(absl::Duration grace) {
   }
   if (engine_loop_ != nullptr) engine_loop_->Stop();
   if (grpc_server_ != nullptr) STRATA_LOG(INFO) << "server stopped";
+}
+
+absl::Status Server::ReloadApiKeys() {
+  if (api_keys_ == nullptr) return absl::OkStatus();
+  if (absl::Status st = api_keys_->Reload(); !st.ok()) return st;
+  STRATA_LOG(INFO) << "reloaded " << api_keys_->num_keys() << " API keys from "
+                   << options_.api_keys_file;
+  return absl::OkStatus();
 }
 
 }  // namespace strata

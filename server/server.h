@@ -30,6 +30,7 @@
 #include "engine/model_runner.h"
 #include "scheduler/engine_loop.h"
 #include "scheduler/scheduler.h"
+#include "server/api_key_store.h"
 #include "server/generation_service.h"
 #include "server/metrics.h"
 #include "server/readiness_watchdog.h"
@@ -76,6 +77,10 @@ class Server {
   // "host:port" as bound.
   std::string address() const;
   const v1::ModelInfo& model_info() const { return model_info_; }
+  // Re-reads --api_keys_file (on SIGHUP); on error the current keys stay.
+  // OK when the server has no keys file.
+  absl::Status ReloadApiKeys();
+
   // The port /metrics is served on; 0 when off.
   int32_t metrics_port() const { return metrics_->exposer_port(); }
   const ServerOptions& options() const { return options_; }
@@ -118,6 +123,7 @@ class Server {
   // engine loop (no step left), then the scheduler (whose destructor still
   // ends held requests, reporting to the metrics), then the engine.
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ApiKeyStore> api_keys_;  // null without --api_keys_file
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<Scheduler> scheduler_;

@@ -36,7 +36,8 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         CheckPositive("kv_cache_bytes", options.kv_cache_bytes),
         CheckPositive("block_size", options.block_size),
         CheckPositive("max_num_seqs", options.max_num_seqs),
-        CheckPositive("max_tokens_per_step", options.max_tokens_per_step)}) {
+        CheckPositive("max_tokens_per_step", options.max_tokens_per_step),
+        CheckPositive("max_prompt_bytes", options.max_prompt_bytes)}) {
     if (!st.ok()) return st;
   }
   if (options.max_model_len < 0) {
@@ -53,6 +54,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("chat_template: unknown format \"", options.chat_template,
                      "\" (expected llama3, chatml or mistral)"));
+  }
+  if (options.max_request_time <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_request_time: must be positive, got ",
+                     absl::FormatDuration(options.max_request_time)));
   }
   if (options.max_connection_age < absl::Milliseconds(1)) {
     return absl::InvalidArgumentError(

@@ -42,8 +42,20 @@ struct ServerOptions {
   int64_t max_waiting_tokens = 1 << 20;  // prompt tokens queued, all requests
   // "llama3", "chatml" or "mistral"; "" = detect from tokenizer_config.json.
   std::string chat_template;
-  // Prometheus text format at http://host:metrics_port/metrics; 0 = off.
+  // Prometheus text format at http://metrics_host:metrics_port/metrics;
+  // 0 = off. The metrics listener has its own host, loopback by default, so
+  // that --host=0.0.0.0 does not expose metrics too (docs/security.md).
   int32_t metrics_port = 0;
+  std::string metrics_host = "127.0.0.1";
+  // API keys (server/api_key_store.h); "" = none: every call is allowed,
+  // as the anonymous tenant.
+  std::string api_keys_file;
+  // A generation ends with DEADLINE_EXCEEDED after this long, whatever the
+  // call's own deadline.
+  absl::Duration max_request_time = absl::Minutes(5);
+  // Most bytes of prompt text per request (RequestValidator::Limits); the
+  // gRPC message limit is this plus kRequestOverheadBytes.
+  int64_t max_prompt_bytes = 1 << 20;
   // Readiness watchdog: pending work and no completed engine step for this
   // long turns strata.v1.Generation NOT_SERVING.
   absl::Duration stall_timeout = absl::Seconds(30);

@@ -30,4 +30,12 @@ absl::Status FromGrpcStatus(const grpc::Status& status) {
                       status.error_message());
 }
 
+absl::Status CancellationStatus(absl::Time now, absl::Time deadline) {
+  if (deadline != absl::InfiniteFuture() &&
+      now >= deadline - kDeadlineTolerance) {
+    return absl::DeadlineExceededError("the request's deadline passed");
+  }
+  return absl::CancelledError("the call was cancelled");
+}
+
 }  // namespace strata

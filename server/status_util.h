@@ -7,6 +7,7 @@
 #include <grpcpp/support/status.h>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 
 namespace strata {
 
@@ -15,6 +16,19 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // The inverse, for clients (strata-cli, tests).
 absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// How close to its deadline a cancelled call counts as having reached it.
+// A client whose own timer fires at the deadline sends a cancel that can
+// reach the server a little before the server's copy of the deadline (the
+// grpc-timeout header is relative to when the call was sent); the call
+// still ended because of its deadline.
+inline constexpr absl::Duration kDeadlineTolerance = absl::Milliseconds(250);
+
+// Why a call that ended at `now`, before its generation did, ended: its
+// deadline (DEADLINE_EXCEEDED when `now` is within kDeadlineTolerance of it
+// or past it) or a cancellation (CANCELLED). Decided by the deadline, not by
+// whether the client's cancel or the server's timer arrived first.
+absl::Status CancellationStatus(absl::Time now, absl::Time deadline);
 
 }  // namespace strata
 

@@ -16,6 +16,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
@@ -110,6 +111,24 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::Seconds(2),
           "reconnecting clients and a drain can move proxies off this "
           "replica without failing a call. A drain lasts at least 1.1x this.");
 
+// Security and fairness (docs/security.md).
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1",
+          "Address the metrics listener binds (--metrics_port); loopback by "
+          "default, whatever --host is. 0.0.0.0 exposes metrics to the "
+          "network.");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "API keys, one per line: NAME KEY [max_concurrency=N] "
+          "[max_queued_tokens=N] [admin] (# starts a comment). When set, "
+          "every strata.v1.Generation call needs 'authorization: Bearer "
+          "KEY'. Re-read on SIGHUP. Empty = no keys, every call allowed.");
+ABSL_FLAG(absl::Duration, max_request_time, absl::Minutes(5),
+          "A generation ends with DEADLINE_EXCEEDED after this long, "
+          "whatever the call's own deadline.");
+ABSL_FLAG(int64_t, max_prompt_bytes, 1 << 20,
+          "Most bytes of prompt text per request (completion text, a chat's "
+          "messages, Tokenize text); longer is INVALID_ARGUMENT before any "
+          "tokenizing. The gRPC message limit is this plus 64 KiB.");
+
 namespace strata {
 namespace {
 
@@ -163,6 +182,11 @@ int Run(int argc, char** argv) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGHUP re-reads the API keys, on a thread of its own (below).
+  sigset_t reload_signals;
+  sigemptyset(&reload_signals);
+  sigaddset(&reload_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &reload_signals, nullptr);
 
   // Must precede the server's construction; the plugin then adds the
   // reflection service to every server this process builds.
@@ -213,6 +237,10 @@ int Run(int argc, char** argv) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.stall_timeout = absl::GetFlag(FLAGS_stall_timeout);
   options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  options.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
+  options.max_request_time = absl::GetFlag(FLAGS_max_request_time);
+  options.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options);
   if (!server.ok()) {
@@ -242,6 +270,22 @@ int Run(int argc, char** argv) {
     }
   }
 
+  // The server outlives this thread's use of it: it is detached and never
+  // touches the server after `reload_mu` says the server is going.
+  static absl::Mutex reload_mu;
+  static Server* reloadable = server->get();
+  std::thread([reload_signals] {
+    while (true) {
+      int hup = 0;
+      sigwait(&reload_signals, &hup);
+      absl::MutexLock lock(&reload_mu);
+      if (reloadable == nullptr) return;
+      if (absl::Status st = reloadable->ReloadApiKeys(); !st.ok()) {
+        STRATA_LOG(WARNING) << "SIGHUP: keeping the current API keys: " << st;
+      }
+    }
+  }).detach();
+
   int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   STRATA_LOG(INFO) << "received " << strsignal(signal_number)
@@ -256,6 +300,10 @@ int Run(int argc, char** argv) {
     std::_Exit(1);
   }).detach();
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  {
+    absl::MutexLock lock(&reload_mu);
+    reloadable = nullptr;
+  }
   server->reset();
   STRATA_LOG(INFO) << "stratad stopped";
   return 0;

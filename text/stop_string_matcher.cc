@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -9,11 +10,20 @@
 
 namespace strata {
 
-StopStringMatcher::StopStringMatcher(std::vector<std::string> stop_strings) {
-  for (std::string& stop : stop_strings) {
-    if (!stop.empty()) stop_strings_.push_back(std::move(stop));
-  }
+StopStringMatcher::StopStrings StopStringMatcher::Share(
+    std::vector<std::string> stop_strings) {
+  std::erase_if(stop_strings, [](const std::string& s) { return s.empty(); });
+  return std::make_shared<const std::vector<std::string>>(
+      std::move(stop_strings));
 }
+
+StopStringMatcher::StopStringMatcher(std::vector<std::string> stop_strings)
+    : stop_strings_(Share(std::move(stop_strings))) {}
+
+StopStringMatcher::StopStringMatcher(StopStrings stop_strings)
+    : stop_strings_(stop_strings != nullptr
+                        ? std::move(stop_strings)
+                        : std::make_shared<const std::vector<std::string>>()) {}
 
 StopStringMatcher::Result StopStringMatcher::Add(std::string_view delta) {
   Result result;
@@ -28,7 +38,7 @@ StopStringMatcher::Result StopStringMatcher::Add(std::string_view delta) {
   size_t best_begin = std::string::npos;
   size_t best_end = std::string::npos;
   const std::string* best = nullptr;
-  for (const std::string& stop : stop_strings_) {
+  for (const std::string& stop : *stop_strings_) {
     const size_t begin = held_.find(stop);
     if (begin == std::string::npos) continue;
     const size_t end = begin + stop.size();
@@ -63,7 +73,7 @@ std::string StopStringMatcher::Flush() {
 size_t StopStringMatcher::HeldBackLength() const {
   const std::string_view held = held_;
   size_t longest = 0;
-  for (const std::string& stop : stop_strings_) {
+  for (const std::string& stop : *stop_strings_) {
     // Proper prefixes only: a whole stop string would have been matched.
     const size_t max_len = std::min(held.size(), stop.size() - 1);
     for (size_t len = max_len; len > longest; --len) {

@@ -13,6 +13,7 @@
 #define STRATA_TEXT_STOP_STRING_MATCHER_H_
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,8 +22,17 @@ namespace strata {
 
 class StopStringMatcher {
  public:
+  // The stop strings of a request, read-only, shared by the matchers of all
+  // its choices (one copy per request however many choices it has).
+  using StopStrings = std::shared_ptr<const std::vector<std::string>>;
+
   // Empty stop strings are ignored.
   explicit StopStringMatcher(std::vector<std::string> stop_strings);
+  // Shares `stop_strings` (none may be empty; null = no stop strings).
+  explicit StopStringMatcher(StopStrings stop_strings);
+
+  // Drops empty strings; the result can be shared by many matchers.
+  static StopStrings Share(std::vector<std::string> stop_strings);
 
   struct Result {
     std::string text;  // safe to emit now
@@ -38,13 +48,16 @@ class StopStringMatcher {
   std::string Flush();
 
   bool stopped() const { return stopped_; }
+  // The stop strings it looks for (shared with other matchers when built
+  // from one Share()).
+  const StopStrings& stop_strings() const { return stop_strings_; }
 
  private:
   // Length of the longest suffix of held_ that is a proper prefix of a stop
   // string.
   size_t HeldBackLength() const;
 
-  std::vector<std::string> stop_strings_;
+  StopStrings stop_strings_;  // never null
   std::string held_;  // text not yet emitted; shorter than the longest stop
   bool stopped_ = false;
   std::string matched_;

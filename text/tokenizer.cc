@@ -502,18 +502,19 @@ std::vector<Tokenizer::Segment> Tokenizer::SplitOnAddedTokens(
 }
 
 absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(
-    std::string_view text, bool add_special_tokens) const {
+    std::string_view text, bool add_special_tokens, size_t max_tokens) const {
   if (std::optional<size_t> bad = FindInvalidUtf8(text); bad.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("text is not valid UTF-8 (at byte ", *bad, ")"));
   }
   std::vector<TokenId> ids;
-  ids.reserve(text.size() / 3 + 2);
+  ids.reserve(std::min(text.size() / 3 + 2, max_tokens + 1));
   if (add_special_tokens && add_bos_token_ && bos_token_id_.has_value()) {
     ids.push_back(*bos_token_id_);
   }
   std::vector<std::string> words;
   for (const Segment& segment : SplitOnAddedTokens(text)) {
+    if (ids.size() > max_tokens) break;
     if (segment.added.has_value()) {
       ids.push_back(*segment.added);
       continue;
@@ -522,7 +523,10 @@ absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(
     absl::Status status = pre_tokenizer_->Split(
         text.substr(segment.begin, segment.end - segment.begin), &words);
     if (!status.ok()) return status;
-    for (const std::string& word : words) model_->Tokenize(word, &ids);
+    for (const std::string& word : words) {
+      if (ids.size() > max_tokens) break;
+      model_->Tokenize(word, &ids);
+    }
   }
   return ids;
 }

@@ -20,6 +20,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -59,8 +60,12 @@ class Tokenizer {
   // Encodes text. add_special_tokens: prepend BOS when add_bos_token() is
   // true. Added/special tokens written in the text are always recognised
   // (Hugging Face's default). INVALID_ARGUMENT on invalid UTF-8.
-  absl::StatusOr<std::vector<TokenId>> Encode(std::string_view text,
-                                              bool add_special_tokens) const;
+  // max_tokens: stop once more than this many ids are made (the result then
+  // holds more than max_tokens ids, and is a prefix of the full encoding),
+  // so a caller that refuses long prompts does not pay for encoding them.
+  absl::StatusOr<std::vector<TokenId>> Encode(
+      std::string_view text, bool add_special_tokens,
+      size_t max_tokens = std::numeric_limits<size_t>::max()) const;
 
   // Concatenated token bytes; invalid UTF-8 sequences replaced by U+FFFD
   // (one per maximal ill-formed subpart). Ids out of range are skipped

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "strata/v1/generation.grpc.pb.h"
 #include "tests/integration/stratad_daemon.h"
@@ -21,6 +22,7 @@
 namespace strata {
 namespace {
 
+using ::strata::testing::StallHook;
 using ::strata::testing::StratadDaemon;
 
 struct Case {
@@ -87,7 +89,10 @@ TEST(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
   }
 
   // All 32 at once on a 1 MiB pool: 2048 tokens of tiny-llama K/V for about
-  // 3000 tokens of demand, so the scheduler must preempt.
+  // 3000 tokens of demand, so the scheduler must preempt. "At once" is
+  // forced: the engine is held (StallHook) until the metrics show all 32
+  // queued, so they reach the scheduler together however slow the machine.
+  StallHook stall;
   const int metrics_port = strata::testing::FreePort();
   ASSERT_GT(metrics_port, 0);
   auto daemon = StratadDaemon::Start(
@@ -95,6 +100,7 @@ TEST(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
       {"--kv_cache_mb=1", "--max_model_len=256", "--max_num_seqs=32",
        absl::StrCat("--metrics_port=", metrics_port)});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
+  stall.Stall();
   std::vector<absl::StatusOr<std::vector<int32_t>>> together(
       cases.size(), absl::UnknownError("not run"));
   std::vector<std::thread> threads;
@@ -103,6 +109,17 @@ TEST(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
       together[i] = Generate((*daemon)->channel().get(), cases[i]);
     });
   }
+  double waiting = 0;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(60);
+       absl::Now() < give_up; absl::SleepFor(absl::Milliseconds(20))) {
+    waiting = strata::testing::PrometheusValue(
+        strata::testing::HttpBody(
+            strata::testing::HttpGet(metrics_port, "/metrics")),
+        "strata_requests_waiting");
+    if (waiting == static_cast<double>(cases.size())) break;
+  }
+  EXPECT_EQ(waiting, static_cast<double>(cases.size()));
+  stall.Release();
   for (auto& thread : threads) thread.join();
   for (size_t i = 0; i < cases.size(); ++i) {
     ASSERT_TRUE(together[i].ok()) << "request " << i << ": "

@@ -32,30 +32,10 @@ namespace strata {
 namespace {
 
 using ::grpc::health::v1::HealthCheckResponse;
+using ::strata::testing::StallHook;
 using ::strata::testing::StratadDaemon;
 
 constexpr char kGeneration[] = "strata.v1.Generation";
-
-// Sets STRATA_TEST_STALL_FILE for daemons started while it lives (children
-// inherit the environment); the file itself is created and removed by the
-// test to stall and release the engine.
-class StallHook {
- public:
-  StallHook()
-      : path_(absl::StrCat(::testing::TempDir(), "strata_stall_", getpid(), "_",
-                           absl::ToUnixNanos(absl::Now()))) {
-    setenv("STRATA_TEST_STALL_FILE", path_.c_str(), 1);
-  }
-  ~StallHook() {
-    Release();
-    unsetenv("STRATA_TEST_STALL_FILE");
-  }
-  void Stall() { std::ofstream(path_) << "stall\n"; }
-  void Release() { std::filesystem::remove(path_); }
-
- private:
-  std::string path_;
-};
 
 // Polls the health of `service` until it equals `want` (bounded).
 bool AwaitHealth(StratadDaemon& daemon, const std::string& service,

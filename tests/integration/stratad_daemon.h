@@ -5,13 +5,21 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
 #include "tests/integration/subprocess.h"
 
 namespace strata::testing {
@@ -61,6 +69,27 @@ class StratadDaemon {
   std::unique_ptr<Subprocess> process_;
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
+};
+
+// Sets STRATA_TEST_STALL_FILE for daemons started while it lives (children
+// inherit the environment); the file itself is created and removed by the
+// test to stall and release the engine.
+class StallHook {
+ public:
+  StallHook()
+      : path_(absl::StrCat(::testing::TempDir(), "strata_stall_", getpid(), "_",
+                           absl::ToUnixNanos(absl::Now()))) {
+    setenv("STRATA_TEST_STALL_FILE", path_.c_str(), 1);
+  }
+  ~StallHook() {
+    Release();
+    unsetenv("STRATA_TEST_STALL_FILE");
+  }
+  void Stall() { std::ofstream(path_) << "stall\n"; }
+  void Release() { std::filesystem::remove(path_); }
+
+ private:
+  std::string path_;
 };
 
 }  // namespace strata::testing

@@ -4,6 +4,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -117,6 +118,86 @@ TEST(EngineLoopTest, CancelReachesARunningRequest) {
   ASSERT_TRUE(sink->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
   EXPECT_EQ(sink->finish.reason, FinishReason::kCancelled);
   EXPECT_LT(sink->tokens.size(), 900u);
+}
+
+// Holds the engine inside its second step until released, so a test can act
+// while a request is known to be running.
+class GatedExecutor : public CountingExecutor {
+ public:
+  absl::StatusOr<StepResult> Execute(const StepPlan& plan) override {
+    if (++calls_ == 2) {
+      in_second_step.Notify();
+      release.WaitForNotification();
+    }
+    return CountingExecutor::Execute(plan);
+  }
+  absl::Notification in_second_step;
+  absl::Notification release;
+
+ private:
+  int calls_ = 0;  // engine thread only
+};
+
+// Keeps the last state the loop reported.
+class StateObserver : public StepObserver {
+ public:
+  void OnStep(const StepStats& stats) override { Record(stats); }
+  void OnStateChange(const StepStats& stats) override { Record(stats); }
+  // Waits (bounded) until the reported state is idle.
+  bool WaitForIdle(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return reported_ && running_ == 0 && waiting_ == 0 && blocks_ == 0;
+    };
+    return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+  }
+  int32_t running() {
+    absl::MutexLock lock(&mu_);
+    return running_;
+  }
+
+ private:
+  void Record(const StepStats& stats) {
+    absl::MutexLock lock(&mu_);
+    reported_ = true;
+    running_ = stats.num_running;
+    waiting_ = stats.num_waiting;
+    blocks_ = stats.num_blocks_used;
+  }
+  absl::Mutex mu_;
+  bool reported_ ABSL_GUARDED_BY(mu_) = false;
+  int32_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t blocks_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// The gauges an autoscaler reads must drop when a request is cancelled,
+// not only at the next step that has work (there is none here).
+TEST(EngineLoopTest, ReportsTheStateAfterACancelWithoutAnotherStep) {
+  Scheduler::Options options;
+  options.block_size = 4;
+  options.num_blocks = 256;
+  options.max_model_len = 1000;
+  auto scheduler = *Scheduler::Create(options);
+  GatedExecutor executor;
+  StateObserver observer;
+  auto loop = EngineLoop::Start({scheduler.get(), &executor, &observer});
+  auto sink = std::make_shared<NotifyingSink>();
+  RequestSpec spec;
+  spec.prompt = {1, 2, 3, 4, 5};
+  spec.max_tokens = 900;
+  spec.sink = sink;
+  const RequestId id = *scheduler->Submit(spec);
+  ASSERT_TRUE(
+      executor.in_second_step.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(observer.running(), 1);  // reported after the first step
+  scheduler->Cancel(id);
+  executor.release.Notify();
+  ASSERT_TRUE(sink->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(sink->finish.reason, FinishReason::kCancelled);
+  // The step after the cancel has no work: only a state report can say so.
+  EXPECT_TRUE(observer.WaitForIdle(absl::Seconds(10)))
+      << "running " << observer.running();
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -1158,6 +1159,163 @@ INSTANTIATE_TEST_SUITE_P(
                           "_",
                           std::get<2>(info.param) ? "recompute" : "propagate");
     });
+
+
+// ---- Fair admission across tenants (API keys) and per-key limits ----
+
+namespace fair {
+
+RequestSpec TenantSpec(const std::string& tenant, int32_t priority = 0,
+                       int32_t max_tokens = 1) {
+  RequestSpec spec;
+  spec.prompt = {1, 2};
+  spec.max_tokens = max_tokens;
+  spec.tenant = tenant;
+  spec.priority = priority;
+  spec.sink = std::make_shared<RecordingSink>();
+  return spec;
+}
+
+// The request ids of `plan`'s items (one per request when n = 1).
+std::vector<RequestId> Ids(const StepPlan& plan) {
+  std::vector<RequestId> ids;
+  for (const WorkItem& item : plan.items) ids.push_back(item.request_id);
+  return ids;
+}
+
+// Admits one request per step (max_num_seqs 1, one token each) and returns
+// the order they ran in.
+std::vector<RequestId> AdmissionOrder(Scheduler& scheduler,
+                                      SimExecutor& executor, int count) {
+  std::vector<RequestId> order;
+  for (int i = 0; i < count; ++i) {
+    StepPlan plan = scheduler.Schedule();
+    EXPECT_EQ(plan.items.size(), 1u);
+    if (plan.items.empty()) break;
+    order.push_back(plan.items[0].request_id);
+    scheduler.Commit(executor.Execute(plan));
+  }
+  return order;
+}
+
+}  // namespace fair
+
+TEST(SchedulerFairnessTest, AdmissionInterleavesTenants) {
+  Scheduler::Options options = SmallOptions();
+  options.max_num_seqs = 2;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 2);
+  // A burst of one tenant queued ahead of another tenant's one request.
+  std::vector<RequestId> hog;
+  for (int i = 0; i < 4; ++i) {
+    hog.push_back(*scheduler->Submit(fair::TenantSpec("hog", 0, 8)));
+  }
+  const RequestId small = *scheduler->Submit(fair::TenantSpec("small"));
+  // Two slots, two tenants: one each, not both to the burst.
+  const StepPlan plan = Step(*scheduler, executor);
+  EXPECT_THAT(fair::Ids(plan), ::testing::UnorderedElementsAre(hog[0], small));
+  RunToIdle(*scheduler, executor);
+}
+
+TEST(SchedulerFairnessTest, ATenantWithinItsShareTakesSlotsFromABurst) {
+  Scheduler::Options options = SmallOptions();
+  options.max_num_seqs = 4;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 4);
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(scheduler->Submit(fair::TenantSpec("hog", 0, 50)).ok());
+  }
+  Step(*scheduler, executor);
+  ASSERT_EQ(scheduler->num_running(), 4);  // the burst holds every slot
+  RequestSpec small_spec = fair::TenantSpec("small");
+  auto small_sink = std::make_shared<RecordingSink>();
+  small_spec.sink = small_sink;
+  const RequestId small = *scheduler->Submit(small_spec);
+  // The next step: the burst is over its share (4 slots / 2 tenants) and
+  // gives one back, so the small request runs now, not after a hog ends.
+  const StepPlan plan = Step(*scheduler, executor);
+  EXPECT_THAT(fair::Ids(plan), ::testing::Contains(small));
+  EXPECT_EQ(scheduler->num_preemptions(), 1);
+  EXPECT_EQ(small_sink->finishes, 1);  // its one token, in that step
+  EXPECT_EQ(scheduler->num_running(), 3);  // the burst, less the preempted
+  RunToIdle(*scheduler, executor);
+  EXPECT_TRUE(scheduler->CheckConsistency().ok());
+}
+
+TEST(SchedulerFairnessTest, PriorityOrdersOnlyWithinATenant) {
+  Scheduler::Options options = SmallOptions();
+  options.max_num_seqs = 1;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 1);
+  const RequestId a_low = *scheduler->Submit(fair::TenantSpec("a", 0));
+  const RequestId a_high = *scheduler->Submit(fair::TenantSpec("a", 7));
+  // Any client may send a huge priority; it orders only its own requests.
+  const RequestId b_max = *scheduler->Submit(
+      fair::TenantSpec("b", std::numeric_limits<int32_t>::max()));
+  EXPECT_EQ(fair::AdmissionOrder(*scheduler, executor, 3),
+            (std::vector<RequestId>{a_high, b_max, a_low}));
+}
+
+TEST(SchedulerFairnessTest, AnAdminKeysPriorityCountsAcrossTenants) {
+  Scheduler::Options options = SmallOptions();
+  options.max_num_seqs = 1;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 1);
+  const RequestId a = *scheduler->Submit(fair::TenantSpec("a", 0));
+  RequestSpec urgent = fair::TenantSpec("ops", 5);
+  urgent.admin = true;
+  const RequestId ops = *scheduler->Submit(urgent);
+  EXPECT_EQ(fair::AdmissionOrder(*scheduler, executor, 2),
+            (std::vector<RequestId>{ops, a}));
+}
+
+TEST(SchedulerFairnessTest, PerKeyLimitsNameTheLimit) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  // Each submission gets a sink of its own.
+  auto submit = [&](RequestSpec spec) {
+    spec.sink = std::make_shared<RecordingSink>();
+    return scheduler->Submit(std::move(spec)).status();
+  };
+  RequestSpec spec = fair::TenantSpec("team");
+  spec.max_concurrency = 2;
+  ASSERT_TRUE(submit(spec).ok());
+  ASSERT_TRUE(submit(spec).ok());
+  const absl::Status third = submit(spec);
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(third.message()),
+              ::testing::HasSubstr("max_concurrency"));
+  // Another key is not held back by this one's limit.
+  EXPECT_TRUE(submit(fair::TenantSpec("other")).ok());
+  RunToIdle(*scheduler, executor);
+  EXPECT_TRUE(submit(spec).ok());  // finished ones free the limit
+  RunToIdle(*scheduler, executor);
+
+  RequestSpec tokens = fair::TenantSpec("batch");
+  tokens.prompt = {1, 2, 3, 4};
+  tokens.max_queued_tokens = 6;
+  ASSERT_TRUE(submit(tokens).ok());
+  const absl::Status full = submit(tokens);
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.message()),
+              ::testing::HasSubstr("max_queued_tokens"));
+  // A prompt that alone exceeds the key's limit could never be queued.
+  tokens.prompt.assign(7, 1);
+  EXPECT_EQ(submit(tokens).code(), absl::StatusCode::kInvalidArgument);
+  RunToIdle(*scheduler, executor);
+}
+
+TEST(SchedulerTest, APromptOverMaxWaitingTokensIsInvalidNotRetryLater) {
+  Scheduler::Options options = SmallOptions();
+  options.max_waiting_tokens = 5;
+  auto scheduler = *Scheduler::Create(options);
+  RequestSpec spec = fair::TenantSpec("");
+  spec.prompt.assign(6, 1);
+  const absl::Status status = scheduler->Submit(spec).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_THAT(std::string(status.message()),
+              ::testing::HasSubstr("--max_waiting_tokens"));
+}
 
 }  // namespace
 }  // namespace strata

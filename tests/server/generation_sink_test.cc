@@ -108,6 +108,37 @@ class GenerationSinkTest : public ::testing::Test {
 
 Tokenizer* GenerationSinkTest::tokenizer_ = nullptr;
 
+}  // namespace
+
+class GenerationSinkTestPeer {
+ public:
+  // The stop strings each choice's matcher reads.
+  static std::vector<const void*> StopStringCopies(const GenerationSink& sink) {
+    std::vector<const void*> copies;
+    for (const auto& choice : sink.choices_) {
+      copies.push_back(choice.stop_matcher.stop_strings().get());
+    }
+    return copies;
+  }
+};
+
+namespace {
+
+// Ten requests of n = 16 with megabytes of stop strings once took RSS from
+// 186 MB to 857 MB: every choice kept its own copy. One copy per request.
+TEST_F(GenerationSinkTest, ChoicesShareOneCopyOfTheStopStrings) {
+  GenerationSink sink(
+      GenerationSink::Options{.tokenizer = tokenizer_,
+                              .stop_strings = {"END", std::string(200, 'x')},
+                              .n = 16},
+      &listener_);
+  const std::vector<const void*> copies =
+      GenerationSinkTestPeer::StopStringCopies(sink);
+  ASSERT_EQ(copies.size(), 16u);
+  ASSERT_NE(copies[0], nullptr);
+  for (const void* copy : copies) EXPECT_EQ(copy, copies[0]);
+}
+
 TEST_F(GenerationSinkTest, StreamsTextNeverSplittingACharacter) {
   const std::string text = "Hello wörld 🙂 日本語, ok!";
   const std::vector<TokenId> ids = Encode(text);

@@ -84,5 +84,20 @@ TEST(MessageCodecTest, SerializesResponses) {
   EXPECT_EQ(parsed.tokens(0), "seven");
 }
 
+// A client's invalid UTF-8 is answered INVALID_ARGUMENT; it must not also
+// write protobuf's ERROR line to the server's log, once per request.
+TEST(MessageCodecTest, InvalidUtf8WritesNoErrorLogLine) {
+  InstallProtobufLogFilter();
+  v1::CompletionRequest sent;
+  sent.set_text("ab\xFF");
+  const grpc::ByteBuffer wire = WireOf(sent);
+  ::testing::internal::CaptureStderr();
+  v1::CompletionRequest parsed;
+  const absl::Status status = ParseRequest(wire, parsed);
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(log.find("ERROR"), std::string::npos) << log;
+}
+
 }  // namespace
 }  // namespace strata

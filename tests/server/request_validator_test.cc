@@ -275,5 +275,70 @@ TEST_F(RequestValidatorTest, Detokenize) {
             "token_ids[2]: 1034 is outside the vocabulary (size 1029)");
 }
 
+// Every variable-size field has a byte or count limit, checked before any
+// work, and the error names the field.
+TEST_F(RequestValidatorTest, StopStringsAreLimitedInBytes) {
+  v1::SamplingParams sampling;
+  sampling.add_stop("ok");
+  sampling.add_stop(std::string(RequestValidator::kMaxStopStringBytes + 1, 'x'));
+  ExpectFieldError(SamplingError(sampling), "sampling.stop[1]", "bytes");
+  sampling.mutable_stop()->RemoveLast();
+  sampling.add_stop(std::string(RequestValidator::kMaxStopStringBytes, 'x'));
+  EXPECT_TRUE(SamplingError(sampling).ok());
+}
+
+TEST_F(RequestValidatorTest, StopTokenIdsAreLimitedInCount) {
+  v1::SamplingParams sampling;
+  for (int i = 0; i <= RequestValidator::kMaxStopTokenIds; ++i) {
+    sampling.add_stop_token_ids(1);
+  }
+  ExpectFieldError(SamplingError(sampling), "sampling.stop_token_ids",
+                   "at most");
+}
+
+TEST_F(RequestValidatorTest, PromptTextIsLimitedInBytesBeforeTokenizing) {
+  RequestValidator small(RequestValidator::Limits{
+      .vocab_size = kVocab, .max_model_len = kMaxModelLen,
+      .max_prompt_bytes = 100});
+  v1::CompletionRequest completion;
+  completion.set_text(std::string(101, 'a'));
+  ExpectFieldError(small.ValidateCompletion(completion), "prompt.text",
+                   "--max_prompt_bytes");
+  completion.set_text(std::string(100, 'a'));
+  EXPECT_TRUE(small.ValidateCompletion(completion).ok());
+
+  v1::ChatRequest chat;
+  for (int i = 0; i < 3; ++i) {
+    v1::ChatMessage* message = chat.add_messages();
+    message->set_role("user");
+    message->set_content(std::string(40, 'a'));  // 3 x 44 > 100
+  }
+  ExpectFieldError(small.ValidateChat(chat), "messages", "bytes");
+
+  v1::TokenizeRequest tokenize;
+  tokenize.set_text(std::string(101, 'a'));
+  ExpectFieldError(small.ValidateTokenize(tokenize), "text", "bytes");
+}
+
+TEST_F(RequestValidatorTest, ChatMessagesAndTemplateNameAreLimited) {
+  v1::ChatRequest chat;
+  for (int i = 0; i <= RequestValidator::kMaxMessages; ++i) {
+    v1::ChatMessage* message = chat.add_messages();
+    message->set_role("user");
+  }
+  ExpectFieldError(validator_.ValidateChat(chat), "messages", "at most");
+  chat.mutable_messages()->DeleteSubrange(1, chat.messages_size() - 1);
+  chat.set_chat_template(
+      std::string(RequestValidator::kMaxChatTemplateBytes + 1, 'l'));
+  ExpectFieldError(validator_.ValidateChat(chat), "chat_template", "bytes");
+}
+
+TEST_F(RequestValidatorTest, DetokenizeIdsAreLimitedToTheContext) {
+  v1::DetokenizeRequest request;
+  for (int i = 0; i <= kMaxModelLen; ++i) request.add_token_ids(1);
+  ExpectFieldError(validator_.ValidateDetokenize(request), "token_ids",
+                   "context length");
+}
+
 }  // namespace
 }  // namespace strata
