@@ -4,6 +4,7 @@
 // options and load errors.
 #include "text/tokenizer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -157,6 +158,23 @@ TEST_F(TinyLlamaTokenizerTest, EveryLineMatchesReferenceIdsAndRoundTrips) {
     EXPECT_EQ(ids, line["ids"].get<std::vector<TokenId>>()) << text;
     EXPECT_EQ(tokenizer().Decode(ids, /*skip_special_tokens=*/false), text);
   }
+}
+
+// A caller that refuses prompts over N tokens asks Encode to stop past N:
+// it gets a prefix of the full encoding with more than N ids, not all of it.
+TEST_F(TinyLlamaTokenizerTest, EncodeStopsOncePastMaxTokens) {
+  std::string text;
+  for (int i = 0; i < 2000; ++i) text += "In the beginning was the word. ";
+  const auto full = tokenizer().Encode(text, /*add_special_tokens=*/true);
+  ASSERT_TRUE(full.ok());
+  const auto cut = tokenizer().Encode(text, /*add_special_tokens=*/true, 50);
+  ASSERT_TRUE(cut.ok());
+  EXPECT_GT(cut->size(), 50u);
+  EXPECT_LT(cut->size(), full->size() / 10);
+  EXPECT_TRUE(std::equal(cut->begin(), cut->end(), full->begin()));
+  // Under the limit nothing changes.
+  const auto small = tokenizer().Encode("In the beginning", true, 50);
+  EXPECT_EQ(*small, *tokenizer().Encode("In the beginning", true));
 }
 
 TEST_F(TinyLlamaTokenizerTest, Metadata) {
