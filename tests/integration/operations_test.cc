@@ -32,6 +32,7 @@ namespace strata {
 namespace {
 
 using ::grpc::health::v1::HealthCheckResponse;
+using ::strata::testing::GreedyCompletion;
 using ::strata::testing::StallHook;
 using ::strata::testing::StratadDaemon;
 
@@ -122,16 +123,6 @@ int PortOf(const StratadDaemon& daemon) {
   return std::stoi(address.substr(address.rfind(':') + 1));
 }
 
-v1::CompletionRequest Greedy(uint32_t max_tokens) {
-  v1::CompletionRequest request;
-  request.mutable_token_ids()->add_ids(1792);
-  request.mutable_token_ids()->add_ids(400);
-  request.mutable_sampling()->set_temperature(0.0f);
-  request.mutable_sampling()->set_max_tokens(max_tokens);
-  request.mutable_sampling()->set_ignore_eos(true);
-  return request;
-}
-
 double Metric(int port, const std::string& series) {
   return strata::testing::PrometheusValue(
       strata::testing::HttpBody(strata::testing::HttpGet(port, "/metrics")),
@@ -167,7 +158,7 @@ TEST(OperationsTest, StalledEngineTurnsReadinessOffAndBackOn) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(60));
-    status = stub->Complete(&context, Greedy(8), &response);
+    status = stub->Complete(&context, GreedyCompletion(8), &response);
   });
   EXPECT_TRUE(
       AwaitHealth(**daemon, kGeneration, HealthCheckResponse::NOT_SERVING));
@@ -206,7 +197,7 @@ TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
       grpc::ClientContext context;
       context.set_deadline(std::chrono::system_clock::now() +
                            std::chrono::seconds(90));
-      auto reader = stub->CompleteStream(&context, Greedy(kTokens));
+      auto reader = stub->CompleteStream(&context, GreedyCompletion(kTokens));
       v1::CompletionChunk chunk;
       while (reader->Read(&chunk)) {
         received[i] += chunk.token_ids_size();
@@ -234,7 +225,7 @@ TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(10));
     v1::CompletionResponse response;
-    const grpc::Status refused = stub->Complete(&context, Greedy(4), &response);
+    const grpc::Status refused = stub->Complete(&context, GreedyCompletion(4), &response);
     EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE)
         << refused.error_message();
   }
@@ -265,7 +256,7 @@ TEST(OperationsTest, SecondSigtermExitsAtOnce) {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::seconds(30));
     v1::CompletionResponse response;
-    stub->Complete(&context, Greedy(4), &response);
+    stub->Complete(&context, GreedyCompletion(4), &response);
   });
   HealthWatch watch((*daemon)->address(), kGeneration);
   ASSERT_TRUE(watch.Await(HealthCheckResponse::SERVING));

@@ -24,6 +24,7 @@ namespace strata {
 namespace {
 
 using ::grpc::health::v1::HealthCheckResponse;
+using ::strata::testing::GreedyCompletion;
 using ::strata::testing::StallHook;
 using ::strata::testing::StratadDaemon;
 using ::testing::HasSubstr;
@@ -37,16 +38,6 @@ std::string WriteKeys(const std::string& text) {
                                         absl::ToUnixNanos(absl::Now()));
   std::ofstream(path, std::ios::trunc) << text;
   return path;
-}
-
-v1::CompletionRequest Greedy(uint32_t max_tokens) {
-  v1::CompletionRequest request;
-  request.mutable_token_ids()->add_ids(1792);
-  request.mutable_token_ids()->add_ids(400);
-  request.mutable_sampling()->set_temperature(0.0f);
-  request.mutable_sampling()->set_max_tokens(max_tokens);
-  request.mutable_sampling()->set_ignore_eos(true);
-  return request;
 }
 
 // One Complete call with `key` ("" = no authorization metadata).
@@ -80,9 +71,9 @@ TEST(SecurityTest, ApiKeysGuardGenerationButNotHealth) {
   EXPECT_EQ(*(*daemon)->Health("strata.v1.Generation"),
             HealthCheckResponse::SERVING);
 
-  EXPECT_EQ(Complete(**daemon, "", Greedy(2)).error_code(),
+  EXPECT_EQ(Complete(**daemon, "", GreedyCompletion(2)).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(Complete(**daemon, "sk-wrong", Greedy(2)).error_code(),
+  EXPECT_EQ(Complete(**daemon, "sk-wrong", GreedyCompletion(2)).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
   {
     auto stub = v1::Generation::NewStub((*daemon)->channel());
@@ -93,7 +84,7 @@ TEST(SecurityTest, ApiKeysGuardGenerationButNotHealth) {
               grpc::StatusCode::UNAUTHENTICATED);
   }
   v1::CompletionResponse response;
-  const grpc::Status ok = Complete(**daemon, kAliceKey, Greedy(3), &response);
+  const grpc::Status ok = Complete(**daemon, kAliceKey, GreedyCompletion(3), &response);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   EXPECT_EQ(response.usage().completion_tokens(), 3u);
 
@@ -117,17 +108,17 @@ TEST(SecurityTest, SighupReloadsTheKeys) {
   auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
                                      {"--api_keys_file=" + keys});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
-  ASSERT_TRUE(Complete(**daemon, kAliceKey, Greedy(1)).ok());
+  ASSERT_TRUE(Complete(**daemon, kAliceKey, GreedyCompletion(1)).ok());
   std::ofstream(keys, std::ios::trunc) << "bob " << kBobKey << "\n";
   ASSERT_EQ(kill((*daemon)->process().pid(), SIGHUP), 0);
   // The reload runs on the daemon's signal thread: wait for it (bounded).
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   while (absl::Now() < deadline &&
-         !Complete(**daemon, kBobKey, Greedy(1)).ok()) {
+         !Complete(**daemon, kBobKey, GreedyCompletion(1)).ok()) {
     absl::SleepFor(absl::Milliseconds(50));
   }
-  EXPECT_TRUE(Complete(**daemon, kBobKey, Greedy(1)).ok());
-  EXPECT_EQ(Complete(**daemon, kAliceKey, Greedy(1)).error_code(),
+  EXPECT_TRUE(Complete(**daemon, kBobKey, GreedyCompletion(1)).ok());
+  EXPECT_EQ(Complete(**daemon, kAliceKey, GreedyCompletion(1)).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE((*daemon)->Alive());
   std::remove(keys.c_str());
@@ -147,7 +138,7 @@ TEST(SecurityTest, PerKeyConcurrencyLimitIsResourceExhaustedNamingIt) {
   auto stub = v1::Generation::NewStub((*daemon)->channel());
   grpc::ClientContext first_context;
   first_context.AddMetadata("authorization", std::string("Bearer ") + kAliceKey);
-  const v1::CompletionRequest first_request = Greedy(4);
+  const v1::CompletionRequest first_request = GreedyCompletion(4);
   v1::CompletionResponse first_response;
   grpc::Status first_status;
   absl::Notification first_done;
@@ -160,14 +151,14 @@ TEST(SecurityTest, PerKeyConcurrencyLimitIsResourceExhaustedNamingIt) {
   grpc::Status second;
   const absl::Time deadline = absl::Now() + absl::Seconds(20);
   do {
-    second = Complete(**daemon, kAliceKey, Greedy(1));
+    second = Complete(**daemon, kAliceKey, GreedyCompletion(1));
   } while (second.ok() && absl::Now() < deadline);
   EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(second.error_message(), HasSubstr("max_concurrency"));
   stall.Release();
   ASSERT_TRUE(first_done.WaitForNotificationWithTimeout(absl::Seconds(60)));
   EXPECT_TRUE(first_status.ok()) << first_status.error_message();
-  EXPECT_TRUE(Complete(**daemon, kBobKey, Greedy(1)).ok());
+  EXPECT_TRUE(Complete(**daemon, kBobKey, GreedyCompletion(1)).ok());
   std::remove(keys.c_str());
 }
 
@@ -187,7 +178,7 @@ TEST(SecurityTest, MaxRequestTimeEndsARequestWithDeadlineExceeded) {
   v1::CompletionResponse response;
   grpc::Status status;
   absl::Notification done;
-  const v1::CompletionRequest request = Greedy(200);
+  const v1::CompletionRequest request = GreedyCompletion(200);
   stub->async()->Complete(&context, &request, &response,
                           [&](grpc::Status s) {
                             status = std::move(s);
@@ -208,7 +199,7 @@ TEST(SecurityTest, OversizedPromptsAreRefusedBeforeTokenizing) {
   auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
                                      {"--max_prompt_bytes=1000"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
-  v1::CompletionRequest request = Greedy(1);
+  v1::CompletionRequest request = GreedyCompletion(1);
   request.set_text(std::string(1001, 'a'));
   const grpc::Status text = Complete(**daemon, "", request);
   EXPECT_EQ(text.error_code(), grpc::StatusCode::INVALID_ARGUMENT);

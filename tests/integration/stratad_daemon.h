@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "strata/v1/generation.pb.h"
 #include "tests/integration/subprocess.h"
 
 namespace strata::testing {
@@ -70,6 +71,18 @@ class StratadDaemon {
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
 };
+
+// A greedy completion of a fixed two-token prompt that generates exactly
+// `max_tokens` tokens (EOS ignored).
+inline v1::CompletionRequest GreedyCompletion(uint32_t max_tokens) {
+  v1::CompletionRequest request;
+  request.mutable_token_ids()->add_ids(1792);
+  request.mutable_token_ids()->add_ids(400);
+  request.mutable_sampling()->set_temperature(0.0f);
+  request.mutable_sampling()->set_max_tokens(max_tokens);
+  request.mutable_sampling()->set_ignore_eos(true);
+  return request;
+}
 
 // Sets STRATA_TEST_STALL_FILE for daemons started while it lives (children
 // inherit the environment); the file itself is created and removed by the
