@@ -53,7 +53,7 @@ cuda_configured "${build}" || {
   exit 1
 }
 # shellcheck disable=SC2086
-cmake --build "${build}" -j "$(nproc)" --target ${targets}
+cmake --build "${build}" -j "${STRATA_BUILD_JOBS:-$(nproc)}" --target ${targets}
 
 rm -rf "${out}"
 mkdir -p "${out}/bin" "${out}/lib"

@@ -11,7 +11,8 @@
 //   (H100 SXM 3.35 TB/s, H200 4.8 TB/s; printed by name); the decode steps
 //   again as replayed CUDA graphs (decode_graphs_batch_N, with the speedup
 //   over launching op by op).
-// Kernels: paged-attention decode bandwidth at a 32k context, and cuBLASLt
+// Kernels: paged-attention decode bandwidth at a 32k context (grouped vs
+// per-head kernel, bf16 and f16 caches, fraction of peak), and cuBLASLt
 // int8 vs f16 GEMM throughput at large shapes.
 #include <cuda_runtime_api.h>
 
@@ -22,6 +23,8 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +33,7 @@
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/paged_attention.h"
 #include "nlohmann/json.hpp"
@@ -224,18 +228,20 @@ nlohmann::json BenchModel(const ModelConfig& config, const ModelWeights& host,
   return out;
 }
 
-nlohmann::json BenchAttention(bool quick) {
+// Paged decode attention, 8 rows at a 32k context (8k with --quick), GQA
+// 32/8, head dim 128, block 16, the blocks of each row in shuffled order:
+// bytes of K and V read per call over the time, for the grouped kernel and
+// the per-head kernel side by side, per cache type.
+nlohmann::json BenchAttention(bool quick, double peak) {
   using cuda::AttentionGeometry;
+  using cuda::DecodeKernelChoice;
   using cuda::DecodeRow;
-  using cuda::DecodeWorkspaceBytes;
-  using cuda::LaunchPagedAttentionDecode;
   AttentionGeometry g;
   g.num_heads = 32;
   g.num_kv_heads = 8;
   g.head_dim = 128;
   g.block_size = 16;
   g.scale = 0.088f;
-  g.cache_type = cuda::DType::kF16;
   const int32_t batch = 8, context = quick ? 8192 : 32768;
   const int64_t blocks = static_cast<int64_t>(batch) * context / g.block_size;
   const size_t cache_bytes =
@@ -244,7 +250,7 @@ nlohmann::json BenchAttention(bool quick) {
        *tables = nullptr, *rows = nullptr;
   const size_t q_bytes =
       static_cast<size_t>(batch) * g.num_heads * g.head_dim * 4;
-  const size_t ws_bytes = DecodeWorkspaceBytes(g, batch, context);
+  const size_t ws_bytes = cuda::DecodeWorkspaceBytes(g, batch, context);
   if (cudaMalloc(&k, cache_bytes) != cudaSuccess ||
       cudaMalloc(&v, cache_bytes) != cudaSuccess ||
       cudaMalloc(&q, q_bytes) != cudaSuccess ||
@@ -254,11 +260,14 @@ nlohmann::json BenchAttention(bool quick) {
       cudaMalloc(&rows, batch * sizeof(DecodeRow)) != cudaSuccess) {
     return {{"error", "cudaMalloc failed"}};
   }
-  cudaMemset(k, 0, cache_bytes);
-  cudaMemset(v, 0, cache_bytes);
+  // Small values (bf16 and f16 alike): 0x2c00 is 2^-4 in f16, ~1.6e-12 in
+  // bf16; either way finite scores.
+  cudaMemset(k, 0x2c, cache_bytes);
+  cudaMemset(v, 0x2c, cache_bytes);
   cudaMemset(q, 0, q_bytes);
   std::vector<int32_t> host_tables(blocks);
-  for (int64_t i = 0; i < blocks; ++i) host_tables[i] = static_cast<int32_t>(i);
+  std::iota(host_tables.begin(), host_tables.end(), 0);
+  std::shuffle(host_tables.begin(), host_tables.end(), std::mt19937(1));
   std::vector<DecodeRow> host_rows(batch);
   for (int32_t s = 0; s < batch; ++s) {
     host_rows[s] = {s, context - 1, s * (context / g.block_size)};
@@ -266,26 +275,57 @@ nlohmann::json BenchAttention(bool quick) {
   cudaMemcpy(tables, host_tables.data(), blocks * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(rows, host_rows.data(), batch * sizeof(DecodeRow),
              cudaMemcpyHostToDevice);
-  auto launch = [&]() {
-    return LaunchPagedAttentionDecode(
-        g, static_cast<float*>(q), k, v, static_cast<int32_t*>(tables),
-        static_cast<DecodeRow*>(rows), batch, context, ws,
-        static_cast<float*>(out), nullptr);
-  };
-  launch();
-  cudaDeviceSynchronize();
-  const int iters = 20;
-  const auto t0 = Clock::now();
-  for (int i = 0; i < iters; ++i) launch();
-  const cudaError_t e = cudaDeviceSynchronize();
-  const double s = Seconds(t0, Clock::now()) / iters;
+  const double bytes = 2.0 * cache_bytes;
+  const cuda::DecodePlan plan = cuda::PlanDecode(g, batch, context,
+                                                 cuda::CurrentDeviceSmCount());
+  nlohmann::json result = {{"batch", batch},
+                           {"context", context},
+                           {"num_heads", g.num_heads},
+                           {"num_kv_heads", g.num_kv_heads},
+                           {"head_dim", g.head_dim},
+                           {"block_size", g.block_size},
+                           {"kv_bytes_read", bytes},
+                           {"splits", plan.max_splits},
+                           {"keys_per_split", plan.keys_per_split},
+                           {"target_fraction_of_peak", 0.6}};
+  for (auto [type_name, type] : {std::pair{"bf16", cuda::DType::kBF16},
+                                 std::pair{"f16", cuda::DType::kF16}}) {
+    g.cache_type = type;
+    for (auto [kernel_name, choice] :
+         {std::pair{"grouped", DecodeKernelChoice::kGrouped},
+          std::pair{"per_head", DecodeKernelChoice::kPerHead}}) {
+      auto launch = [&, choice = choice]() {
+        return cuda::LaunchPagedAttentionDecode(
+            g, static_cast<float*>(q), k, v, static_cast<int32_t*>(tables),
+            static_cast<DecodeRow*>(rows), batch, context, ws,
+            static_cast<float*>(out), nullptr, choice);
+      };
+      cudaError_t e = launch();
+      if (e == cudaSuccess) e = cudaDeviceSynchronize();
+      const int iters = choice == DecodeKernelChoice::kGrouped ? 50 : 10;
+      const auto t0 = Clock::now();
+      for (int i = 0; i < iters && e == cudaSuccess; ++i) e = launch();
+      if (e == cudaSuccess) e = cudaDeviceSynchronize();
+      const double sec = Seconds(t0, Clock::now()) / iters;
+      nlohmann::json row;
+      if (e != cudaSuccess) {
+        row = {{"error", cudaGetErrorString(e)}};
+      } else {
+        row = {{"us", sec * 1e6}, {"bandwidth_bytes_per_s", bytes / sec}};
+        if (peak > 0) row["fraction_of_peak"] = bytes / sec / peak;
+        std::fprintf(stderr, "paged decode %s %s: %.1f us, %.0f GB/s\n",
+                     type_name, kernel_name, sec * 1e6, bytes / sec / 1e9);
+      }
+      result[type_name][kernel_name] = row;
+    }
+    const nlohmann::json& r = result[type_name];
+    if (r["grouped"].contains("us") && r["per_head"].contains("us")) {
+      result[type_name]["speedup_grouped_vs_per_head"] =
+          r["per_head"]["us"].get<double>() / r["grouped"]["us"].get<double>();
+    }
+  }
   for (void* p : {k, v, q, out, ws, tables, rows}) cudaFree(p);
-  if (e != cudaSuccess) return {{"error", cudaGetErrorString(e)}};
-  return {{"batch", batch},
-          {"context", context},
-          {"kv_bytes_read", 2.0 * cache_bytes},
-          {"ms", s * 1e3},
-          {"bandwidth_bytes_per_s", 2.0 * cache_bytes / s}};
+  return result;
 }
 
 nlohmann::json BenchGemm(bool quick) {
@@ -372,7 +412,7 @@ int Main(int argc, char** argv) {
         BenchModel(config, weights, q, quick, peak, &device);
     std::fprintf(stderr, "model %s in %.1f s\n", q, Seconds(t, Clock::now()));
   }
-  summary["paged_attention"] = BenchAttention(quick);
+  summary["paged_attention"] = BenchAttention(quick, peak);
   summary["gemm"] = BenchGemm(quick);
   std::ofstream(out_path) << summary.dump(2) << "\n";
   std::printf("%s\n", summary.dump(2).c_str());

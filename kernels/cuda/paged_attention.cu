@@ -1,20 +1,21 @@
-// Paged attention kernels. Why written this way: decode attention is a pure
-// bandwidth problem (every cached K/V byte read once per query head group),
-// so the decode kernel streams keys with one warp per key (lane-strided head
-// dims, a 5-step shuffle reduction per dot) and online softmax in registers;
-// long contexts are split across CTAs so a single long sequence still fills
-// the GPU. Prefill is compute-heavier: K/V tiles are staged once in shared
-// memory (as f32) and reused by kPrefillTile query rows. Both are plain CUDA
-// cores (no tensor-core MMA): simple, correct first versions; the napkin
-// figure for decode is bytes = 2 * ctx * kv_dim * 2 per layer per sequence,
-// compared against the card's peak in bench/gpu.
-// Query head h reads kv head h / (num_heads / num_kv_heads) (GQA); each query
-// head re-reads its kv head's keys (served from L2 for the group).
+// Paged attention kernels: the KV write, the prefill kernel, and the
+// per-head decode kernel for the geometries the grouped decode kernel
+// (decode_attention.cu, which LaunchPagedAttentionDecode prefers) does not
+// take: f32 caches, head dims other than 64/128/256, block sizes that are not
+// powers of two. The per-head decode kernel streams keys with one warp per
+// key (lane-strided head dims, a 5-step shuffle reduction per dot) and online
+// softmax in registers; long contexts are split across CTAs. Each query head
+// re-reads its kv head's keys (from L2 at best), which is why the grouped
+// kernel exists. Prefill is compute-heavier: K/V tiles are staged once in
+// shared memory (as f32) and reused by kPrefillTile query rows, on CUDA cores
+// (no tensor-core MMA yet).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/paged_attention.h"
 
@@ -321,9 +322,13 @@ cudaError_t LaunchWriteKv(const AttentionGeometry& g, const float* k,
 size_t DecodeWorkspaceBytes(const AttentionGeometry& g, int64_t num_rows,
                             int64_t max_context) {
   const int32_t splits = MaxSplits(max_context);
-  if (splits <= 1) return 0;
-  return static_cast<size_t>(num_rows) * g.num_heads * splits *
-         (g.head_dim + 2) * sizeof(float);
+  const size_t per_head =
+      splits <= 1 ? 0
+                  : static_cast<size_t>(num_rows) * g.num_heads * splits *
+                        (g.head_dim + 2) * sizeof(float);
+  const DecodePlan plan =
+      PlanDecode(g, num_rows, max_context, CurrentDeviceSmCount());
+  return std::max(per_head, GroupedDecodeWorkspaceBytes(g, plan, num_rows));
 }
 
 cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
@@ -332,9 +337,26 @@ cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
                                        const int32_t* block_tables,
                                        const DecodeRow* rows, int64_t num_rows,
                                        int64_t max_context, void* workspace,
-                                       float* out, cudaStream_t stream) {
+                                       float* out, cudaStream_t stream,
+                                       DecodeKernelChoice choice) {
   if (num_rows == 0) return cudaSuccess;
   if (g.head_dim > kMaxHeadDim || g.head_dim <= 0) return cudaErrorInvalidValue;
+  if (choice != DecodeKernelChoice::kPerHead) {
+    const DecodePlan plan =
+        PlanDecode(g, num_rows, max_context, CurrentDeviceSmCount());
+    // 16-byte loads: q rows and cache views must start 16-byte aligned (they
+    // do for the engine's tensors; a view at an odd offset takes the per-head
+    // kernel rather than faulting).
+    const bool aligned = ((reinterpret_cast<uintptr_t>(q) |
+                           reinterpret_cast<uintptr_t>(k_cache) |
+                           reinterpret_cast<uintptr_t>(v_cache)) &
+                          15) == 0;
+    if (plan.supported && aligned) {
+      return LaunchGroupedDecode(g, plan, q, k_cache, v_cache, block_tables,
+                                 rows, num_rows, workspace, out, stream);
+    }
+    if (choice == DecodeKernelChoice::kGrouped) return cudaErrorInvalidValue;
+  }
   const int32_t splits = MaxSplits(max_context);
   const dim3 grid(static_cast<unsigned>(num_rows),
                   static_cast<unsigned>(g.num_heads),
