@@ -74,8 +74,7 @@ __global__ void __launch_bounds__(kThreads)
                         const T* __restrict__ v_cache,
                         const int32_t* __restrict__ block_tables,
                         const DecodeRow* __restrict__ rows,
-                        float* __restrict__ partials,
-                        float* __restrict__ out) {
+                        float* __restrict__ partials, float* __restrict__ out) {
   constexpr int kLanes = D / kVec;  // lanes per key row: 8, 16 or 32
   constexpr int kGroupsPerWarp = 32 / kLanes;
   constexpr int kGroups = kGroupsPerWarp * kWarps;
@@ -110,9 +109,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int h = 0; h < G; ++h) {
     const float scale = h < heads_here ? g.scale * kLog2e : 0.0f;
-    const float* qh = q + r.row * q_width +
-                      static_cast<int64_t>(first_head + min(h, heads_here - 1)) * D +
-                      sub * kVec;
+    const float* qh =
+        q + r.row * q_width +
+        static_cast<int64_t>(first_head + min(h, heads_here - 1)) * D +
+        sub * kVec;
     const float4 a = *reinterpret_cast<const float4*>(qh);
     const float4 b = *reinterpret_cast<const float4*>(qh + 4);
     qr[h][0] = a.x * scale;
@@ -220,11 +220,11 @@ __global__ void __launch_bounds__(kThreads)
     if (row_splits == 1) {
       out[r.row * q_width + static_cast<int64_t>(head) * D + d] = a / l_all;
     } else {
-      float* p = partials +
-                 ((static_cast<int64_t>(blockIdx.x) * g.num_heads + head) *
-                      gridDim.z +
-                  split) *
-                     (D + 2);
+      float* p =
+          partials +
+          ((static_cast<int64_t>(blockIdx.x) * g.num_heads + head) * gridDim.z +
+           split) *
+              (D + 2);
       p[d] = a;
       if (d == 0) {
         p[D] = m_all;
@@ -342,8 +342,8 @@ void LaunchForDim(const AttentionGeometry& g, const DecodePlan& plan,
 DecodePlan PlanDecode(const AttentionGeometry& g, int64_t num_rows,
                       int64_t max_context, int num_sms) {
   DecodePlan plan;
-  const bool pow2_block = g.block_size > 0 &&
-                          (g.block_size & (g.block_size - 1)) == 0;
+  const bool pow2_block =
+      g.block_size > 0 && (g.block_size & (g.block_size - 1)) == 0;
   plan.supported =
       (g.cache_type == DType::kF16 || g.cache_type == DType::kBF16) &&
       (g.head_dim == 64 || g.head_dim == 128 || g.head_dim == 256) &&
@@ -353,10 +353,10 @@ DecodePlan PlanDecode(const AttentionGeometry& g, int64_t num_rows,
   plan.heads_per_cta = group == 1 ? 1 : group <= 4 ? 4 : kMaxGroupedHeads;
   plan.head_chunks = (group + plan.heads_per_cta - 1) / plan.heads_per_cta;
   const int64_t context = std::max<int64_t>(max_context, 1);
-  const int64_t ctas = std::max<int64_t>(
-      num_rows * g.num_kv_heads * plan.head_chunks, 1);
-  const int64_t want = (4 * static_cast<int64_t>(std::max(num_sms, 1)) +
-                        ctas - 1) / ctas;
+  const int64_t ctas =
+      std::max<int64_t>(num_rows * g.num_kv_heads * plan.head_chunks, 1);
+  const int64_t want =
+      (4 * static_cast<int64_t>(std::max(num_sms, 1)) + ctas - 1) / ctas;
   const int64_t most = (context + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   const int64_t splits = std::clamp<int64_t>(want, 1, most);
   // Whole quanta; rounding a split down (never under kMinKeysPerSplit) keeps
@@ -364,11 +364,11 @@ DecodePlan PlanDecode(const AttentionGeometry& g, int64_t num_rows,
   const int64_t per_split = (context + splits - 1) / splits;
   const int64_t quantum = kDecodeSplitQuantum;
   plan.keys_per_split = static_cast<int32_t>(
-      splits == 1 ? (context + quantum - 1) / quantum * quantum
-                  : std::max<int64_t>(kMinKeysPerSplit,
-                                      per_split / quantum * quantum));
-  plan.max_splits = static_cast<int32_t>(
-      (context + plan.keys_per_split - 1) / plan.keys_per_split);
+      splits == 1
+          ? (context + quantum - 1) / quantum * quantum
+          : std::max<int64_t>(kMinKeysPerSplit, per_split / quantum * quantum));
+  plan.max_splits = static_cast<int32_t>((context + plan.keys_per_split - 1) /
+                                         plan.keys_per_split);
   return plan;
 }
 
@@ -416,8 +416,8 @@ int CurrentDeviceSmCount() {
   }
   if (cached[device] == 0) {
     int sms = 0;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
-                               device) != cudaSuccess ||
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) !=
+            cudaSuccess ||
         sms <= 0) {
       return 1;
     }

@@ -21,9 +21,9 @@
 
 namespace strata::cuda {
 
-inline constexpr int32_t kMaxGroupedHeads = 8;  // query heads per CTA
-inline constexpr int32_t kDecodeSplitQuantum = 64;   // keys_per_split step
-inline constexpr int32_t kMinKeysPerSplit = 128;     // never split finer
+inline constexpr int32_t kMaxGroupedHeads = 8;      // query heads per CTA
+inline constexpr int32_t kDecodeSplitQuantum = 64;  // keys_per_split step
+inline constexpr int32_t kMinKeysPerSplit = 128;    // never split finer
 
 // How one decode launch is cut. A row of context c uses ceil(c /
 // keys_per_split) of the max_splits CTAs along z; when that is more than one

@@ -322,23 +322,20 @@ cudaError_t LaunchWriteKv(const AttentionGeometry& g, const float* k,
 size_t DecodeWorkspaceBytes(const AttentionGeometry& g, int64_t num_rows,
                             int64_t max_context) {
   const int32_t splits = MaxSplits(max_context);
-  const size_t per_head =
-      splits <= 1 ? 0
-                  : static_cast<size_t>(num_rows) * g.num_heads * splits *
-                        (g.head_dim + 2) * sizeof(float);
+  const size_t per_head = splits <= 1
+                              ? 0
+                              : static_cast<size_t>(num_rows) * g.num_heads *
+                                    splits * (g.head_dim + 2) * sizeof(float);
   const DecodePlan plan =
       PlanDecode(g, num_rows, max_context, CurrentDeviceSmCount());
   return std::max(per_head, GroupedDecodeWorkspaceBytes(g, plan, num_rows));
 }
 
-cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
-                                       const float* q, const void* k_cache,
-                                       const void* v_cache,
-                                       const int32_t* block_tables,
-                                       const DecodeRow* rows, int64_t num_rows,
-                                       int64_t max_context, void* workspace,
-                                       float* out, cudaStream_t stream,
-                                       DecodeKernelChoice choice) {
+cudaError_t LaunchPagedAttentionDecode(
+    const AttentionGeometry& g, const float* q, const void* k_cache,
+    const void* v_cache, const int32_t* block_tables, const DecodeRow* rows,
+    int64_t num_rows, int64_t max_context, void* workspace, float* out,
+    cudaStream_t stream, DecodeKernelChoice choice) {
   if (num_rows == 0) return cudaSuccess;
   if (g.head_dim > kMaxHeadDim || g.head_dim <= 0) return cudaErrorInvalidValue;
   if (choice != DecodeKernelChoice::kPerHead) {

@@ -71,23 +71,19 @@ cudaError_t LaunchWriteKv(const AttentionGeometry& g, const float* k,
 // one where it applies; the others are for benchmarks and tests side by side.
 enum class DecodeKernelChoice { kAuto, kPerHead, kGrouped };
 
-// Workspace bytes LaunchPagedAttentionDecode needs (any choice) for num_rows rows whose
-// longest context is max_context keys.
+// Workspace bytes LaunchPagedAttentionDecode needs (any choice) for num_rows
+// rows whose longest context is max_context keys.
 size_t DecodeWorkspaceBytes(const AttentionGeometry& g, int64_t num_rows,
                             int64_t max_context);
 
 //   q, out:       [*, num_heads * head_dim] f32 (rows named by `rows`)
 //   block_tables: flat device array; rows: [num_rows] device
 //   workspace:    DecodeWorkspaceBytes(...) bytes of device memory
-cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
-                                       const float* q, const void* k_cache,
-                                       const void* v_cache,
-                                       const int32_t* block_tables,
-                                       const DecodeRow* rows, int64_t num_rows,
-                                       int64_t max_context, void* workspace,
-                                       float* out, cudaStream_t stream,
-                                       DecodeKernelChoice choice =
-                                           DecodeKernelChoice::kAuto);
+cudaError_t LaunchPagedAttentionDecode(
+    const AttentionGeometry& g, const float* q, const void* k_cache,
+    const void* v_cache, const int32_t* block_tables, const DecodeRow* rows,
+    int64_t num_rows, int64_t max_context, void* workspace, float* out,
+    cudaStream_t stream, DecodeKernelChoice choice = DecodeKernelChoice::kAuto);
 
 //   tiles: [num_tiles] device
 cudaError_t LaunchPagedAttentionPrefill(

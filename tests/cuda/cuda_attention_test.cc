@@ -48,8 +48,8 @@ cuda::AttentionGeometry Geometry(int32_t heads, int32_t kv_heads,
 
 // Runs without a GPU.
 TEST(DecodePlanTest, SupportsOnlyVectorizableGeometries) {
-  EXPECT_TRUE(cuda::PlanDecode(Geometry(32, 8, 128, 16), 8, 4096, 132)
-                  .supported);
+  EXPECT_TRUE(
+      cuda::PlanDecode(Geometry(32, 8, 128, 16), 8, 4096, 132).supported);
   EXPECT_TRUE(
       cuda::PlanDecode(Geometry(8, 8, 64, 32, cuda::DType::kF16), 1, 1, 132)
           .supported);
@@ -66,8 +66,8 @@ TEST(DecodePlanTest, SupportsOnlyVectorizableGeometries) {
 // or by several CTAs of 8 for larger groups.
 TEST(DecodePlanTest, GroupsHeadsPerCta) {
   const std::pair<int32_t, std::pair<int32_t, int32_t>> want[] = {
-      {1, {1, 1}}, {2, {4, 1}},  {3, {4, 1}},
-      {4, {4, 1}}, {8, {8, 1}}, {16, {8, 2}}, {12, {8, 2}}};
+      {1, {1, 1}}, {2, {4, 1}},  {3, {4, 1}}, {4, {4, 1}},
+      {8, {8, 1}}, {16, {8, 2}}, {12, {8, 2}}};
   for (const auto& [group, expect] : want) {
     const cuda::DecodePlan plan =
         cuda::PlanDecode(Geometry(2 * group, 2, 128, 16), 1, 100, 132);
@@ -234,8 +234,8 @@ TEST_P(CudaAttentionTest, MatchesCpu) {
   for (int32_t r = 0; r < rows; ++r) {
     for (int32_t h = 0; h < c.num_heads; ++h) {
       const auto at = [&](const std::vector<float>& x) {
-        const auto first = x.begin() + (int64_t{r} * c.num_heads + h) *
-                                            c.head_dim;
+        const auto first =
+            x.begin() + (int64_t{r} * c.num_heads + h) * c.head_dim;
         return std::vector<float>(first, first + c.head_dim);
       };
       ASSERT_LT(RelativeMaxError(at(got), at(want)), 1e-3)

@@ -69,10 +69,9 @@ TEST(CpuBackendTest, TableKeepsItsRowsAndMultipliesPacked) {
 // The gathered op against MatMul, MatMul, Add per segment, which it must
 // equal bit for bit. `packed`: factors uploaded as kAdapter (packed) or as
 // plain f32 tensors (Upload); the op accepts both, as the CUDA backend does.
-void ExpectLowRankEqualsPerSegment(int64_t n, int64_t k, int64_t m,
-                                   int64_t rank,
-                                   const std::vector<std::pair<int, int>>& spans,
-                                   bool packed) {
+void ExpectLowRankEqualsPerSegment(
+    int64_t n, int64_t k, int64_t m, int64_t rank,
+    const std::vector<std::pair<int, int>>& spans, bool packed) {
   auto backend = MakeBackend();
   const std::vector<float> x_host = Random(n * k, 3);
   const std::vector<float> base = Random(n * m, 4);
@@ -82,12 +81,12 @@ void ExpectLowRankEqualsPerSegment(int64_t n, int64_t k, int64_t m,
   for (size_t s = 0; s < spans.size(); ++s) {
     const std::vector<float> a_host = Random(rank * k, 10 + s);
     const std::vector<float> b_host = Random(m * rank, 20 + s);
-    auto a = packed ? backend->UploadWeight(a_host, {rank, k},
-                                            WeightRole::kAdapter)
-                    : backend->Upload(a_host, {rank, k});
-    auto b = packed ? backend->UploadWeight(b_host, {m, rank},
-                                            WeightRole::kAdapter)
-                    : backend->Upload(b_host, {m, rank});
+    auto a =
+        packed ? backend->UploadWeight(a_host, {rank, k}, WeightRole::kAdapter)
+               : backend->Upload(a_host, {rank, k});
+    auto b =
+        packed ? backend->UploadWeight(b_host, {m, rank}, WeightRole::kAdapter)
+               : backend->Upload(b_host, {m, rank});
     ASSERT_TRUE(a.ok() && b.ok());
     as.push_back(*std::move(a));
     bs.push_back(*std::move(b));
