@@ -12,7 +12,8 @@
 //   again as replayed CUDA graphs (decode_graphs_batch_N, with the speedup
 //   over launching op by op).
 // Kernels: paged-attention decode bandwidth at a 32k context (grouped vs
-// per-head kernel, bf16 and f16 caches, fraction of peak), and cuBLASLt
+// per-head kernel, bf16 and f16 caches, fraction of peak), the weight-only
+// int8 GEMV at 1..16 rows against the bf16 GEMM (weight GB/s), and cuBLASLt
 // int8 vs f16 GEMM throughput at large shapes.
 #include <cuda_runtime_api.h>
 
@@ -34,6 +35,7 @@
 #include "engine/model_config.h"
 #include "engine/model_weights.h"
 #include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/int8_matmul.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/paged_attention.h"
 #include "nlohmann/json.hpp"
@@ -276,8 +278,8 @@ nlohmann::json BenchAttention(bool quick, double peak) {
   cudaMemcpy(rows, host_rows.data(), batch * sizeof(DecodeRow),
              cudaMemcpyHostToDevice);
   const double bytes = 2.0 * cache_bytes;
-  const cuda::DecodePlan plan = cuda::PlanDecode(g, batch, context,
-                                                 cuda::CurrentDeviceSmCount());
+  const cuda::DecodePlan plan =
+      cuda::PlanDecode(g, batch, context, cuda::CurrentDeviceSmCount());
   nlohmann::json result = {{"batch", batch},
                            {"context", context},
                            {"num_heads", g.num_heads},
@@ -326,6 +328,90 @@ nlohmann::json BenchAttention(bool quick, double peak) {
   }
   for (void* p : {k, v, q, out, ws, tables, rows}) cudaFree(p);
   return result;
+}
+
+// Weight-only int8 GEMV (the decode path for 1..16 rows) against the bf16
+// cuBLASLt GEMM on the same shapes: weight bytes read per call over the
+// time, and the int8 time relative to its own 1-row time (the target
+// for a batch-8 step is <= 1.2x the batch-1 step).
+nlohmann::json BenchInt8Gemv(bool quick, double peak) {
+  absl::StatusOr<std::unique_ptr<cuda::LtGemm>> gemm =
+      cuda::LtGemm::Create(32u << 20);
+  if (!gemm.ok()) return {{"error", std::string(gemm.status().message())}};
+  nlohmann::json out = nlohmann::json::array();
+  // The 1.1B model's MLP up (m 8192, k 2048) and down (m 2048, k 8192).
+  const int64_t shapes[][2] = {{8192, 2048}, {2048, 8192}};
+  for (const auto& shape : shapes) {
+    const int64_t m = shape[0], k = shape[1];
+    void *x = nullptr, *x16 = nullptr, *w8 = nullptr, *w16 = nullptr,
+         *scales = nullptr, *o = nullptr;
+    const int64_t max_n = 16;
+    if (cudaMalloc(&x, max_n * k * 4) != cudaSuccess ||
+        cudaMalloc(&x16, max_n * k * 2) != cudaSuccess ||
+        cudaMalloc(&w8, m * k) != cudaSuccess ||
+        cudaMalloc(&w16, m * k * 2) != cudaSuccess ||
+        cudaMalloc(&scales, m * 4) != cudaSuccess ||
+        cudaMalloc(&o, max_n * m * 4) != cudaSuccess) {
+      return {{"error", "cudaMalloc failed"}};
+    }
+    cudaMemset(x, 0, max_n * k * 4);
+    cudaMemset(x16, 0, max_n * k * 2);
+    cudaMemset(w8, 1, m * k);
+    cudaMemset(w16, 0, m * k * 2);
+    cudaMemset(scales, 0, m * 4);
+    nlohmann::json rows = {{"m", m}, {"k", k}};
+    double int8_one_row_us = 0.0;
+    for (int64_t n : {1, 2, 4, 8, 16}) {
+      if (quick && (n == 2 || n == 4)) continue;
+      const int iters = 50;
+      auto time = [&](auto&& launch) -> double {
+        launch();
+        cudaDeviceSynchronize();
+        const auto t0 = Clock::now();
+        for (int i = 0; i < iters; ++i) launch();
+        if (cudaDeviceSynchronize() != cudaSuccess) return -1.0;
+        return Seconds(t0, Clock::now()) / iters;
+      };
+      cudaError_t e8 = cudaSuccess;
+      const double s8 = time([&] {
+        e8 = cuda::LaunchInt8Gemv(static_cast<float*>(x),
+                                  static_cast<int8_t*>(w8),
+                                  static_cast<float*>(scales), n, m, k,
+                                  static_cast<float*>(o), nullptr);
+      });
+      absl::Status s16_status;
+      const double s16 = time([&] {
+        s16_status = (*gemm)->MatMul(cuda::GemmType::kBF16, x16, w16, n, m, k,
+                                     o, nullptr);
+      });
+      nlohmann::json row = {{"n", n}};
+      if (e8 != cudaSuccess || s8 <= 0) {
+        row["int8"] = {{"error", cudaGetErrorString(e8)}};
+      } else {
+        if (n == 1) int8_one_row_us = s8 * 1e6;
+        row["int8"] = {{"us", s8 * 1e6}, {"weight_bytes_per_s", m * k / s8}};
+        if (peak > 0) row["int8"]["fraction_of_peak"] = m * k / s8 / peak;
+        if (int8_one_row_us > 0) {
+          row["int8"]["vs_one_row"] = s8 * 1e6 / int8_one_row_us;
+        }
+      }
+      if (!s16_status.ok() || s16 <= 0) {
+        row["bf16_gemm"] = {{"error", std::string(s16_status.message())}};
+      } else {
+        row["bf16_gemm"] = {{"us", s16 * 1e6},
+                            {"weight_bytes_per_s", 2.0 * m * k / s16}};
+        if (e8 == cudaSuccess && s8 > 0) row["int8_speedup"] = s16 / s8;
+      }
+      std::fprintf(stderr,
+                   "int8 gemv m=%ld k=%ld n=%ld: %.1f us (bf16 gemm %.1f us)\n",
+                   static_cast<long>(m), static_cast<long>(k),
+                   static_cast<long>(n), s8 * 1e6, s16 * 1e6);
+      rows["batches"].push_back(row);
+    }
+    out.push_back(rows);
+    for (void* p : {x, x16, w8, w16, scales, o}) cudaFree(p);
+  }
+  return out;
 }
 
 nlohmann::json BenchGemm(bool quick) {
@@ -413,6 +499,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "model %s in %.1f s\n", q, Seconds(t, Clock::now()));
   }
   summary["paged_attention"] = BenchAttention(quick, peak);
+  summary["int8_gemv"] = BenchInt8Gemv(quick, peak);
   summary["gemm"] = BenchGemm(quick);
   std::ofstream(out_path) << summary.dump(2) << "\n";
   std::printf("%s\n", summary.dump(2).c_str());

@@ -19,6 +19,7 @@
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/int8_gemv.h"
 #include "kernels/cuda/sampling.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -120,10 +121,74 @@ INSTANTIATE_TEST_SUITE_P(
                     MatMulCase{"f16", "llm.int8", 3, 128, 256, 4e-2},
                     MatMulCase{"bf16", "llm.int8", 64, 256, 512, 4e-2},
                     // k % 4 != 0: LLM.int8 falls back to weight-only int8.
-                    MatMulCase{"f16", "llm.int8", 2, 64, 30, 4e-2}),
+                    MatMulCase{"f16", "llm.int8", 2, 64, 30, 4e-2},
+                    // The tiled int8 GEMV (k % 16 == 0) at 1..16 rows, odd m.
+                    MatMulCase{"bf16", "int8", 1, 333, 2048, 3e-2},
+                    MatMulCase{"f16", "int8", 3, 37, 208, 3e-2},
+                    MatMulCase{"bf16", "int8", 8, 130, 512, 3e-2},
+                    MatMulCase{"f16", "int8", 16, 257, 1024, 3e-2},
+                    // 16 rows with k % 16 != 0: the warp-per-channel GEMV.
+                    MatMulCase{"f16", "int8", 16, 100, 40, 3e-2}),
     // Index names: the parameters are structs with pointers, whose bytes
     // gtest would otherwise print into the name (unstable under ASLR).
     [](const auto& info) { return "case" + std::to_string(info.index); });
+
+// Runs without a GPU: the GEMV's int8 -> f32 conversion (a byte placed in a
+// float mantissa) is exact for every byte in every lane of a word.
+TEST(Int8GemvTest, LaneToFloatIsExact) {
+  for (int b = 0; b < 256; ++b) {
+    const int8_t v = static_cast<int8_t>(b);
+    for (int lane = 0; lane < 4; ++lane) {
+      // The other lanes hold different bytes, which must not leak in.
+      uint32_t word = 0xA55A3CC3u;
+      word &= ~(0xffu << (8 * lane));
+      word |= static_cast<uint32_t>(static_cast<uint8_t>(v)) << (8 * lane);
+      EXPECT_EQ(cuda::Int8LaneToFloat(word, lane), static_cast<float>(v))
+          << b << " lane " << lane;
+    }
+  }
+}
+
+// Weight-only int8 GEMV at every batch size it serves (1..16 rows) against
+// the exact product with the same quantized weights, computed on the host
+// (per-row absmax / 127, rint, as the upload does): only the f32 summation
+// order differs, so a dropped k range, a mixed-up channel or row, or a lost
+// warp partial shows far above the 1e-5 tolerance.
+TEST(Int8GemvTest, MatchesDequantizedReference) {
+  CudaBackend::Options options = *CudaBackend::ParseOptions("bf16", "int8");
+  STRATA_REQUIRE_CUDA(gpu, options);
+  const int64_t m = 203, k = 1040;  // m odd; k % 16 == 0, not a power of two
+  const std::vector<float> w = RandomVector(m * k, 70, 0.05f);
+  Tensor wg = *gpu->UploadWeight(w, {m, k}, WeightRole::kLinear);
+  std::vector<double> dequant(static_cast<size_t>(m * k));
+  for (int64_t j = 0; j < m; ++j) {
+    float amax = 0.0f;
+    for (int64_t p = 0; p < k; ++p)
+      amax = std::max(amax, std::abs(w[j * k + p]));
+    const float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+    for (int64_t p = 0; p < k; ++p) {
+      const float q =
+          std::min(127.0f, std::max(-127.0f, std::rint(w[j * k + p] * inv)));
+      dequant[j * k + p] = static_cast<double>(q) * scale;
+    }
+  }
+  for (int64_t n = 1; n <= 16; ++n) {
+    const std::vector<float> x = RandomVector(n * k, 71 + n);
+    Tensor xg = *gpu->Upload(x, {n, k});
+    Tensor og = *gpu->Allocate(ElementType::kF32, {n, m});
+    gpu->MatMul(xg, wg, &og);
+    std::vector<float> want(static_cast<size_t>(n * m));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < m; ++j) {
+        double sum = 0.0;
+        for (int64_t p = 0; p < k; ++p)
+          sum += x[i * k + p] * dequant[j * k + p];
+        want[i * m + j] = static_cast<float>(sum);
+      }
+    }
+    EXPECT_LT(RelativeMaxError(ToHost(*gpu, og), want), 1e-5) << "n=" << n;
+  }
+}
 
 TEST(CudaOpsTest, ElementwiseMatchCpu) {
   STRATA_REQUIRE_CUDA(gpu);
