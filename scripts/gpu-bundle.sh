@@ -28,14 +28,15 @@ targets="strata_cuda_tests strata_gpu_bench ${STRATA_BUNDLE_TARGETS:-}"
 cuda_configured() {  # $1: build dir
   [[ -f "$1/CMakeCache.txt" ]] &&
     grep -Eq '^CMAKE_CUDA_COMPILER:[A-Z]*=.+' "$1/CMakeCache.txt" &&
-    ! grep -Eq '^CMAKE_CUDA_COMPILER:[A-Z]*=.*NOTFOUND' "$1/CMakeCache.txt"
+    ! grep -Eq '^CMAKE_CUDA_COMPILER:[A-Z]*=.*NOTFOUND' "$1/CMakeCache.txt" &&
+    ! grep -Eq '^STRATA_ENABLE_CUDA:BOOL=(OFF|0|FALSE|NO)$' "$1/CMakeCache.txt"
 }
 
 build="${STRATA_BUILD_DIR:-build}"
 if ! cuda_configured "${build}"; then
   [[ -f "${build}/CMakeCache.txt" ]] &&
     echo "gpu-bundle: ${build}/ is a CPU-only build; using build-cuda/"
-  build=build-cuda
+  build="build-cuda"
 fi
 have_archs=""
 if [[ -f "${build}/CMakeCache.txt" ]]; then
@@ -100,4 +101,4 @@ chmod +x "${out}/gpu-check.sh"
     "$([[ "${STRATA_BUNDLE_CUDA_LIBS:-0}" == 1 ]] || echo libcudart libcublas libcublasLt)"
 } > "${out}/MANIFEST"
 echo "gpu-bundle: $(du -sh "${out}" | cut -f1) in ${out}/" \
-  "($(ls "${out}/lib" | wc -l) libraries); run ${out}/gpu-check.sh"
+  "(${#copied[@]} libraries); run ${out}/gpu-check.sh"

@@ -92,9 +92,14 @@ if [[ ${bench} -eq 1 && ${device} -eq 1 ]]; then
   echo "== GPU benchmark"
   remaining=$((330 - $(elapsed)))
   if ((remaining > 30)); then
+    # The benchmark rewrites its JSON after every section, so a timeout
+    # (rc 124) still leaves the sections it finished.
     timeout "${remaining}" "${here}/bin/strata_gpu_bench" ${quick} \
       --out "${out_dir}/gpu-bench.json" >"${out_dir}/gpu-bench.log" 2>&1
     bench_rc=$?
+    if ((bench_rc == 124)); then
+      echo "benchmark cut at ${remaining} s: partial results (try --quick)"
+    fi
     tail -n 80 "${out_dir}/gpu-bench.log"
   else
     echo "skipped: ${remaining} s left of the 6-minute budget"
@@ -147,4 +152,5 @@ else
   echo "tests_rc=${tests_rc} bench_rc=${bench_rc} device=${device}" \
     "(no python3 here: see ${out_dir}/cuda-tests.log)"
 fi
-[[ ${tests_rc} -eq 0 && ${bench_rc} -le 0 ]]
+# A benchmark cut by the budget (124) is reported above, not a failure.
+[[ ${tests_rc} -eq 0 && (${bench_rc} -le 0 || ${bench_rc} -eq 124) ]]

@@ -487,6 +487,13 @@ int Main(int argc, char** argv) {
   nlohmann::json summary;
   summary["device"] = name;
   summary["peak_bytes_per_s"] = peak;
+  // Written after every section, kernels first: a run cut short by the GPU
+  // check's time budget still leaves every figure measured so far.
+  auto save = [&] { std::ofstream(out_path) << summary.dump(2) << "\n"; };
+  summary["paged_attention"] = BenchAttention(quick, peak);
+  save();
+  summary["int8_gemv"] = BenchInt8Gemv(quick, peak);
+  save();
   const ModelConfig config = BenchConfig(quick);
   const auto t0 = Clock::now();
   const ModelWeights weights = RandomWeights(config);
@@ -496,12 +503,11 @@ int Main(int argc, char** argv) {
     const auto t = Clock::now();
     summary["model"][std::string(q) == "none" ? "bf16" : q] =
         BenchModel(config, weights, q, quick, peak, &device);
+    save();
     std::fprintf(stderr, "model %s in %.1f s\n", q, Seconds(t, Clock::now()));
   }
-  summary["paged_attention"] = BenchAttention(quick, peak);
-  summary["int8_gemv"] = BenchInt8Gemv(quick, peak);
   summary["gemm"] = BenchGemm(quick);
-  std::ofstream(out_path) << summary.dump(2) << "\n";
+  save();
   std::printf("%s\n", summary.dump(2).c_str());
   return 0;
 }
