@@ -23,7 +23,7 @@
 // reduces each key's dot products over its lanes with xor shuffles, and
 // rescales its accumulators once per chunk. At the end the groups' (m, l,
 // acc) are merged through shared memory; rows with one split write the
-// output, others their partials for GroupedCombineKernel.
+// output, others their partials for DecodeCombineKernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -235,13 +235,12 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // grid (num_rows, num_heads); merges the splits of rows that have several
-// (partials in the exp2 domain).
-__global__ void GroupedCombineKernel(AttentionGeometry g,
-                                     int32_t keys_per_split,
-                                     const DecodeRow* __restrict__ rows,
-                                     int max_splits,
-                                     const float* __restrict__ partials,
-                                     float* __restrict__ out) {
+// (partials in the exp2 domain), for both decode kernels.
+__global__ void DecodeCombineKernel(AttentionGeometry g, int32_t keys_per_split,
+                                    const DecodeRow* __restrict__ rows,
+                                    int max_splits,
+                                    const float* __restrict__ partials,
+                                    float* __restrict__ out) {
   const DecodeRow r = rows[blockIdx.x];
   const int head = blockIdx.y;
   const int32_t row_splits =
@@ -398,11 +397,24 @@ cudaError_t LaunchGroupedDecode(const AttentionGeometry& g,
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (plan.max_splits > 1) {
-    GroupedCombineKernel<<<dim3(static_cast<unsigned>(num_rows),
-                                static_cast<unsigned>(g.num_heads)),
-                           std::min(g.head_dim, 128), 0, stream>>>(
-        g, plan.keys_per_split, rows, plan.max_splits, partials, out);
+    return LaunchDecodeCombine(g, plan.keys_per_split, rows, num_rows,
+                               plan.max_splits, partials, out, stream);
   }
+  return cudaSuccess;
+}
+
+cudaError_t LaunchDecodeCombine(const AttentionGeometry& g,
+                                int32_t keys_per_split, const DecodeRow* rows,
+                                int64_t num_rows, int32_t max_splits,
+                                const float* partials, float* out,
+                                cudaStream_t stream) {
+  if (num_rows == 0) return cudaSuccess;
+  // Threads: a multiple of 32 covering head_dim (up to 128, then strided).
+  const int threads = std::min((g.head_dim + 31) / 32 * 32, 128);
+  DecodeCombineKernel<<<dim3(static_cast<unsigned>(num_rows),
+                             static_cast<unsigned>(g.num_heads)),
+                        threads, 0, stream>>>(g, keys_per_split, rows,
+                                              max_splits, partials, out);
   return cudaGetLastError();
 }
 

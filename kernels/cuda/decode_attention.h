@@ -57,6 +57,16 @@ cudaError_t LaunchGroupedDecode(const AttentionGeometry& g,
                                 void* workspace, float* out,
                                 cudaStream_t stream);
 
+// Merges the partials of the decode rows split over several CTAs (rows
+// whose context exceeds keys_per_split) into out; rows with one split are
+// left alone. partials: [num_rows, num_heads, max_splits, head_dim + 2] f32,
+// per split the unnormalized sum of p * v, then max (log2 units) and sum of p.
+cudaError_t LaunchDecodeCombine(const AttentionGeometry& g,
+                                int32_t keys_per_split, const DecodeRow* rows,
+                                int64_t num_rows, int32_t max_splits,
+                                const float* partials, float* out,
+                                cudaStream_t stream);
+
 // The current device's SM count (cached per device; 1 if unknown).
 int CurrentDeviceSmCount();
 

@@ -148,45 +148,11 @@ __global__ void DecodeKernel(AttentionGeometry g, const float* __restrict__ q,
               (g.head_dim + 2);
       p[d] = a;
       if (d == 0) {
-        p[g.head_dim] = m_all;
+        // The shared combine kernel (decode_attention.h) works in exp2.
+        p[g.head_dim] = m_all * 1.4426950408889634f;
         p[g.head_dim + 1] = l_all;
       }
     }
-  }
-}
-
-// grid (num_rows, num_heads); merges the splits of rows that have several.
-__global__ void DecodeCombineKernel(AttentionGeometry g,
-                                    const DecodeRow* __restrict__ rows,
-                                    int max_splits,
-                                    const float* __restrict__ partials,
-                                    float* __restrict__ out) {
-  const DecodeRow r = rows[blockIdx.x];
-  const int head = blockIdx.y;
-  const int32_t row_splits = (r.position + kSplitKeys) / kSplitKeys;
-  if (row_splits == 1) return;
-  const float* base =
-      partials + (static_cast<int64_t>(blockIdx.x) * gridDim.y + head) *
-                     max_splits * (g.head_dim + 2);
-  float m_all = -INFINITY;
-  for (int s = 0; s < row_splits; ++s) {
-    m_all = fmaxf(m_all, base[s * (g.head_dim + 2) + g.head_dim]);
-  }
-  float l_all = 0.0f;
-  for (int s = 0; s < row_splits; ++s) {
-    const float* p = base + s * (g.head_dim + 2);
-    if (p[g.head_dim + 1] > 0.0f) {
-      l_all += p[g.head_dim + 1] * expf(p[g.head_dim] - m_all);
-    }
-  }
-  const int64_t q_width = static_cast<int64_t>(g.num_heads) * g.head_dim;
-  for (int d = threadIdx.x; d < g.head_dim; d += blockDim.x) {
-    float a = 0.0f;
-    for (int s = 0; s < row_splits; ++s) {
-      const float* p = base + s * (g.head_dim + 2);
-      if (p[g.head_dim + 1] > 0.0f) a += p[d] * expf(p[g.head_dim] - m_all);
-    }
-    out[r.row * q_width + head * g.head_dim + d] = a / l_all;
   }
 }
 
@@ -381,12 +347,10 @@ cudaError_t LaunchPagedAttentionDecode(
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (splits > 1) {
-    DecodeCombineKernel<<<dim3(static_cast<unsigned>(num_rows),
-                               static_cast<unsigned>(g.num_heads)),
-                          kThreads, 0, stream>>>(g, rows, splits, partials,
-                                                 out);
+    return LaunchDecodeCombine(g, kSplitKeys, rows, num_rows, splits, partials,
+                               out, stream);
   }
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 cudaError_t LaunchPagedAttentionPrefill(
