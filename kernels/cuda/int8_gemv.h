@@ -44,6 +44,16 @@ cudaError_t LaunchInt8GemvTiled(const float* x, const int8_t* w,
                                 const float* scales, int64_t n, int64_t m,
                                 int64_t k, float* out, cudaStream_t stream);
 
+// The LLM.int8() inlier product for n <= 16 rows, in place of the cuBLASLt
+// int8 GEMM (which, like any GEMM at a handful of rows, does not stream the
+// weights at bandwidth): acc[i][j] = sum_p xq[i][p] * w[j][p], exact int32.
+//   xq: [n, k] int8, w: [m, k] int8, acc: [n, m] int32
+bool Int8DotGemvSupports(const int8_t* xq, const int8_t* w, int64_t n,
+                         int64_t k);
+cudaError_t LaunchInt8DotGemv(const int8_t* xq, const int8_t* w, int64_t n,
+                              int64_t m, int64_t k, int32_t* acc,
+                              cudaStream_t stream);
+
 }  // namespace strata::cuda
 
 #undef STRATA_HOST_DEVICE

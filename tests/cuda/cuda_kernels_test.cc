@@ -3,6 +3,8 @@
 // split), through the Backend interface both implement. Tolerances are per
 // weight type: f16 ~1e-3 relative, bf16 ~8e-3, int8 ~3e-2 (see docs/cuda.md).
 // Without a GPU every test that needs one is skipped with the reason.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -188,6 +190,53 @@ TEST(Int8GemvTest, MatchesDequantizedReference) {
     }
     EXPECT_LT(RelativeMaxError(ToHost(*gpu, og), want), 1e-5) << "n=" << n;
   }
+}
+
+// The LLM.int8() inlier GEMV (int8 x int8 -> int32) at 1..16 rows equals the
+// host's integer product exactly: integer sums have no rounding, so any
+// difference is a kernel bug. Extreme values (-128, 127) included.
+TEST(Int8GemvTest, DotGemvIsExact) {
+  STRATA_REQUIRE_CUDA(gpu);  // only to skip without a device
+  const int64_t m = 77, k = 1040, max_n = 16;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  std::vector<int8_t> w(m * k), x(max_n * k);
+  for (int8_t& v : w) v = static_cast<int8_t>(byte(rng));
+  for (int8_t& v : x) v = static_cast<int8_t>(byte(rng));
+  w[0] = x[0] = -128;
+  w[1] = x[1] = 127;
+  int8_t *dw = nullptr, *dx = nullptr;
+  int32_t* dacc = nullptr;
+  ASSERT_EQ(cudaMalloc(&dw, w.size()), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dx, x.size()), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dacc, max_n * m * sizeof(int32_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dx, x.data(), x.size(), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  for (int64_t n = 1; n <= max_n; ++n) {
+    ASSERT_TRUE(cuda::Int8DotGemvSupports(dx, dw, n, k));
+    ASSERT_EQ(cuda::LaunchInt8DotGemv(dx, dw, n, m, k, dacc, nullptr),
+              cudaSuccess);
+    std::vector<int32_t> got(n * m);
+    ASSERT_EQ(cudaMemcpy(got.data(), dacc, got.size() * sizeof(int32_t),
+                         cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < m; ++j) {
+        int32_t want = 0;
+        for (int64_t p = 0; p < k; ++p) want += x[i * k + p] * w[j * k + p];
+        ASSERT_EQ(got[i * m + j], want)
+            << "n=" << n << " i=" << i << " j=" << j;
+      }
+    }
+  }
+  // Shapes it declines: k % 16 != 0, more than 16 rows.
+  EXPECT_FALSE(cuda::Int8DotGemvSupports(dx, dw, 4, 1000));
+  EXPECT_FALSE(cuda::Int8DotGemvSupports(dx, dw, 17, k));
+  cudaFree(dw);
+  cudaFree(dx);
+  cudaFree(dacc);
 }
 
 TEST(CudaOpsTest, ElementwiseMatchCpu) {
