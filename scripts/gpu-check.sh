@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA backend's checks on a GPU host, in one call, designed to finish in
-# 6 minutes (tests <= 200 s, benchmark in what is left of 330 s). Runs from a
+# 6 minutes (tests <= 200 s, compute-sanitizer memcheck of the new kernels
+# <= 75 s when the host has it, benchmark in what is left of 330 s). Runs from a
 # bundle made by scripts/gpu-bundle.sh; needs only the driver, the CUDA
 # runtime and cuBLASLt on the host (no compiler, apt, CMake or network).
 #
@@ -87,6 +88,27 @@ if ((skipped > 0)); then
   fi
 fi
 
+# The kernels written without a GPU under compute-sanitizer's memcheck, when
+# the host has it (a toolkit tool, not in the bundle), for at most 75 s; the
+# two 32k-context attention cases (case26, case27) are left out for time.
+sanitizer_rc=-1
+sanitizer=$(command -v compute-sanitizer || true)
+for c in /usr/local/cuda*/bin/compute-sanitizer; do
+  [[ -z "${sanitizer}" && -x "${c}" ]] && sanitizer="${c}"
+done
+if [[ ${device} -eq 1 && -n "${sanitizer}" ]]; then
+  echo "== compute-sanitizer memcheck (new kernels)"
+  timeout 75 "${sanitizer}" --tool memcheck --error-exitcode 3 \
+    "${here}/bin/strata_cuda_tests" \
+    --gtest_filter='Int8GemvTest.*:Shapes/CudaAttentionTest.*:Shapes/CudaMatMulTest.*-*/case26:*/case27' \
+    >"${out_dir}/memcheck.log" 2>&1
+  sanitizer_rc=$?
+  grep -E 'ERROR SUMMARY|^\[  (PASSED|FAILED) ' "${out_dir}/memcheck.log" | tail -n 5
+  echo "memcheck rc=${sanitizer_rc} ($(elapsed) s)"
+elif [[ ${device} -eq 1 ]]; then
+  echo "== compute-sanitizer: not on this host (skipped)"
+fi
+
 bench_rc=-1
 if [[ ${bench} -eq 1 && ${device} -eq 1 ]]; then
   echo "== GPU benchmark"
@@ -111,10 +133,11 @@ fi
 summary() {
   python3 - "$@" <<'PY'
 import json, os, sys
-out, tests, bench, secs, device = sys.argv[1:]
+out, tests, bench, secs, device, memcheck = sys.argv[1:]
 summary = {"card": open(os.path.join(out, "card.txt")).read().strip(),
            "device": device == "1", "cuda_tests_rc": int(tests),
-           "bench_rc": int(bench), "seconds": int(secs)}
+           "memcheck_rc": int(memcheck), "bench_rc": int(bench),
+           "seconds": int(secs)}
 try:
     t = json.load(open(os.path.join(out, "cuda-tests.json")))
     cases = [(s["name"] + "." + c["name"], c)
@@ -147,10 +170,13 @@ PY
 }
 echo "== summary ($(elapsed) s)"
 if command -v python3 >/dev/null 2>&1; then
-  summary "${out_dir}" "${tests_rc}" "${bench_rc}" "$(elapsed)" "${device}"
+  summary "${out_dir}" "${tests_rc}" "${bench_rc}" "$(elapsed)" "${device}" \
+    "${sanitizer_rc}"
 else
   echo "tests_rc=${tests_rc} bench_rc=${bench_rc} device=${device}" \
     "(no python3 here: see ${out_dir}/cuda-tests.log)"
 fi
-# A benchmark cut by the budget (124) is reported above, not a failure.
-[[ ${tests_rc} -eq 0 && (${bench_rc} -le 0 || ${bench_rc} -eq 124) ]]
+# A benchmark or memcheck cut by the budget (124) is reported above, not a
+# failure; memcheck errors (3) or failed tests under it are.
+[[ ${tests_rc} -eq 0 && (${bench_rc} -le 0 || ${bench_rc} -eq 124) &&
+  (${sanitizer_rc} -le 0 || ${sanitizer_rc} -eq 124) ]]
