@@ -19,9 +19,9 @@
 #include <utility>
 #include <vector>
 
-#include "engine/backend.h"
-#include "engine/cpu_backend.h"
-#include "engine/cuda_backend.h"
+#include "engine/backends/backend.h"
+#include "engine/backends/cpu/cpu_backend.h"
+#include "engine/backends/cuda/cuda_backend.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/decode_attention.h"
 #include "tests/cuda/cuda_test_util.h"
