@@ -66,6 +66,24 @@ __device__ __forceinline__ void ReduceToShared(T (&vals)[V],
   __syncthreads();
 }
 
+// After ReduceToShared: f(row, channel, sum over the warps in a fixed order)
+// for each of the CTA's N x C sums that is inside [0, n) x [j0, m).
+template <int N, int C, typename T, typename F>
+__device__ __forceinline__ void ForEachSum(const T (&red)[kGemvWarps][N * C],
+                                           int64_t j0, int64_t m, int n,
+                                           F&& f) {
+  for (int t = threadIdx.x; t < N * C; t += kGemvThreads) {
+    const int c = t / N, r = t % N;
+    const int64_t j = j0 + c;
+    if (j < m && r < n) {
+      T sum = 0;
+#pragma unroll
+      for (int wi = 0; wi < kGemvWarps; ++wi) sum += red[wi][t];
+      f(static_cast<int64_t>(r), j, sum);
+    }
+  }
+}
+
 // grid ceil(m / C); kGemvThreads threads. N: rows the kernel is built for (rows
 // past n read row n - 1 and are not written).
 template <int N, int C>
@@ -127,16 +145,9 @@ __global__ void __launch_bounds__(kGemvThreads)
   }
 
   ReduceToShared(vals, red);
-  for (int t = threadIdx.x; t < V; t += kGemvThreads) {
-    const int c = t / N, r = t % N;
-    const int64_t j = j0 + c;
-    if (j < m && r < n) {
-      float sum = 0.0f;
-#pragma unroll
-      for (int wi = 0; wi < kGemvWarps; ++wi) sum += red[wi][t];
-      out[static_cast<int64_t>(r) * m + j] = sum * scales[j];
-    }
-  }
+  ForEachSum<N, C>(red, j0, m, n, [&](int64_t r, int64_t j, float sum) {
+    out[r * m + j] = sum * scales[j];
+  });
 }
 
 // The LLM.int8() inlier product at decode batch sizes: int8 activations
@@ -179,16 +190,9 @@ __global__ void __launch_bounds__(kGemvThreads)
     }
   }
   ReduceToShared(vals, red);
-  for (int t = threadIdx.x; t < V; t += kGemvThreads) {
-    const int c = t / N, r = t % N;
-    const int64_t j = j0 + c;
-    if (j < m && r < n) {
-      int32_t sum = 0;
-#pragma unroll
-      for (int wi = 0; wi < kGemvWarps; ++wi) sum += red[wi][t];
-      acc[static_cast<int64_t>(r) * m + j] = sum;
-    }
-  }
+  ForEachSum<N, C>(red, j0, m, n, [&](int64_t r, int64_t j, int32_t sum) {
+    acc[r * m + j] = sum;
+  });
 }
 
 // Calls f(std::integral_constant<int, N>, std::integral_constant<int, C>)

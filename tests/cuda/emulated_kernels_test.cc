@@ -126,32 +126,30 @@ void RunDecodeCase(const DecodeCase& c) {
     for (int h = 0; h < g.num_heads; ++h) {
       const int kv = h / group;
       const float* qh = q.data() + r * q_width + h * D;
-      std::vector<double> score(ctx);
-      double m = -INFINITY;
+      // Element offset of key j's row of this kv head, via the table.
+      std::vector<size_t> at(ctx);
       for (int32_t j = 0; j < ctx; ++j) {
         const int32_t block =
             tables[decode_rows[r].table_offset + j / g.block_size];
-        const size_t at =
+        at[j] =
             ((static_cast<size_t>(block) * g.num_kv_heads + kv) * g.block_size +
              j % g.block_size) *
             D;
+      }
+      std::vector<double> score(ctx);
+      double m = -INFINITY;
+      for (int32_t j = 0; j < ctx; ++j) {
         double dot = 0.0;
-        for (int d = 0; d < D; ++d) dot += qh[d] * ToF(k[at + d]);
+        for (int d = 0; d < D; ++d) dot += qh[d] * ToF(k[at[j] + d]);
         score[j] = dot * g.scale;
         m = std::max(m, score[j]);
       }
       double l = 0.0;
       std::vector<double> want(D, 0.0);
       for (int32_t j = 0; j < ctx; ++j) {
-        const int32_t block =
-            tables[decode_rows[r].table_offset + j / g.block_size];
-        const size_t at =
-            ((static_cast<size_t>(block) * g.num_kv_heads + kv) * g.block_size +
-             j % g.block_size) *
-            D;
         const double p = std::exp(score[j] - m);
         l += p;
-        for (int d = 0; d < D; ++d) want[d] += p * ToF(v[at + d]);
+        for (int d = 0; d < D; ++d) want[d] += p * ToF(v[at[j] + d]);
       }
       for (int d = 0; d < D; ++d) {
         const double got = out[r * q_width + h * D + d];
