@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 #include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -304,6 +306,16 @@ cudaError_t LaunchPagedAttentionDecode(
     cudaStream_t stream, DecodeKernelChoice choice) {
   if (num_rows == 0) return cudaSuccess;
   if (g.head_dim > kMaxHeadDim || g.head_dim <= 0) return cudaErrorInvalidValue;
+  // STRATA_CUDA_DECODE_KERNEL=per_head turns the grouped kernel off for kAuto
+  // (a diagnostic switch for a first GPU run: the kernel was written without
+  // one). Read once.
+  static const bool per_head_only = [] {
+    const char* v = std::getenv("STRATA_CUDA_DECODE_KERNEL");
+    return v != nullptr && std::string_view(v) == "per_head";
+  }();
+  if (choice == DecodeKernelChoice::kAuto && per_head_only) {
+    choice = DecodeKernelChoice::kPerHead;
+  }
   if (choice != DecodeKernelChoice::kPerHead) {
     const DecodePlan plan =
         PlanDecode(g, num_rows, max_context, CurrentDeviceSmCount());
