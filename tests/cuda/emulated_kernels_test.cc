@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gtest/gtest-spi.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/decode_attention.h"
 
@@ -29,6 +30,45 @@ namespace strata::cuda {
 namespace {
 
 using testing_simt::EmulateLaunch;
+
+// The emulator itself: warps may take different numbers of shuffle trips
+// (warp 1 loops twice as often as warp 0) with a __syncthreads after, and a
+// shuffle only some lanes of a warp reach is reported, not hung.
+__global__ void WarpTripsKernel(int* out) {
+  __shared__ int per_warp[2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int total = 0;
+  for (int trip = 0; trip < 1 + warp; ++trip) {
+    int v = lane + trip;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    total += v;  // sum over lanes of (lane + trip) = 496 + 32 * trip
+  }
+  if (lane == 0) per_warp[warp] = total;
+  __syncthreads();
+  out[threadIdx.x] = per_warp[0] + 10000 * per_warp[1];
+}
+
+__global__ void DivergentShuffleKernel(int* out) {
+  int v = static_cast<int>(threadIdx.x);
+  if ((threadIdx.x & 31) < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  __syncthreads();
+  out[threadIdx.x] = v;
+}
+
+TEST(SimtEmulatorTest, WarpsShuffleIndependently) {
+  std::vector<int> out(64, -1);
+  EmulateLaunch(dim3(1), 64, [&] { WarpTripsKernel(out.data()); });
+  for (int t = 0; t < 64; ++t) {
+    ASSERT_EQ(out[t], 496 + 10000 * (496 + 528)) << t;
+  }
+}
+
+TEST(SimtEmulatorTest, DivergentShuffleIsAFailureNotAHang) {
+  std::vector<int> out(32, -1);
+  EXPECT_NONFATAL_FAILURE(
+      EmulateLaunch(dim3(1), 32, [&] { DivergentShuffleKernel(out.data()); }),
+      "deadlocked");
+}
 
 template <typename T>
 T To16(float x);

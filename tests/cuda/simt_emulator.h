@@ -3,15 +3,15 @@
 // then a kernel header (kernels/cuda/*_kernel.cuh), in a test file compiled
 // by the host compiler; launch with EmulateLaunch.
 //
-// Model: every CUDA thread of a CTA is a fiber (ucontext) on one OS thread,
-// run round-robin; __syncthreads() and each __shfl_xor_sync() are CTA-wide
-// barriers (a fiber yields; the next round starts when every live fiber has
-// yielded or returned). That is exact for kernels whose shuffles are
-// executed by all threads of the CTA the same number of times, as the
-// kernels tested here are (a kernel that shuffles in divergent code would
-// deadlock or misbehave here: not a model of independent warps). __shared__
-// variables become function statics, shared by the fibers of the running CTA.
-// Memory is host memory; __ldg / __ldcs are plain loads.
+// Model: every CUDA thread of a CTA is a fiber (ucontext) on one OS thread.
+// A fiber runs until it reaches a barrier: __shfl_xor_sync() waits for the
+// live lanes of its warp (so warps may run different numbers of loop trips
+// and shuffles, as on a GPU), __syncthreads() for every live thread of the
+// CTA. A warp whose lanes wait at different barriers (a shuffle in divergent
+// code, undefined on a GPU too) stops the run with a test failure instead of
+// hanging. __shared__ variables become function statics, shared by the
+// fibers of the running CTA. Memory is host memory; __ldg / __ldcs are plain
+// loads.
 //
 // What this checks: index arithmetic, the data flow through shuffles and
 // shared memory, the math, bounds (with AddressSanitizer builds). What it
@@ -35,6 +35,8 @@
 #include <functional>
 #include <type_traits>
 #include <vector>
+
+#include "gtest/gtest.h"
 
 // The CUDA qualifiers, as host code.
 #undef __global__
@@ -63,22 +65,33 @@ class CtaEmulator {
     return emulator;
   }
 
-  // Runs body() as `threads` fibers with threadIdx.x = 0..threads-1.
-  void Run(unsigned threads, const std::function<void()>& body);
+  // Runs body() as `threads` fibers with threadIdx.x = 0..threads-1. False
+  // when the fibers deadlocked (lanes of a warp at different barriers).
+  bool Run(unsigned threads, const std::function<void()>& body);
 
-  // Yields until every live fiber of the CTA has reached its next barrier.
-  void Barrier() { swapcontext(&fibers_[current_].context, &scheduler_); }
+  // __syncthreads(): yields until every live fiber of the CTA is here.
+  void Barrier() { Wait(State::kCtaWait); }
+  // A shuffle's barrier: yields until every live lane of the warp is here.
+  void WarpBarrier() { Wait(State::kWarpWait); }
 
   unsigned current() const { return current_; }
   uint64_t& slot(unsigned thread) { return slots_[thread]; }
 
  private:
+  enum class State { kReady, kWarpWait, kCtaWait, kDone };
   struct Fiber {
     ucontext_t context;
     std::vector<char> stack;
-    bool done = false;
+    State state = State::kReady;
   };
   static void Trampoline();
+  void Wait(State state) {
+    fibers_[current_].state = state;
+    swapcontext(&fibers_[current_].context, &scheduler_);
+  }
+  // Moves waiting fibers whose barrier is complete to kReady; false when
+  // none could move although some are live (a deadlock).
+  bool Release();
 
   ucontext_t scheduler_;
   std::vector<Fiber> fibers_;
@@ -108,11 +121,11 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
   auto& emulator = strata::testing_simt::CtaEmulator::Get();
   const unsigned me = emulator.current();
   std::memcpy(&emulator.slot(me), &value, sizeof(T));
-  emulator.Barrier();
+  emulator.WarpBarrier();
   T partner;
   std::memcpy(&partner, &emulator.slot(me ^ static_cast<unsigned>(lane_mask)),
               sizeof(T));
-  emulator.Barrier();
+  emulator.WarpBarrier();  // before any lane overwrites its slot again
   return partner;
 }
 
@@ -141,11 +154,43 @@ namespace strata::testing_simt {
 inline void CtaEmulator::Trampoline() {
   CtaEmulator& e = Get();
   (*e.body_)();
-  e.fibers_[e.current_].done = true;
+  e.fibers_[e.current_].state = State::kDone;
   // uc_link returns to the scheduler.
 }
 
-inline void CtaEmulator::Run(unsigned threads,
+inline bool CtaEmulator::Release() {
+  bool live = false, moved = false;
+  const unsigned n = static_cast<unsigned>(fibers_.size());
+  // Warps whose live lanes all wait at a shuffle.
+  for (unsigned w0 = 0; w0 < n; w0 += 32) {
+    bool all = true, any = false;
+    for (unsigned t = w0; t < n && t < w0 + 32; ++t) {
+      if (fibers_[t].state == State::kDone) continue;
+      any = true;
+      all = all && fibers_[t].state == State::kWarpWait;
+    }
+    live = live || any;
+    if (any && all) {
+      for (unsigned t = w0; t < n && t < w0 + 32; ++t) {
+        if (fibers_[t].state == State::kWarpWait) {
+          fibers_[t].state = State::kReady;
+        }
+      }
+      moved = true;
+    }
+  }
+  if (moved || !live) return true;
+  // No warp can move: the CTA barrier, if every live fiber is at it.
+  for (const Fiber& f : fibers_) {
+    if (f.state != State::kDone && f.state != State::kCtaWait) return false;
+  }
+  for (Fiber& f : fibers_) {
+    if (f.state == State::kCtaWait) f.state = State::kReady;
+  }
+  return true;
+}
+
+inline bool CtaEmulator::Run(unsigned threads,
                              const std::function<void()>& body) {
   constexpr size_t kStack = 256 * 1024;
   body_ = &body;
@@ -153,7 +198,7 @@ inline void CtaEmulator::Run(unsigned threads,
   slots_.assign(threads, 0);
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = fibers_[t];
-    f.done = false;
+    f.state = State::kReady;
     f.stack.resize(kStack);
     getcontext(&f.context);
     f.context.uc_stack.ss_sp = f.stack.data();
@@ -161,15 +206,20 @@ inline void CtaEmulator::Run(unsigned threads,
     f.context.uc_link = &scheduler_;
     makecontext(&f.context, &CtaEmulator::Trampoline, 0);
   }
-  for (bool live = true; live;) {
-    live = false;
+  for (;;) {
+    bool ran = false;
     for (unsigned t = 0; t < threads; ++t) {
-      if (fibers_[t].done) continue;
+      if (fibers_[t].state != State::kReady) continue;
       current_ = t;
       threadIdx = {t, 0, 0};
       swapcontext(&scheduler_, &fibers_[t].context);
-      live = live || !fibers_[t].done;
+      ran = true;
     }
+    bool live = false;
+    for (const Fiber& f : fibers_) live = live || f.state != State::kDone;
+    if (!live) return true;
+    if (!ran && !Release()) return false;
+    if (ran) Release();
   }
 }
 
@@ -182,7 +232,12 @@ inline void EmulateLaunch(dim3 grid, unsigned threads,
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = {x, y, z};
-        CtaEmulator::Get().Run(threads, kernel);
+        if (!CtaEmulator::Get().Run(threads, kernel)) {
+          ADD_FAILURE() << "emulated CTA (" << x << ", " << y << ", " << z
+                        << ") deadlocked: lanes of a warp at different "
+                           "barriers (a shuffle in divergent code?)";
+          return;
+        }
       }
     }
   }
