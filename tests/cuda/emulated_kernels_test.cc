@@ -11,6 +11,7 @@
 // built with -Wno-unknown-pragmas (cmake/cuda.cmake).
 #include "kernels/cuda/decode_attention_kernel.cuh"
 #include "kernels/cuda/int8_gemv_kernel.cuh"
+#include "kernels/cuda/paged_attention_kernel.cuh"
 // clang-format on
 
 #include <algorithm>
@@ -90,10 +91,11 @@ struct DecodeCase {
 };
 
 // Builds a paged cache with shuffled blocks, runs the emulated grouped kernel
-// (and the combine kernel when the plan splits) and compares every output
-// with attention computed in double from the same 16-bit values.
+// (per_head: the per-head kernel of paged_attention_kernel.cuh, with its
+// 512-key splits) and the combine kernel when rows are split, and compares
+// every output with attention computed in double from the same 16-bit values.
 template <typename T, int D>
-void RunDecodeCase(const DecodeCase& c) {
+void RunDecodeCase(const DecodeCase& c, bool per_head = false) {
   AttentionGeometry g;
   g.num_heads = c.num_heads;
   g.num_kv_heads = c.num_kv_heads;
@@ -104,8 +106,14 @@ void RunDecodeCase(const DecodeCase& c) {
   const int64_t rows = static_cast<int64_t>(c.contexts.size());
   const int32_t max_context =
       *std::max_element(c.contexts.begin(), c.contexts.end());
-  const DecodePlan plan = PlanDecode(g, rows, max_context, c.num_sms);
-  ASSERT_TRUE(plan.supported);
+  DecodePlan plan;
+  if (per_head) {
+    plan.keys_per_split = kSplitKeys;
+    plan.max_splits = (max_context + kSplitKeys - 1) / kSplitKeys;
+  } else {
+    plan = PlanDecode(g, rows, max_context, c.num_sms);
+    ASSERT_TRUE(plan.supported);
+  }
 
   // Block tables over a shuffled pool, plus unused blocks.
   std::vector<int32_t> tables;
@@ -136,24 +144,33 @@ void RunDecodeCase(const DecodeCase& c) {
   std::vector<float> q(rows * q_width);
   for (float& x : q) x = normal(rng);
   std::vector<float> out(q.size(), std::nanf("")), partials;
-  partials.resize(GroupedDecodeWorkspaceBytes(g, plan, rows) / sizeof(float) +
-                  1);
+  partials.resize(rows * g.num_heads * plan.max_splits * (D + 2) + 1);
 
-  const dim3 grid(static_cast<unsigned>(rows),
-                  static_cast<unsigned>(g.num_kv_heads * plan.head_chunks),
-                  static_cast<unsigned>(plan.max_splits));
-  DispatchGroup(plan.heads_per_cta, [&](auto group) {
-    EmulateLaunch(grid, kDecodeThreads, [&] {
-      GroupedDecodeKernel<T, D, decltype(group)::value>(
-          g, plan.keys_per_split, plan.head_chunks, BlockShift(g.block_size),
-          q.data(), k.data(), v.data(), tables.data(), decode_rows.data(),
-          partials.data(), out.data());
+  if (per_head) {
+    EmulateLaunch(
+        dim3(static_cast<unsigned>(rows), static_cast<unsigned>(g.num_heads),
+             static_cast<unsigned>(plan.max_splits)),
+        kThreads, [&] {
+          DecodeKernel<T>(g, q.data(), k.data(), v.data(), tables.data(),
+                          decode_rows.data(), partials.data(), out.data());
+        });
+  } else {
+    const dim3 grid(static_cast<unsigned>(rows),
+                    static_cast<unsigned>(g.num_kv_heads * plan.head_chunks),
+                    static_cast<unsigned>(plan.max_splits));
+    DispatchGroup(plan.heads_per_cta, [&](auto group) {
+      EmulateLaunch(grid, kDecodeThreads, [&] {
+        GroupedDecodeKernel<T, D, decltype(group)::value>(
+            g, plan.keys_per_split, plan.head_chunks, BlockShift(g.block_size),
+            q.data(), k.data(), v.data(), tables.data(), decode_rows.data(),
+            partials.data(), out.data());
+      });
     });
-  });
+  }
   if (plan.max_splits > 1) {
     EmulateLaunch(
         dim3(static_cast<unsigned>(rows), static_cast<unsigned>(g.num_heads)),
-        static_cast<unsigned>(std::min(D, 128)), [&] {
+        static_cast<unsigned>(std::min((D + 31) / 32 * 32, 128)), [&] {
           DecodeCombineKernel(g, plan.keys_per_split, decode_rows.data(),
                               plan.max_splits, partials.data(), out.data());
         });
@@ -222,6 +239,14 @@ TEST(EmulatedDecodeAttentionTest, GroupsOfTwoThreeAndSixteen) {
   RunDecodeCase<__half, 64>({4, 2, 16, {40, 2}, 132});
   RunDecodeCase<__nv_bfloat16, 64>({6, 2, 32, {70}, 132});
   RunDecodeCase<__half, 64>({16, 1, 16, {200}, 132});
+}
+
+// The per-head kernel (head dim 80, block 8: geometries the grouped one
+// declines) with rows over one, two and three of its 512-key splits, merged
+// by the shared combine kernel (its partial maxima now in log2 units).
+TEST(EmulatedDecodeAttentionTest, PerHeadKernelAndCombine) {
+  RunDecodeCase<__half, 80>({2, 1, 8, {1030, 513, 7}, 132}, /*per_head=*/true);
+  RunDecodeCase<__nv_bfloat16, 64>({1, 1, 16, {600}, 132}, /*per_head=*/true);
 }
 
 TEST(EmulatedDecodeAttentionTest, HeadDim256) {

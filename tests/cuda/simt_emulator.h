@@ -129,6 +129,22 @@ inline T __shfl_xor_sync(unsigned /*mask*/, T value, int lane_mask) {
   return partner;
 }
 
+// Lane i gets lane i - delta's value (its own below delta).
+template <typename T>
+inline T __shfl_up_sync(unsigned /*mask*/, T value, unsigned delta) {
+  static_assert(sizeof(T) <= sizeof(uint64_t) &&
+                std::is_trivially_copyable_v<T>);
+  auto& emulator = strata::testing_simt::CtaEmulator::Get();
+  const unsigned me = emulator.current();
+  std::memcpy(&emulator.slot(me), &value, sizeof(T));
+  emulator.WarpBarrier();
+  T got = value;
+  if (me % 32 >= delta)
+    std::memcpy(&got, &emulator.slot(me - delta), sizeof(T));
+  emulator.WarpBarrier();
+  return got;
+}
+
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
