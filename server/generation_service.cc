@@ -108,13 +108,19 @@ void MirrorFirstChoice(v1::CompletionResponse& response) {
 // set before Cancel can read it.
 class ScheduledGeneration {
  public:
-  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics)
-      : scheduler_(scheduler), metrics_(metrics) {}
+  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics,
+                      OutputWorker* worker)
+      : scheduler_(scheduler), metrics_(metrics), worker_(worker) {}
 
   // On failure nothing was queued and `listener` is never called.
   absl::Status Submit(PreparedRequest prepared, const ApiKey& key,
                       const Tokenizer& tokenizer, GenerationListener* listener,
                       absl::Time deadline) {
+    // The sink outlives this object (the scheduler and the worker hold it):
+    // its stop callback shares the id, set once Submit returns. A stop
+    // string found before then ends the choice at its next token instead.
+    auto id_for_stop = std::make_shared<std::atomic<RequestId>>(0);
+    Scheduler* scheduler = &scheduler_;
     sink_ = std::make_shared<GenerationSink>(
         GenerationSink::Options{
             .tokenizer = &tokenizer,
@@ -122,6 +128,13 @@ class ScheduledGeneration {
             .logprobs = prepared.logprobs,
             .metrics = metrics_,
             .n = prepared.n,
+            .worker = worker_,
+            .on_stop =
+                [scheduler, id_for_stop](int32_t index) {
+                  if (const RequestId id = id_for_stop->load(); id != 0) {
+                    scheduler->StopSequence(id, index);
+                  }
+                },
             .key_name = key.name},
         listener);
     RequestSpec spec;
@@ -150,6 +163,7 @@ class ScheduledGeneration {
       return id.status();
     }
     id_ = *id;
+    id_for_stop->store(*id);
     return absl::OkStatus();
   }
 
@@ -166,6 +180,7 @@ class ScheduledGeneration {
  private:
   Scheduler& scheduler_;
   Metrics* const metrics_;
+  OutputWorker* const worker_;
   std::shared_ptr<GenerationSink> sink_;
   std::optional<RequestId> id_;
 };
@@ -177,11 +192,11 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
   UnaryGenerationReactor(const char* method,
                          grpc::CallbackServerContext* context,
                          grpc::ByteBuffer* response, Scheduler& scheduler,
-                         Metrics* metrics)
+                         Metrics* metrics, OutputWorker* worker)
       : method_(method),
         context_(*context),
         response_(*response),
-        generation_(scheduler, metrics) {}
+        generation_(scheduler, metrics, worker) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
   void Start(CallRequest call, const Tokenizer& tokenizer) {
@@ -257,8 +272,11 @@ class StreamGenerationReactor final
  public:
   StreamGenerationReactor(const char* method,
                           grpc::CallbackServerContext* context,
-                          Scheduler& scheduler, Metrics* metrics)
-      : method_(method), context_(*context), generation_(scheduler, metrics) {}
+                          Scheduler& scheduler, Metrics* metrics,
+                          OutputWorker* worker)
+      : method_(method),
+        context_(*context),
+        generation_(scheduler, metrics, worker) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
   void Start(CallRequest call, const Tokenizer& tokenizer) {
@@ -432,7 +450,9 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   auto* reactor = new UnaryGenerationReactor(
-      "Complete", context, response, *options_.scheduler, options_.metrics);
+  auto* reactor = new UnaryGenerationReactor(
+      "Complete", context, response, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/false),
                  *options_.tokenizer);
   return reactor;
@@ -441,7 +461,9 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   auto* reactor = new StreamGenerationReactor(
-      "CompleteStream", context, *options_.scheduler, options_.metrics);
+  auto* reactor = new StreamGenerationReactor(
+      "CompleteStream", context, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/false),
                  *options_.tokenizer);
   return reactor;
@@ -451,7 +473,8 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   auto* reactor = new UnaryGenerationReactor(
-      "Chat", context, response, *options_.scheduler, options_.metrics);
+      "Chat", context, response, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/true),
                  *options_.tokenizer);
   return reactor;
@@ -460,7 +483,8 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::ChatStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   auto* reactor = new StreamGenerationReactor(
-      "ChatStream", context, *options_.scheduler, options_.metrics);
+      "ChatStream", context, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/true),
                  *options_.tokenizer);
   return reactor;
