@@ -396,7 +396,7 @@ void Scheduler::StopSequenceNow(RequestId id, int32_t index) {
       if ((*seq)->request->id != id || (*seq)->index != index) continue;
       if (waiting) {
         num_waiting_.fetch_sub(1);
-        waiting_tokens_.fetch_sub((*seq)->num_prompt);
+        AddQueuedTokens(*(*seq)->request, -(*seq)->num_prompt);
       }
       EndSequence(**seq, FinishReason::kStop);  // may end the request
       list.erase(seq);
