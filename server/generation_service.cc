@@ -450,7 +450,6 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   auto* reactor = new UnaryGenerationReactor(
-  auto* reactor = new UnaryGenerationReactor(
       "Complete", context, response, *options_.scheduler, options_.metrics,
       options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/false),
@@ -460,7 +459,6 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  auto* reactor = new StreamGenerationReactor(
   auto* reactor = new StreamGenerationReactor(
       "CompleteStream", context, *options_.scheduler, options_.metrics,
       options_.output_worker);
