@@ -104,7 +104,7 @@ class GenerationSink : public RequestSink,
     Choice(const Tokenizer& tokenizer,
            const StopStringMatcher::StopStrings& stop_strings)
         : detokenizer(tokenizer, /*skip_special_tokens=*/true),
-          stop_matcher(stop_strings) {}
+          stop_matcher(StopStringMatcher::Sharing(stop_strings)) {}
     IncrementalDetokenizer detokenizer;
     StopStringMatcher stop_matcher;
     bool stopped = false;     // a stop string or stop token ended it

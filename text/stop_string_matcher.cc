@@ -20,10 +20,11 @@ StopStringMatcher::StopStrings StopStringMatcher::Share(
 StopStringMatcher::StopStringMatcher(std::vector<std::string> stop_strings)
     : stop_strings_(Share(std::move(stop_strings))) {}
 
-StopStringMatcher::StopStringMatcher(StopStrings stop_strings)
-    : stop_strings_(stop_strings != nullptr
-                        ? std::move(stop_strings)
-                        : std::make_shared<const std::vector<std::string>>()) {}
+StopStringMatcher StopStringMatcher::Sharing(StopStrings stop_strings) {
+  StopStringMatcher matcher(std::vector<std::string>{});
+  if (stop_strings != nullptr) matcher.stop_strings_ = std::move(stop_strings);
+  return matcher;
+}
 
 StopStringMatcher::Result StopStringMatcher::Add(std::string_view delta) {
   Result result;

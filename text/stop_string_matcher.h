@@ -28,8 +28,10 @@ class StopStringMatcher {
 
   // Empty stop strings are ignored.
   explicit StopStringMatcher(std::vector<std::string> stop_strings);
-  // Shares `stop_strings` (none may be empty; null = no stop strings).
-  explicit StopStringMatcher(StopStrings stop_strings);
+  // A matcher sharing `stop_strings` (from Share(); null = no stop
+  // strings). A factory, not a constructor, so that a braced list of
+  // strings still means the vector.
+  static StopStringMatcher Sharing(StopStrings stop_strings);
 
   // Drops empty strings; the result can be shared by many matchers.
   static StopStrings Share(std::vector<std::string> stop_strings);

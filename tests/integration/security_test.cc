@@ -131,8 +131,11 @@ TEST(SecurityTest, PerKeyConcurrencyLimitIsResourceExhaustedNamingIt) {
   const std::string keys = WriteKeys(
       absl::StrCat("alice ", kAliceKey, " max_concurrency=1\nbob ", kBobKey,
                    "\n"));
-  auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
-                                     {"--api_keys_file=" + keys});
+  const int metrics_port = strata::testing::FreePort();
+  auto daemon = StratadDaemon::Start(
+      strata::testing::TinyLlamaDir(),
+      {"--api_keys_file=" + keys,
+       absl::StrCat("--metrics_port=", metrics_port)});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   stall.Stall();
   auto stub = v1::Generation::NewStub((*daemon)->channel());
@@ -147,12 +150,18 @@ TEST(SecurityTest, PerKeyConcurrencyLimitIsResourceExhaustedNamingIt) {
                             first_status = std::move(status);
                             first_done.Notify();
                           });
-  // Bounded wait until the first is queued: a second then hits the limit.
-  grpc::Status second;
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  do {
-    second = Complete(**daemon, kAliceKey, GreedyCompletion(1));
-  } while (second.ok() && absl::Now() < deadline);
+  // Bounded wait until the first is queued (scrapes read the scheduler's
+  // counters): a second then hits the limit.
+  double waiting = 0;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
+       waiting < 1 && absl::Now() < give_up;
+       absl::SleepFor(absl::Milliseconds(20))) {
+    waiting = strata::testing::PrometheusValue(Scrape(metrics_port),
+                                               "strata_requests_waiting");
+  }
+  ASSERT_EQ(waiting, 1);
+  const grpc::Status second =
+      Complete(**daemon, kAliceKey, GreedyCompletion(1));
   EXPECT_EQ(second.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(second.error_message(), HasSubstr("max_concurrency"));
   stall.Release();
