@@ -13,6 +13,11 @@ PACKAGES=(
   nlohmann-json3-dev
   libpcre2-dev
   libgtest-dev libgmock-dev
+  # The OpenAI-compatible HTTP API: Boost.Beast/Asio (header only).
+  libboost-dev
+  # tests/openai: the official `openai` npm client runs on Node from Debian
+  # (npm comes with it on NodeSource builds; Debian's own is added below).
+  nodejs
   # Operations checks (tests/deploy/check_configs.sh, the metrics test's
   # `promtool check metrics`, YAML parsing) and benchmark plots.
   prometheus nginx gnuplot-nox python3-yaml curl
@@ -30,6 +35,10 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 
 if ((${#missing[@]} == 0)); then
   exit 0
