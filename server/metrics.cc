@@ -278,6 +278,13 @@ void Metrics::RecordFinish(const FinishInfo& info) {
 
 void Metrics::RecordRejected() { requests_rejected_->Increment(); }
 
+void Metrics::OnIdle(const StepStats& stats) {
+  requests_running_->Set(stats.num_running);
+  requests_waiting_->Set(stats.num_waiting);
+  kv_blocks_used_->Set(stats.num_blocks_used);
+  kv_blocks_total_->Set(stats.num_blocks_total);
+}
+
 void Metrics::RecordApiRequest(absl::string_view protocol,
                                absl::string_view endpoint) {
   // Family::Add returns the existing child for labels it has seen.

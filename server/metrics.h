@@ -75,6 +75,8 @@ class Metrics : public StepObserver {
   // the increments of the scheduler's running totals (preemptions, prefix
   // cache) since the previous call.
   void OnStep(const StepStats& stats) override;
+  // The queue and KV gauges only (a round that ran nothing).
+  void OnIdle(const StepStats& stats) override;
 
   // A generated token ran `loops` loops (exit depth; 1 on a plain model).
   void RecordTokenLoops(int32_t loops);
