@@ -14,6 +14,40 @@ namespace {
 // client never reads it, but logs and metrics of proxies do.
 constexpr int kClientClosedRequest = 499;
 
+// Every code but INVALID_ARGUMENT (which also names the field).
+struct StatusMapping {
+  absl::StatusCode status;
+  int http_status;
+  const char* type;
+  const char* code;  // "" = null
+  bool retry_after;  // Retry-After: 1
+};
+
+constexpr StatusMapping kMappings[] = {
+    {absl::StatusCode::kUnauthenticated, 401, "authentication_error",
+     "invalid_api_key", false},
+    {absl::StatusCode::kPermissionDenied, 403, "permission_error", "", false},
+    {absl::StatusCode::kNotFound, 404, "invalid_request_error", "not_found",
+     false},
+    {absl::StatusCode::kResourceExhausted, 429, "rate_limit_error",
+     "queue_full", true},
+    {absl::StatusCode::kUnavailable, 503, "service_unavailable", "unavailable",
+     true},
+    {absl::StatusCode::kDeadlineExceeded, 504, "timeout", "deadline_exceeded",
+     false},
+    {absl::StatusCode::kCancelled, kClientClosedRequest, "cancelled", "",
+     false},
+};
+constexpr StatusMapping kServerError = {
+    absl::StatusCode::kInternal, 500, "server_error", "internal_error", false};
+
+const StatusMapping& MappingOf(absl::StatusCode code) {
+  for (const StatusMapping& mapping : kMappings) {
+    if (mapping.status == code) return mapping;
+  }
+  return kServerError;
+}
+
 }  // namespace
 
 std::string JsonFieldOfProtoPath(absl::string_view path) {
@@ -60,46 +94,14 @@ HttpError HttpErrorFromStatus(const absl::Status& status) {
       }
       break;
     }
-    case absl::StatusCode::kUnauthenticated:
-      error.http_status = 401;
-      error.type = "authentication_error";
-      error.code = "invalid_api_key";
+    default: {
+      const StatusMapping& mapping = MappingOf(status.code());
+      error.http_status = mapping.http_status;
+      error.type = mapping.type;
+      error.code = mapping.code;
+      if (mapping.retry_after) error.retry_after_seconds = 1;
       break;
-    case absl::StatusCode::kPermissionDenied:
-      error.http_status = 403;
-      error.type = "permission_error";
-      break;
-    case absl::StatusCode::kNotFound:
-      error.http_status = 404;
-      error.type = "invalid_request_error";
-      error.code = "not_found";
-      break;
-    case absl::StatusCode::kResourceExhausted:
-      error.http_status = 429;
-      error.type = "rate_limit_error";
-      error.code = "queue_full";
-      error.retry_after_seconds = 1;
-      break;
-    case absl::StatusCode::kUnavailable:
-      error.http_status = 503;
-      error.type = "service_unavailable";
-      error.code = "unavailable";
-      error.retry_after_seconds = 1;
-      break;
-    case absl::StatusCode::kDeadlineExceeded:
-      error.http_status = 504;
-      error.type = "timeout";
-      error.code = "deadline_exceeded";
-      break;
-    case absl::StatusCode::kCancelled:
-      error.http_status = kClientClosedRequest;
-      error.type = "cancelled";
-      break;
-    default:
-      error.http_status = 500;
-      error.type = "server_error";
-      error.code = "internal_error";
-      break;
+    }
   }
   return error;
 }

@@ -268,15 +268,28 @@ EOF
 check "nginx -t on deploy/nginx/strata.conf" \
   nginx -t -q -p "${tmp}/nginx" -c "${tmp}/nginx.conf" -e "${tmp}/nginx/error.log"
 
-nginx_live() {
+# Starts nginx on the test config (its pid in nginx_pid) and waits until
+# the URL answers; extra arguments go to curl.
+start_nginx() {
+  local url="$1"
+  shift
   nginx -p "${tmp}/nginx" -c "${tmp}/nginx.conf" -e "${tmp}/nginx/error.log" \
     -g "daemon off; user $(id -un);" &
-  nginx_pids+=($!)
-  local pid=$!
+  nginx_pid=$!
+  nginx_pids+=("${nginx_pid}")
   for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:${lb_port}/" --http2-prior-knowledge && break
+    curl -s -o /dev/null "$@" "${url}" && break
     sleep 0.1
   done
+}
+
+stop_nginx() {
+  kill "${nginx_pid}"
+  wait "${nginx_pid}" 2>/dev/null
+}
+
+nginx_live() {
+  start_nginx "http://127.0.0.1:${lb_port}/" --http2-prior-knowledge
   local served="" refused=0 reset=0 out
   # gRPC calls are HTTP/2 POSTs with content-type application/grpc. With
   # least_conn and no call in flight, ties rotate round robin: ten calls
@@ -316,9 +329,7 @@ nginx_live() {
     -X POST -H 'content-type: application/grpc' \
     "http://127.0.0.1:${lb_port}/unknown.Service/Method") || return 1
   [[ "${out}" == 404 ]] || { echo "unknown service answered ${out}"; return 1; }
-  kill "${pid}"
-  wait "${pid}" 2>/dev/null
-  return 0
+  stop_nginx
 }
 check "nginx live: h2c POSTs, retry past a dead replica, no re-send after a reset or 503, 404s" \
   nginx_live
@@ -330,14 +341,7 @@ nginx_http_live() {
   grep -Pzo '(?s)location /v1/ \{[^}]*proxy_buffering off;' \
     "${root}/deploy/nginx/strata.conf" >/dev/null ||
     { echo "the /v1/ location does not turn proxy_buffering off"; return 1; }
-  nginx -p "${tmp}/nginx" -c "${tmp}/nginx.conf" -e "${tmp}/nginx/error.log" \
-    -g "daemon off; user $(id -un);" &
-  nginx_pids+=($!)
-  local pid=$!
-  for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:${http_lb_port}/" && break
-    sleep 0.1
-  done
+  start_nginx "http://127.0.0.1:${http_lb_port}/"
   local served="" out
   for _ in 1 2 3 4 5 6 7 8; do
     out=$(curl -sS -X POST -H 'content-type: application/json' \
@@ -353,9 +357,7 @@ nginx_http_live() {
     { echo "the draining replica was never tried"; return 1; }
   out=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:${http_lb_port}/nope") || return 1
   [[ "${out}" == 404 ]] || { echo "unknown path answered ${out}"; return 1; }
-  kill "${pid}"
-  wait "${pid}" 2>/dev/null
-  return 0
+  stop_nginx
 }
 check "nginx live HTTP API: POSTs retried past dead and draining (503) replicas, SSE unbuffered, 404s" \
   nginx_http_live

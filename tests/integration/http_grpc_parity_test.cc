@@ -11,6 +11,7 @@
 #include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -62,17 +63,17 @@ class HttpGrpcParityTest : public ::testing::Test {
     stub_ = v1::Generation::NewStub(daemon_->channel());
   }
 
-  v1::CompletionResponse Grpc(const v1::CompletionRequest& request) {
+  // Complete or Chat, unary.
+  template <typename Request>
+  v1::CompletionResponse Grpc(const Request& request) {
     grpc::ClientContext context;
     v1::CompletionResponse response;
-    const grpc::Status status = stub_->Complete(&context, request, &response);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response;
-  }
-  v1::CompletionResponse Grpc(const v1::ChatRequest& request) {
-    grpc::ClientContext context;
-    v1::CompletionResponse response;
-    const grpc::Status status = stub_->Chat(&context, request, &response);
+    grpc::Status status;
+    if constexpr (std::is_same_v<Request, v1::ChatRequest>) {
+      status = stub_->Chat(&context, request, &response);
+    } else {
+      status = stub_->Complete(&context, request, &response);
+    }
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response;
   }
@@ -97,10 +98,11 @@ TEST_F(HttpGrpcParityTest, GreedyTokensAreTheSameOverBothProtocols) {
     const v1::CompletionResponse grpc = Grpc(request);
     ASSERT_GT(grpc.token_ids_size(), 0);
 
-    const auto [status, body] = PostJson(
-        http_port_, "/v1/completions",
-        {{"prompt", prompt}, {"temperature", 0}, {"max_tokens", 24},
-         {"return_token_ids", true}});
+    const auto [status, body] = PostJson(http_port_, "/v1/completions",
+                                         {{"prompt", prompt},
+                                          {"temperature", 0},
+                                          {"max_tokens", 24},
+                                          {"return_token_ids", true}});
     ASSERT_EQ(status, 200) << body.dump();
     const Json& choice = body["choices"][0];
     EXPECT_THAT(Ids(choice), ::testing::ElementsAreArray(grpc.token_ids()))
@@ -120,8 +122,8 @@ TEST_F(HttpGrpcParityTest, GreedyTokensAreTheSameOverBothProtocols) {
       http_port_, "/v1/chat/completions",
       {{"messages",
         {{{"role", "user"},
-          {"content", {{{"type", "text"},
-                        {"text", "Tell me a story about a frog."}}}}}}},
+          {"content",
+           {{{"type", "text"}, {"text", "Tell me a story about a frog."}}}}}}},
        {"temperature", 0},
        {"max_tokens", 24},
        {"return_token_ids", true}});
@@ -159,12 +161,13 @@ TEST_F(HttpGrpcParityTest, BothProtocolsRefuseWithTheSameMessage) {
   const grpc::Status grpc_status =
       stub_->Complete(&context, request, &response);
   ASSERT_EQ(grpc_status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  const auto [status, body] = PostJson(
-      http_port_, "/v1/completions", {{"prompt", "hi"}, {"top_p", 1.5}});
+  const auto [status, body] = PostJson(http_port_, "/v1/completions",
+                                       {{"prompt", "hi"}, {"top_p", 1.5}});
   ASSERT_EQ(status, 400);
   // gRPC names the proto path, HTTP the JSON field; the rest is the same.
-  EXPECT_EQ(absl::StrCat("sampling.", body["error"]["message"].get<std::string>()),
-            grpc_status.error_message());
+  EXPECT_EQ(
+      absl::StrCat("sampling.", body["error"]["message"].get<std::string>()),
+      grpc_status.error_message());
   EXPECT_EQ(body["error"]["param"], "top_p");
 }
 
