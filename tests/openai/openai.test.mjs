@@ -3,6 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { readdirSync } from 'node:fs';
 import OpenAI from 'openai';
 import { startDaemon, metric, waitFor } from './daemon.mjs';
 
@@ -11,7 +12,8 @@ let daemon;
 let client;
 
 before(async () => {
-  daemon = await startDaemon();
+  // Room in the queue for the 512-stream test below.
+  daemon = await startDaemon(['--max_waiting_requests=1024']);
   // No retries: a test must see the first answer, not a retried one.
   client = new OpenAI({ baseURL: daemon.baseURL, apiKey: 'unused', maxRetries: 0 });
 });
@@ -263,4 +265,24 @@ test('64 concurrent streams all finish', async () => {
   }
   const http = await metric(daemon, 'strata_api_requests_total{endpoint="/v1/completions",protocol="http"}');
   assert.ok(http >= 64, `http requests counted: ${http}`);
+});
+
+test('512 concurrent streaming connections on a bounded number of threads', async () => {
+  // Every request is open at once (its connection accepted and its stream
+  // started or queued); the daemon's threads do not grow with them.
+  let peakThreads = 0;
+  const threads = () => readdirSync(`/proc/${daemon.child.pid}/task`).length;
+  const streams = Array.from({ length: 512 }, async (_, i) => {
+    const stream = await client.completions.create({
+      model: MODEL, prompt: `Verse ${i}`, max_tokens: 4, ignore_eos: true, stream: true,
+    });
+    peakThreads = Math.max(peakThreads, threads());
+    let finish = null;
+    for await (const chunk of stream) finish = chunk.choices[0]?.finish_reason ?? finish;
+    return finish;
+  });
+  const finishes = await Promise.all(streams);
+  assert.deepEqual(new Set(finishes), new Set(['length']));
+  assert.ok(peakThreads < 64, `stratad ran ${peakThreads} threads`);
+  assert.ok(await waitFor(async () => (await metric(daemon, 'strata_http_responses_open')) === 0));
 });
