@@ -56,11 +56,11 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
   UnaryGenerationReactor(const char* method,
                          grpc::CallbackServerContext* context,
                          grpc::ByteBuffer* response, Scheduler& scheduler,
-                         Metrics* metrics)
+                         Metrics* metrics, OutputWorker* worker)
       : method_(method),
         context_(*context),
         response_(*response),
-        generation_(scheduler, metrics) {}
+        generation_(scheduler, metrics, worker) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
   void Start(absl::StatusOr<PreparedRequest> prepared,
@@ -137,8 +137,11 @@ class StreamGenerationReactor final
  public:
   StreamGenerationReactor(const char* method,
                           grpc::CallbackServerContext* context,
-                          Scheduler& scheduler, Metrics* metrics)
-      : method_(method), context_(*context), generation_(scheduler, metrics) {}
+                          Scheduler& scheduler, Metrics* metrics,
+                          OutputWorker* worker)
+      : method_(method),
+        context_(*context),
+        generation_(scheduler, metrics, worker) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
   void Start(absl::StatusOr<PreparedRequest> prepared,
@@ -287,7 +290,8 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
     grpc::ByteBuffer* response) {
   CountRequest("Complete");
   auto* reactor = new UnaryGenerationReactor(
-      "Complete", context, response, *options_.scheduler, options_.metrics);
+      "Complete", context, response, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
   return reactor;
 }
@@ -296,7 +300,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   CountRequest("CompleteStream");
   auto* reactor = new StreamGenerationReactor(
-      "CompleteStream", context, *options_.scheduler, options_.metrics);
+      "CompleteStream", context, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
   return reactor;
 }
@@ -305,8 +310,9 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   CountRequest("Chat");
-  auto* reactor = new UnaryGenerationReactor(
-      "Chat", context, response, *options_.scheduler, options_.metrics);
+  auto* reactor =
+      new UnaryGenerationReactor("Chat", context, response, *options_.scheduler,
+                                 options_.metrics, options_.output_worker);
   reactor->Start(PrepareChat(*request), *options_.tokenizer);
   return reactor;
 }
@@ -314,8 +320,9 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::ChatStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   CountRequest("ChatStream");
-  auto* reactor = new StreamGenerationReactor(
-      "ChatStream", context, *options_.scheduler, options_.metrics);
+  auto* reactor =
+      new StreamGenerationReactor("ChatStream", context, *options_.scheduler,
+                                  options_.metrics, options_.output_worker);
   reactor->Start(PrepareChat(*request), *options_.tokenizer);
   return reactor;
 }

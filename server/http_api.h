@@ -10,12 +10,13 @@
 #include <cstdint>
 #include <functional>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "scheduler/scheduler.h"
 #include "server/metrics.h"
+#include "server/output_worker.h"
 #include "server/request_builder.h"
 #include "text/tokenizer.h"
 
@@ -44,6 +45,7 @@ struct HttpApi {
   const RequestBuilder* builder = nullptr;  // borrowed
   Scheduler* scheduler = nullptr;           // borrowed
   Metrics* metrics = nullptr;               // borrowed; optional
+  OutputWorker* output_worker = nullptr;    // borrowed; as for gRPC
   std::string model_id;                     // /v1/models id
   int64_t created = 0;                      // Unix seconds the model loaded
   uint32_t context_length = 0;

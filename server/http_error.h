@@ -10,9 +10,9 @@
 
 #include <optional>
 #include <string>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 
 namespace strata {
 
@@ -50,7 +50,8 @@ std::string JsonFieldOfProtoPath(absl::string_view path);
 // Errors the HTTP layer raises itself, before a Status exists.
 HttpError NotFoundError(std::string message, std::string code);
 HttpError BodyTooLargeError(size_t limit_bytes);
-HttpError MethodNotAllowedError(absl::string_view method, absl::string_view path);
+HttpError MethodNotAllowedError(absl::string_view method,
+                                absl::string_view path);
 
 }  // namespace strata
 

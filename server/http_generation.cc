@@ -16,10 +16,11 @@ void HttpGeneration::Part::OnComplete(v1::CompletionChunk last,
 }
 
 HttpGeneration::HttpGeneration(Scheduler& scheduler, Metrics* metrics,
-                               const Tokenizer& tokenizer,
+                               OutputWorker* worker, const Tokenizer& tokenizer,
                                std::function<void()> wake)
     : scheduler_(scheduler),
       metrics_(metrics),
+      worker_(worker),
       tokenizer_(tokenizer),
       wake_(std::move(wake)) {}
 
@@ -32,8 +33,8 @@ absl::Status HttpGeneration::Submit(std::vector<PreparedRequest> prompts,
                                     int32_t n, absl::Time deadline) {
   parts_.reserve(prompts.size());
   for (size_t p = 0; p < prompts.size(); ++p) {
-    parts_.push_back(std::make_unique<Part>(*this, scheduler_, metrics_,
-                                            static_cast<uint32_t>(p * n)));
+    parts_.push_back(std::make_unique<Part>(
+        *this, scheduler_, metrics_, worker_, static_cast<uint32_t>(p * n)));
   }
   for (size_t p = 0; p < prompts.size(); ++p) {
     absl::Status status = parts_[p]->generation.Submit(

@@ -11,7 +11,8 @@
 // Choice indices: prompt p's choice j is reported as p * n + j.
 //
 // Threading: Submit, Cancel, Take and Detach from the session's strand;
-// the listeners from the engine thread. mu_ orders them.
+// the listeners from the output worker's thread (or the engine's). mu_ orders
+// them.
 #ifndef STRATA_SERVER_HTTP_GENERATION_H_
 #define STRATA_SERVER_HTTP_GENERATION_H_
 
@@ -40,7 +41,7 @@ class HttpGeneration {
 
   // `wake` is called on the engine thread after output was queued; it must
   // not block.
-  HttpGeneration(Scheduler& scheduler, Metrics* metrics,
+  HttpGeneration(Scheduler& scheduler, Metrics* metrics, OutputWorker* worker,
                  const Tokenizer& tokenizer, std::function<void()> wake);
   ~HttpGeneration();
 
@@ -58,9 +59,9 @@ class HttpGeneration {
   // Listens to one prompt's generation and renumbers its choices.
   struct Part final : public GenerationListener {
     Part(HttpGeneration& owner, Scheduler& scheduler, Metrics* metrics,
-         uint32_t index_offset)
+         OutputWorker* worker, uint32_t index_offset)
         : owner(owner),
-          generation(scheduler, metrics),
+          generation(scheduler, metrics, worker),
           index_offset(index_offset) {}
     void OnChunk(v1::CompletionChunk chunk) override;
     void OnComplete(v1::CompletionChunk last, absl::Status status) override;
@@ -75,6 +76,7 @@ class HttpGeneration {
 
   Scheduler& scheduler_;
   Metrics* const metrics_;
+  OutputWorker* const worker_;
   const Tokenizer& tokenizer_;
   const std::function<void()> wake_;
   std::vector<std::unique_ptr<Part>> parts_;

@@ -225,7 +225,8 @@ void HttpSession::ServeGeneration(OpenAiEndpoint endpoint) {
   std::weak_ptr<HttpSession> weak = weak_from_this();
   auto executor = stream_.get_executor();
   generation_ = std::make_shared<HttpGeneration>(
-      *api_.scheduler, api_.metrics, *api_.tokenizer, [weak, executor] {
+      *api_.scheduler, api_.metrics, api_.output_worker, *api_.tokenizer,
+      [weak, executor] {
         net::post(executor, [weak] {
           if (auto self = weak.lock()) self->Pump();
         });

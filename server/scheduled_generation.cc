@@ -1,5 +1,6 @@
 #include "server/scheduled_generation.h"
 
+#include <atomic>
 #include <string>
 #include <utility>
 
@@ -9,12 +10,25 @@ absl::Status ScheduledGeneration::Submit(PreparedRequest prepared,
                                          const Tokenizer& tokenizer,
                                          GenerationListener* listener,
                                          absl::Time deadline) {
+  // The sink outlives this object (the scheduler and the worker hold it):
+  // its stop callback shares the id, set once Submit returns. A stop
+  // string found before then ends the choice at its next token instead.
+  auto id_for_stop = std::make_shared<std::atomic<RequestId>>(0);
+  Scheduler* scheduler = &scheduler_;
   sink_ = std::make_shared<GenerationSink>(
-      GenerationSink::Options{.tokenizer = &tokenizer,
-                              .stop_strings = std::move(prepared.stop_strings),
-                              .logprobs = prepared.logprobs,
-                              .metrics = metrics_,
-                              .n = prepared.n},
+      GenerationSink::Options{
+          .tokenizer = &tokenizer,
+          .stop_strings = std::move(prepared.stop_strings),
+          .logprobs = prepared.logprobs,
+          .metrics = metrics_,
+          .n = prepared.n,
+          .worker = worker_,
+          .on_stop =
+              [scheduler, id_for_stop](int32_t index) {
+                if (const RequestId id = id_for_stop->load(); id != 0) {
+                  scheduler->StopSequence(id, index);
+                }
+              }},
       listener);
   RequestSpec spec;
   spec.prompt = std::move(prepared.prompt);
@@ -37,6 +51,7 @@ absl::Status ScheduledGeneration::Submit(PreparedRequest prepared,
     return id.status();
   }
   id_ = *id;
+  id_for_stop->store(*id);
   return absl::OkStatus();
 }
 

@@ -17,6 +17,7 @@
 #include "scheduler/scheduler.h"
 #include "server/generation_sink.h"
 #include "server/metrics.h"
+#include "server/output_worker.h"
 #include "server/request_builder.h"
 #include "strata/v1/generation.pb.h"
 #include "text/tokenizer.h"
@@ -28,8 +29,11 @@ namespace strata {
 // thread.
 class ScheduledGeneration {
  public:
-  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics)
-      : scheduler_(scheduler), metrics_(metrics) {}
+  // `worker` (borrowed; may be null: output then on the engine thread)
+  // detokenizes and delivers the output (server/output_worker.h).
+  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics,
+                      OutputWorker* worker)
+      : scheduler_(scheduler), metrics_(metrics), worker_(worker) {}
 
   // On failure nothing was queued and `listener` is never called.
   absl::Status Submit(PreparedRequest prepared, const Tokenizer& tokenizer,
@@ -44,6 +48,7 @@ class ScheduledGeneration {
  private:
   Scheduler& scheduler_;
   Metrics* const metrics_;
+  OutputWorker* const worker_;
   std::shared_ptr<GenerationSink> sink_;
   std::optional<RequestId> id_;
 };

@@ -172,6 +172,9 @@ absl::Status Server::Start() {
   if (!scheduler.ok()) return scheduler.status();
   scheduler_ = *std::move(scheduler);
 
+  // Detokenizing and stop strings run here, off the engine thread.
+  output_worker_ = std::make_unique<OutputWorker>();
+
   metrics_ = std::make_unique<Metrics>(Metrics::Options{
       .model_name = ModelName(options_.model_dir),
       .architecture = config.architecture,
@@ -198,6 +201,7 @@ absl::Status Server::Start() {
                                  .builder = builder_.get(),
                                  .scheduler = scheduler_.get(),
                                  .metrics = metrics_.get(),
+                                 .output_worker = output_worker_.get(),
                                  .model_info = model_info_});
 
   if (absl::Status st = Listen(); !st.ok()) return st;
@@ -263,6 +267,7 @@ absl::Status Server::StartHttp(const ModelConfig& config) {
   api->builder = builder_.get();
   api->scheduler = scheduler_.get();
   api->metrics = metrics_.get();
+  api->output_worker = output_worker_.get();
   api->model_id = options_.served_model_name.empty()
                       ? ModelName(options_.model_dir)
                       : options_.served_model_name;
@@ -505,6 +510,11 @@ void Server::Shutdown(absl::Duration grace) {
     }
   }
   if (scheduler_ != nullptr) scheduler_->StopAccepting();
+  // The last chunks of finished requests on their way to the reactors.
+  if (output_worker_ != nullptr && !output_worker_->WaitIdle(kCancelGrace)) {
+    STRATA_LOG(WARNING) << "output still being written after "
+                        << absl::FormatDuration(kCancelGrace);
+  }
   if (http_server_ != nullptr) {
     // Every HTTP response was written (or its request cancelled above):
     // close the listener, give cancelled streams their error event, stop.
