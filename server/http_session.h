@@ -9,8 +9,9 @@
 // it cancels the generation at the scheduler's next step, as a gRPC
 // cancellation does.
 //
-// Threading: every handler of a session runs on its strand; the engine
-// thread only queues output in HttpGeneration and posts Pump() here.
+// Threading: every handler of a session runs on its strand; the thread that
+// delivers output (the output worker's) only queues it in HttpGeneration and
+// posts Pump() here.
 #ifndef STRATA_SERVER_HTTP_SESSION_H_
 #define STRATA_SERVER_HTTP_SESSION_H_
 
