@@ -5,16 +5,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cpu/panel_tasks.h"
 #include "kernels/cpu/simd.h"
 
 namespace strata::cpu {
 namespace {
 
-// A task's share of the output: rows [row_begin, row_end) by panels
-// [panel_begin, panel_end).
-struct Block {
-  int64_t row_begin, row_end, panel_begin, panel_end;
-};
+using Block = internal::PanelBlock;
 
 // What every variant needs to address x, the panels and out. W is the
 // panels' element: float, or uint16_t holding the upper half of a float
@@ -243,11 +240,6 @@ STRATA_TARGET_AVX2 void BlockAvx2(const Operands<W>& o, const Block& b) {
 
 #endif  // STRATA_CPU_X86
 
-// Rows per task: bounds the slice of x a task keeps in cache.
-constexpr int64_t kRowBlock = 64;
-// Below this many multiply-adds a product runs on the calling thread.
-constexpr int64_t kMinParallelMacs = 1 << 18;
-
 template <typename W, typename Convert>
 void Pack(const float* w, int64_t m, int64_t k, W* packed, Convert convert) {
   const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
@@ -277,28 +269,9 @@ void Multiply(const KernelContext& ctx, const float* x, const W* packed,
     return;
   }
   const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
-  const int64_t row_block = std::min(n, kRowBlock);
-  const int64_t num_row_blocks = (n + row_block - 1) / row_block;
-  // Panels per task: a multiple of the AVX-512 tile's 3, shrunk until there
-  // are enough tasks for the dynamic scheduler to balance the threads.
-  int64_t panel_block = 24;
-  const int64_t min_tasks = 4 * static_cast<int64_t>(ctx.num_threads());
-  while (panel_block > 3 &&
-         num_row_blocks * ((num_panels + panel_block - 1) / panel_block) <
-             min_tasks) {
-    panel_block -= 3;
-  }
-  const int64_t num_panel_blocks = (num_panels + panel_block - 1) / panel_block;
   const Operands<W> operands{x, packed, out, m, k};
   const Isa isa = ctx.isa;
-  const KernelContext run_ctx =
-      n * m * k < kMinParallelMacs ? KernelContext{isa, nullptr} : ctx;
-  run_ctx.ParallelFor(num_row_blocks * num_panel_blocks, [&](int64_t task) {
-    const int64_t rb = task / num_panel_blocks;
-    const int64_t pb = task % num_panel_blocks;
-    const Block b{rb * row_block, std::min(n, (rb + 1) * row_block),
-                  pb * panel_block,
-                  std::min(num_panels, (pb + 1) * panel_block)};
+  internal::ForEachPanelBlock(ctx, n, num_panels, n * m * k, [&](const Block& b) {
     switch (isa) {
 #if STRATA_CPU_X86
       case Isa::kAvx512:
