@@ -27,12 +27,12 @@ constexpr int64_t kGroupBytes = kWidth * kGroup;
 
 // Everything a tile needs: the quantized rows of x and the panels.
 struct Operands {
-  const int8_t* xq;        // [n][kp]
-  const float* x_scales;   // [n]
-  const int8_t* wq;        // panels
-  const float* w_scales;   // [m_pad]
-  const int32_t* w_sums;   // [m_pad]
-  float* out;              // [n][m]
+  const int8_t* xq;       // [n][kp]
+  const float* x_scales;  // [n]
+  const int32_t* x_bias;  // [n] 128 * sum_p xq[i][p]
+  const uint8_t* wq;      // panels, wq + 128
+  const float* w_scales;  // [m_pad]
+  float* out;             // [n][m]
   int64_t m, kp;
 };
 
@@ -173,13 +173,13 @@ void BlockScalar(const Operands& o, const internal::PanelBlock& b) {
   for (int64_t i = b.row_begin; i < b.row_end; ++i) {
     const int8_t* x = o.xq + i * o.kp;
     for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
-      const int8_t* w = o.wq + pj * groups * kGroupBytes;
+      const uint8_t* w = o.wq + pj * groups * kGroupBytes;
       int32_t sums[kWidth] = {};
       for (int64_t g = 0; g < groups; ++g) {
         for (int64_t c = 0; c < kWidth; ++c) {
           for (int64_t t = 0; t < kGroup; ++t) {
             sums[c] += static_cast<int32_t>(x[g * kGroup + t]) *
-                       w[g * kGroupBytes + c * kGroup + t];
+                       (static_cast<int32_t>(w[g * kGroupBytes + c * kGroup + t]) - 128);
           }
         }
       }
@@ -190,9 +190,13 @@ void BlockScalar(const Operands& o, const internal::PanelBlock& b) {
 
 #if STRATA_CPU_X86
 
+// From the biased sums sum_p xq * (wq + 128): subtracts 128 * sum_p xq.
 STRATA_TARGET_AVX2 inline void StoreAvx2(const Operands& o, int64_t row,
                                          int64_t panel, __m256i lo,
                                          __m256i hi) {
+  const __m256i bias = _mm256_set1_epi32(o.x_bias[row]);
+  lo = _mm256_sub_epi32(lo, bias);
+  hi = _mm256_sub_epi32(hi, bias);
   const __m256 xs = _mm256_set1_ps(o.x_scales[row]);
   const float* ws = o.w_scales + panel * kWidth;
   alignas(32) float tmp[kWidth];
@@ -214,7 +218,7 @@ template <int R>
 STRATA_TARGET_AVX2 void TileAvx2(const Operands& o, int64_t row,
                                  int64_t panel) {
   const int64_t groups = o.kp / kGroup;
-  const int8_t* w = o.wq + panel * groups * kGroupBytes;
+  const uint8_t* w = o.wq + panel * groups * kGroupBytes;
   __m256i acc[R][4];
   for (int r = 0; r < R; ++r) {
     for (int q = 0; q < 4; ++q) acc[r][q] = _mm256_setzero_si256();
@@ -222,7 +226,7 @@ STRATA_TARGET_AVX2 void TileAvx2(const Operands& o, int64_t row,
   for (int64_t g = 0; g < groups; ++g) {
     __m256i wv[4];
     for (int q = 0; q < 4; ++q) {
-      wv[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+      wv[q] = _mm256_cvtepu8_epi16(_mm_loadu_si128(
           reinterpret_cast<const __m128i*>(w + g * kGroupBytes + 16 * q)));
     }
     for (int r = 0; r < R; ++r) {
@@ -243,14 +247,13 @@ STRATA_TARGET_AVX2 void TileAvx2(const Operands& o, int64_t row,
   }
 }
 
-// vpdpbusd multiplies unsigned by signed bytes: x goes in as xq + 128 (the
-// sign bit flipped), and 128 * sum_p wq[j][p] comes off at the end.
+// vpdpbusd multiplies unsigned by signed bytes: the panels hold wq + 128,
+// x goes in signed (a broadcast), and 128 * sum_p xq comes off at the end.
 template <int R>
 STRATA_TARGET_AVX_VNNI void TileAvxVnni(const Operands& o, int64_t row,
                                         int64_t panel) {
   const int64_t groups = o.kp / kGroup;
-  const int8_t* w = o.wq + panel * groups * kGroupBytes;
-  const __m256i flip = _mm256_set1_epi32(static_cast<int32_t>(0x80808080u));
+  const uint8_t* w = o.wq + panel * groups * kGroupBytes;
   __m256i lo[R], hi[R];
   for (int r = 0; r < R; ++r) {
     lo[r] = _mm256_setzero_si256();
@@ -262,22 +265,13 @@ STRATA_TARGET_AVX_VNNI void TileAvxVnni(const Operands& o, int64_t row,
     const __m256i wh = _mm256_loadu_si256(
         reinterpret_cast<const __m256i*>(w + g * kGroupBytes + 32));
     for (int r = 0; r < R; ++r) {
-      const __m256i xb = _mm256_xor_si256(
-          _mm256_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup)),
-          flip);
-      lo[r] = _mm256_dpbusd_avx_epi32(lo[r], xb, wl);
-      hi[r] = _mm256_dpbusd_avx_epi32(hi[r], xb, wh);
+      const __m256i xb =
+          _mm256_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
+      lo[r] = _mm256_dpbusd_avx_epi32(lo[r], wl, xb);
+      hi[r] = _mm256_dpbusd_avx_epi32(hi[r], wh, xb);
     }
   }
-  const int32_t* sums = o.w_sums + panel * kWidth;
-  const __m256i corr_lo = _mm256_slli_epi32(
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums)), 7);
-  const __m256i corr_hi = _mm256_slli_epi32(
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + 8)), 7);
-  for (int r = 0; r < R; ++r) {
-    StoreAvx2(o, row + r, panel, _mm256_sub_epi32(lo[r], corr_lo),
-              _mm256_sub_epi32(hi[r], corr_hi));
-  }
+  for (int r = 0; r < R; ++r) StoreAvx2(o, row + r, panel, lo[r], hi[r]);
 }
 
 // R rows x C panels of 16 columns: R * C accumulators (24 of 32 registers
@@ -286,8 +280,7 @@ template <int R, int C>
 STRATA_TARGET_AVX512_VNNI void TileAvx512(const Operands& o, int64_t row,
                                           int64_t panel) {
   const int64_t groups = o.kp / kGroup;
-  const int8_t* w = o.wq + panel * groups * kGroupBytes;
-  const __m512i flip = _mm512_set1_epi32(static_cast<int32_t>(0x80808080u));
+  const uint8_t* w = o.wq + panel * groups * kGroupBytes;
   __m512i acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
@@ -303,27 +296,25 @@ STRATA_TARGET_AVX512_VNNI void TileAvx512(const Operands& o, int64_t row,
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512i xb = _mm512_xor_si512(
-          _mm512_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup)),
-          flip);
+      const __m512i xb =
+          _mm512_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
 #pragma GCC unroll 4
       for (int c = 0; c < C; ++c) {
-        acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], xb, wv[c]);
+        acc[r][c] = _mm512_dpbusd_epi32(acc[r][c], wv[c], xb);
       }
     }
   }
 #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) {
     const int64_t pj = panel + c;
-    const __m512i corr =
-        _mm512_slli_epi32(_mm512_loadu_si512(o.w_sums + pj * kWidth), 7);
     const __m512 ws = _mm512_loadu_ps(o.w_scales + pj * kWidth);
     const __mmask16 mask = internal::TailMaskAvx512(
         std::min(kWidth, o.m - pj * kWidth));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 v = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], corr)),
+          _mm512_cvtepi32_ps(_mm512_sub_epi32(
+              acc[r][c], _mm512_set1_epi32(o.x_bias[row + r]))),
           _mm512_mul_ps(_mm512_set1_ps(o.x_scales[row + r]), ws));
       _mm512_mask_storeu_ps(o.out + (row + r) * o.m + pj * kWidth, mask, v);
     }
@@ -477,26 +468,25 @@ int64_t Int8PackedBytes(int64_t m, int64_t k) {
   return Int8PaddedRows(m) * Int8PaddedK(k);
 }
 
-void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, int8_t* q,
-                        float* scales, int32_t* col_sums) {
+void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, uint8_t* q,
+                        float* scales) {
   const int64_t m_pad = Int8PaddedRows(m), groups = Int8PaddedK(k) / kGroup;
-  std::memset(q, 0, static_cast<size_t>(Int8PackedBytes(m, k)));
+  std::memset(q, 128, static_cast<size_t>(Int8PackedBytes(m, k)));  // zeros
   for (int64_t j = 0; j < m_pad; ++j) {
     scales[j] = 0.0f;
-    col_sums[j] = 0;
     if (j >= m) continue;
     const float* row = w + j * k;
     float absmax = 0.0f;
     for (int64_t p = 0; p < k; ++p) absmax = std::max(absmax, std::fabs(row[p]));
     if (absmax == 0.0f) continue;
     scales[j] = absmax / 127.0f;
-    int8_t* panel = q + (j / kWidth) * groups * kGroupBytes;
+    uint8_t* panel = q + (j / kWidth) * groups * kGroupBytes;
     const int64_t c = j % kWidth;
     for (int64_t p = 0; p < k; ++p) {
-      const int8_t v = static_cast<int8_t>(
-          std::clamp(std::nearbyint(row[p] / scales[j]), -127.0f, 127.0f));
-      panel[(p / kGroup) * kGroupBytes + c * kGroup + p % kGroup] = v;
-      col_sums[j] += v;
+      const float v =
+          std::clamp(std::nearbyint(row[p] / scales[j]), -127.0f, 127.0f);
+      panel[(p / kGroup) * kGroupBytes + c * kGroup + p % kGroup] =
+          static_cast<uint8_t>(static_cast<int32_t>(v) + 128);
     }
   }
 }
@@ -518,16 +508,23 @@ void Int8MatMul(const KernelContext& ctx, Int8Isa isa, const float* x,
   // The quantized rows live for the call on the issuing thread.
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> x_scales;
+  thread_local std::vector<int32_t> x_bias;
   xq.resize(static_cast<size_t>(n * kp));
   x_scales.resize(static_cast<size_t>(n));
+  x_bias.resize(static_cast<size_t>(n));
   int8_t* xq_data = xq.data();
   float* xs_data = x_scales.data();
+  int32_t* xb_data = x_bias.data();
   const KernelContext quantize_ctx =
       n * k < (1 << 16) ? KernelContext{ctx.isa, nullptr} : ctx;
   quantize_ctx.ParallelFor(n, [&](int64_t i) {
-    xs_data[i] = QuantizeRow(isa, x + i * k, k, xq_data + i * kp);
+    int8_t* row = xq_data + i * kp;
+    xs_data[i] = QuantizeRow(isa, x + i * k, k, row);
+    int32_t sum = 0;
+    for (int64_t p = 0; p < kp; ++p) sum += row[p];
+    xb_data[i] = 128 * sum;
   });
-  const Operands o{xq_data, xs_data, w.q, w.scales, w.col_sums, out, m, kp};
+  const Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
   const int64_t num_panels = Int8PaddedRows(m) / kWidth;
   internal::ForEachPanelBlock(
       ctx, n, num_panels, n * m * k / 4, [&](const internal::PanelBlock& b) {

@@ -18,7 +18,10 @@
 // Layout: ceil(m / 16) panels of 16 output channels; k is padded with zeros
 // to kp = a multiple of 4; panel j holds [kp / 4][16][4] bytes: for each
 // group of 4 consecutive inputs, 4 bytes per column -- the 32-bit lane
-// vpdpbusd multiplies by 4 broadcast bytes of x.
+// vpdpbusd multiplies by 4 broadcast bytes of x. The bytes are wq + 128
+// (unsigned: vpdpbusd's unsigned operand is the weights, so that x is the
+// signed broadcast one, folded into the instruction); the kernels subtract
+// 128 * sum_p xq[i][p] from the sums.
 //
 // Batch invariance and agreement across ISAs: the sum is an exact int32 (no
 // rounding, so its order does not matter; |sum| <= kp * 127 * 255 < 2^31
@@ -62,15 +65,14 @@ int64_t Int8PackedBytes(int64_t m, int64_t k);
 
 // A quantized, packed weight (see the layout above).
 struct Int8Panels {
-  const int8_t* q;          // [Int8PackedBytes(m, k)]
-  const float* scales;      // [Int8PaddedRows(m)] w_scale, 0 in the padding
-  const int32_t* col_sums;  // [Int8PaddedRows(m)] sum_p wq[j][p]
+  const uint8_t* q;     // [Int8PackedBytes(m, k)] wq + 128
+  const float* scales;  // [Int8PaddedRows(m)] w_scale, 0 in the padding
 };
 
-// Quantizes w [m, k] (row-major, row = output channel) into the three
-// arrays of Int8Panels (sizes as documented there).
-void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, int8_t* q,
-                        float* scales, int32_t* col_sums);
+// Quantizes w [m, k] (row-major, row = output channel) into the two arrays
+// of Int8Panels (sizes as documented there).
+void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, uint8_t* q,
+                        float* scales);
 
 // x_scale of a row and its quantized values: xq [Int8PaddedK(k)], zero
 // past k. Exposed for the tests; Int8MatMul calls it for every row.
