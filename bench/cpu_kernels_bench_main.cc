@@ -1,9 +1,11 @@
 // strata-cpu-kernels-bench: the CPU matrix-product kernels side by side in one
 // run -- the dot-product MatMul (weights as uploaded), PackedMatMul (Linear
-// weights repacked into column panels, f32 and bfloat16) and Int8MatMul
-// (int8 panels, --quantization=int8) -- on the shapes of a 53M Llama's
+// weights repacked into column panels, f32 and bfloat16), Bf16MatMul
+// (vdpbf16ps, bfloat16 x and weights; scalar where the CPU lacks AVX-512
+// BF16) and Int8MatMul (int8 panels, --quantization=int8) -- on the shapes of a 53M Llama's
 // projections, at batch sizes from a single decode token to a prefill chunk.
-// Prints GFLOP/s of each and the ratios packed/dot and int8/bf16; on a
+// Prints GFLOP/s of each and the ratios packed/dot, bf16dot/bf16 and
+// int8/bf16; on a
 // shared machine read the ratios, not the absolute figures
 // (docs/benchmarks.md).
 //
@@ -17,6 +19,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "kernels/cpu/bf16_matmul.h"
 #include "kernels/cpu/int8_matmul.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernel_context.h"
@@ -54,8 +57,9 @@ int Run() {
               std::string(IsaName(ctx.isa)).c_str(),
               std::string(Int8IsaName(Int8IsaFor(ctx.isa))).c_str(),
               pool.num_threads());
-  std::printf("%-22s %5s %12s %9s %9s %9s %7s %9s\n", "shape (m x k)", "rows",
-              "dot GFLOP/s", "packed", "bf16", "int8", "pk/dot", "int8/bf16");
+  std::printf("%-22s %5s %12s %9s %9s %9s %9s %7s %9s %9s\n", "shape (m x k)",
+              "rows", "dot GFLOP/s", "packed", "bf16", "bf16dot", "int8",
+              "pk/dot", "dot/bf16", "int8/bf16");
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   struct Shape {
@@ -75,6 +79,9 @@ int Run() {
     std::vector<float> scales(Int8PaddedRows(s.m));
     QuantizeWeightInt8(w.data(), s.m, s.k, q.data(), scales.data());
     const Int8Panels panels{q.data(), scales.data()};
+    std::vector<uint16_t> pairs(Bf16PairPackedSize(s.m, s.k));
+    PackWeightBf16Pairs(w.data(), s.m, s.k, pairs.data());
+    const bool bf16_dot = Bf16DotSupported();
     for (int64_t n : {1, 4, 16, 64, 256}) {
       std::vector<float> x(static_cast<size_t>(n * s.k));
       for (float& v : x) v = dist(rng);
@@ -98,11 +105,18 @@ int Run() {
             Int8MatMul(ctx, x.data(), panels, n, s.m, s.k, out.data());
           },
           budget);
+      const double bdot = TimePerCall(
+          [&] {
+            Bf16MatMul(ctx, bf16_dot, x.data(), pairs.data(), n, s.m, s.k,
+                       out.data());
+          },
+          budget);
       const double flops = 2.0 * n * s.m * s.k;
-      std::printf("%-22s %5lld %12.1f %9.1f %9.1f %9.1f %6.2fx %8.2fx\n",
-                  s.name, static_cast<long long>(n), flops / dot / 1e9,
-                  flops / pan / 1e9, flops / bf16 / 1e9, flops / int8 / 1e9,
-                  dot / pan, bf16 / int8);
+      std::printf(
+          "%-22s %5lld %12.1f %9.1f %9.1f %9.1f %9.1f %6.2fx %8.2fx %8.2fx\n",
+          s.name, static_cast<long long>(n), flops / dot / 1e9,
+          flops / pan / 1e9, flops / bf16 / 1e9, flops / bdot / 1e9,
+          flops / int8 / 1e9, dot / pan, bf16 / bdot, bf16 / int8);
     }
   }
   return 0;
