@@ -405,6 +405,54 @@ float QuantizeRow(Int8Isa isa, const float* x, int64_t k, int8_t* xq) {
   }
 }
 
+void Multiply(const KernelContext& ctx, Int8Isa isa, const float* x,
+              const Int8Panels& w, int64_t n, int64_t m, int64_t k,
+              float* out) {
+  if (n <= 0 || m <= 0) return;
+  const int64_t kp = Int8PaddedK(k);
+  // The quantized rows live for the call on the issuing thread.
+  thread_local std::vector<int8_t> xq;
+  thread_local std::vector<float> x_scales;
+  thread_local std::vector<int32_t> x_bias;
+  xq.resize(static_cast<size_t>(n * kp));
+  x_scales.resize(static_cast<size_t>(n));
+  x_bias.resize(static_cast<size_t>(n));
+  int8_t* xq_data = xq.data();
+  float* xs_data = x_scales.data();
+  int32_t* xb_data = x_bias.data();
+  const KernelContext quantize_ctx =
+      n * k < (1 << 16) ? KernelContext{ctx.isa, nullptr} : ctx;
+  quantize_ctx.ParallelFor(n, [&](int64_t i) {
+    int8_t* row = xq_data + i * kp;
+    xs_data[i] = QuantizeRow(isa, x + i * k, k, row);
+    int32_t sum = 0;
+    for (int64_t p = 0; p < kp; ++p) sum += row[p];
+    xb_data[i] = 128 * sum;
+  });
+  const Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
+  const int64_t num_panels = Int8PaddedRows(m) / kWidth;
+  internal::ForEachPanelBlock(
+      ctx, n, num_panels, n * m * k / 4, [&](const internal::PanelBlock& b) {
+        switch (isa) {
+#if STRATA_CPU_X86
+          case Int8Isa::kAvx512Vnni:
+            BlockAvx512(o, b);
+            return;
+          case Int8Isa::kAvxVnni:
+            Block256<TileAvxVnni<1>, TileAvxVnni<2>, TileAvxVnni<3>,
+                     TileAvxVnni<4>>(o, b);
+            return;
+          case Int8Isa::kAvx2:
+            Block256<TileAvx2<1>, TileAvx2<2>, TileAvx2<3>, TileAvx2<4>>(o, b);
+            return;
+#endif
+          default:
+            BlockScalar(o, b);
+            return;
+        }
+      });
+}
+
 }  // namespace
 
 std::string_view Int8IsaName(Int8Isa isa) {
@@ -503,49 +551,51 @@ void Int8MatMul(const KernelContext& ctx, const float* x, const Int8Panels& w,
 void Int8MatMul(const KernelContext& ctx, Int8Isa isa, const float* x,
                 const Int8Panels& w, int64_t n, int64_t m, int64_t k,
                 float* out) {
+  Multiply(ctx, isa, x, w, n, m, k, out);
+}
+
+void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
+                            const float* x, const Int8Panels& w, int64_t n,
+                            int64_t m, int64_t k, float threshold,
+                            int32_t max_outliers, float* out) {
   if (n <= 0 || m <= 0) return;
-  const int64_t kp = Int8PaddedK(k);
-  // The quantized rows live for the call on the issuing thread.
-  thread_local std::vector<int8_t> xq;
-  thread_local std::vector<float> x_scales;
-  thread_local std::vector<int32_t> x_bias;
-  xq.resize(static_cast<size_t>(n * kp));
-  x_scales.resize(static_cast<size_t>(n));
-  x_bias.resize(static_cast<size_t>(n));
-  int8_t* xq_data = xq.data();
-  float* xs_data = x_scales.data();
-  int32_t* xb_data = x_bias.data();
-  const KernelContext quantize_ctx =
-      n * k < (1 << 16) ? KernelContext{ctx.isa, nullptr} : ctx;
-  quantize_ctx.ParallelFor(n, [&](int64_t i) {
-    int8_t* row = xq_data + i * kp;
-    xs_data[i] = QuantizeRow(isa, x + i * k, k, row);
-    int32_t sum = 0;
-    for (int64_t p = 0; p < kp; ++p) sum += row[p];
-    xb_data[i] = 128 * sum;
+  // The rows with their outlier columns zeroed, and those columns per row.
+  thread_local std::vector<float> inliers;
+  thread_local std::vector<std::vector<int32_t>> columns;
+  inliers.assign(x, x + n * k);
+  columns.resize(static_cast<size_t>(n));
+  bool any = false;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int32_t>& cols = columns[static_cast<size_t>(i)];
+    cols.clear();
+    for (int64_t p = 0; p < k; ++p) {
+      if (static_cast<int32_t>(cols.size()) >= max_outliers) break;
+      if (std::fabs(x[i * k + p]) >= threshold) {
+        cols.push_back(static_cast<int32_t>(p));
+        inliers[static_cast<size_t>(i * k + p)] = 0.0f;
+      }
+    }
+    any = any || !cols.empty();
+  }
+  Multiply(ctx, isa, inliers.data(), w, n, m, k, out);
+  if (!any) return;
+  const int64_t groups = Int8PaddedK(k) / kGroup;
+  ctx.ParallelFor(n, [&](int64_t i) {
+    const std::vector<int32_t>& cols = columns[static_cast<size_t>(i)];
+    if (cols.empty()) return;
+    for (int64_t j = 0; j < m; ++j) {
+      const uint8_t* lane = w.q + (j / kWidth) * groups * kGroupBytes +
+                            (j % kWidth) * kGroup;
+      float o = 0.0f;
+      for (int32_t c : cols) {
+        const int32_t wq = static_cast<int32_t>(
+                               lane[(c / kGroup) * kGroupBytes + c % kGroup]) -
+                           128;
+        o = std::fma(x[i * k + c], static_cast<float>(wq), o);
+      }
+      out[i * m + j] = std::fma(o, w.scales[j], out[i * m + j]);
+    }
   });
-  const Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
-  const int64_t num_panels = Int8PaddedRows(m) / kWidth;
-  internal::ForEachPanelBlock(
-      ctx, n, num_panels, n * m * k / 4, [&](const internal::PanelBlock& b) {
-        switch (isa) {
-#if STRATA_CPU_X86
-          case Int8Isa::kAvx512Vnni:
-            BlockAvx512(o, b);
-            return;
-          case Int8Isa::kAvxVnni:
-            Block256<TileAvxVnni<1>, TileAvxVnni<2>, TileAvxVnni<3>,
-                     TileAvxVnni<4>>(o, b);
-            return;
-          case Int8Isa::kAvx2:
-            Block256<TileAvx2<1>, TileAvx2<2>, TileAvx2<3>, TileAvx2<4>>(o, b);
-            return;
-#endif
-          default:
-            BlockScalar(o, b);
-            return;
-        }
-      });
 }
 
 }  // namespace strata::cpu

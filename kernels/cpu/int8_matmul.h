@@ -86,6 +86,23 @@ void Int8MatMul(const KernelContext& ctx, Int8Isa isa, const float* x,
                 const Int8Panels& w, int64_t n, int64_t m, int64_t k,
                 float* out);
 
+// LLM.int8() (Dettmers et al. 2022) on the same panels, the scheme of the
+// CUDA backend (kernels/cuda/int8_matmul.h) decided per row rather than per
+// batch, so that it stays batch invariant: the outlier columns of row i are
+// those with |x[i][p]| >= threshold (the first max_outliers of them, in
+// column order); they are zeroed before the row is quantized (so its
+// x_scale comes from the other columns), and added back in f32 against the
+// dequantized weights:
+//   out[i][j] = <Int8MatMul of the row without its outliers>
+//               + o[j] * w_scale[j],
+//   o[j] = fma chain over the outlier columns c in increasing order of
+//          x[i][c] * float(wq[j][c]), from 0.
+// A row without outliers gets exactly Int8MatMul's result.
+void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
+                            const float* x, const Int8Panels& w, int64_t n,
+                            int64_t m, int64_t k, float threshold,
+                            int32_t max_outliers, float* out);
+
 }  // namespace strata::cpu
 
 #endif  // STRATA_KERNELS_CPU_INT8_MATMUL_H_

@@ -237,6 +237,75 @@ TEST_P(Int8MatMulTest, BatchInvariant) {
   }
 }
 
+// LLM.int8(): rows with outliers equal the documented formula computed here
+// from the row without them; rows without outliers equal Int8MatMul; the
+// outliers cut the error of a row with a large activation; the cap keeps
+// the first max_outliers columns; each row's bits do not depend on the
+// others (whose outliers differ).
+TEST_P(Int8MatMulTest, OutliersPerRow) {
+  ThreadPool pool(2);
+  const KernelContext ctx{Isa::kScalar, &pool};
+  const int64_t n = 9, m = 37, k = 70;
+  const float threshold = 6.0f;
+  std::vector<float> x = Random(n * k, 77);
+  x[0 * k + 3] = 40.0f;   // row 0: two outliers
+  x[0 * k + 60] = -6.0f;  // (|x| >= threshold counts)
+  x[2 * k + 10] = 9.0f;   // row 2: three, capped to the first two below
+  x[2 * k + 11] = -12.0f;
+  x[2 * k + 50] = 30.0f;
+  x[5 * k + 0] = 100.0f;  // row 5: one; rows 1, 3, 4, 6-8: none
+  const std::vector<float> w = Random(m * k, 78);
+  const Quantized q = Quantize(w, m, k);
+  std::vector<float> out(n * m), plain(n * m);
+  Int8MatMulWithOutliers(ctx, GetParam(), x.data(), q.panels(), n, m, k,
+                         threshold, /*max_outliers=*/2, out.data());
+  Int8MatMul(ctx, GetParam(), x.data(), q.panels(), n, m, k, plain.data());
+  const std::vector<std::vector<int64_t>> outliers = {
+      {3, 60}, {}, {10, 11}, {}, {}, {0}, {}, {}, {}};
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<float> row(x.begin() + i * k, x.begin() + (i + 1) * k);
+    for (int64_t c : outliers[i]) row[c] = 0.0f;
+    std::vector<int8_t> xq(Int8PaddedK(k));
+    const float xs = QuantizeRowInt8(Int8Isa::kScalar, row.data(), k, xq.data());
+    for (int64_t j = 0; j < m; ++j) {
+      int32_t sum = 0;
+      for (int64_t p = 0; p < k; ++p) sum += int32_t{xq[p]} * At(q, k, j, p);
+      float expected = static_cast<float>(sum) * (xs * q.scales[j]);
+      if (outliers[i].empty()) {
+        ASSERT_EQ(out[i * m + j], plain[i * m + j]) << i << "," << j;
+      } else {
+        float o = 0.0f;
+        for (int64_t c : outliers[i]) {
+          o = std::fma(x[i * k + c], static_cast<float>(At(q, k, j, c)), o);
+        }
+        expected = std::fma(o, q.scales[j], expected);
+      }
+      ASSERT_EQ(out[i * m + j], expected) << i << "," << j;
+    }
+  }
+  // Row 5 (one activation of 100 among values in [-1, 1]): plain int8 puts
+  // the rest of the row on a step of 100/127; the outlier path does not.
+  double err_plain = 0, err_outliers = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    double exact = 0;
+    for (int64_t p = 0; p < k; ++p) {
+      exact += double{x[5 * k + p]} * w[j * k + p];
+    }
+    err_plain += std::fabs(plain[5 * m + j] - exact);
+    err_outliers += std::fabs(out[5 * m + j] - exact);
+  }
+  EXPECT_LT(err_outliers * 4, err_plain);
+  // Each row alone: the same bits.
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<float> alone(m);
+    Int8MatMulWithOutliers(ctx, GetParam(), x.data() + i * k, q.panels(), 1,
+                           m, k, threshold, 2, alone.data());
+    ASSERT_EQ(0, std::memcmp(alone.data(), out.data() + i * m,
+                             m * sizeof(float)))
+        << "row " << i;
+  }
+}
+
 TEST(Int8IsaTest, ForFloatIsaStaysWithinItsWidth) {
   EXPECT_EQ(Int8IsaFor(Isa::kScalar), Int8Isa::kScalar);
   for (Isa isa : SupportedIsas()) {
