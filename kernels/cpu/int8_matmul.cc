@@ -580,8 +580,10 @@ void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
   Multiply(ctx, isa, inliers.data(), w, n, m, k, out);
   if (!any) return;
   const int64_t groups = Int8PaddedK(k) / kGroup;
+  // The workers have thread_locals of their own: hand them this thread's.
+  const std::vector<int32_t>* row_columns = columns.data();
   ctx.ParallelFor(n, [&](int64_t i) {
-    const std::vector<int32_t>& cols = columns[static_cast<size_t>(i)];
+    const std::vector<int32_t>& cols = row_columns[i];
     if (cols.empty()) return;
     for (int64_t j = 0; j < m; ++j) {
       const uint8_t* lane = w.q + (j / kWidth) * groups * kGroupBytes +
