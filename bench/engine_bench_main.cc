@@ -20,7 +20,7 @@
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/backend.h"
+#include "engine/backends/backend.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
 
@@ -40,7 +40,7 @@ constexpr int32_t kBlockSize = 16;
 int Main() {
   ModelRunner::Options options;
   options.model_dir = absl::GetFlag(FLAGS_model);
-  options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.block_size = kBlockSize;
   const int32_t sequences = absl::GetFlag(FLAGS_sequences);
   const int32_t context = absl::GetFlag(FLAGS_context);
