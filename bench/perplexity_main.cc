@@ -1,7 +1,10 @@
 // strata-perplexity: the quality of a weight mode as the engine serves it.
-// For each --modes entry (a --quantization value on the CPU backend) it
-// runs the held-out text through ModelRunner::ComputeAllLogits and reports,
-// side by side with the first mode:
+// For each --modes entry (a --quantization value on the CPU backend, or
+// "bf16" for --dtype=bf16) it
+// runs the held-out text through the engine (ModelRunner) and reports,
+// side by side with the first mode (the logits of every position come from
+// ModelRunnerTestPeer::ComputeAllLogits, the tests' window into the runner:
+// a measurement tool, not a serving path):
 //
 //  * perplexity exp(mean NLL) over --windows non-overlapping windows of
 //    --window_len tokens spread evenly over the text (BOS first when the
@@ -33,14 +36,17 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_split.h"
+#include "engine/backends/backend_options.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
-#include "engine/tokenizer.h"
+#include "tests/engine/testing/model_runner_test_peer.h"
+#include "text/tokenizer.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory.");
 ABSL_FLAG(std::string, text, "", "Held-out text file.");
 ABSL_FLAG(std::string, modes, "none,int8",
-          "Comma-separated --quantization values; the first is the baseline.");
+          "Comma-separated --quantization values or bf16 (--dtype=bf16); "
+          "the first is the baseline.");
 ABSL_FLAG(int32_t, windows, 16, "Windows scored.");
 ABSL_FLAG(int32_t, window_len, 128, "Tokens per window.");
 ABSL_FLAG(int32_t, prompt_len, 16, "Greedy prompts: tokens per prompt.");
@@ -71,15 +77,20 @@ absl::StatusOr<std::vector<std::vector<float>>> Logits(
   WorkItem& item = plan.items.emplace_back();
   item.tokens = tokens;
   item.block_table = table;
-  return runner.ComputeAllLogits(plan);
+  return ModelRunnerTestPeer(runner).ComputeAllLogits(plan);
 }
 
 absl::StatusOr<ModeResult> RunMode(
     const std::string& mode, const std::vector<std::vector<TokenId>>& windows) {
+  // "bf16" is --dtype=bf16 (bf16 weights x bf16 activations); the rest
+  // are --quantization values.
+  absl::StatusOr<BackendOptions> backend = ParseBackendOptions(
+      "cpu", mode == "bf16" ? "bf16" : "", mode == "bf16" ? "none" : mode);
+  if (!backend.ok()) return backend.status();
   ModelRunner::Options options;
   options.model_dir = absl::GetFlag(FLAGS_model);
-  options.quantization = mode;
-  options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.backend = *backend;
+  options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.kv_cache_bytes = 64LL << 20;
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
       ModelRunner::Create(options);
