@@ -131,45 +131,14 @@ STRATA_TARGET_AVX512_BF16 void TileAvx512(const Operands& o, int64_t row,
   }
 }
 
-template <int C>
-STRATA_TARGET_AVX512_BF16 void RowsAvx512(const Operands& o, int64_t rows,
-                                          int64_t row, int64_t panel) {
-  switch (rows) {
-    case 8:
-      return TileAvx512<8, C>(o, row, panel);
-    case 7:
-      return TileAvx512<7, C>(o, row, panel);
-    case 6:
-      return TileAvx512<6, C>(o, row, panel);
-    case 5:
-      return TileAvx512<5, C>(o, row, panel);
-    case 4:
-      return TileAvx512<4, C>(o, row, panel);
-    case 3:
-      return TileAvx512<3, C>(o, row, panel);
-    case 2:
-      return TileAvx512<2, C>(o, row, panel);
-    default:
-      return TileAvx512<1, C>(o, row, panel);
+// The 8 x 3 tiles for internal::RunTiles8x3.
+template <int R, int C>
+struct Avx512Tile {
+  STRATA_TARGET_AVX512_BF16 static void Run(const Operands& o, int64_t row,
+                                            int64_t panel) {
+    TileAvx512<R, C>(o, row, panel);
   }
-}
-
-STRATA_TARGET_AVX512_BF16 void BlockAvx512(const Operands& o,
-                                           const internal::PanelBlock& b) {
-  for (int64_t pj = b.panel_begin; pj < b.panel_end; pj += 3) {
-    const int64_t panels = std::min<int64_t>(3, b.panel_end - pj);
-    for (int64_t i = b.row_begin; i < b.row_end; i += 8) {
-      const int64_t rows = std::min<int64_t>(8, b.row_end - i);
-      if (panels == 3) {
-        RowsAvx512<3>(o, rows, i, pj);
-      } else if (panels == 2) {
-        RowsAvx512<2>(o, rows, i, pj);
-      } else {
-        RowsAvx512<1>(o, rows, i, pj);
-      }
-    }
-  }
-}
+};
 
 #endif  // STRATA_CPU_X86
 
@@ -235,7 +204,7 @@ void Bf16MatMul(const KernelContext& ctx, bool avx512, const float* x,
       [&](const internal::PanelBlock& b) {
 #if STRATA_CPU_X86
         if (avx512) {
-          BlockAvx512(o, b);
+          internal::RunTiles8x3<Avx512Tile>(o, b);
           return;
         }
 #endif

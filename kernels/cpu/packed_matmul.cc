@@ -117,56 +117,19 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
   }
 }
 
-// 8 rows x 3 panels: 24 of the 32 vector registers accumulate, 3 hold W and
-// one the broadcast, so every W load feeds 8 multiply-adds.
-constexpr int kRowsAvx512 = 8;
-constexpr int kPanelsAvx512 = 3;
-
-template <int C, typename W>
-STRATA_TARGET_AVX512 void RowsAvx512(const Operands<W>& o, int64_t rows,
-                                     int64_t row, int64_t panel) {
-  switch (rows) {
-    case 8:
-      return TileAvx512<8, C>(o, row, panel);
-    case 7:
-      return TileAvx512<7, C>(o, row, panel);
-    case 6:
-      return TileAvx512<6, C>(o, row, panel);
-    case 5:
-      return TileAvx512<5, C>(o, row, panel);
-    case 4:
-      return TileAvx512<4, C>(o, row, panel);
-    case 3:
-      return TileAvx512<3, C>(o, row, panel);
-    case 2:
-      return TileAvx512<2, C>(o, row, panel);
-    default:
-      return TileAvx512<1, C>(o, row, panel);
-  }
-}
-
+// The 8 x 3 tiles for internal::RunTiles8x3, per panel element type: 24 of
+// the 32 vector registers accumulate, 3 hold W and one the broadcast, so
+// every W load feeds 8 multiply-adds.
 template <typename W>
-STRATA_TARGET_AVX512 void BlockAvx512(const Operands<W>& o, const Block& b) {
-  // Panels outermost: the W of a panel group stays cache-resident while
-  // every row tile of the block passes over it.
-  for (int64_t pj = b.panel_begin; pj < b.panel_end; pj += kPanelsAvx512) {
-    const int64_t panels = std::min<int64_t>(kPanelsAvx512, b.panel_end - pj);
-    for (int64_t i = b.row_begin; i < b.row_end; i += kRowsAvx512) {
-      const int64_t rows = std::min<int64_t>(kRowsAvx512, b.row_end - i);
-      switch (panels) {
-        case 3:
-          RowsAvx512<3>(o, rows, i, pj);
-          break;
-        case 2:
-          RowsAvx512<2>(o, rows, i, pj);
-          break;
-        default:
-          RowsAvx512<1>(o, rows, i, pj);
-          break;
-      }
+struct Avx512Tiles {
+  template <int R, int C>
+  struct Tile {
+    STRATA_TARGET_AVX512 static void Run(const Operands<W>& o, int64_t row,
+                                         int64_t panel) {
+      TileAvx512<R, C>(o, row, panel);
     }
-  }
-}
+  };
+};
 
 // AVX2: a panel is two 8-lane halves; R rows x 1 panel = 2R accumulators of
 // the 16 registers.
@@ -275,7 +238,7 @@ void Multiply(const KernelContext& ctx, const float* x, const W* packed,
     switch (isa) {
 #if STRATA_CPU_X86
       case Isa::kAvx512:
-        BlockAvx512(operands, b);
+        internal::RunTiles8x3<Avx512Tiles<W>::template Tile>(operands, b);
         return;
       case Isa::kAvx2:
         BlockAvx2(operands, b);

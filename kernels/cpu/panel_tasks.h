@@ -51,6 +51,50 @@ inline void ForEachPanelBlock(const KernelContext& ctx, int64_t n,
   });
 }
 
+// Runs Tile<R, C>::Run(o, row, panel) for R = rows (1..8) of C = panels
+// (1..3) panels: the dispatch of the 8 x 3 AVX-512 register tiles.
+template <template <int, int> class Tile, int C, typename Operands>
+void RunRowTile(const Operands& o, int64_t rows, int64_t row, int64_t panel) {
+  switch (rows) {
+    case 8:
+      return Tile<8, C>::Run(o, row, panel);
+    case 7:
+      return Tile<7, C>::Run(o, row, panel);
+    case 6:
+      return Tile<6, C>::Run(o, row, panel);
+    case 5:
+      return Tile<5, C>::Run(o, row, panel);
+    case 4:
+      return Tile<4, C>::Run(o, row, panel);
+    case 3:
+      return Tile<3, C>::Run(o, row, panel);
+    case 2:
+      return Tile<2, C>::Run(o, row, panel);
+    default:
+      return Tile<1, C>::Run(o, row, panel);
+  }
+}
+
+// Covers block b with tiles of up to 8 rows x 3 panels. Panels outermost:
+// a panel group's weights stay in cache while every row tile passes over
+// them.
+template <template <int, int> class Tile, typename Operands>
+void RunTiles8x3(const Operands& o, const PanelBlock& b) {
+  for (int64_t pj = b.panel_begin; pj < b.panel_end; pj += 3) {
+    const int64_t panels = std::min<int64_t>(3, b.panel_end - pj);
+    for (int64_t i = b.row_begin; i < b.row_end; i += 8) {
+      const int64_t rows = std::min<int64_t>(8, b.row_end - i);
+      if (panels == 3) {
+        RunRowTile<Tile, 3>(o, rows, i, pj);
+      } else if (panels == 2) {
+        RunRowTile<Tile, 2>(o, rows, i, pj);
+      } else {
+        RunRowTile<Tile, 1>(o, rows, i, pj);
+      }
+    }
+  }
+}
+
 }  // namespace strata::cpu::internal
 
 #endif  // STRATA_KERNELS_CPU_PANEL_TASKS_H_
