@@ -87,11 +87,14 @@ ABSL_FLAG(std::string, kv_fill, "propagate",
           "recompute (the skipped loops run later, exact).");
 ABSL_FLAG(std::string, dtype, "",
           "Device backends: weight and KV cache dtype, bf16 or f16; empty = "
-          "the backend's default (bf16 on cuda). The cpu backend refuses it "
-          "(f32 weights, or bf16 panels when the checkpoint is bf16).");
+          "the backend's default (bf16 on cuda). cpu: bf16 multiplies bf16 "
+          "weights by bf16 activations (vdpbf16ps, AVX-512 BF16), f16 is "
+          "refused; empty = f32 compute (docs/engine.md).");
 ABSL_FLAG(std::string, quantization, "none",
-          "Linear-layer weights: none, int8 (weight-only) or llm.int8; a "
-          "backend that cannot honour the value refuses to start.");
+          "Linear-layer weights: none, int8 or llm.int8 (cuda: weight-only "
+          "int8; cpu: int8 weights x per-row int8 activations, "
+          "docs/engine.md); a backend that cannot honour the value refuses "
+          "to start.");
 ABSL_FLAG(int32_t, device, 0, "CUDA backend: device ordinal.");
 ABSL_FLAG(float, llm_int8_threshold, 6.0f,
           "--quantization=llm.int8: activation columns with |x| >= this are "

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/bf16_matmul.h"
+#include "kernels/cpu/int8_matmul.h"
+#include "kernels/cpu/packed_matmul.h"
 
 namespace strata {
 namespace {
@@ -29,8 +32,19 @@ std::vector<float> Host(CpuBackend& backend, const Tensor& t) {
   return out;
 }
 
-std::unique_ptr<CpuBackend> MakeBackend() {
+CpuBackend::Options WithQuantization(Quantization q) {
   CpuBackend::Options options;
+  options.quantization = q;
+  return options;
+}
+
+CpuBackend::Options Bf16Compute() {
+  CpuBackend::Options options;
+  options.compute = CpuBackend::Compute::kBf16;
+  return options;
+}
+
+std::unique_ptr<CpuBackend> MakeBackend(CpuBackend::Options options = {}) {
   options.num_threads = 2;
   auto backend = CpuBackend::Create(options);
   EXPECT_TRUE(backend.ok()) << backend.status();
@@ -64,6 +78,176 @@ TEST(CpuBackendTest, TableKeepsItsRowsAndMultipliesPacked) {
   backend->MatMul(*x, *plain, &*b);
   const std::vector<float> pa = Host(*backend, *a), pb = Host(*backend, *b);
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_NEAR(pa[i], pb[i], 1e-5);
+}
+
+// Weights rounded to bfloat16 values (what a bf16 checkpoint holds).
+std::vector<float> Bf16Values(std::vector<float> v) {
+  for (float& x : v) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof(bits));
+    bits &= 0xffff0000u;
+    std::memcpy(&x, &bits, sizeof(x));
+  }
+  return v;
+}
+
+// out = x * W^T through the backend, W uploaded with `role`.
+std::vector<float> BackendProduct(CpuBackend& backend,
+                                  const std::vector<float>& x,
+                                  const std::vector<float>& w, int64_t n,
+                                  int64_t m, int64_t k, WeightRole role,
+                                  ElementType* type = nullptr) {
+  auto wt = backend.UploadWeight(w, {m, k}, role);
+  auto xt = backend.Upload(x, {n, k});
+  auto out = backend.Allocate(ElementType::kF32, {n, m});
+  EXPECT_TRUE(wt.ok() && xt.ok() && out.ok());
+  if (type != nullptr) *type = wt->type();
+  backend.MatMul(*xt, *wt, &*out);
+  return Host(backend, *out);
+}
+
+// --quantization=int8 / llm.int8: Linear weights (and, by default, the LM
+// head's panels) become int8 panels and multiply exactly as the kernels do
+// on the same weights; the table's rows stay exact for the gather;
+// quantize_tables = false keeps the table's bf16 panels; LoRA factors stay
+// f32.
+TEST(CpuBackendTest, Int8ModesMultiplyThroughTheInt8Kernels) {
+  const int64_t n = 5, m = 37, k = 70;
+  std::vector<float> x = Random(n * k, 3);
+  x[2 * k + 7] = 20.0f;  // an outlier in row 2
+  const std::vector<float> w = Bf16Values(Random(m * k, 4));
+  std::vector<uint8_t> q(cpu::Int8PackedBytes(m, k));
+  std::vector<float> scales(cpu::Int8PaddedRows(m));
+  cpu::QuantizeWeightInt8(w.data(), m, k, q.data(), scales.data());
+  const cpu::Int8Panels panels{q.data(), scales.data()};
+  for (auto mode : {Quantization::kWeightInt8,
+                    Quantization::kLlmInt8}) {
+    CpuBackend::Options options;
+    options.quantization = mode;
+    auto backend = MakeBackend(options);
+    const cpu::KernelContext ctx{backend->isa(), nullptr};
+    std::vector<float> expected(n * m);
+    if (mode == Quantization::kWeightInt8) {
+      cpu::Int8MatMul(ctx, x.data(), panels, n, m, k, expected.data());
+    } else {
+      cpu::Int8MatMulWithOutliers(ctx, cpu::Int8IsaFor(backend->isa()),
+                                  x.data(), panels, n, m, k, 6.0f, 128,
+                                  expected.data());
+    }
+    ElementType type;
+    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear,
+                             &type),
+              expected);
+    EXPECT_EQ(type, ElementType::kI8);
+    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kTable),
+              expected);
+    // The table's rows are the checkpoint's values.
+    auto table = backend->UploadWeight(w, {m, k}, WeightRole::kTable);
+    ASSERT_TRUE(table.ok());
+    EXPECT_EQ(Host(*backend, *table), w);
+    // LoRA factors stay f32 panels.
+    std::vector<float> f32(n * m);
+    std::vector<float> packed(cpu::PackedWeightSize(m, k));
+    cpu::PackWeight(w.data(), m, k, packed.data());
+    cpu::PackedMatMul(ctx, x.data(), packed.data(), n, m, k, f32.data());
+    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kAdapter),
+              f32);
+    options.quantize_tables = false;
+    auto keep_tables = MakeBackend(options);
+    EXPECT_EQ(BackendProduct(*keep_tables, x, w, n, m, k, WeightRole::kTable),
+              f32);
+  }
+  // The plain int8 and LLM.int8() rows differ only where row 2's outlier is.
+  auto int8 = MakeBackend(WithQuantization(Quantization::kWeightInt8));
+  auto llm = MakeBackend(WithQuantization(Quantization::kLlmInt8));
+  const std::vector<float> a =
+      BackendProduct(*int8, x, w, n, m, k, WeightRole::kLinear);
+  const std::vector<float> b =
+      BackendProduct(*llm, x, w, n, m, k, WeightRole::kLinear);
+  for (int64_t i = 0; i < n; ++i) {
+    const bool same = std::memcmp(a.data() + i * m, b.data() + i * m,
+                                  m * sizeof(float)) == 0;
+    EXPECT_EQ(same, i != 2) << "row " << i;
+  }
+}
+
+// --cpu_compute=bf16: bfloat16 weights go through vdpbf16ps; f32 weights
+// keep the f32 panels.
+TEST(CpuBackendTest, Bf16ComputeRoundsWeightsToBf16) {
+  if (!cpu::Bf16DotSupported()) GTEST_SKIP() << "no AVX-512 BF16";
+  auto backend = MakeBackend(Bf16Compute());
+  const int64_t n = 4, m = 33, k = 41;
+  const std::vector<float> x = Random(n * k, 5);
+  const cpu::KernelContext ctx{backend->isa(), nullptr};
+  // bf16 values as they are, f32 values rounded: both through vdpbf16ps.
+  for (const std::vector<float>& w :
+       {Bf16Values(Random(m * k, 6)), Random(m * k, 7)}) {
+    std::vector<uint16_t> pairs(cpu::Bf16PairPackedSize(m, k));
+    cpu::PackWeightBf16Pairs(w.data(), m, k, pairs.data());
+    std::vector<float> expected(n * m);
+    cpu::Bf16MatMul(ctx, true, x.data(), pairs.data(), n, m, k,
+                    expected.data());
+    ElementType type;
+    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear,
+                             &type),
+              expected);
+    EXPECT_EQ(type, ElementType::kBF16);
+  }
+}
+
+// FromOptions (the daemon's flags) honours --quantization and --dtype=bf16
+// and refuses, naming the flag, what the CPU cannot do.
+TEST(CpuBackendTest, FromOptionsHonoursOrRefuses) {
+  BackendOptions options;
+  options.num_threads = 1;
+  for (Quantization q : {Quantization::kWeightInt8, Quantization::kLlmInt8}) {
+    options.quantization = q;
+    absl::StatusOr<std::unique_ptr<Backend>> backend =
+        CpuBackend::FromOptions(options);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    const auto& cpu = static_cast<const CpuBackend&>(**backend);
+    EXPECT_EQ(cpu.options().quantization, q);
+    EXPECT_NE((*backend)->Description().find(QuantizationName(q)),
+              std::string::npos)
+        << (*backend)->Description();
+  }
+  options.quantization = Quantization::kNone;
+  options.dtype = ElementType::kBF16;
+  absl::StatusOr<std::unique_ptr<Backend>> bf16 =
+      CpuBackend::FromOptions(options);
+  if (cpu::Bf16DotSupported()) {
+    ASSERT_TRUE(bf16.ok()) << bf16.status();
+    EXPECT_EQ(static_cast<const CpuBackend&>(**bf16).options().compute,
+              CpuBackend::Compute::kBf16);
+  } else {
+    EXPECT_EQ(bf16.status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+  const struct {
+    void (*set)(BackendOptions&);
+    const char* flag;
+  } refused[] = {
+      {[](BackendOptions& o) { o.dtype = ElementType::kF16; }, "--dtype"},
+      {[](BackendOptions& o) {
+         o.dtype = ElementType::kBF16;
+         o.quantization = Quantization::kWeightInt8;
+       },
+       "--dtype"},
+      {[](BackendOptions& o) { o.device = 1; }, "--device"},
+      {[](BackendOptions& o) { o.step_graphs = true; }, "--cuda_graphs"},
+      {[](BackendOptions& o) { o.gpu_memory_fraction = 0.5; },
+       "--gpu_memory_fraction"},
+  };
+  for (const auto& c : refused) {
+    BackendOptions bad;
+    c.set(bad);
+    if (bad.quantization != Quantization::kNone && !cpu::Bf16DotSupported()) {
+      continue;  // refused earlier, for the missing instructions
+    }
+    const absl::Status status = CpuBackend::FromOptions(bad).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.flag;
+    EXPECT_NE(status.message().find(c.flag), std::string::npos)
+        << status.message();
+  }
 }
 
 // The gathered op against MatMul, MatMul, Add per segment, which it must
