@@ -56,7 +56,8 @@ MLP_PROJS = ("gate_proj", "up_proj", "down_proj")
 PROJS = ATTN_PROJS + MLP_PROJS
 KV_POLICIES = ("propagate", "recompute")
 CONFIDENCES = ("max_prob", "margin", "saturation", "classifier")
-# The measures computed from the residual stream instead of the exit logits.
+# The measures computed from the exit logits / from the residual stream.
+LOGIT_CONFIDENCES = ("max_prob", "margin")
 HIDDEN_CONFIDENCES = ("saturation", "classifier")
 CLASSIFIER_WEIGHT = "exit_classifier.weight"  # [num_loops - 1, hidden]
 CLASSIFIER_BIAS = "exit_classifier.bias"  # [num_loops - 1]
