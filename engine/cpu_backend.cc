@@ -374,6 +374,30 @@ absl::Status CpuBackend::ExitConfidences(const Tensor& logits,
   return absl::OkStatus();
 }
 
+absl::Status CpuBackend::HiddenExitConfidences(
+    const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+    const Tensor& classifier, std::span<const int32_t> loops,
+    std::span<const ExitConfidence> kinds, float eps, std::span<float> out) {
+  if (absl::Status s = CheckHiddenExitConfidenceArgs(state, rows, prev,
+                                                     classifier, loops, kinds,
+                                                     out);
+      !s.ok()) {
+    return s;
+  }
+  // O(hidden) per row: serial (a thread hand-off costs more than the work).
+  const int64_t hidden = Cols(state);
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const bool sat = kinds[j] == ExitConfidence::kSaturation;
+    out[j] = ComputeHiddenExitConfidence(
+        kinds[j],
+        std::span<const float>(F32(state) + rows[j] * hidden,
+                               static_cast<size_t>(hidden)),
+        sat ? F32(prev) + static_cast<int64_t>(j) * hidden : nullptr,
+        sat ? nullptr : F32(classifier) + loops[j] * (hidden + 1), eps);
+  }
+  return absl::OkStatus();
+}
+
 void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
                             Tensor* out) {
   const int64_t width = Cols(x);

@@ -15,6 +15,7 @@
 #include "engine/backend.h"
 #include "engine/checkpoint.h"
 #include "engine/cpu_backend.h"
+#include "engine/exit_defaults.h"
 #include "engine/exit_policy.h"
 #include "engine/llama_model.h"
 #include "engine/model_config.h"
@@ -130,6 +131,12 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   model_options.block_size = options.block_size;
   model_options.num_blocks = num_blocks;
   model_options.kv_fill = *kv_fill;
+  if (config->num_loops > 1) {
+    absl::StatusOr<ExitDefaults> exit_defaults =
+        LoadExitDefaults(options.model_dir, *config);
+    if (!exit_defaults.ok()) return exit_defaults.status();
+    model_options.exit_classifier = std::move(exit_defaults->classifier);
+  }
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Create(
       *config, std::move(*weights), backend->get(), model_options);
   if (!model.ok()) return model.status();
