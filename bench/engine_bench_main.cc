@@ -30,7 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "engine/backend.h"
+#include "engine/backends/backend.h"
 #include "engine/exit_policy.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
@@ -108,7 +108,7 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
 int Main() {
   ModelRunner::Options options;
   options.model_dir = absl::GetFlag(FLAGS_model);
-  options.num_threads = absl::GetFlag(FLAGS_threads);
+  options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.block_size = kBlockSize;
   const int32_t sequences = absl::GetFlag(FLAGS_sequences);
   const int32_t context = absl::GetFlag(FLAGS_context);

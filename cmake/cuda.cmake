@@ -2,8 +2,8 @@
 # never needs it). See docs/cuda.md.
 #
 # Found: enables the CUDA language for sm_80 and sm_90, builds
-# strata_cuda_kernels (kernels/cuda/*.cu and *.cc), adds STRATA_WITH_CUDA to
-# strata_engine (whose engine/cuda_backend.cc is compiled only then) and
+# strata_cuda_kernels (kernels/cuda/*.cu and *.cc) and strata_cuda_backend
+# (engine/backends/cuda/), links them into strata_engine and
 # registers tests/cuda (strata_cuda_tests) and bench/gpu (strata_gpu_bench).
 # The engine, test and bench targets are created after this file runs, so that
 # part is deferred to the end of the root CMakeLists.txt.
@@ -57,7 +57,19 @@ function(strata_cuda_wire_targets)
   # Imported targets are directory-scoped: find GoogleTest here as well.
   find_package(GTest REQUIRED)
   include(GoogleTest)
-  target_link_libraries(strata_engine PUBLIC strata_cuda_kernels)
+  # engine/backends/cuda: the CudaBackend, its own target; the backend
+  # registry (engine/backends/backend_registry.cc) is the one place that
+  # knows it exists (STRATA_WITH_CUDA, private to strata_engine).
+  file(GLOB backend_srcs CONFIGURE_DEPENDS
+    ${CMAKE_SOURCE_DIR}/engine/backends/cuda/*.cc)
+  add_library(strata_cuda_backend STATIC ${backend_srcs})
+  target_include_directories(strata_cuda_backend PUBLIC ${CMAKE_SOURCE_DIR})
+  target_compile_options(strata_cuda_backend PRIVATE ${STRATA_WARNINGS})
+  # The backend and the engine need each other's symbols (the Backend base
+  # class, the registry): CMake links the two static archives as a cycle.
+  target_link_libraries(strata_cuda_backend PUBLIC strata_cuda_kernels
+    strata_engine absl::status absl::statusor absl::strings)
+  target_link_libraries(strata_engine PUBLIC strata_cuda_backend)
   target_compile_definitions(strata_engine PUBLIC STRATA_WITH_CUDA)
 
   # tests/cuda: kernel-vs-CPU and end-to-end tests; skip without a device.

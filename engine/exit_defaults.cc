@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/safetensors_file.h"
+#include "engine/loader/safetensors_file.h"
 #include "nlohmann/json.hpp"
 
 namespace strata {

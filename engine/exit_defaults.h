@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/exit_policy.h"
-#include "engine/model_config.h"
+#include "engine/loader/model_config.h"
 
 namespace strata {
 

@@ -11,8 +11,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/cpu/isa.h"
-#include "kernels/cpu/softmax_stats.h"
 
 namespace strata {
 
@@ -82,14 +80,9 @@ absl::Status ValidateExitParams(const ExitParams& params, int32_t num_loops) {
   return absl::OkStatus();
 }
 
-float ComputeExitConfidence(std::span<const float> logits,
-                            ExitConfidence kind) {
+float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind,
+                            const SoftmaxStats& stats) {
   if (logits.empty()) return 0.0f;
-  // The vectorised softmax denominator (kernels/cpu/softmax_stats.h): this
-  // runs over the vocabulary for every row at every exit boundary.
-  static const cpu::Isa isa = cpu::DefaultIsa();
-  const cpu::SoftmaxStats stats = cpu::ComputeSoftmaxStats(
-      isa, logits.data(), static_cast<int64_t>(logits.size()));
   const double sum = stats.sum_exp;
   const double p1 = 1.0 / sum;
   if (kind == ExitConfidence::kMaxProb) return static_cast<float>(p1);

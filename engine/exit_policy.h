@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/softmax_stats.h"
 
 namespace strata {
 
@@ -50,6 +51,10 @@ struct ExitParams {
   // the confidence, threshold and min_loops; -1 = the threshold rule.
   int32_t forced_exit_loop = -1;
 
+  // Whether the rule can exit early at all (a threshold below 1, or a
+  // forced exit): the scheduler attaches the params to a decode item only
+  // then, without knowing how the rule decides.
+  bool Enabled() const { return threshold < 1.0f || forced_exit_loop >= 0; }
   // Whether the rule may exit after `loop` at all, i.e. whether the exit
   // logits of that loop need computing (num_loops: of the model).
   bool Evaluates(int32_t loop, int32_t num_loops) const;
@@ -64,12 +69,12 @@ struct ExitParams {
 // forced_exit_loop is -1 or in [0, num_loops - 1).
 absl::Status ValidateExitParams(const ExitParams& params, int32_t num_loops);
 
-// Confidence of one row of exit logits (the softmax denominator from
-// kernels/cpu/softmax_stats.h: vectorised float exponentials, the same bits
-// on every ISA; within ~1e-6 of a float64 softmax): max_prob = 1 / sum_j
-// exp(l_j - l_max); margin subtracts exp(l_2nd - l_max) / sum. logits: [vocab],
-// vocab >= 1 (margin of a one-token vocabulary is p_top1).
-float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind);
+// Confidence of one row of exit logits, given the row's softmax statistics
+// (Backend::RowSoftmaxStats): max_prob = 1 / sum_j exp(l_j - l_max); margin
+// subtracts exp(l_2nd - l_max) / sum. logits: [vocab], vocab >= 1 (margin of
+// a one-token vocabulary is p_top1).
+float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind,
+                            const SoftmaxStats& stats);
 
 // Confidence of one row from its residual stream (IsHiddenExitConfidence
 // kinds; float sums in index order, so every backend that follows it gets

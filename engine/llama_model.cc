@@ -16,25 +16,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/rope.h"
+#include "common/status_macros.h"
+#include "engine/rope_table.h"
 
 namespace strata {
 namespace {
-
-#define STRATA_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
-  auto tmp = (expr);                                 \
-  if (!tmp.ok()) return tmp.status();                \
-  lhs = std::move(*tmp)
-#define STRATA_CONCAT_INNER(a, b) a##b
-#define STRATA_CONCAT(a, b) STRATA_CONCAT_INNER(a, b)
-// lhs = *expr, or returns expr's error.
-#define ASSIGN_OR_RETURN(lhs, expr) \
-  STRATA_ASSIGN_OR_RETURN_IMPL(STRATA_CONCAT(status_or_, __LINE__), lhs, expr)
-// Returns expr's error, if any.
-#define RETURN_IF_ERROR(expr)                                         \
-  do {                                                                \
-    if (absl::Status status_ = (expr); !status_.ok()) return status_; \
-  } while (false)
 
 // Uploads a host weight vector as a tensor of `shape` (empty stays empty).
 absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
@@ -52,12 +38,6 @@ absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
 }
 
 }  // namespace
-
-int64_t LlamaModel::KvBytesPerBlock(const ModelConfig& config,
-                                    int32_t block_size, int64_t element_bytes) {
-  return 2LL * config.num_kv_layers() * block_size *
-         config.num_key_value_heads * config.head_dim * element_bytes;
-}
 
 absl::StatusOr<std::vector<float>> LlamaModel::RopeInverseFrequencies(
     const ModelConfig& config) {
@@ -112,11 +92,6 @@ LlamaModel::~LlamaModel() = default;
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     const ModelConfig& config, ModelWeights weights, Backend* backend,
     const Options& options) {
-  if (options.block_size <= 0 || options.num_blocks <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("block_size (", options.block_size, ") and num_blocks (",
-                     options.num_blocks, ") must be positive"));
-  }
   if (config.num_attention_heads <= 0 || config.num_key_value_heads <= 0 ||
       config.num_attention_heads % config.num_key_value_heads != 0 ||
       config.head_dim <= 0 || config.head_dim % 2 != 0 ||
@@ -138,15 +113,6 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         absl::StrCat("weights have LoRA for ", weights.lora.size(),
                      " (loop, layer) pairs but config.json says num_loops ",
                      config.num_loops, ", lora_rank ", config.lora_rank));
-  }
-  // Physical KV slots (block * num_loops + loop) * block_size + offset are
-  // int32 in the ops.
-  if (static_cast<int64_t>(options.num_blocks) * config.num_loops *
-          options.block_size >
-      std::numeric_limits<int32_t>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "num_blocks (", options.num_blocks, ") * num_loops (", config.num_loops,
-        ") * block_size (", options.block_size, ") exceeds int32 KV slots"));
   }
   std::unique_ptr<LlamaModel> model(new LlamaModel(config, backend, options));
   const int64_t hidden = config.hidden_size;
@@ -192,17 +158,14 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
                    RopeInverseFrequencies(config));
   std::vector<float> table(static_cast<size_t>(config.max_position_embeddings) *
                            head_dim);
-  cpu::BuildRopeTable(inv_freq, config.max_position_embeddings, table.data());
+  BuildRopeTable(inv_freq, config.max_position_embeddings, table.data());
   ASSIGN_OR_RETURN(model->rope_table_,
                    backend->Upload(std::move(table),
                                    {config.max_position_embeddings, head_dim}));
 
-  const std::vector<int64_t> cache_shape = {
-      options.num_blocks, config.num_loops, config.num_key_value_heads,
-      options.block_size, head_dim};
-  const std::vector<int64_t> cache_view_shape = {
-      static_cast<int64_t>(options.num_blocks) * config.num_loops,
-      config.num_key_value_heads, options.block_size, head_dim};
+  ASSIGN_OR_RETURN(model->kv_cache_,
+                   PagedKvCache::Create(backend, config, options.block_size,
+                                        options.num_blocks));
   model->layers_.resize(config.num_hidden_layers);
   for (int32_t i = 0; i < config.num_hidden_layers; ++i) {
     LayerWeights& w = weights.layers[i];
@@ -254,14 +217,6 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         t.down_proj,
         UploadWeight(backend, std::move(w.down_proj), {hidden, inter},
                      prefix + "mlp.down_proj.weight"));
-    ASSIGN_OR_RETURN(t.k_cache,
-                     backend->Allocate(backend->kv_cache_type(), cache_shape));
-    ASSIGN_OR_RETURN(t.v_cache,
-                     backend->Allocate(backend->kv_cache_type(), cache_shape));
-    t.k_cache_view =
-        Tensor(t.k_cache.data(), t.k_cache.type(), cache_view_shape, nullptr);
-    t.v_cache_view =
-        Tensor(t.v_cache.data(), t.v_cache.type(), cache_view_shape, nullptr);
   }
 
   // LoRA (relaxed recursive models): f32 on every backend (a few MB at
@@ -338,33 +293,6 @@ absl::Status LlamaModel::Validate(std::span<const WorkItem> items) const {
     }
   }
   return ValidateLoops(items);
-}
-
-std::vector<Tensor*> LlamaModel::KvCacheTensors() {
-  std::vector<Tensor*> caches;
-  caches.reserve(2 * layers_.size());
-  for (LayerTensors& layer : layers_) {
-    caches.push_back(&layer.k_cache);
-    caches.push_back(&layer.v_cache);
-  }
-  return caches;
-}
-
-absl::Status LlamaModel::CopyBlocks(std::span<const BlockCopy> copies) {
-  if (copies.empty()) return absl::OkStatus();
-  for (size_t i = 0; i < copies.size(); ++i) {
-    const BlockCopy& copy = copies[i];
-    if (copy.src < 0 || copy.src >= options_.num_blocks || copy.dst < 0 ||
-        copy.dst >= options_.num_blocks || copy.src == copy.dst) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("block copy ", i, " (", copy.src, " -> ", copy.dst,
-                       ") needs two different block ids in [0, ",
-                       options_.num_blocks, "): scheduler bug"));
-    }
-  }
-  const std::vector<Tensor*> caches = KvCacheTensors();
-  backend_->CopyKvBlocks(copies, caches);
-  return absl::OkStatus();
 }
 
 absl::StatusOr<Tensor> LlamaModel::Rows(Workspace& workspace, int64_t rows,
@@ -497,10 +425,10 @@ absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
     }
     b.Rope(rope_table_, round.positions, config_.head_dim, &q);
     b.Rope(rope_table_, round.positions, config_.head_dim, &k);
-    b.WriteKv(k, v, round.kv_slots, attention_, &layer.k_cache_view,
-              &layer.v_cache_view);
-    b.PagedAttention(q, layer.k_cache_view, layer.v_cache_view, attention_,
-                     round.sequences, &attn);
+    PagedKvCache::Layer& cache = kv_cache_.layer(li);
+    b.WriteKv(k, v, round.kv_slots, attention_, &cache.k_view, &cache.v_view);
+    b.PagedAttention(q, cache.k_view, cache.v_view, attention_, round.sequences,
+                     &attn);
     RETURN_IF_ERROR(Project(attn, layer.o_proj, li, LoraProj::kO, segs, &proj));
     b.AddRmsNorm(proj, layer.post_attention_norm, eps, x, &normed);
     // MLP block (SwiGLU).

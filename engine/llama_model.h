@@ -11,10 +11,10 @@
 // per-sequence with a fixed reduction order, a sequence's logits do not
 // depend on what else is in the batch (batch invariance, docs/engine.md).
 //
-// The KV cache (owned here, sized by Options::num_blocks) is, per layer,
-//   K, V: [num_blocks, num_loops, num_kv_heads, block_size, head_dim]
-// (num_loops = 1 for a plain model). The scheduler owns which blocks a
-// sequence uses; the model only reads and writes through block tables.
+// The KV cache (a PagedKvCache, engine/kv_cache/, sized by
+// Options::num_blocks) holds every layer's K/V; the scheduler owns which
+// blocks a sequence uses; the model only reads and writes through block
+// tables.
 //
 // Recursive models (config num_loops N > 1; docs/recursive-models.md): the K
 // layers run once per round over items at different loops (LoopPlanner),
@@ -22,7 +22,7 @@
 // b * N + l of the cache viewed as [num_blocks * N, ...]), early exits and
 // their KV fill, and a HiddenStateStore carrying states between steps.
 //
-// Threading: not thread-safe; one engine thread calls Forward().
+// Threading: not thread-safe; one engine thread calls Step().
 #ifndef STRATA_ENGINE_LLAMA_MODEL_H_
 #define STRATA_ENGINE_LLAMA_MODEL_H_
 
@@ -34,13 +34,14 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/backend.h"
+#include "engine/backends/backend.h"
 #include "engine/exit_policy.h"
-#include "engine/hidden_state_store.h"
+#include "engine/kv_cache/hidden_state_store.h"
+#include "engine/kv_cache/paged_kv_cache.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/model_weights.h"
 #include "engine/loop_planner.h"
 #include "engine/lora.h"
-#include "engine/model_config.h"
-#include "engine/model_weights.h"
 #include "engine/step.h"
 
 namespace strata {
@@ -83,12 +84,6 @@ class LlamaModel {
       const ModelConfig& config, ModelWeights weights, Backend* backend,
       const Options& options);
 
-  // Bytes one KV block takes: K and V of block_size tokens for every KV layer
-  // (num_hidden_layers * num_loops), element_bytes per value (4 for f32
-  // caches, 2 for f16/bf16).
-  static int64_t KvBytesPerBlock(const ModelConfig& config, int32_t block_size,
-                                 int64_t element_bytes = 4);
-
   // RoPE inverse frequencies theta^(-2i/head_dim), with the Llama 3
   // rope_scaling smoothing when configured. [head_dim / 2]
   static absl::StatusOr<std::vector<float>> RopeInverseFrequencies(
@@ -108,22 +103,6 @@ class LlamaModel {
   // the item otherwise.
   absl::Status Validate(std::span<const WorkItem> items) const;
 
-  // Runs the forward pass over every item (writing their K/V into the cache)
-  // and returns the logits of the requested rows. Rows index the flattened
-  // new tokens: item 0's tokens first, then item 1's, and so on.
-  //   logit_rows: [r], each in [0, total new tokens)
-  //   returns:    [r * vocab_size], row-major
-  absl::StatusOr<std::vector<float>> Forward(
-      std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
-
-  // Forward() without the copy: the logits stay on the backend (for device
-  // sampling). Returns nullptr when there are no logit rows or no tokens;
-  // the tensor [r, vocab] is valid until the next call.
-  // Recursive items run their loop ranges (exits and state store included);
-  // a row's logits are then those of the state it ends the step in.
-  absl::StatusOr<const Tensor*> ForwardToDevice(
-      std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
-
   // The step the runner executes: the forward pass over every item (loop
   // ranges, early exits, KV fill, state store), returning each item's
   // progress and, on the backend, the logits to sample from: one row per
@@ -134,23 +113,20 @@ class LlamaModel {
   void ReleaseState(RequestId request) { store_.Release(request); }
   const HiddenStateStore& state_store() const { return store_; }
 
-  // Test hook (f32 caches only): K (after RoPE) and V of kv layer
-  // loop * K + layer at `position` of `block_table`, each
-  // [num_kv_heads * head_dim] (kv head major).
-  absl::Status ReadKvForTest(int32_t kv_layer,
-                             std::span<const int32_t> block_table,
-                             int32_t position, std::vector<float>* k,
-                             std::vector<float>* v);
-
-  // Copy-on-write (StepPlan::block_copies): copies every KV cache tensor's
-  // block src over block dst (every layer's K and V), in order, before a
-  // step's forward pass. INVALID_ARGUMENT, copying nothing, when an id is
-  // outside [0, num_blocks) or src == dst.
-  absl::Status CopyBlocks(std::span<const BlockCopy> copies);
+  // Copy-on-write (StepPlan::block_copies), before a step's forward pass
+  // (PagedKvCache::CopyBlocks).
+  absl::Status CopyBlocks(std::span<const BlockCopy> copies) {
+    return kv_cache_.CopyBlocks(copies);
+  }
 
   Backend* backend() const { return backend_; }
 
  private:
+  // Tests reach the forward pass of arbitrary rows and the cache contents
+  // through their peers (tests/engine/testing/), not public methods.
+  friend class LlamaModelTestPeer;
+  friend class ModelRunnerTestPeer;
+
   struct LayerTensors {
     Tensor input_norm;           // [hidden]
     Tensor q_proj;               // [q_dim, hidden]
@@ -164,14 +140,6 @@ class LlamaModel {
     Tensor gate_proj;            // [intermediate, hidden]
     Tensor up_proj;              // [intermediate, hidden]
     Tensor down_proj;            // [hidden, intermediate]
-    // [num_blocks, num_loops, num_kv_heads, block_size, head_dim]
-    Tensor k_cache;
-    Tensor v_cache;
-    // Views of the caches as attention sees them: physical block
-    // b * num_loops + l. [num_blocks * num_loops, num_kv_heads, block_size,
-    // head_dim]
-    Tensor k_cache_view;
-    Tensor v_cache_view;
   };
 
   // A reusable buffer of any [rows, width], grown to the largest seen.
@@ -189,18 +157,24 @@ class LlamaModel {
   LlamaModel(const ModelConfig& config, Backend* backend,
              const Options& options);
 
-  // Every KV cache tensor the model owns (each layer's K and V), so that a
-  // block operation reaches all of them. Each is [num_blocks, num_loops,
-  // ...]: row b along dimension 0 holds every loop's K/V of scheduler block
-  // b, so copying a block copies all loops of a recursive model.
-  std::vector<Tensor*> KvCacheTensors();
-
   // The first `rows` rows of `workspace`, (re)allocated to fit.
   absl::StatusOr<Tensor> Rows(Workspace& workspace, int64_t rows,
                               int64_t width);
   // A [rows, width] view of `workspace`, (re)allocated to fit.
   absl::StatusOr<Tensor> Scratch(FlatWorkspace& workspace, int64_t rows,
                                  int64_t width);
+
+  // The forward pass over every item (writing their K/V into the cache),
+  // returning the logits of the requested rows (flattened new tokens: item
+  // 0's first, then item 1's...) at the state each row ends the step in.
+  // Step() is the production path; these serve the test peers.
+  //   logit_rows: [r], each in [0, total new tokens); returns [r * vocab]
+  absl::StatusOr<std::vector<float>> Forward(
+      std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
+  // Forward() with the logits left on the backend ([r, vocab], valid until
+  // the next call; nullptr when there are none).
+  absl::StatusOr<const Tensor*> ForwardToDevice(
+      std::span<const WorkItem> items, std::span<const int32_t> logit_rows);
 
   // Checks of the recursive fields (loop range, exit, kv_fill, kept states,
   // items of one request), after the plain checks of Validate.
@@ -251,6 +225,7 @@ class LlamaModel {
   Tensor rope_table_;    // [max_position_embeddings, head_dim]
   Tensor exit_classifier_;  // [num_loops - 1, hidden + 1]; empty: none
   std::vector<LayerTensors> layers_;
+  PagedKvCache kv_cache_;
   // Recursive models with LoRA: (loop l, layer k) at l * K + k.
   std::vector<LayerLoraTensors> lora_;
   HiddenStateStore store_;

@@ -32,15 +32,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "engine/llama_model.h"
 
 namespace strata {
 namespace {
-
-#define RETURN_IF_ERROR(expr)                                         \
-  do {                                                                \
-    if (absl::Status status_ = (expr); !status_.ok()) return status_; \
-  } while (false)
 
 std::vector<int32_t> Iota(int32_t begin, int32_t count) {
   std::vector<int32_t> v(count);
@@ -540,43 +536,8 @@ absl::Status LlamaModel::PropagateKv(const LoopPlanner& planner,
       b.AddBias(layer.v_bias, &*v);
     }
     b.Rope(rope_table_, pair_pos, config_.head_dim, &*k);
-    b.WriteKv(*k, *v, pair_slot, attention_, &layer.k_cache_view,
-              &layer.v_cache_view);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status LlamaModel::ReadKvForTest(int32_t kv_layer,
-                                       std::span<const int32_t> block_table,
-                                       int32_t position, std::vector<float>* k,
-                                       std::vector<float>* v) {
-  const int32_t num_layers = config_.num_hidden_layers;
-  const int32_t bs = options_.block_size;
-  if (kv_layer < 0 || kv_layer >= config_.num_kv_layers() || position < 0 ||
-      position / bs >= static_cast<int32_t>(block_table.size())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "no KV entry for kv layer ", kv_layer, " at position ", position));
-  }
-  const LayerTensors& layer = layers_[kv_layer % num_layers];
-  if (layer.k_cache.type() != ElementType::kF32) {
-    return absl::UnimplementedError("ReadKvForTest reads f32 caches only");
-  }
-  const int32_t loop = kv_layer / num_layers;
-  const int64_t phys =
-      static_cast<int64_t>(block_table[position / bs]) * config_.num_loops +
-      loop;
-  const int64_t kv_heads = config_.num_key_value_heads;
-  const int64_t head_dim = config_.head_dim;
-  for (auto [cache, dst] :
-       {std::pair{&layer.k_cache, k}, std::pair{&layer.v_cache, v}}) {
-    std::vector<float> all(static_cast<size_t>(cache->num_elements()));
-    RETURN_IF_ERROR(backend_->CopyToHost(*cache, all));
-    dst->resize(static_cast<size_t>(kv_heads * head_dim));
-    for (int64_t h = 0; h < kv_heads; ++h) {
-      const float* src =
-          all.data() + ((phys * kv_heads + h) * bs + position % bs) * head_dim;
-      std::copy(src, src + head_dim, dst->data() + h * head_dim);
-    }
+    PagedKvCache::Layer& cache = kv_cache_.layer(layer_index);
+    b.WriteKv(*k, *v, pair_slot, attention_, &cache.k_view, &cache.v_view);
   }
   return absl::OkStatus();
 }

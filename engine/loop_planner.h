@@ -28,7 +28,7 @@
 #include <span>
 #include <vector>
 
-#include "engine/backend.h"
+#include "engine/backends/backend.h"
 #include "engine/lora.h"
 #include "engine/step.h"
 

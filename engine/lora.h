@@ -1,5 +1,6 @@
 // Per-(loop, layer) LoRA of relaxed recursive models
-// (docs/recursive-models.md): names, shapes and the host/device containers.
+// (docs/recursive-models.md) on the device; names, shapes and the host
+// weights are engine/loader/lora_weights.h.
 //
 // At (loop l, layer k) every projection P in {q, k, v, o, gate, up, down}
 // uses W_eff = W(k, P) + (alpha / r) * B(l, k, P) @ A(l, k, P). The engine
@@ -11,34 +12,12 @@
 
 #include <array>
 #include <cstdint>
-#include <string>
-#include <string_view>
-#include <vector>
 
-#include "engine/backend.h"
-#include "engine/model_config.h"
+#include "engine/backends/backend.h"
+#include "engine/loader/lora_weights.h"
+#include "engine/loader/model_config.h"
 
 namespace strata {
-
-enum class LoraProj : int32_t { kQ, kK, kV, kO, kGate, kUp, kDown };
-inline constexpr int32_t kNumLoraProjs = 7;
-inline constexpr std::array<LoraProj, kNumLoraProjs> kAllLoraProjs = {
-    LoraProj::kQ,    LoraProj::kK,  LoraProj::kV,   LoraProj::kO,
-    LoraProj::kGate, LoraProj::kUp, LoraProj::kDown};
-
-// "self_attn.q_proj", ..., "mlp.down_proj".
-std::string_view LoraProjName(LoraProj proj);
-// model.loops.{loop}.layers.{layer}.{LoraProjName}.lora_{A|B}
-std::string LoraTensorName(int32_t loop, int32_t layer, LoraProj proj,
-                           bool is_b);
-// {out_features, in_features} of a projection under `config`.
-std::array<int64_t, 2> LoraProjDims(const ModelConfig& config, LoraProj proj);
-
-// Host f32 LoRA of one (loop, layer), as stored (B not yet scaled).
-struct LayerLoraWeights {
-  std::array<std::vector<float>, kNumLoraProjs> a;  // [r, in_features]
-  std::array<std::vector<float>, kNumLoraProjs> b;  // [out_features, r]
-};
 
 // Device LoRA of one (loop, layer); kept f32 on every backend (tiny).
 struct LayerLoraTensors {

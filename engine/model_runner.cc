@@ -12,18 +12,16 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "engine/backend.h"
-#include "engine/checkpoint.h"
-#include "engine/cpu_backend.h"
+#include "engine/backends/backend.h"
+#include "engine/backends/backend_registry.h"
 #include "engine/exit_defaults.h"
 #include "engine/exit_policy.h"
+#include "engine/kv_cache/paged_kv_cache.h"
 #include "engine/llama_model.h"
-#include "engine/model_config.h"
-#include "engine/model_weights.h"
+#include "engine/loader/checkpoint.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/model_weights.h"
 #include "engine/sampler.h"
-#ifdef STRATA_WITH_CUDA
-#include "engine/cuda_backend.h"
-#endif
 
 namespace strata {
 
@@ -40,50 +38,16 @@ ModelRunner::ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
 // that allocated them.
 ModelRunner::~ModelRunner() = default;
 
-absl::StatusOr<std::unique_ptr<Backend>> ModelRunner::CreateBackend(
-    const Options& options) {
-  if (options.backend == "cuda") {
-#ifdef STRATA_WITH_CUDA
-    absl::StatusOr<CudaBackend::Options> cuda_options =
-        CudaBackend::ParseOptions(options.dtype, options.quantization);
-    if (!cuda_options.ok()) return cuda_options.status();
-    cuda_options->device = options.device;
-    cuda_options->llm_int8_threshold = options.llm_int8_threshold;
-    cuda_options->step_graphs = options.cuda_graphs;
-    absl::StatusOr<std::unique_ptr<CudaBackend>> backend =
-        CudaBackend::Create(*cuda_options);
-    if (!backend.ok()) return backend.status();
-    return std::unique_ptr<Backend>(std::move(*backend));
-#else
-    return absl::FailedPreconditionError(
-        "no CUDA device: backend 'cuda' is not built into this binary (no "
-        "CUDA toolkit at build time); use 'cpu'");
-#endif
-  }
-  CpuBackend::Options backend_options;
-  backend_options.num_threads = options.num_threads;
-  absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
-      CpuBackend::Create(backend_options);
-  if (!backend.ok()) return backend.status();
-  return std::unique_ptr<Backend>(std::move(*backend));
-}
-
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
     const Options& options) {
-  if (options.backend != "cpu" && options.backend != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "unknown backend '", options.backend, "' (expected 'cpu' or 'cuda')"));
-  }
   if (options.block_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("block_size must be positive, got ", options.block_size));
   }
-  if (options.num_threads < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
+  if (options.backend.num_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_threads must be >= 0, got ", options.backend.num_threads));
   }
-  absl::StatusOr<KvFillPolicy> kv_fill = ParseKvFillPolicy(options.kv_fill);
-  if (!kv_fill.ok()) return kv_fill.status();
 
   absl::StatusOr<ModelConfig> config =
       ModelConfig::FromFile(options.model_dir + "/config.json");
@@ -91,27 +55,20 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
 
   // The backend first: asking for "cuda" without a GPU fails fast, before
   // the weights are read.
-  absl::StatusOr<std::unique_ptr<Backend>> backend = CreateBackend(options);
+  absl::StatusOr<std::unique_ptr<Backend>> backend =
+      CreateBackend(options.backend);
   if (!backend.ok()) return backend.status();
 
-  const int64_t block_bytes = LlamaModel::KvBytesPerBlock(
+  const int64_t block_bytes = PagedKvCache::BytesPerBlock(
       *config, options.block_size,
       static_cast<int64_t>(ElementSize((*backend)->kv_cache_type())));
-  int64_t kv_budget = options.kv_cache_bytes;
-#ifdef STRATA_WITH_CUDA
-  if (options.backend == "cuda" && options.gpu_memory_fraction > 0.0) {
-    auto* cuda = static_cast<CudaBackend*>(backend->get());
-    absl::StatusOr<int64_t> budget = cuda->KvBudgetBytes(
-        options.gpu_memory_fraction,
-        CudaBackend::EstimateWeightBytes(*config, cuda->options()));
-    if (!budget.ok()) return budget.status();
-    kv_budget = *budget;
-  }
-#endif
-  const int64_t blocks = kv_budget / block_bytes;
+  absl::StatusOr<int64_t> kv_budget =
+      (*backend)->KvCacheBudgetBytes(*config, options.kv_cache_bytes);
+  if (!kv_budget.ok()) return kv_budget.status();
+  const int64_t blocks = *kv_budget / block_bytes;
   if (blocks < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_cache_bytes (", kv_budget,
+        absl::StrCat("kv_cache_bytes (", *kv_budget,
                      ", or the GPU memory fraction's budget) is smaller than "
                      "one KV block (",
                      block_bytes, " bytes)"));
@@ -130,7 +87,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   LlamaModel::Options model_options;
   model_options.block_size = options.block_size;
   model_options.num_blocks = num_blocks;
-  model_options.kv_fill = *kv_fill;
+  model_options.kv_fill = options.kv_fill;
   if (config->num_loops > 1) {
     absl::StatusOr<ExitDefaults> exit_defaults =
         LoadExitDefaults(options.model_dir, *config);
@@ -153,15 +110,6 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const StepPlan& plan) {
     return status;
   }
   return Run(plan, nullptr);
-}
-
-absl::StatusOr<StepResult> ModelRunner::ExecuteWithLogitsForTest(
-    const StepPlan& plan, std::vector<std::vector<float>>* logits) {
-  if (absl::Status status = model_->CopyBlocks(plan.block_copies);
-      !status.ok()) {
-    return status;
-  }
-  return Run(plan, logits);
 }
 
 absl::StatusOr<StepResult> ModelRunner::Run(
@@ -229,8 +177,9 @@ absl::StatusOr<StepResult> ModelRunner::Run(
       (*sampled_logits)[logit_items[j]].assign(row_logits.begin(),
                                                row_logits.end());
     }
-    result.items[logit_items[j]].sampled = Sampler::Sample(
-        row_logits, *item.sampling, item.prompt_tokens, item.output_tokens);
+    result.items[logit_items[j]].sampled =
+        Sampler::Sample(*backend_, row_logits, *item.sampling,
+                        item.prompt_tokens, item.output_tokens);
   }
   return result;
 }
@@ -241,33 +190,6 @@ void ModelRunner::ReleaseState(RequestId request) {
 
 size_t ModelRunner::num_kept_states() const {
   return model_->state_store().size();
-}
-
-absl::Status ModelRunner::ReadKvForTest(int32_t kv_layer,
-                                        std::span<const int32_t> block_table,
-                                        int32_t position, std::vector<float>* k,
-                                        std::vector<float>* v) {
-  return model_->ReadKvForTest(kv_layer, block_table, position, k, v);
-}
-
-absl::StatusOr<std::vector<std::vector<float>>> ModelRunner::ComputeAllLogits(
-    const StepPlan& plan) {
-  if (absl::Status status = model_->CopyBlocks(plan.block_copies);
-      !status.ok()) {
-    return status;
-  }
-  const int32_t n = plan.NumTokens();
-  std::vector<int32_t> rows(n);
-  for (int32_t i = 0; i < n; ++i) rows[i] = i;
-  absl::StatusOr<std::vector<float>> logits = model_->Forward(plan.items, rows);
-  if (!logits.ok()) return logits.status();
-  const size_t vocab = static_cast<size_t>(config_.vocab_size);
-  std::vector<std::vector<float>> out(n);
-  for (int32_t i = 0; i < n; ++i) {
-    out[i].assign(logits->begin() + i * vocab,
-                  logits->begin() + (i + 1) * vocab);
-  }
-  return out;
 }
 
 }  // namespace strata

@@ -15,7 +15,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/model_config.h"
+#include "engine/backends/backend_options.h"
+#include "engine/exit_policy.h"
+#include "engine/loader/model_config.h"
 #include "engine/step.h"
 
 namespace strata {
@@ -28,38 +30,18 @@ class ModelRunner : public StepExecutor {
   struct Options {
     // Folder holding config.json and the safetensors weights.
     std::string model_dir;
-    // "cpu" or "cuda" (INVALID_ARGUMENT for unknown names;
-    // FAILED_PRECONDITION "no CUDA device" for "cuda" when CUDA is not built
-    // in or no GPU is visible).
-    std::string backend = "cpu";
-    // Memory budget for the paged KV cache; sizes the block pool. On "cuda"
-    // it is used only when gpu_memory_fraction is 0.
+    // Which backend and how (parsed once at the daemon's edge); the
+    // registry creates it (engine/backends/backend_registry.h).
+    BackendOptions backend;
+    // Memory budget for the paged KV cache; sizes the block pool (a device
+    // backend may size it from its memory instead:
+    // Backend::KvCacheBudgetBytes).
     int64_t kv_cache_bytes = 256LL << 20;
-
-    // ---- "cuda" only (ignored by "cpu", whose weights stay f32) ----
-    // Weight and KV cache type: "bf16" or "f16".
-    std::string dtype = "bf16";
-    // Linear-layer weights: "none" (dtype), "int8" (weight-only int8,
-    // per-channel scales) or "llm.int8" (LLM.int8() mixed precision).
-    std::string quantization = "none";
-    // LLM.int8() outlier threshold on |activation|.
-    float llm_int8_threshold = 6.0f;
-    // > 0: the KV pool takes this fraction of the GPU's memory minus what is
-    // in use after loading the weights and a workspace reserve.
-    double gpu_memory_fraction = 0.0;
-    // CUDA device ordinal.
-    int32_t device = 0;
-    // Decode steps recorded and replayed as CUDA graphs
-    // (CudaBackend::Options::step_graphs).
-    bool cuda_graphs = false;
     // Tokens per KV block.
     int32_t block_size = 16;
-    // Kernel worker threads; 0 = hardware concurrency.
-    int32_t num_threads = 0;
-    // Recursive models: K/V of the loops an early exit skipped, "propagate"
-    // (computed from the exit state in the same step) or "recompute" (the
-    // scheduler sends kv_fill items; see WorkItem::kv_fill).
-    std::string kv_fill = "propagate";
+    // Recursive models: K/V of the loops an early exit skipped (see
+    // KvFillPolicy and WorkItem::kv_fill).
+    KvFillPolicy kv_fill = KvFillPolicy::kPropagate;
   };
 
   // Loads config.json and the weights (loader errors pass through, naming the
@@ -83,12 +65,6 @@ class ModelRunner : public StepExecutor {
   int32_t block_size() const override { return block_size_; }
   int32_t num_blocks() const override { return num_blocks_; }
 
-  // Test hook: Execute() on the host that also returns, per item, the
-  // logits its token was sampled from ([vocab]; empty when nothing was
-  // sampled). [plan.items.size()][vocab or 0]
-  absl::StatusOr<StepResult> ExecuteWithLogitsForTest(
-      const StepPlan& plan, std::vector<std::vector<float>>* logits);
-
   // The backend the steps run on (tests and benchmarks read its counters).
   Backend& backend() { return *backend_; }
 
@@ -97,28 +73,15 @@ class ModelRunner : public StepExecutor {
   // Hidden states kept between steps (recursive models; 0 otherwise).
   size_t num_kept_states() const;
 
-  // Test hook (CPU): K (after RoPE) and V at `position` of kv layer
-  // loop * num_hidden_layers + layer, through `block_table`; each
-  // [num_kv_heads * head_dim].
-  absl::Status ReadKvForTest(int32_t kv_layer,
-                             std::span<const int32_t> block_table,
-                             int32_t position, std::vector<float>* k,
-                             std::vector<float>* v);
-
-  // Test hook: runs the plan like Execute() (block copies, then writing K/V)
-  // but returns the logits of every new token of every item, in plan order,
-  // and samples nothing. [total_tokens][vocab]
-  absl::StatusOr<std::vector<std::vector<float>>> ComputeAllLogits(
-      const StepPlan& plan);
-
  private:
+  // Tests reach the logits and the cache through their peer
+  // (tests/engine/testing/model_runner_test_peer.h).
+  friend class ModelRunnerTestPeer;
+
   ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
               std::unique_ptr<LlamaModel> model, int32_t block_size,
               int32_t num_blocks);
 
-  // Creates the backend named by options (nullptr result never returned).
-  static absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(
-      const Options& options);
   // Execute() after the block copies; fills sampled_logits (test hook)
   // when not null, sampling on the host then.
   absl::StatusOr<StepResult> Run(

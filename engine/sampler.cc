@@ -7,9 +7,6 @@
 #include <numeric>
 #include <vector>
 
-#include "kernels/cpu/isa.h"
-#include "kernels/cpu/softmax_stats.h"
-
 namespace strata {
 namespace {
 
@@ -173,7 +170,8 @@ double Sampler::Uniform(uint64_t seed, uint64_t index) {
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
-SampledToken Sampler::Sample(std::span<const float> logits,
+SampledToken Sampler::Sample(const Backend& backend,
+                             std::span<const float> logits,
                              const SamplingParams& params,
                              std::span<const TokenId> prompt_tokens,
                              std::span<const TokenId> output_tokens) {
@@ -187,13 +185,9 @@ SampledToken Sampler::Sample(std::span<const float> logits,
   z.resize(logits.size());
   for (int32_t i = 0; i < vocab; ++i) z[i] = Sanitize(logits[i]);
   // log_softmax normaliser of the raw logits (before penalties), by the
-  // vectorised kernel: every sampled token pays this pass over the
-  // vocabulary, and libm's expf one element at a time was a visible part of
-  // the engine thread's profile. Its max is z's (z holds no NaN); the sum
-  // is used only when that max is finite.
-  static const cpu::Isa isa = cpu::DefaultIsa();
-  const cpu::SoftmaxStats stats =
-      cpu::ComputeSoftmaxStats(isa, z.data(), vocab);
+  // backend (vectorised on the CPU). Its max is z's (z holds no NaN); the
+  // sum is used only when that max is finite.
+  const SoftmaxStats stats = backend.RowSoftmaxStats(z);
   const float raw_max = stats.max;
   const double sum = std::isfinite(raw_max) ? stats.sum_exp : 0.0;
   const double log_z = std::isfinite(raw_max)

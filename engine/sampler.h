@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <span>
 
+#include "engine/backends/backend.h"
 #include "engine/step.h"
 
 namespace strata {
@@ -30,7 +31,10 @@ namespace strata {
 // Thread-safety: stateless; call from any thread.
 class Sampler {
  public:
-  static SampledToken Sample(std::span<const float> logits,  // [vocab]
+  // `backend` computes the log-softmax normaliser
+  // (Backend::RowSoftmaxStats); the rest is scalar host code.
+  static SampledToken Sample(const Backend& backend,
+                             std::span<const float> logits,  // [vocab]
                              const SamplingParams& params,
                              std::span<const TokenId> prompt_tokens,
                              std::span<const TokenId> output_tokens);

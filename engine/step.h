@@ -20,11 +20,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/token_id.h"
 #include "engine/exit_policy.h"
 
 namespace strata {
 
-using TokenId = int32_t;
 using RequestId = uint64_t;
 
 // How to pick the next token from the logits. Validated by server/ before a

@@ -662,8 +662,7 @@ StepPlan Scheduler::Schedule() {
       // The engine applies exits to single decode tokens; prompt tokens
       // always run every loop.
       if (item.sample && seq.step_tokens == 1 &&
-          seq.num_computed >= seq.num_prompt &&
-          (exit.threshold < 1.0f || exit.forced_exit_loop >= 0)) {
+          seq.num_computed >= seq.num_prompt && exit.Enabled()) {
         item.exit = &exit;
       }
     }

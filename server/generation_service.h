@@ -22,12 +22,12 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "engine/tokenizer.h"
 #include "scheduler/scheduler.h"
 #include "server/metrics.h"
 #include "server/request_builder.h"
 #include "strata/v1/generation.grpc.pb.h"
 #include "strata/v1/generation.pb.h"
+#include "text/tokenizer.h"
 
 namespace strata {
 

@@ -26,12 +26,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
-#include "engine/incremental_detokenizer.h"
-#include "engine/stop_string_matcher.h"
-#include "engine/tokenizer.h"
 #include "scheduler/request.h"
 #include "server/metrics.h"
 #include "strata/v1/generation.pb.h"
+#include "text/incremental_detokenizer.h"
+#include "text/stop_string_matcher.h"
+#include "text/tokenizer.h"
 
 namespace strata {
 

@@ -21,12 +21,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/chat_template.h"
 #include "engine/exit_defaults.h"
 #include "engine/step.h"
-#include "engine/tokenizer.h"
 #include "server/request_validator.h"
 #include "strata/v1/generation.pb.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
 
 namespace strata {
 

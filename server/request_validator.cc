@@ -6,8 +6,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "engine/chat_template.h"
-#include "engine/utf8.h"
+#include "text/chat_template.h"
+#include "text/utf8.h"
 
 namespace strata {
 namespace {

@@ -26,8 +26,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
-#include "engine/chat_template.h"
 #include "engine/exit_defaults.h"
+#include "text/chat_template.h"
 
 namespace strata {
 namespace {
@@ -74,16 +74,36 @@ std::string Server::address() const {
   return JoinHostPort(options_.host, port_);
 }
 
+v1::ModelInfo Server::BuildModelInfo(
+    const ModelConfig& config, int32_t max_model_len,
+    std::optional<ChatFormat> chat_format) const {
+  v1::ModelInfo info;
+  info.set_name(ModelName(options_.model_dir));
+  info.set_architecture(config.architecture);
+  info.set_context_length(max_model_len);
+  info.set_vocab_size(config.vocab_size);
+  info.set_dtype(config.torch_dtype);
+  info.set_num_layers(config.num_hidden_layers);
+  info.set_num_loops(static_cast<uint32_t>(config.num_loops));
+  info.set_hidden_size(config.hidden_size);
+  info.set_num_attention_heads(config.num_attention_heads);
+  info.set_num_key_value_heads(config.num_key_value_heads);
+  if (chat_format.has_value()) {
+    info.set_chat_template(std::string(ChatFormatName(*chat_format)));
+  }
+  info.set_backend(options_.backend.name);
+  for (TokenId eos : tokenizer_->eos_token_ids()) {
+    info.add_eos_token_ids(eos);
+  }
+  if (std::optional<TokenId> bos = tokenizer_->bos_token_id();
+      bos.has_value()) {
+    info.set_bos_token_id(*bos);
+  }
+  return info;
+}
+
 absl::Status Server::Start() {
-  if (options_.port < 0 || options_.port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("port: must be in [0, 65535], got ", options_.port));
-  }
-  if (options_.max_model_len < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_model_len: must be >= 0 (0 = default), got ",
-                     options_.max_model_len));
-  }
+  if (absl::Status st = ValidateServerOptions(options_); !st.ok()) return st;
 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       Tokenizer::FromDirectory(options_.model_dir);
@@ -94,12 +114,7 @@ absl::Status Server::Start() {
       ModelRunner::Options{.model_dir = options_.model_dir,
                            .backend = options_.backend,
                            .kv_cache_bytes = options_.kv_cache_bytes,
-                           .dtype = options_.dtype,
-                           .quantization = options_.quantization,
-                           .gpu_memory_fraction = options_.gpu_memory_fraction,
-                           .cuda_graphs = options_.cuda_graphs,
                            .block_size = options_.block_size,
-                           .num_threads = options_.num_threads,
                            .kv_fill = options_.kv_fill});
   if (!runner.ok()) return runner.status();
   runner_ = *std::move(runner);
@@ -118,13 +133,7 @@ absl::Status Server::Start() {
 
   std::optional<ChatFormat> chat_format;
   if (!options_.chat_template.empty()) {
-    absl::StatusOr<ChatFormat> named = ParseChatFormat(options_.chat_template);
-    if (!named.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chat_template: unknown format \"", options_.chat_template,
-          "\" (expected llama3, chatml or mistral)"));
-    }
-    chat_format = *named;
+    chat_format = *ParseChatFormat(options_.chat_template);  // validated
   } else if (absl::StatusOr<ChatFormat> detected =
                  DetectChatFormat(tokenizer_->chat_template_source());
              detected.ok()) {
@@ -163,14 +172,8 @@ absl::Status Server::Start() {
   scheduler_options.max_tokens_per_step = options_.max_tokens_per_step;
   scheduler_options.enable_prefix_caching = options_.enable_prefix_caching;
   scheduler_options.static_batching = options_.static_batching;
-  if (options_.loop_batching != "depthwise" &&
-      options_.loop_batching != "sequencewise") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("loop_batching: \"", options_.loop_batching,
-                     "\" is neither depthwise nor sequencewise"));
-  }
   scheduler_options.num_loops = config.num_loops;
-  scheduler_options.depthwise = options_.loop_batching == "depthwise";
+  scheduler_options.depthwise = options_.depthwise;
   scheduler_options.max_waiting_requests = options_.max_waiting_requests;
   scheduler_options.max_waiting_tokens = options_.max_waiting_tokens;
   absl::StatusOr<std::unique_ptr<Scheduler>> scheduler =
@@ -178,14 +181,14 @@ absl::Status Server::Start() {
   if (!scheduler.ok()) return scheduler.status();
   scheduler_ = *std::move(scheduler);
 
-  metrics_ = std::make_unique<Metrics>(
-      Metrics::Options{.model_name = ModelName(options_.model_dir),
-                       .architecture = config.architecture,
-                       .dtype = config.torch_dtype,
-                       .backend = options_.backend,
-                       .version = STRATA_VERSION,
-                       .num_loops = config.num_loops,
-                       .kv_fill = options_.kv_fill});
+  metrics_ = std::make_unique<Metrics>(Metrics::Options{
+      .model_name = ModelName(options_.model_dir),
+      .architecture = config.architecture,
+      .dtype = config.torch_dtype,
+      .backend = options_.backend.name,
+      .version = STRATA_VERSION,
+      .num_loops = config.num_loops,
+      .kv_fill = std::string(KvFillPolicyName(options_.kv_fill))});
   if (absl::Status st =
           metrics_->StartExposer(options_.host, options_.metrics_port);
       !st.ok()) {
@@ -197,27 +200,7 @@ absl::Status Server::Start() {
                                             .executor = runner_.get(),
                                             .observer = metrics_.get()});
 
-  model_info_.set_name(ModelName(options_.model_dir));
-  model_info_.set_architecture(config.architecture);
-  model_info_.set_context_length(max_model_len);
-  model_info_.set_vocab_size(config.vocab_size);
-  model_info_.set_dtype(config.torch_dtype);
-  model_info_.set_num_layers(config.num_hidden_layers);
-  model_info_.set_num_loops(static_cast<uint32_t>(config.num_loops));
-  model_info_.set_hidden_size(config.hidden_size);
-  model_info_.set_num_attention_heads(config.num_attention_heads);
-  model_info_.set_num_key_value_heads(config.num_key_value_heads);
-  if (chat_format.has_value()) {
-    model_info_.set_chat_template(std::string(ChatFormatName(*chat_format)));
-  }
-  model_info_.set_backend(options_.backend);
-  for (TokenId eos : tokenizer_->eos_token_ids()) {
-    model_info_.add_eos_token_ids(eos);
-  }
-  if (std::optional<TokenId> bos = tokenizer_->bos_token_id();
-      bos.has_value()) {
-    model_info_.set_bos_token_id(*bos);
-  }
+  model_info_ = BuildModelInfo(config, max_model_len, chat_format);
 
   service_ = std::make_unique<GenerationService>(
       GenerationService::Options{.tokenizer = tokenizer_.get(),
@@ -226,11 +209,6 @@ absl::Status Server::Start() {
                                  .metrics = metrics_.get(),
                                  .model_info = model_info_});
 
-  if (options_.max_connection_age < absl::Milliseconds(1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_connection_age: must be at least 1ms, got ",
-                     absl::FormatDuration(options_.max_connection_age)));
-  }
   if (absl::Status st = Listen(); !st.ok()) return st;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder_grpc;

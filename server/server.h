@@ -21,68 +21,25 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/model_runner.h"
-#include "engine/tokenizer.h"
 #include "scheduler/engine_loop.h"
 #include "scheduler/scheduler.h"
 #include "server/generation_service.h"
 #include "server/metrics.h"
 #include "server/readiness_watchdog.h"
 #include "server/request_builder.h"
+#include "server/server_options.h"
 #include "strata/v1/generation.pb.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
 
 namespace strata {
-
-struct ServerOptions {
-  // Folder with config.json, tokenizer.json, tokenizer_config.json and the
-  // safetensors weights.
-  std::string model_dir = "models/strata-tiny";
-  std::string host = "127.0.0.1";
-  int32_t port = 50051;  // 0 picks a free port (see Server::port())
-  std::string backend = "cpu";
-  int64_t kv_cache_bytes = 256LL << 20;
-  int32_t block_size = 16;
-  int32_t max_num_seqs = 32;
-  int32_t max_tokens_per_step = 2048;  // token budget of one engine step
-  bool enable_prefix_caching = true;
-  bool static_batching = false;  // baseline policy for benchmarks
-  // Recursive models: "depthwise" (one loop per item per step, items at
-  // different loops batched together) or "sequencewise" (all loops of an
-  // item in one step); and the K/V of loops skipped by an early exit:
-  // "propagate" (from the exit state, in the same step) or "recompute".
-  std::string loop_batching = "depthwise";
-  std::string kv_fill = "propagate";
-  // CUDA backend only: weight dtype ("bf16" or "f16"), quantization ("none",
-  // "int8" weight-only, "llm.int8"), and the share of GPU memory to use.
-  std::string dtype = "bf16";
-  std::string quantization = "none";
-  double gpu_memory_fraction = 0.0;
-  bool cuda_graphs = false;  // decode steps as CUDA graphs (--cuda_graphs)
-  // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
-  // 4096).
-  int32_t max_model_len = 0;
-  int32_t max_waiting_requests = 256;
-  int64_t max_waiting_tokens = 1 << 20;  // prompt tokens queued, all requests
-  int32_t num_threads = 0;  // kernel threads; 0 = hardware concurrency
-  // "llama3", "chatml" or "mistral"; "" = detect from tokenizer_config.json.
-  std::string chat_template;
-  // Prometheus text format at http://host:metrics_port/metrics; 0 = off.
-  int32_t metrics_port = 0;
-  // Readiness watchdog: pending work and no completed engine step for this
-  // long turns strata.v1.Generation NOT_SERVING.
-  absl::Duration stall_timeout = absl::Seconds(30);
-  // Every client connection gets a graceful GOAWAY after this long (gRPC's
-  // max_connection_age, +-10% jitter; calls in flight finish, the client
-  // reconnects for its next call). A drain waits for this, so that proxies
-  // have left every connection before the server stops taking calls (see
-  // Shutdown); keep it below the drain's grace.
-  absl::Duration max_connection_age = absl::Seconds(2);
-};
 
 class Server {
  public:
@@ -126,7 +83,13 @@ class Server {
  private:
   explicit Server(const ServerOptions& options) : options_(options) {}
 
+  // Validates the options (ValidateServerOptions, before any file is
+  // read), then builds tokenizer, engine, scheduler, metrics and the gRPC
+  // server, and starts serving.
   absl::Status Start();
+  // What strata.v1.Generation/Info reports.
+  v1::ModelInfo BuildModelInfo(const ModelConfig& config, int32_t max_model_len,
+                               std::optional<ChatFormat> chat_format) const;
   // Runs one one-token request through the engine so that the first real
   // request does not pay for cold caches; health turns SERVING after it.
   absl::Status WarmUp();

@@ -19,6 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "engine/backends/backend_options.h"
+#include "engine/exit_policy.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, model, "models/strata-tiny",
@@ -62,10 +64,17 @@ ABSL_FLAG(std::string, kv_fill, "propagate",
           "Recursive models: K/V of the loops an early-exiting token skips: "
           "propagate (computed from its exit state, cheap, approximate) or "
           "recompute (the skipped loops run later, exact).");
-ABSL_FLAG(std::string, dtype, "bf16",
-          "CUDA backend: weight dtype, bf16 or f16 (the CPU computes in f32).");
+ABSL_FLAG(std::string, dtype, "",
+          "Device backends: weight and KV cache dtype, bf16 or f16; empty = "
+          "the backend's default (bf16 on cuda). The cpu backend refuses it "
+          "(f32 weights, or bf16 panels when the checkpoint is bf16).");
 ABSL_FLAG(std::string, quantization, "none",
-          "CUDA backend: none, int8 (weight-only) or llm.int8.");
+          "Linear-layer weights: none, int8 (weight-only) or llm.int8; a "
+          "backend that cannot honour the value refuses to start.");
+ABSL_FLAG(int32_t, device, 0, "CUDA backend: device ordinal.");
+ABSL_FLAG(float, llm_int8_threshold, 6.0f,
+          "--quantization=llm.int8: activation columns with |x| >= this are "
+          "outliers kept in 16 bits.");
 ABSL_FLAG(double, gpu_memory_fraction, 0.0,
           "CUDA backend: share of GPU memory for weights and KV cache; 0 = "
           "size the KV cache from --kv_cache_mb.");
@@ -163,20 +172,40 @@ int Run(int argc, char** argv) {
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
-  options.backend = absl::GetFlag(FLAGS_backend);
-  options.num_threads = absl::GetFlag(FLAGS_threads);
+  // Every string flag is parsed here, once, into the options' types.
+  absl::StatusOr<BackendOptions> backend = ParseBackendOptions(
+      absl::GetFlag(FLAGS_backend), absl::GetFlag(FLAGS_dtype),
+      absl::GetFlag(FLAGS_quantization));
+  absl::StatusOr<KvFillPolicy> kv_fill =
+      ParseKvFillPolicy(absl::GetFlag(FLAGS_kv_fill));
+  const std::string loop_batching = absl::GetFlag(FLAGS_loop_batching);
+  for (const absl::Status& st :
+       {backend.status(), kv_fill.status(),
+        loop_batching == "depthwise" || loop_batching == "sequencewise"
+            ? absl::OkStatus()
+            : absl::InvalidArgumentError(
+                  absl::StrCat("--loop_batching: \"", loop_batching,
+                               "\" is neither depthwise nor sequencewise"))}) {
+    if (!st.ok()) {
+      std::fprintf(stderr, "stratad: %s\n", st.ToString().c_str());
+      return 2;
+    }
+  }
+  options.backend = *std::move(backend);
+  options.backend.num_threads = absl::GetFlag(FLAGS_threads);
+  options.backend.device = absl::GetFlag(FLAGS_device);
+  options.backend.llm_int8_threshold = absl::GetFlag(FLAGS_llm_int8_threshold);
+  options.backend.gpu_memory_fraction =
+      absl::GetFlag(FLAGS_gpu_memory_fraction);
+  options.backend.step_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  options.kv_fill = *kv_fill;
+  options.depthwise = loop_batching == "depthwise";
   options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   options.block_size = absl::GetFlag(FLAGS_block_size);
   options.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   options.max_tokens_per_step = absl::GetFlag(FLAGS_max_tokens_per_step);
   options.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   options.static_batching = absl::GetFlag(FLAGS_static_batching);
-  options.loop_batching = absl::GetFlag(FLAGS_loop_batching);
-  options.kv_fill = absl::GetFlag(FLAGS_kv_fill);
-  options.dtype = absl::GetFlag(FLAGS_dtype);
-  options.quantization = absl::GetFlag(FLAGS_quantization);
-  options.gpu_memory_fraction = absl::GetFlag(FLAGS_gpu_memory_fraction);
-  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.max_waiting_requests = absl::GetFlag(FLAGS_max_waiting_requests);
   options.max_waiting_tokens = absl::GetFlag(FLAGS_max_waiting_tokens);

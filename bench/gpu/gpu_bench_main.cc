@@ -26,10 +26,11 @@
 #include <utility>
 #include <vector>
 
-#include "engine/cuda_backend.h"
+#include "engine/backends/backend_options.h"
+#include "engine/backends/cuda/cuda_backend.h"
 #include "engine/llama_model.h"
-#include "engine/model_config.h"
-#include "engine/model_weights.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/model_weights.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/paged_attention.h"
 #include "nlohmann/json.hpp"
@@ -107,8 +108,11 @@ struct Run {
 nlohmann::json BenchModel(const ModelConfig& config, const ModelWeights& host,
                           const std::string& quantization, bool quick,
                           double peak_bytes_per_s, std::string* device) {
+  absl::StatusOr<BackendOptions> parsed =
+      ParseBackendOptions("cuda", "bf16", quantization);
+  if (!parsed.ok()) return {{"error", std::string(parsed.status().message())}};
   absl::StatusOr<CudaBackend::Options> options =
-      CudaBackend::ParseOptions("bf16", quantization);
+      CudaBackend::OptionsFrom(*parsed);
   absl::StatusOr<std::unique_ptr<CudaBackend>> backend =
       CudaBackend::Create(*options);
   if (!backend.ok())
@@ -146,9 +150,11 @@ nlohmann::json BenchModel(const ModelConfig& config, const ModelWeights& host,
       items[s].tokens = prompt;
       items[s].block_table = tables[first + s];
     }
-    const std::vector<int32_t> rows = {context * count - 1};
+    // Logits of the last token of the last sequence, as one served prompt
+    // chunk needs them.
+    items[count - 1].sample = true;
     const auto t0 = Clock::now();
-    absl::StatusOr<const Tensor*> r = (*model)->ForwardToDevice(items, rows);
+    absl::StatusOr<LlamaModel::StepOutput> r = (*model)->Step(items);
     absl::Status sync = (*backend)->Synchronize();
     const auto t1 = Clock::now();
     if (!r.ok() || !sync.ok()) return -1.0;
@@ -174,16 +180,14 @@ nlohmann::json BenchModel(const ModelConfig& config, const ModelWeights& host,
       std::vector<TokenId> token = {11};
       auto step = [&](int32_t pos) -> bool {
         std::vector<WorkItem> items(batch);
-        std::vector<int32_t> rows(batch);
         for (int32_t s = 0; s < batch; ++s) {
           items[s].request_id = s;
           items[s].tokens = token;
           items[s].start_position = pos;
           items[s].block_table = tables[s];
-          rows[s] = s;
+          items[s].sample = true;  // every decode token's logits
         }
-        absl::StatusOr<const Tensor*> r =
-            (*model)->ForwardToDevice(items, rows);
+        absl::StatusOr<LlamaModel::StepOutput> r = (*model)->Step(items);
         return r.ok();
       };
       // Warm-up: graphs need an eager step at a stable generation (the

@@ -17,15 +17,9 @@
 
 namespace strata::cpu {
 
-// Fills table [max_positions, 2 * inv_freq.size()]: row p holds cos(p * f_i)
-// for every i, then sin(p * f_i). The angle is rounded to f32 before cos/sin,
-// as PyTorch computes it (f32 inv_freq times f32 position).
-// inv_freq: [head_dim / 2]
-void BuildRopeTable(std::span<const float> inv_freq, int64_t max_positions,
-                    float* table);
-
 // Rotates every head of every row in place.
-//   table:     [max_positions, head_dim] from BuildRopeTable
+//   table:     [max_positions, head_dim]: row p holds cos(p * f_i) for
+//              every i, then sin(p * f_i) (engine/rope_table.h builds it)
 //   positions: [n], each < max_positions (the caller checks)
 //   x:         [n, num_heads * head_dim]
 void ApplyRope(const KernelContext& ctx, const float* table,

@@ -13,9 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/backend.h"
-#include "engine/cpu_backend.h"
-#include "engine/cuda_backend.h"
+#include "engine/backends/backend.h"
+#include "engine/backends/backend_options.h"
+#include "engine/backends/cpu/cpu_backend.h"
+#include "engine/backends/cuda/cuda_backend.h"
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "gtest/gtest.h"
@@ -47,19 +48,29 @@ TEST(CudaBackendCreate, NoDeviceIsFailedPrecondition) {
   }
   ModelRunner::Options options;
   options.model_dir = std::string(STRATA_SOURCE_DIR) + "/models/strata-tiny";
-  options.backend = "cuda";
+  options.backend.name = "cuda";
   const absl::Status status = ModelRunner::Create(options).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_NE(status.message().find("no CUDA device"), std::string::npos)
       << status;
 }
 
+// The dtype and quantization names parse once (ParseBackendOptions) into
+// the CUDA backend's options.
+absl::StatusOr<CudaBackend::Options> ParseCudaOptions(
+    std::string_view dtype, std::string_view quantization) {
+  absl::StatusOr<BackendOptions> parsed =
+      ParseBackendOptions("cuda", dtype, quantization);
+  if (!parsed.ok()) return parsed.status();
+  return CudaBackend::OptionsFrom(*parsed);
+}
+
 TEST(CudaBackendOptions, ParsesNames) {
-  EXPECT_TRUE(CudaBackend::ParseOptions("bf16", "none").ok());
-  EXPECT_TRUE(CudaBackend::ParseOptions("f16", "llm.int8").ok());
-  EXPECT_EQ(CudaBackend::ParseOptions("f32", "none").status().code(),
+  EXPECT_TRUE(ParseCudaOptions("bf16", "none").ok());
+  EXPECT_TRUE(ParseCudaOptions("f16", "llm.int8").ok());
+  EXPECT_EQ(ParseCudaOptions("f32", "none").status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(CudaBackend::ParseOptions("bf16", "int4").status().code(),
+  EXPECT_EQ(ParseCudaOptions("bf16", "int4").status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -83,8 +94,7 @@ class CudaMatMulTest : public testing::TestWithParam<MatMulCase> {};
 
 TEST_P(CudaMatMulTest, MatchesCpu) {
   const MatMulCase c = GetParam();
-  CudaBackend::Options options =
-      *CudaBackend::ParseOptions(c.dtype, c.quantization);
+  CudaBackend::Options options = *ParseCudaOptions(c.dtype, c.quantization);
   STRATA_REQUIRE_CUDA(gpu, options);
   auto cpu = MakeCpu();
   std::vector<float> x = RandomVector(c.n * c.k, 1);
@@ -374,6 +384,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(CudaSamplingTest, MatchesCpuSampler) {
   STRATA_REQUIRE_CUDA(gpu);
+  const std::unique_ptr<CpuBackend> host = MakeCpu();
   const int32_t vocab = 5003;
   std::vector<SamplingParams> params(6);
   params[0].temperature = 0.0f;  // greedy
@@ -407,8 +418,8 @@ TEST(CudaSamplingTest, MatchesCpuSampler) {
     ASSERT_TRUE(got.ok()) << got.status();
     for (int i = 0; i < r; ++i) {
       const SampledToken want = Sampler::Sample(
-          std::span<const float>(logits).subspan(i * vocab, vocab), params[i],
-          prompt, output);
+          *host, std::span<const float>(logits).subspan(i * vocab, vocab),
+          params[i], prompt, output);
       if (params[i].temperature == 0.0f) {
         EXPECT_EQ((*got)[i].token, want.token) << "greedy row " << i;
       }

@@ -13,10 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "engine/backends/backend_options.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
 #include "gtest/gtest.h"
 #include "tests/cuda/cuda_test_util.h"
+#include "tests/engine/testing/model_runner_test_peer.h"
 
 namespace strata {
 namespace {
@@ -32,13 +34,16 @@ std::unique_ptr<ModelRunner> Runner(const std::string& backend,
                                     bool cuda_graphs = false) {
   ModelRunner::Options options;
   options.model_dir = ModelDir(model);
-  options.cuda_graphs = cuda_graphs;
-  options.backend = backend;
-  options.dtype = dtype;
-  options.quantization = quantization;
+  absl::StatusOr<BackendOptions> parsed =
+      ParseBackendOptions(backend, backend == "cpu" ? "" : dtype,
+                          backend == "cpu" ? "none" : quantization);
+  EXPECT_TRUE(parsed.ok()) << parsed.status();
+  if (!parsed.ok()) return nullptr;
+  options.backend = *parsed;
+  options.backend.step_graphs = cuda_graphs;
+  options.backend.num_threads = backend == "cpu" ? 2 : 0;
   options.kv_cache_bytes = 8 << 20;
   options.block_size = 16;
-  options.num_threads = 2;
   absl::StatusOr<std::unique_ptr<ModelRunner>> r = ModelRunner::Create(options);
   EXPECT_TRUE(r.ok()) << r.status();
   return r.ok() ? *std::move(r) : nullptr;
@@ -85,9 +90,9 @@ TEST_P(CudaModelTest, LogitsMatchCpuOverPrefillAndDecode) {
     item.block_table = table;
     plan.items.push_back(item);
     absl::StatusOr<std::vector<std::vector<float>>> want =
-        cpu->ComputeAllLogits(plan);
+        ModelRunnerTestPeer(*cpu).ComputeAllLogits(plan);
     absl::StatusOr<std::vector<std::vector<float>>> got =
-        gpu->ComputeAllLogits(plan);
+        ModelRunnerTestPeer(*gpu).ComputeAllLogits(plan);
     ASSERT_TRUE(want.ok()) << want.status();
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(got->size(), want->size());
@@ -229,8 +234,10 @@ TEST(CudaRecursiveModelTest, DepthWiseStaggeredLogitsMatchCpu) {
     }
     mixed_steps += mixed;
     std::vector<std::vector<float>> lc, lg;
-    absl::StatusOr<StepResult> rc = cpu->ExecuteWithLogitsForTest(plan, &lc);
-    absl::StatusOr<StepResult> rg = gpu->ExecuteWithLogitsForTest(plan, &lg);
+    absl::StatusOr<StepResult> rc =
+        ModelRunnerTestPeer(*cpu).ExecuteWithLogits(plan, &lc);
+    absl::StatusOr<StepResult> rg =
+        ModelRunnerTestPeer(*gpu).ExecuteWithLogits(plan, &lg);
     ASSERT_TRUE(rc.ok()) << rc.status();
     ASSERT_TRUE(rg.ok()) << rg.status();
     for (size_t i = 0; i < in_plan.size(); ++i) {
@@ -300,8 +307,8 @@ TEST(CudaStepGraphTest, ReplayEqualsEagerBitForBit) {
     item.start_position = 0;
     item.block_table = tables[s];
     plan.items.push_back(item);
-    auto a = eager->ComputeAllLogits(plan);
-    auto b = graphs->ComputeAllLogits(plan);
+    auto a = ModelRunnerTestPeer(*eager).ComputeAllLogits(plan);
+    auto b = ModelRunnerTestPeer(*graphs).ComputeAllLogits(plan);
     ASSERT_TRUE(a.ok() && b.ok());
     positions[s] = static_cast<int32_t>(prompts[s].size());
     next[s] = ArgMax(a->back());
@@ -331,8 +338,8 @@ TEST(CudaStepGraphTest, ReplayEqualsEagerBitForBit) {
   for (int step = 0; step < 40; ++step) {
     std::vector<std::vector<TokenId>> tokens;
     const StepPlan plan = decode_plan(false, &tokens);
-    auto a = eager->ComputeAllLogits(plan);
-    auto b = graphs->ComputeAllLogits(plan);
+    auto a = ModelRunnerTestPeer(*eager).ComputeAllLogits(plan);
+    auto b = ModelRunnerTestPeer(*graphs).ComputeAllLogits(plan);
     ASSERT_TRUE(a.ok()) << a.status();
     ASSERT_TRUE(b.ok()) << b.status();
     ASSERT_EQ(a->size(), num_seqs);

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu_backend.h"
-#include "engine/cuda_backend.h"
+#include "engine/backends/cpu/cpu_backend.h"
+#include "engine/backends/cuda/cuda_backend.h"
 #include "gtest/gtest.h"
 
 namespace strata::testing_cuda {

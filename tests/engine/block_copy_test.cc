@@ -8,10 +8,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu_backend.h"
+#include "engine/backends/cpu/cpu_backend.h"
 #include "engine/model_runner.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/engine/testing/model_runner_test_peer.h"
 
 namespace strata {
 namespace {
@@ -54,7 +55,7 @@ std::unique_ptr<ModelRunner> TinyLlamaRunner() {
   options.model_dir = std::string(STRATA_SOURCE_DIR) + "/tests/data/tiny-llama";
   options.kv_cache_bytes = 1 << 20;
   options.block_size = 4;
-  options.num_threads = 2;
+  options.backend.num_threads = 2;
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
       ModelRunner::Create(options);
   EXPECT_TRUE(runner.ok()) << runner.status();
@@ -74,7 +75,7 @@ std::vector<std::vector<float>> RunItem(ModelRunner& runner,
   item.start_position = start;
   item.block_table = table;
   absl::StatusOr<std::vector<std::vector<float>>> logits =
-      runner.ComputeAllLogits(plan);
+      ModelRunnerTestPeer(runner).ComputeAllLogits(plan);
   EXPECT_TRUE(logits.ok()) << logits.status();
   return logits.ok() ? *std::move(logits) : std::vector<std::vector<float>>{};
 }

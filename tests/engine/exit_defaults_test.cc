@@ -9,7 +9,7 @@
 #include <fstream>
 #include <string>
 
-#include "engine/model_config.h"
+#include "engine/loader/model_config.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"

@@ -15,14 +15,15 @@
 #include <string>
 #include <vector>
 
-#include "engine/checkpoint.h"
-#include "engine/cpu_backend.h"
-#include "engine/model_config.h"
-#include "engine/model_weights.h"
+#include "engine/backends/cpu/cpu_backend.h"
+#include "engine/loader/checkpoint.h"
+#include "engine/loader/model_config.h"
+#include "engine/loader/model_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/isa.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine/testing/model_runner_test_peer.h"
 
 namespace strata {
 namespace {
@@ -156,8 +157,10 @@ TEST_P(LlamaModelReferenceTest, MatchesReferenceLogits) {
   for (size_t s = 0; s < ref.steps.size(); ++s) {
     const ReferenceStep& step = ref.steps[s];
     const WorkItem item = Item(step.input_ids, step.start_position, table);
-    absl::StatusOr<std::vector<float>> logits = m.model->Forward(
-        std::span<const WorkItem>(&item, 1), AllRows(step.input_ids.size()));
+    absl::StatusOr<std::vector<float>> logits =
+        LlamaModelTestPeer(*m.model).Forward(
+            std::span<const WorkItem>(&item, 1),
+            AllRows(step.input_ids.size()));
     ASSERT_TRUE(logits.ok()) << logits.status();
     ASSERT_EQ(logits->size(), step.logits.size() * vocab);
     for (size_t r = 0; r < step.logits.size(); ++r) {
@@ -218,8 +221,9 @@ TEST_F(LlamaModelTest, ChunkedPrefillMatchesWholePrefill) {
   const std::vector<TokenId>& prompt = ref_.prompt_ids;
   const std::vector<int32_t> whole_table = ShuffledBlocks(kNumBlocks, 8, 1);
   const WorkItem whole = Item(prompt, 0, whole_table);
-  absl::StatusOr<std::vector<float>> expected = m.model->Forward(
-      std::span<const WorkItem>(&whole, 1), AllRows(prompt.size()));
+  absl::StatusOr<std::vector<float>> expected =
+      LlamaModelTestPeer(*m.model).Forward(std::span<const WorkItem>(&whole, 1),
+                                           AllRows(prompt.size()));
   ASSERT_TRUE(expected.ok()) << expected.status();
 
   // Other blocks for the chunked run, so nothing is reused from the first.
@@ -237,7 +241,8 @@ TEST_F(LlamaModelTest, ChunkedPrefillMatchesWholePrefill) {
     const std::span<const TokenId> chunk(prompt.data() + begin, count);
     const WorkItem item = Item(chunk, static_cast<int32_t>(begin), chunk_table);
     absl::StatusOr<std::vector<float>> logits =
-        m.model->Forward(std::span<const WorkItem>(&item, 1), AllRows(count));
+        LlamaModelTestPeer(*m.model).Forward(
+            std::span<const WorkItem>(&item, 1), AllRows(count));
     ASSERT_TRUE(logits.ok()) << logits.status();
     for (size_t r = 0; r < count; ++r) {
       for (int32_t v = 0; v < vocab; ++v) {
@@ -270,16 +275,18 @@ TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
   auto run_alone = [&](LlamaModel& model, std::vector<float>* a,
                        std::vector<float>* b_decode) {
     const WorkItem item_a = Item(prompt_a, 0, table_a);
-    absl::StatusOr<std::vector<float>> la = model.Forward(
+    absl::StatusOr<std::vector<float>> la = LlamaModelTestPeer(model).Forward(
         std::span<const WorkItem>(&item_a, 1), AllRows(prompt_a.size()));
     ASSERT_TRUE(la.ok()) << la.status();
     *a = *la;
     const WorkItem item_b = Item(prompt_b, 0, table_b);
-    ASSERT_TRUE(model.Forward(std::span<const WorkItem>(&item_b, 1), {}).ok());
+    ASSERT_TRUE(LlamaModelTestPeer(model)
+                    .Forward(std::span<const WorkItem>(&item_b, 1), {})
+                    .ok());
     const WorkItem decode_b =
         Item(next_b, static_cast<int32_t>(prompt_b.size()), table_b);
-    absl::StatusOr<std::vector<float>> lb =
-        model.Forward(std::span<const WorkItem>(&decode_b, 1), AllRows(1));
+    absl::StatusOr<std::vector<float>> lb = LlamaModelTestPeer(model).Forward(
+        std::span<const WorkItem>(&decode_b, 1), AllRows(1));
     ASSERT_TRUE(lb.ok()) << lb.status();
     *b_decode = *lb;
   };
@@ -294,7 +301,7 @@ TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
       Item(next_b, static_cast<int32_t>(prompt_b.size()), table_b),
       Item(prompt_a, 0, table_a)};
   absl::StatusOr<std::vector<float>> together =
-      m.model->Forward(batch, AllRows(1 + prompt_a.size()));
+      LlamaModelTestPeer(*m.model).Forward(batch, AllRows(1 + prompt_a.size()));
   ASSERT_TRUE(together.ok()) << together.status();
   const size_t vocab = m.config.vocab_size;
   ASSERT_EQ(together->size(), (1 + n_a) * vocab);
@@ -316,7 +323,8 @@ TEST_F(LlamaModelTest, RejectsBadPlans) {
   const std::vector<TokenId> tokens = {1, 2, 3, 4, 5};
   const std::vector<int32_t> good_table = {3, 9};
   auto forward = [&](const WorkItem& item) {
-    return m.model->Forward(std::span<const WorkItem>(&item, 1), AllRows(1))
+    return LlamaModelTestPeer(*m.model)
+        .Forward(std::span<const WorkItem>(&item, 1), AllRows(1))
         .status();
   };
   const std::vector<int32_t> out_of_range = {3, kNumBlocks};

@@ -17,6 +17,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine/testing/model_runner_test_peer.h"
 
 namespace strata {
 namespace {
@@ -51,7 +52,7 @@ std::unique_ptr<ModelRunner> CreateRunner(const std::string& fixture,
   options.model_dir = FixtureDir(fixture);
   options.kv_cache_bytes = 4 << 20;
   options.block_size = block_size;
-  options.num_threads = 2;
+  options.backend.num_threads = 2;
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
       ModelRunner::Create(options);
   EXPECT_TRUE(runner.ok()) << runner.status();
@@ -117,7 +118,7 @@ TEST_P(ModelRunnerFixtureTest, PrefillLogitsMatchReference) {
   item.tokens = ref.prompt_ids;
   item.block_table = table;
   absl::StatusOr<std::vector<std::vector<float>>> logits =
-      runner->ComputeAllLogits(plan);
+      ModelRunnerTestPeer(*runner).ComputeAllLogits(plan);
   ASSERT_TRUE(logits.ok()) << logits.status();
   ASSERT_EQ(logits->size(), ref.prefill_logits.size());
   for (size_t r = 0; r < logits->size(); ++r) {
@@ -150,13 +151,13 @@ TEST(ModelRunnerTest, SizesTheBlockPoolFromTheBudget) {
 TEST(ModelRunnerTest, RejectsBadOptions) {
   ModelRunner::Options options;
   options.model_dir = FixtureDir("tiny-llama");
-  options.backend = "tpu";
+  options.backend.name = "tpu";
   EXPECT_EQ(ModelRunner::Create(options).status().code(),
             absl::StatusCode::kInvalidArgument);
-  options.backend = "cuda";
+  options.backend.name = "cuda";
   EXPECT_EQ(ModelRunner::Create(options).status().code(),
             absl::StatusCode::kFailedPrecondition);
-  options.backend = "cpu";
+  options.backend.name = "cpu";
   options.kv_cache_bytes = 100;
   absl::Status status = ModelRunner::Create(options).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);

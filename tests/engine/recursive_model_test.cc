@@ -26,12 +26,13 @@
 #include <tuple>
 #include <vector>
 
-#include "engine/model_config.h"
+#include "engine/loader/model_config.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine/testing/model_runner_test_peer.h"
 
 namespace strata {
 namespace {
@@ -106,8 +107,8 @@ std::unique_ptr<ModelRunner> MakeRunner(const std::string& kv_fill,
   options.block_size = kBlockSize;
   // 2 (K, V) * 6 kv layers * 4 tokens * 2 kv heads * 16 * 4 bytes = 6144.
   options.kv_cache_bytes = 6144LL * kNumBlocks;
-  options.num_threads = num_threads;
-  options.kv_fill = kv_fill;
+  options.backend.num_threads = num_threads;
+  options.kv_fill = *ParseKvFillPolicy(kv_fill);
   absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
       ModelRunner::Create(options);
   EXPECT_TRUE(runner.ok()) << runner.status();
@@ -238,7 +239,7 @@ class AlteredFixture {
     options.model_dir = dir_;
     options.block_size = kBlockSize;
     options.kv_cache_bytes = 1 << 20;
-    options.num_threads = 1;
+    options.backend.num_threads = 1;
     return ModelRunner::Create(options).status();
   }
 
@@ -316,7 +317,7 @@ std::vector<std::vector<std::vector<float>>> RunFullDepth(
       plan.items.push_back(Item(1, step.input_ids, step.start_position, table,
                                 begin, depth_wise ? begin + 1 : -1));
       absl::StatusOr<std::vector<std::vector<float>>> logits =
-          runner.ComputeAllLogits(plan);
+          ModelRunnerTestPeer(runner).ComputeAllLogits(plan);
       EXPECT_TRUE(logits.ok()) << logits.status();
       if (!logits.ok()) return out;
       if (begin + loop_step == kNumLoops) out.push_back(*logits);
@@ -537,7 +538,7 @@ std::vector<DecodeStep> Decode(ModelRunner& runner,
     item.sampling = &greedy;
     plan.items.push_back(item);
     absl::StatusOr<StepResult> r =
-        runner.ExecuteWithLogitsForTest(plan, &logits);
+        ModelRunnerTestPeer(runner).ExecuteWithLogits(plan, &logits);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return out;
     *first_token = r->items[0].sampled->token;
@@ -576,7 +577,7 @@ std::vector<DecodeStep> Decode(ModelRunner& runner,
       item.exit = &exit;
       plan.items.push_back(item);
       absl::StatusOr<StepResult> r =
-          runner.ExecuteWithLogitsForTest(plan, &logits);
+          ModelRunnerTestPeer(runner).ExecuteWithLogits(plan, &logits);
       EXPECT_TRUE(r.ok()) << r.status() << " at step " << s;
       if (!r.ok()) return out;
       const ItemResult& res = r->items.back();
@@ -692,8 +693,9 @@ TEST_P(ForcedExitTest, MatchesReferenceLogitsTokensAndKv) {
   float max_kv_diff = 0.0f;
   std::vector<float> k, v;
   for (const KvEntry& e : ref.kv) {
-    ASSERT_TRUE(
-        runner->ReadKvForTest(e.kv_layer, table, e.position, &k, &v).ok());
+    ASSERT_TRUE(ModelRunnerTestPeer(*runner)
+                    .ReadKv(e.kv_layer, table, e.position, &k, &v)
+                    .ok());
     const std::string where = c.policy + " kv layer " +
                               std::to_string(e.kv_layer) + " position " +
                               std::to_string(e.position);
@@ -928,7 +930,7 @@ void RunTogether(ModelRunner& runner, const std::vector<Schedule>& schedules,
       continue;
     }
     absl::StatusOr<std::vector<std::vector<float>>> out =
-        runner.ComputeAllLogits(plan);
+        ModelRunnerTestPeer(runner).ComputeAllLogits(plan);
     ASSERT_TRUE(out.ok()) << out.status();
     size_t row = 0;
     for (size_t a = 0; a < in_plan.size(); ++a) {
@@ -1035,7 +1037,8 @@ TEST(RecursiveModelTest, ExitsInAMixedBatchMatchAlone) {
     b.loop_end = -1;
     plan.items.push_back(b);
     std::vector<std::vector<float>> logits;
-    ASSERT_TRUE(runner->ExecuteWithLogitsForTest(plan, &logits).ok());
+    ASSERT_TRUE(
+        ModelRunnerTestPeer(*runner).ExecuteWithLogits(plan, &logits).ok());
     b_alone = logits[0];
   }
 
@@ -1069,7 +1072,7 @@ TEST(RecursiveModelTest, ExitsInAMixedBatchMatchAlone) {
     a.exit = &exits[s];
     plan.items.push_back(a);
     absl::StatusOr<StepResult> r =
-        runner->ExecuteWithLogitsForTest(plan, &logits);
+        ModelRunnerTestPeer(*runner).ExecuteWithLogits(plan, &logits);
     ASSERT_TRUE(r.ok()) << r.status() << " step " << step;
     const ItemResult& ra = r->items[1];
     ASSERT_TRUE(ra.sampled.has_value());
@@ -1107,8 +1110,12 @@ TEST(RecursiveModelTest, BlockCopyCopiesEveryLoop) {
   std::vector<float> k, v, k2, v2;
   for (int32_t kv_layer = 0; kv_layer < 2 * kNumLoops; ++kv_layer) {
     for (int32_t pos = 4; pos < 6; ++pos) {
-      ASSERT_TRUE(runner->ReadKvForTest(kv_layer, table, pos, &k, &v).ok());
-      ASSERT_TRUE(runner->ReadKvForTest(kv_layer, copied, pos, &k2, &v2).ok());
+      ASSERT_TRUE(ModelRunnerTestPeer(*runner)
+                      .ReadKv(kv_layer, table, pos, &k, &v)
+                      .ok());
+      ASSERT_TRUE(ModelRunnerTestPeer(*runner)
+                      .ReadKv(kv_layer, copied, pos, &k2, &v2)
+                      .ok());
       EXPECT_EQ(k, k2) << "kv layer " << kv_layer << " position " << pos;
       EXPECT_EQ(v, v2) << "kv layer " << kv_layer << " position " << pos;
       EXPECT_NE(k[0], 0.0f);

@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "engine/backends/cpu/cpu_backend.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -32,7 +33,10 @@ SampledToken Sample(const std::vector<float>& logits,
                     const SamplingParams& params,
                     const std::vector<TokenId>& prompt = {},
                     const std::vector<TokenId>& output = {}) {
-  return Sampler::Sample(logits, params, prompt, output);
+  // The CPU backend computes the log-softmax normaliser, as in serving.
+  static const CpuBackend* const backend =
+      CpuBackend::Create({}).value().release();
+  return Sampler::Sample(*backend, logits, params, prompt, output);
 }
 
 // Logits whose softmax is `probs`.

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/rope_table.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernel_context.h"
@@ -13,19 +14,6 @@
 
 namespace strata::cpu {
 namespace {
-
-TEST(RopeTableTest, HoldsCosThenSinPerPosition) {
-  const std::vector<float> inv_freq = {1.0f, 0.1f, 0.01f};
-  std::vector<float> table(5 * 6);
-  BuildRopeTable(inv_freq, 5, table.data());
-  for (int p = 0; p < 5; ++p) {
-    for (int i = 0; i < 3; ++i) {
-      EXPECT_NEAR(table[p * 6 + i], std::cos(p * double{inv_freq[i]}), 1e-6);
-      EXPECT_NEAR(table[p * 6 + 3 + i], std::sin(p * double{inv_freq[i]}),
-                  1e-6);
-    }
-  }
-}
 
 class RopeTest : public testing::TestWithParam<Isa> {};
 

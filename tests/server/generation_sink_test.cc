@@ -11,10 +11,10 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "engine/tokenizer.h"
-#include "engine/utf8.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "text/tokenizer.h"
+#include "text/utf8.h"
 
 namespace strata {
 namespace {

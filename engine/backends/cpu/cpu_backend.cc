@@ -1,0 +1,451 @@
+#include "engine/backends/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/packed_matmul.h"
+#include "kernels/cpu/paged_attention.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/softmax_stats.h"
+
+namespace strata {
+namespace {
+
+// Zero-filled memory from calloc: large pools (the KV cache) get their pages
+// lazily from the OS instead of being touched up front.
+class CallocStorage : public Tensor::Storage {
+ public:
+  explicit CallocStorage(void* data) : data_(data) {}
+  ~CallocStorage() override { std::free(data_); }
+
+ private:
+  void* data_;
+};
+
+// An uploaded host vector, adopted without a copy.
+class VectorStorage : public Tensor::Storage {
+ public:
+  explicit VectorStorage(std::vector<float> data) : data_(std::move(data)) {}
+  float* data() { return data_.data(); }
+
+ private:
+  std::vector<float> data_;
+};
+
+// A weight repacked into column panels (kernels/cpu/packed_matmul.h), 64-byte
+// aligned so that panel rows do not straddle cache lines, for MatMul. The
+// panels hold bfloat16 when every value is one (most checkpoints; half the
+// memory, the same products) and f32 otherwise. A table (embeddings,
+// possibly tied to the LM head) also keeps its row-major f32 copy, which the
+// tensor's data points at, for the embedding gather; a Linear weight is only
+// ever multiplied, so its tensor points at the panels.
+class PackedWeightStorage : public Tensor::Storage {
+ public:
+  PackedWeightStorage(void* packed, bool bf16, std::vector<float> rows)
+      : packed_(packed), bf16_(bf16), rows_(std::move(rows)) {}
+  ~PackedWeightStorage() override { std::free(packed_); }
+
+  bool bf16() const { return bf16_; }
+  float* rows() { return rows_.data(); }
+
+  // out = x * W^T. x: [n, k], out: [n, m]
+  void Multiply(const cpu::KernelContext& ctx, const float* x, int64_t n,
+                int64_t m, int64_t k, float* out) const {
+    if (bf16_) {
+      cpu::PackedMatMul(ctx, x, static_cast<const uint16_t*>(packed_), n, m, k,
+                        out);
+    } else {
+      cpu::PackedMatMul(ctx, x, static_cast<const float*>(packed_), n, m, k,
+                        out);
+    }
+  }
+
+ private:
+  void* packed_;
+  bool bf16_;
+  std::vector<float> rows_;  // empty for a Linear weight
+};
+
+int64_t Product(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+float* F32(const Tensor& t) { return static_cast<float*>(t.data()); }
+
+// Rows and row width of a rank >= 1 tensor viewed as a matrix.
+int64_t Rows(const Tensor& t) { return t.rank() == 0 ? 1 : t.dim(0); }
+int64_t Cols(const Tensor& t) {
+  const int64_t rows = Rows(t);
+  return rows == 0 ? 0 : t.num_elements() / rows;
+}
+
+cpu::AttentionGeometry Geometry(const AttentionShape& s) {
+  return cpu::AttentionGeometry{s.num_heads, s.num_kv_heads, s.head_dim,
+                                s.block_size, s.scale};
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
+    const Options& options) {
+  if (options.num_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
+  }
+  const cpu::Isa isa = options.isa.value_or(cpu::DefaultIsa());
+  if (!cpu::IsaSupported(isa)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this CPU does not support the ",
+                     std::string(cpu::IsaName(isa)), " kernels"));
+  }
+  auto pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
+  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(pool), isa));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CpuBackend::FromOptions(
+    const BackendOptions& options) {
+  auto refuse = [](const std::string& flag, const std::string& why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " is not supported by the cpu backend (", why, ")"));
+  };
+  if (options.dtype.has_value()) {
+    return refuse("--dtype",
+                  "its weights are f32, or bfloat16 panels when every value "
+                  "of the checkpoint is a bfloat16; leave --dtype unset");
+  }
+  if (options.quantization != Quantization::kNone) {
+    return refuse(
+        absl::StrCat("--quantization=",
+                     std::string(QuantizationName(options.quantization))),
+        "int8 weights are CUDA only in this build");
+  }
+  if (options.device != 0) return refuse("--device", "one host");
+  if (options.step_graphs) return refuse("--cuda_graphs", "CUDA only");
+  if (options.gpu_memory_fraction != 0.0) {
+    return refuse("--gpu_memory_fraction", "size the pool with --kv_cache_mb");
+  }
+  Options cpu_options;
+  cpu_options.num_threads = options.num_threads;
+  absl::StatusOr<std::unique_ptr<CpuBackend>> backend = Create(cpu_options);
+  if (!backend.ok()) return backend.status();
+  return std::unique_ptr<Backend>(std::move(*backend));
+}
+
+CpuBackend::CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa)
+    : pool_(std::move(pool)), context_{isa, pool_.get()} {}
+
+std::string CpuBackend::Description() const {
+  return absl::StrCat("cpu ", std::string(cpu::IsaName(context_.isa)), ", ",
+                      pool_->num_threads(), " threads");
+}
+
+absl::StatusOr<Tensor> CpuBackend::Allocate(ElementType type,
+                                            std::vector<int64_t> shape) {
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError("negative tensor dimension");
+    }
+  }
+  const size_t bytes = static_cast<size_t>(Product(shape)) * ElementSize(type);
+  void* data = std::calloc(bytes == 0 ? 1 : bytes, 1);
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  return Tensor(data, type, std::move(shape),
+                std::make_unique<CallocStorage>(data));
+}
+
+absl::StatusOr<Tensor> CpuBackend::Upload(std::vector<float> host,
+                                          std::vector<int64_t> shape) {
+  if (static_cast<int64_t>(host.size()) != Product(shape)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload of ", host.size(), " floats into a tensor of ",
+                     Product(shape), " elements"));
+  }
+  auto storage = std::make_unique<VectorStorage>(std::move(host));
+  float* data = storage->data();
+  return Tensor(data, ElementType::kF32, std::move(shape), std::move(storage));
+}
+
+absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
+                                                std::vector<int64_t> shape,
+                                                WeightRole role) {
+  if (role == WeightRole::kVector || shape.size() != 2) {
+    return Upload(std::move(host), std::move(shape));
+  }
+  if (static_cast<int64_t>(host.size()) != Product(shape)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("upload of ", host.size(), " floats into a tensor of ",
+                     Product(shape), " elements"));
+  }
+  const int64_t m = shape[0], k = shape[1];
+  // LoRA factors stay f32: they are small and their scaled B is rarely a
+  // bfloat16 value anyway.
+  const bool bf16 = role != WeightRole::kAdapter &&
+                    cpu::IsBf16Exact(host.data(), Product(shape));
+  const size_t bytes = static_cast<size_t>(cpu::PackedWeightSize(m, k)) *
+                       (bf16 ? sizeof(uint16_t) : sizeof(float));
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  void* data =
+      std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
+  if (data == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
+  }
+  if (bf16) {
+    cpu::PackWeightBf16(host.data(), m, k, static_cast<uint16_t*>(data));
+  } else {
+    cpu::PackWeight(host.data(), m, k, static_cast<float*>(data));
+  }
+  if (role == WeightRole::kTable) {
+    // 1.5x (bf16 panels) or 2x the memory of the table, for a 1.3-1.8x
+    // faster LM head (and exit heads of recursive models) at batch sizes
+    // >= 4.
+    auto storage =
+        std::make_unique<PackedWeightStorage>(data, bf16, std::move(host));
+    float* rows = storage->rows();
+    return Tensor(rows, ElementType::kF32, std::move(shape),
+                  std::move(storage));
+  }
+  // The element type says what the panels hold (never read as rows).
+  return Tensor(
+      data, bf16 ? ElementType::kBF16 : ElementType::kF32, std::move(shape),
+      std::make_unique<PackedWeightStorage>(data, bf16, std::vector<float>()));
+}
+
+absl::Status CpuBackend::CopyToHost(const Tensor& src, std::span<float> host) {
+  if (static_cast<int64_t>(host.size()) != src.num_elements()) {
+    return absl::InternalError(absl::StrCat("CopyToHost of ", src.DebugString(),
+                                            " into ", host.size(), " floats"));
+  }
+  if (!host.empty()) std::memcpy(host.data(), src.data(), src.size_bytes());
+  return absl::OkStatus();
+}
+
+void CpuBackend::Embedding(const Tensor& table, std::span<const TokenId> ids,
+                           Tensor* out) {
+  STRATA_CHECK(Rows(*out) == static_cast<int64_t>(ids.size()));
+  STRATA_CHECK(Cols(*out) == Cols(table));
+  cpu::EmbeddingGather(context_, F32(table), Cols(table), ids, F32(*out));
+}
+
+void CpuBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
+  const int64_t n = Rows(x), k = Cols(x), m = Rows(w);
+  STRATA_CHECK(Cols(w) == k);
+  STRATA_CHECK(Rows(*out) == n);
+  STRATA_CHECK(Cols(*out) == m);
+  if (const auto* packed =
+          dynamic_cast<const PackedWeightStorage*>(w.storage());
+      packed != nullptr) {
+    packed->Multiply(context_, F32(x), n, m, k, F32(*out));
+  } else {
+    cpu::MatMul(context_, F32(x), F32(w), n, m, k, F32(*out));
+  }
+}
+
+bool CpuBackend::AddLowRank(const Tensor& x,
+                            std::span<const LowRankSegment> segments,
+                            Tensor* out) {
+  const int64_t k = Cols(x), m = Cols(*out);
+  struct Task {
+    const LowRankSegment* segment;
+    int64_t first_row, num_rows;
+  };
+  std::vector<Task> tasks;
+  constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
+  for (const LowRankSegment& seg : segments) {
+    const auto* a = dynamic_cast<const PackedWeightStorage*>(seg.a->storage());
+    const auto* b = dynamic_cast<const PackedWeightStorage*>(seg.b->storage());
+    // Only pairs uploaded as kAdapter (packed); others take the caller's
+    // per-segment path.
+    if (a == nullptr || b == nullptr) return false;
+    STRATA_CHECK(Cols(*seg.a) == k && Rows(*seg.b) == m &&
+                 Cols(*seg.b) == Rows(*seg.a));
+    STRATA_CHECK(seg.first_row >= 0 && seg.first_row + seg.num_rows <= Rows(x));
+    for (int64_t r = 0; r < seg.num_rows; r += kRowsPerTask) {
+      tasks.push_back(
+          {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
+    }
+  }
+  const cpu::KernelContext inline_ctx{context_.isa, nullptr};
+  context_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
+    const Task& t = tasks[i];
+    const int64_t rank = Rows(*t.segment->a);
+    thread_local std::vector<float> low, update;
+    low.resize(static_cast<size_t>(t.num_rows * rank));
+    update.resize(static_cast<size_t>(t.num_rows * m));
+    const auto* a =
+        static_cast<const PackedWeightStorage*>(t.segment->a->storage());
+    const auto* b =
+        static_cast<const PackedWeightStorage*>(t.segment->b->storage());
+    a->Multiply(inline_ctx, F32(x) + t.first_row * k, t.num_rows, rank, k,
+                low.data());
+    b->Multiply(inline_ctx, low.data(), t.num_rows, m, rank, update.data());
+    cpu::Add(inline_ctx, update.data(), t.num_rows * m,
+             F32(*out) + t.first_row * m);
+  });
+  return true;
+}
+
+void CpuBackend::AddBias(const Tensor& bias, Tensor* x) {
+  STRATA_CHECK(bias.num_elements() == Cols(*x));
+  cpu::AddBias(context_, F32(bias), Rows(*x), Cols(*x), F32(*x));
+}
+
+void CpuBackend::Add(const Tensor& y, Tensor* x) {
+  STRATA_CHECK(y.num_elements() == x->num_elements());
+  cpu::Add(context_, F32(y), x->num_elements(), F32(*x));
+}
+
+void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                         Tensor* out) {
+  STRATA_CHECK(weight.num_elements() == Cols(x));
+  STRATA_CHECK(out->num_elements() == x.num_elements());
+  cpu::RmsNorm(context_, F32(x), F32(weight), Rows(x), Cols(x), eps, F32(*out));
+}
+
+void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
+  STRATA_CHECK(gate.num_elements() == up.num_elements());
+  STRATA_CHECK(gate.num_elements() == out->num_elements());
+  cpu::SiluMul(context_, F32(gate), F32(up), gate.num_elements(), F32(*out));
+}
+
+void CpuBackend::Rope(const Tensor& rope_table,
+                      std::span<const int32_t> positions, int32_t head_dim,
+                      Tensor* x) {
+  STRATA_CHECK(Cols(rope_table) == head_dim);
+  STRATA_CHECK(Rows(*x) == static_cast<int64_t>(positions.size()));
+  STRATA_CHECK(Cols(*x) % head_dim == 0);
+  cpu::ApplyRope(context_, F32(rope_table), positions, Cols(*x) / head_dim,
+                 head_dim, F32(*x));
+}
+
+void CpuBackend::WriteKv(const Tensor& k, const Tensor& v,
+                         std::span<const int32_t> slots,
+                         const AttentionShape& shape, Tensor* k_cache,
+                         Tensor* v_cache) {
+  STRATA_CHECK(Rows(k) == static_cast<int64_t>(slots.size()));
+  STRATA_CHECK(Cols(k) ==
+               static_cast<int64_t>(shape.num_kv_heads) * shape.head_dim);
+  STRATA_CHECK(k.num_elements() == v.num_elements());
+  cpu::WriteKvCache(context_, Geometry(shape), F32(k), F32(v), slots,
+                    F32(*k_cache), F32(*v_cache));
+}
+
+void CpuBackend::CopyKvBlocks(std::span<const BlockCopy> copies,
+                              std::span<Tensor* const> caches) {
+  // A few blocks per step (one per forked sequence): plain memcpy, in order.
+  for (Tensor* cache : caches) {
+    STRATA_CHECK(cache->rank() >= 1);
+    const int64_t num_blocks = cache->dim(0);
+    const size_t block_bytes =
+        num_blocks == 0 ? 0 : cache->size_bytes() / num_blocks;
+    char* base = static_cast<char*>(cache->data());
+    for (const BlockCopy& copy : copies) {
+      STRATA_CHECK(copy.src >= 0 && copy.src < num_blocks);
+      STRATA_CHECK(copy.dst >= 0 && copy.dst < num_blocks);
+      STRATA_CHECK(copy.src != copy.dst);
+      std::memcpy(base + static_cast<size_t>(copy.dst) * block_bytes,
+                  base + static_cast<size_t>(copy.src) * block_bytes,
+                  block_bytes);
+    }
+  }
+}
+
+void CpuBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
+                                const Tensor& v_cache,
+                                const AttentionShape& shape,
+                                std::span<const SequenceSlice> sequences,
+                                Tensor* out) {
+  STRATA_CHECK(Cols(q) ==
+               static_cast<int64_t>(shape.num_heads) * shape.head_dim);
+  STRATA_CHECK(out->num_elements() == q.num_elements());
+  std::vector<cpu::AttentionSequence> seqs;
+  seqs.reserve(sequences.size());
+  for (const SequenceSlice& s : sequences) {
+    STRATA_CHECK(static_cast<int64_t>(s.first_row) + s.num_tokens <= Rows(q));
+    seqs.push_back(
+        {s.first_row, s.num_tokens, s.start_position, s.block_table});
+  }
+  cpu::PagedAttention(context_, Geometry(shape), F32(q), F32(k_cache),
+                      F32(v_cache), seqs, F32(*out));
+}
+
+absl::Status CpuBackend::ExitConfidences(const Tensor& logits,
+                                         std::span<const ExitConfidence> kinds,
+                                         std::span<float> out) {
+  if (absl::Status s = CheckExitConfidenceArgs(logits, kinds, out); !s.ok()) {
+    return s;
+  }
+  const int64_t rows = Rows(logits), vocab = Cols(logits);
+  context_.ParallelFor(rows, [&](int64_t i) {
+    const std::span<const float> row(F32(logits) + i * vocab,
+                                     static_cast<size_t>(vocab));
+    out[i] = ComputeExitConfidence(row, kinds[i], RowSoftmaxStats(row));
+  });
+  return absl::OkStatus();
+}
+
+SoftmaxStats CpuBackend::RowSoftmaxStats(std::span<const float> row) const {
+  // The vectorised kernel: every sampled token and every exit check pays a
+  // pass over the vocabulary, and libm's expf per element was a visible part
+  // of the engine thread's profile.
+  const cpu::SoftmaxStats stats = cpu::ComputeSoftmaxStats(
+      context_.isa, row.data(), static_cast<int64_t>(row.size()));
+  return {stats.max, stats.sum_exp};
+}
+
+absl::Status CpuBackend::HiddenExitConfidences(
+    const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+    const Tensor& classifier, std::span<const int32_t> loops,
+    std::span<const ExitConfidence> kinds, float eps, std::span<float> out) {
+  if (absl::Status s = CheckHiddenExitConfidenceArgs(state, rows, prev,
+                                                     classifier, loops, kinds,
+                                                     out);
+      !s.ok()) {
+    return s;
+  }
+  // O(hidden) per row: serial (a thread hand-off costs more than the work).
+  const int64_t hidden = Cols(state);
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const bool sat = kinds[j] == ExitConfidence::kSaturation;
+    out[j] = ComputeHiddenExitConfidence(
+        kinds[j],
+        std::span<const float>(F32(state) + rows[j] * hidden,
+                               static_cast<size_t>(hidden)),
+        sat ? F32(prev) + static_cast<int64_t>(j) * hidden : nullptr,
+        sat ? nullptr : F32(classifier) + loops[j] * (hidden + 1), eps);
+  }
+  return absl::OkStatus();
+}
+
+void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
+                            Tensor* out) {
+  const int64_t width = Cols(x);
+  STRATA_CHECK(Rows(*out) == static_cast<int64_t>(rows.size()));
+  STRATA_CHECK(Cols(*out) == width);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    STRATA_CHECK(rows[i] >= 0 && rows[i] < Rows(x));
+    std::memcpy(F32(*out) + static_cast<int64_t>(i) * width,
+                F32(x) + static_cast<int64_t>(rows[i]) * width,
+                static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
+}  // namespace strata

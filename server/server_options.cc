@@ -1,0 +1,65 @@
+#include "server/server_options.h"
+
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "text/chat_template.h"
+
+namespace strata {
+namespace {
+
+absl::Status CheckPort(const char* name, int32_t port) {
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": must be in [0, 65535], got ", port));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckPositive(const char* name, int64_t value) {
+  if (value <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": must be positive, got ", value));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateServerOptions(const ServerOptions& options) {
+  for (absl::Status st :
+       {CheckPort("port", options.port),
+        CheckPort("metrics_port", options.metrics_port),
+        CheckPositive("kv_cache_bytes", options.kv_cache_bytes),
+        CheckPositive("block_size", options.block_size),
+        CheckPositive("max_num_seqs", options.max_num_seqs),
+        CheckPositive("max_tokens_per_step", options.max_tokens_per_step)}) {
+    if (!st.ok()) return st;
+  }
+  if (options.max_model_len < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_model_len: must be >= 0 (0 = default), got ",
+                     options.max_model_len));
+  }
+  if (options.backend.num_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "threads: must be >= 0, got ", options.backend.num_threads));
+  }
+  if (!options.chat_template.empty() &&
+      !ParseChatFormat(options.chat_template).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chat_template: unknown format \"", options.chat_template,
+                     "\" (expected llama3, chatml or mistral)"));
+  }
+  if (options.max_connection_age < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_connection_age: must be at least 1ms, got ",
+                     absl::FormatDuration(options.max_connection_age)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata

@@ -1,0 +1,67 @@
+// ServerOptions: everything stratad is told at start, typed (the flags are
+// parsed once, in stratad_main.cc), and the checks that need no model file
+// (ValidateServerOptions), which Server::Create runs before anything loads.
+#ifndef STRATA_SERVER_SERVER_OPTIONS_H_
+#define STRATA_SERVER_SERVER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "engine/backends/backend_options.h"
+#include "engine/exit_policy.h"
+
+namespace strata {
+
+struct ServerOptions {
+  // Folder with config.json, tokenizer.json, tokenizer_config.json and the
+  // safetensors weights.
+  std::string model_dir = "models/strata-tiny";
+  std::string host = "127.0.0.1";
+  int32_t port = 50051;  // 0 picks a free port (see Server::port())
+  // Backend, dtype, quantization, device, graphs, GPU memory share and
+  // kernel threads, parsed from the flags once (ParseBackendOptions).
+  BackendOptions backend;
+  int64_t kv_cache_bytes = 256LL << 20;
+  int32_t block_size = 16;
+  int32_t max_num_seqs = 32;
+  int32_t max_tokens_per_step = 2048;  // token budget of one engine step
+  bool enable_prefix_caching = true;
+  bool static_batching = false;  // baseline policy for benchmarks
+  // Recursive models: depth-wise loop batching (one loop per item per step,
+  // items at different loops batched together; --loop_batching=depthwise)
+  // or sequence-wise (all loops of an item in one step); and the K/V of
+  // loops skipped by an early exit (KvFillPolicy).
+  bool depthwise = true;
+  KvFillPolicy kv_fill = KvFillPolicy::kPropagate;
+  // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
+  // 4096).
+  int32_t max_model_len = 0;
+  int32_t max_waiting_requests = 256;
+  int64_t max_waiting_tokens = 1 << 20;  // prompt tokens queued, all requests
+  // "llama3", "chatml" or "mistral"; "" = detect from tokenizer_config.json.
+  std::string chat_template;
+  // Prometheus text format at http://host:metrics_port/metrics; 0 = off.
+  int32_t metrics_port = 0;
+  // Readiness watchdog: pending work and no completed engine step for this
+  // long turns strata.v1.Generation NOT_SERVING.
+  absl::Duration stall_timeout = absl::Seconds(30);
+  // Every client connection gets a graceful GOAWAY after this long (gRPC's
+  // max_connection_age, +-10% jitter; calls in flight finish, the client
+  // reconnects for its next call). A drain waits for this, so that proxies
+  // have left every connection before the server stops taking calls (see
+  // Shutdown); keep it below the drain's grace.
+  absl::Duration max_connection_age = absl::Seconds(2);
+};
+
+// INVALID_ARGUMENT naming the option for a value no model could make valid:
+// ports out of range, a non-positive block size, KV budget, sequence or
+// token budget, a negative max_model_len, an unknown chat template, a
+// max_connection_age under 1ms. Checks that need the model (max_model_len
+// against the model's context) come after it loads.
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_SERVER_OPTIONS_H_

@@ -1,0 +1,225 @@
+// CpuBackend's own storage and fused ops: packed weights multiply like the
+// plain ones, a table keeps its rows for the embedding gather, and the
+// gathered low-rank product gives exactly the bits of the per-segment
+// MatMul, MatMul, Add it replaces.
+#include "engine/backends/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "engine/exit_policy.h"
+#include "gtest/gtest.h"
+
+namespace strata {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<float> Host(CpuBackend& backend, const Tensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.num_elements()));
+  EXPECT_TRUE(backend.CopyToHost(t, std::span<float>(out)).ok());
+  return out;
+}
+
+std::unique_ptr<CpuBackend> MakeBackend() {
+  CpuBackend::Options options;
+  options.num_threads = 2;
+  auto backend = CpuBackend::Create(options);
+  EXPECT_TRUE(backend.ok()) << backend.status();
+  return *std::move(backend);
+}
+
+TEST(CpuBackendTest, TableKeepsItsRowsAndMultipliesPacked) {
+  auto backend = MakeBackend();
+  const int64_t vocab = 37, hidden = 20;
+  const std::vector<float> table = Random(vocab * hidden, 1);
+  auto packed =
+      backend->UploadWeight(table, {vocab, hidden}, WeightRole::kTable);
+  auto plain = backend->Upload(table, {vocab, hidden});
+  ASSERT_TRUE(packed.ok() && plain.ok());
+  // The gather reads rows.
+  auto rows = backend->Allocate(ElementType::kF32, {2, hidden});
+  ASSERT_TRUE(rows.ok());
+  const std::vector<TokenId> ids = {5, 36};
+  backend->Embedding(*packed, ids, &*rows);
+  const std::vector<float> got = Host(*backend, *rows);
+  for (int64_t i = 0; i < hidden; ++i) {
+    EXPECT_EQ(got[i], table[5 * hidden + i]);
+    EXPECT_EQ(got[hidden + i], table[36 * hidden + i]);
+  }
+  // The product agrees with the dot-product kernel's within rounding.
+  auto x = backend->Upload(Random(3 * hidden, 2), {3, hidden});
+  auto a = backend->Allocate(ElementType::kF32, {3, vocab});
+  auto b = backend->Allocate(ElementType::kF32, {3, vocab});
+  ASSERT_TRUE(x.ok() && a.ok() && b.ok());
+  backend->MatMul(*x, *packed, &*a);
+  backend->MatMul(*x, *plain, &*b);
+  const std::vector<float> pa = Host(*backend, *a), pb = Host(*backend, *b);
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_NEAR(pa[i], pb[i], 1e-5);
+}
+
+// Segments of different lengths (over and under the 8-row task size), each
+// with its own pair: the gathered op equals MatMul, MatMul, Add per segment
+// bit for bit.
+TEST(CpuBackendTest, GatheredLowRankEqualsPerSegmentProducts) {
+  auto backend = MakeBackend();
+  const int64_t n = 23, k = 40, m = 33, rank = 4;
+  const std::vector<float> x_host = Random(n * k, 3);
+  const std::vector<float> base = Random(n * m, 4);
+  auto x = backend->Upload(x_host, {n, k});
+  ASSERT_TRUE(x.ok());
+  std::vector<Tensor> as, bs;
+  for (int s = 0; s < 3; ++s) {
+    auto a = backend->UploadWeight(Random(rank * k, 10 + s), {rank, k},
+                                   WeightRole::kAdapter);
+    auto b = backend->UploadWeight(Random(m * rank, 20 + s), {m, rank},
+                                   WeightRole::kAdapter);
+    ASSERT_TRUE(a.ok() && b.ok());
+    as.push_back(*std::move(a));
+    bs.push_back(*std::move(b));
+  }
+  const std::vector<LowRankSegment> segments = {{0, 11, &as[0], &bs[0]},
+                                                {11, 3, &as[1], &bs[1]},
+                                                {14, 9, &as[2], &bs[2]}};
+
+  auto fused = backend->Upload(base, {n, m});
+  ASSERT_TRUE(fused.ok());
+  ASSERT_TRUE(backend->AddLowRank(*x, segments, &*fused));
+
+  auto reference = backend->Upload(base, {n, m});
+  ASSERT_TRUE(reference.ok());
+  for (const LowRankSegment& seg : segments) {
+    auto t = backend->Allocate(ElementType::kF32, {seg.num_rows, rank});
+    auto u = backend->Allocate(ElementType::kF32, {seg.num_rows, m});
+    ASSERT_TRUE(t.ok() && u.ok());
+    backend->MatMul(x->Rows(seg.first_row, seg.num_rows), *seg.a, &*t);
+    backend->MatMul(*t, *seg.b, &*u);
+    Tensor y = reference->Rows(seg.first_row, seg.num_rows);
+    backend->Add(*u, &y);
+  }
+  const std::vector<float> got = Host(*backend, *fused);
+  const std::vector<float> want = Host(*backend, *reference);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(0,
+            std::memcmp(got.data(), want.data(), got.size() * sizeof(float)));
+  EXPECT_NE(got, base);  // the products were added at all
+}
+
+// The exit confidences the engine asks the backend for equal
+// ComputeExitConfidence row by row (the CPU computes in place, rows on the
+// pool), for both kinds, including a row whose maximum is tied; and the
+// base-class path (a copy to the host) gives the same.
+TEST(CpuBackendTest, ExitConfidencesEqualComputeExitConfidence) {
+  auto backend = MakeBackend();
+  const int64_t rows = 5, vocab = 301;
+  std::vector<float> logits = Random(rows * vocab, 21);
+  for (float& x : logits) x *= 6.0f;
+  logits[2 * vocab + 7] = logits[2 * vocab + 100] = 9.0f;  // a tie at the top
+  auto t = backend->Upload(logits, {rows, vocab});
+  ASSERT_TRUE(t.ok());
+  const std::vector<ExitConfidence> kinds = {
+      ExitConfidence::kMaxProb, ExitConfidence::kMargin,
+      ExitConfidence::kMargin, ExitConfidence::kMaxProb,
+      ExitConfidence::kMargin};
+  std::vector<float> got(rows), base(rows);
+  ASSERT_TRUE(backend->ExitConfidences(*t, kinds, got).ok());
+  ASSERT_TRUE(backend->Backend::ExitConfidences(*t, kinds, base).ok());
+  for (int64_t i = 0; i < rows; ++i) {
+    const std::span<const float> row(logits.data() + i * vocab, vocab);
+    const float want =
+        ComputeExitConfidence(row, kinds[i], backend->RowSoftmaxStats(row));
+    EXPECT_EQ(got[i], want) << i;
+    EXPECT_EQ(base[i], want) << i;
+  }
+  EXPECT_EQ(got[2], 0.0f);  // tied maxima: margin 0
+  std::vector<float> short_out(rows - 1);
+  EXPECT_FALSE(backend->ExitConfidences(*t, kinds, short_out).ok());
+  // Hidden-state kinds are not computed from logits.
+  const std::vector<ExitConfidence> hidden_kinds(rows,
+                                                 ExitConfidence::kClassifier);
+  EXPECT_FALSE(backend->ExitConfidences(*t, hidden_kinds, got).ok());
+}
+
+// The hidden-state measures against values worked out by hand, then the CPU
+// override (in place) and the base-class path (host copies) against
+// ComputeHiddenExitConfidence on random rows.
+TEST(CpuBackendTest, HiddenExitConfidences) {
+  // cos([3, 4], [4, 3]) = 24 / 25; classifier w = [1, 0], b = -0.5 on
+  // h = [3, 4]: rms = sqrt(12.5 + eps), z = 3 / rms - 0.5.
+  const float h[2] = {3.0f, 4.0f}, prev[2] = {4.0f, 3.0f};
+  const float row[3] = {1.0f, 0.0f, -0.5f};
+  EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kSaturation, h,
+                                          prev, nullptr, 1e-5f),
+              24.0f / 25.0f, 1e-6f);
+  const double z = 3.0 / std::sqrt(12.5 + 1e-5) - 0.5;
+  EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kClassifier, h,
+                                          nullptr, row, 1e-5f),
+              1.0 / (1.0 + std::exp(-z)), 1e-6);
+  const float zero[2] = {0.0f, 0.0f};
+  EXPECT_EQ(ComputeHiddenExitConfidence(ExitConfidence::kSaturation, h, zero,
+                                        nullptr, 1e-5f),
+            0.0f);
+
+  auto backend = MakeBackend();
+  const int64_t n = 6, hidden = 37, early = 2;
+  const std::vector<float> state = Random(n * hidden, 31);
+  const std::vector<float> prevs = Random(3 * hidden, 32);
+  const std::vector<float> table = Random(early * (hidden + 1), 33);
+  auto st = backend->Upload(state, {n, hidden});
+  auto pv = backend->Upload(prevs, {3, hidden});
+  auto cl = backend->Upload(table, {early, hidden + 1});
+  ASSERT_TRUE(st.ok() && pv.ok() && cl.ok());
+  // Rows 0, 1 saturation (against prev rows 0, 1), row 2 classifier.
+  const std::vector<int32_t> rows = {4, 0, 5};
+  const std::vector<int32_t> loops = {0, 1, 1};
+  const std::vector<ExitConfidence> kinds = {ExitConfidence::kSaturation,
+                                             ExitConfidence::kSaturation,
+                                             ExitConfidence::kClassifier};
+  std::vector<float> got(3), base(3);
+  ASSERT_TRUE(backend
+                  ->HiddenExitConfidences(*st, rows, *pv, *cl, loops, kinds,
+                                          1e-5f, got)
+                  .ok());
+  ASSERT_TRUE(backend
+                  ->Backend::HiddenExitConfidences(*st, rows, *pv, *cl, loops,
+                                                   kinds, 1e-5f, base)
+                  .ok());
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const float want = ComputeHiddenExitConfidence(
+        kinds[j],
+        std::span<const float>(state.data() + rows[j] * hidden, hidden),
+        prevs.data() + j * hidden, table.data() + loops[j] * (hidden + 1),
+        1e-5f);
+    EXPECT_EQ(got[j], want) << j;
+    EXPECT_EQ(base[j], want) << j;
+  }
+  // A row outside the state, a loop outside the classifier, a logit kind.
+  const std::vector<int32_t> bad_rows = {4, 0, 6};
+  EXPECT_FALSE(backend
+                   ->HiddenExitConfidences(*st, bad_rows, *pv, *cl, loops,
+                                           kinds, 1e-5f, got)
+                   .ok());
+  const std::vector<int32_t> bad_loops = {0, 1, 2};
+  EXPECT_FALSE(backend
+                   ->HiddenExitConfidences(*st, rows, *pv, *cl, bad_loops,
+                                           kinds, 1e-5f, got)
+                   .ok());
+  const std::vector<ExitConfidence> logit_kinds(3, ExitConfidence::kMargin);
+  EXPECT_FALSE(backend
+                   ->HiddenExitConfidences(*st, rows, *pv, *cl, loops,
+                                           logit_kinds, 1e-5f, got)
+                   .ok());
+}
+
+}  // namespace
+}  // namespace strata
