@@ -160,13 +160,28 @@ def main():
         "full_depth_ppl": base["ppl"],
         "results": {k: {f: v for f, v in r.items() if f != "probes"}
                     for k, r in results.items()}}
+    # Every probe: a quality table per measure (threshold, perplexity and
+    # its increase, tokens differing, mean loops).
+    print()
+    print("| measure | threshold | held-out ppl | vs full depth | tokens "
+          "differing | mean loops |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for kind, r in results.items():
+        for p in sorted(r["probes"], key=lambda p: -p["threshold"]):
+            print("| %s | %.4g | %.3f | %+.1f%% | %.1f%% | %.3f |" % (
+                kind, p["threshold"], p["ppl"],
+                100 * (p["ppl"] / base["ppl"] - 1), 100 * p["disagreement"],
+                p["mean_loops"]))
     print("%.0f s" % (time.time() - t_start))
     if args.dry_run:
         return
     path = os.path.join(args.model, "config.json")
     with open(path) as f:
         config = json.load(f)
-    config["exit_thresholds"] = thresholds
+    # Measures not calibrated this time keep their thresholds.
+    config.setdefault("exit_thresholds", {}).update(thresholds)
+    old = config.get("exit_calibration", {}).get("results", {})
+    calibration["results"] = dict(old, **calibration["results"])
     config["exit_calibration"] = calibration
     model_dir.write_json(config, path)
     print("wrote exit_thresholds %s into %s" % (json.dumps(thresholds), path))
