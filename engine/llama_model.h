@@ -56,7 +56,7 @@ class LlamaModel {
     // Recursive models: the exit classifier (ExitDefaults::classifier),
     // [num_loops - 1, hidden + 1] row-major; empty = none (a kClassifier
     // exit is then INVALID_ARGUMENT).
-    std::vector<float> exit_classifier;
+    std::vector<float> exit_classifier = {};
   };
 
   // What one item did in a step (recursive models; ItemResult's fields).

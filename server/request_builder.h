@@ -64,7 +64,7 @@ class RequestBuilder {
     int32_t num_loops = 1;
     // Recursive models: the early-exit measure and threshold of a request
     // that sets none (its classifier, its calibrated thresholds).
-    ExitDefaults exit_defaults;
+    ExitDefaults exit_defaults = {};
     // The chat format used when a ChatRequest names none; nullopt when the
     // model has no recognisable template (chat then needs chat_template).
     std::optional<ChatFormat> default_chat_format;
