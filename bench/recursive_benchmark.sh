@@ -40,7 +40,7 @@ heldout=${HELDOUT:-/tmp/kjv/heldout.txt}
 quality_windows=${QUALITY_WINDOWS:-8}
 
 # h, the LM head in loops, from the engine alone.
-build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=3 \
+build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
   --sequences=32 --tokens=24 >"$out/exit_cost.txt" 2>&1
 cat "$out/exit_cost.txt" >&2
 
