@@ -127,6 +127,23 @@ float ComputeHiddenExitConfidence(ExitConfidence kind, std::span<const float> h,
   return 0.0f;  // not a hidden-state measure
 }
 
+void ComputeHiddenExitConfidences(const float* state, int64_t hidden,
+                                  std::span<const int32_t> rows,
+                                  const float* prev, const float* classifier,
+                                  std::span<const int32_t> loops,
+                                  std::span<const ExitConfidence> kinds,
+                                  float eps, std::span<float> out) {
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const bool sat = kinds[j] == ExitConfidence::kSaturation;
+    out[j] = ComputeHiddenExitConfidence(
+        kinds[j],
+        std::span<const float>(state + rows[j] * hidden,
+                               static_cast<size_t>(hidden)),
+        sat ? prev + static_cast<int64_t>(j) * hidden : nullptr,
+        sat ? nullptr : classifier + loops[j] * (hidden + 1), eps);
+  }
+}
+
 absl::StatusOr<KvFillPolicy> ParseKvFillPolicy(std::string_view name) {
   if (name == "propagate") return KvFillPolicy::kPropagate;
   if (name == "recompute") return KvFillPolicy::kRecompute;

@@ -85,6 +85,18 @@ float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind,
 float ComputeHiddenExitConfidence(ExitConfidence kind, std::span<const float> h,
                                   const float* prev,
                                   const float* classifier_row, float eps);
+// ComputeHiddenExitConfidence for rows of host arrays (the contract of
+// Backend::HiddenExitConfidences): row j is state[rows[j]] of kinds[j],
+// against prev row j or classifier row loops[j].
+// state: [n, hidden]; prev: [rows, hidden] (may be null without saturation
+// rows); classifier: [early loops, hidden + 1] (may be null without
+// classifier rows); rows, loops, kinds, out: [rows]
+void ComputeHiddenExitConfidences(const float* state, int64_t hidden,
+                                  std::span<const int32_t> rows,
+                                  const float* prev, const float* classifier,
+                                  std::span<const int32_t> loops,
+                                  std::span<const ExitConfidence> kinds,
+                                  float eps, std::span<float> out);
 
 // What happens to the K/V of the loops a token skipped by exiting early.
 enum class KvFillPolicy {

@@ -115,16 +115,8 @@ absl::Status Backend::HiddenExitConfidences(
   if (!p.ok()) return p.status();
   absl::StatusOr<std::vector<float>> c = host(classifier);
   if (!c.ok()) return c.status();
-  const int64_t hidden = state.dim(1);
-  for (size_t j = 0; j < rows.size(); ++j) {
-    const bool sat = kinds[j] == ExitConfidence::kSaturation;
-    out[j] = ComputeHiddenExitConfidence(
-        kinds[j],
-        std::span<const float>(h->data() + rows[j] * hidden,
-                               static_cast<size_t>(hidden)),
-        sat ? p->data() + j * hidden : nullptr,
-        sat ? nullptr : c->data() + loops[j] * (hidden + 1), eps);
-  }
+  ComputeHiddenExitConfidences(h->data(), state.dim(1), rows, p->data(),
+                               c->data(), loops, kinds, eps, out);
   return absl::OkStatus();
 }
 

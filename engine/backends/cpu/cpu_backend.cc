@@ -422,16 +422,8 @@ absl::Status CpuBackend::HiddenExitConfidences(
     return s;
   }
   // O(hidden) per row: serial (a thread hand-off costs more than the work).
-  const int64_t hidden = Cols(state);
-  for (size_t j = 0; j < rows.size(); ++j) {
-    const bool sat = kinds[j] == ExitConfidence::kSaturation;
-    out[j] = ComputeHiddenExitConfidence(
-        kinds[j],
-        std::span<const float>(F32(state) + rows[j] * hidden,
-                               static_cast<size_t>(hidden)),
-        sat ? F32(prev) + static_cast<int64_t>(j) * hidden : nullptr,
-        sat ? nullptr : F32(classifier) + loops[j] * (hidden + 1), eps);
-  }
+  ComputeHiddenExitConfidences(F32(state), Cols(state), rows, F32(prev),
+                               F32(classifier), loops, kinds, eps, out);
   return absl::OkStatus();
 }
 
