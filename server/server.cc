@@ -26,6 +26,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "engine/exit_defaults.h"
 #include "text/chat_template.h"
 
 namespace strata {
@@ -145,12 +146,20 @@ absl::Status Server::Start() {
                            "--chat_template";
   }
 
+  ExitDefaults exit_defaults;  // a recursive model's exit defaults
+  if (config.num_loops > 1) {
+    absl::StatusOr<ExitDefaults> loaded =
+        LoadExitDefaults(options_.model_dir, config);
+    if (!loaded.ok()) return loaded.status();
+    exit_defaults = *std::move(loaded);
+  }
   absl::StatusOr<std::unique_ptr<RequestBuilder>> builder =
       RequestBuilder::Create(RequestBuilder::Options{
           .tokenizer = tokenizer_.get(),
           .vocab_size = std::min(config.vocab_size, tokenizer_->vocab_size()),
           .max_model_len = max_model_len,
           .num_loops = config.num_loops,
+          .exit_defaults = std::move(exit_defaults),
           .default_chat_format = chat_format});
   if (!builder.ok()) return builder.status();
   builder_ = *std::move(builder);

@@ -541,6 +541,22 @@ SoftmaxStats CpuBackend::RowSoftmaxStats(std::span<const float> row) const {
   return {stats.max, stats.sum_exp};
 }
 
+absl::Status CpuBackend::HiddenExitConfidences(
+    const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+    const Tensor& classifier, std::span<const int32_t> loops,
+    std::span<const ExitConfidence> kinds, float eps, std::span<float> out) {
+  if (absl::Status s = CheckHiddenExitConfidenceArgs(state, rows, prev,
+                                                     classifier, loops, kinds,
+                                                     out);
+      !s.ok()) {
+    return s;
+  }
+  // O(hidden) per row: serial (a thread hand-off costs more than the work).
+  ComputeHiddenExitConfidences(F32(state), Cols(state), rows, F32(prev),
+                               F32(classifier), loops, kinds, eps, out);
+  return absl::OkStatus();
+}
+
 void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,
                             Tensor* out) {
   const int64_t width = Cols(x);

@@ -122,6 +122,14 @@ class CpuBackend : public Backend {
   absl::Status ExitConfidences(const Tensor& logits,
                                std::span<const ExitConfidence> kinds,
                                std::span<float> out) override;
+  // Computed in place on the rows (no copies).
+  absl::Status HiddenExitConfidences(const Tensor& state,
+                                     std::span<const int32_t> rows,
+                                     const Tensor& prev,
+                                     const Tensor& classifier,
+                                     std::span<const int32_t> loops,
+                                     std::span<const ExitConfidence> kinds,
+                                     float eps, std::span<float> out) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                   Tensor* out) override;
 

@@ -4,12 +4,15 @@
 // MatMul, MatMul, Add it replaces.
 #include "engine/backends/cpu/cpu_backend.h"
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <span>
 #include <utility>
 #include <vector>
 
+#include "engine/exit_policy.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/bf16_matmul.h"
 #include "kernels/cpu/int8_matmul.h"
@@ -360,6 +363,81 @@ TEST(CpuBackendTest, ExitConfidencesEqualComputeExitConfidence) {
   EXPECT_EQ(got[2], 0.0f);  // tied maxima: margin 0
   std::vector<float> short_out(rows - 1);
   EXPECT_FALSE(backend->ExitConfidences(*t, kinds, short_out).ok());
+  // Hidden-state kinds are not computed from logits.
+  const std::vector<ExitConfidence> hidden_kinds(rows,
+                                                 ExitConfidence::kClassifier);
+  EXPECT_FALSE(backend->ExitConfidences(*t, hidden_kinds, got).ok());
+}
+
+// The hidden-state measures against values worked out by hand, then the CPU
+// override (in place) and the base-class path (host copies) against
+// ComputeHiddenExitConfidence on random rows.
+TEST(CpuBackendTest, HiddenExitConfidences) {
+  // cos([3, 4], [4, 3]) = 24 / 25; classifier w = [1, 0], b = -0.5 on
+  // h = [3, 4]: rms = sqrt(12.5 + eps), z = 3 / rms - 0.5.
+  const float h[2] = {3.0f, 4.0f}, prev[2] = {4.0f, 3.0f};
+  const float row[3] = {1.0f, 0.0f, -0.5f};
+  EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kSaturation, h,
+                                          prev, nullptr, 1e-5f),
+              24.0f / 25.0f, 1e-6f);
+  const double z = 3.0 / std::sqrt(12.5 + 1e-5) - 0.5;
+  EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kClassifier, h,
+                                          nullptr, row, 1e-5f),
+              1.0 / (1.0 + std::exp(-z)), 1e-6);
+  const float zero[2] = {0.0f, 0.0f};
+  EXPECT_EQ(ComputeHiddenExitConfidence(ExitConfidence::kSaturation, h, zero,
+                                        nullptr, 1e-5f),
+            0.0f);
+
+  auto backend = MakeBackend();
+  const int64_t n = 6, hidden = 37, early = 2;
+  const std::vector<float> state = Random(n * hidden, 31);
+  const std::vector<float> prevs = Random(3 * hidden, 32);
+  const std::vector<float> table = Random(early * (hidden + 1), 33);
+  auto st = backend->Upload(state, {n, hidden});
+  auto pv = backend->Upload(prevs, {3, hidden});
+  auto cl = backend->Upload(table, {early, hidden + 1});
+  ASSERT_TRUE(st.ok() && pv.ok() && cl.ok());
+  // Rows 0, 1 saturation (against prev rows 0, 1), row 2 classifier.
+  const std::vector<int32_t> rows = {4, 0, 5};
+  const std::vector<int32_t> loops = {0, 1, 1};
+  const std::vector<ExitConfidence> kinds = {ExitConfidence::kSaturation,
+                                             ExitConfidence::kSaturation,
+                                             ExitConfidence::kClassifier};
+  std::vector<float> got(3), base(3);
+  ASSERT_TRUE(backend
+                  ->HiddenExitConfidences(*st, rows, *pv, *cl, loops, kinds,
+                                          1e-5f, got)
+                  .ok());
+  ASSERT_TRUE(backend
+                  ->Backend::HiddenExitConfidences(*st, rows, *pv, *cl, loops,
+                                                   kinds, 1e-5f, base)
+                  .ok());
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const float want = ComputeHiddenExitConfidence(
+        kinds[j],
+        std::span<const float>(state.data() + rows[j] * hidden, hidden),
+        prevs.data() + j * hidden, table.data() + loops[j] * (hidden + 1),
+        1e-5f);
+    EXPECT_EQ(got[j], want) << j;
+    EXPECT_EQ(base[j], want) << j;
+  }
+  // A row outside the state, a loop outside the classifier, a logit kind.
+  const std::vector<int32_t> bad_rows = {4, 0, 6};
+  EXPECT_FALSE(backend
+                   ->HiddenExitConfidences(*st, bad_rows, *pv, *cl, loops,
+                                           kinds, 1e-5f, got)
+                   .ok());
+  const std::vector<int32_t> bad_loops = {0, 1, 2};
+  EXPECT_FALSE(backend
+                   ->HiddenExitConfidences(*st, rows, *pv, *cl, bad_loops,
+                                           kinds, 1e-5f, got)
+                   .ok());
+  const std::vector<ExitConfidence> logit_kinds(3, ExitConfidence::kMargin);
+  EXPECT_FALSE(backend
+                   ->HiddenExitConfidences(*st, rows, *pv, *cl, loops,
+                                           logit_kinds, 1e-5f, got)
+                   .ok());
 }
 
 }  // namespace
