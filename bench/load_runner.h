@@ -57,8 +57,8 @@ class LoadRunner {
     // Recursive models: early-exit threshold and measure sent with every
     // request; unset: the fields are left out and the server applies the
     // model's defaults (its calibrated threshold, its classifier).
-    std::optional<float> exit_threshold;
-    std::optional<v1::ExitConfidence> exit_confidence;
+    std::optional<float> exit_threshold = std::nullopt;
+    std::optional<v1::ExitConfidence> exit_confidence = std::nullopt;
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
   };
