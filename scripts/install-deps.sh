@@ -13,6 +13,10 @@ PACKAGES=(
   nlohmann-json3-dev
   libpcre2-dev
   libgtest-dev libgmock-dev
+  # TLS: certificate checks (libssl-dev) and the tests' run-time CA (openssl).
+  libssl-dev openssl
+  # Fuzzing and sanitizer builds (libFuzzer, ASan, UBSan, TSan runtimes).
+  clang libclang-rt-14-dev
   # Operations checks (tests/deploy/check_configs.sh, the metrics test's
   # `promtool check metrics`, YAML parsing) and benchmark plots.
   prometheus nginx gnuplot-nox python3-yaml curl
