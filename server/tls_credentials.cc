@@ -195,10 +195,16 @@ grpc_ssl_certificate_config_reload_status TlsCredentials::FetchConfig(
   const grpc_ssl_pem_key_cert_pair pair = {
       .private_key = tls->pem_.private_key.c_str(),
       .cert_chain = tls->pem_.cert_chain.c_str()};
+  // gRPC 1.51 asserts that a fetched config has root certificates
+  // (ssl_security_connector.cc: "config->pem_root_certs != nullptr") even
+  // when no client certificate is requested. Without a client CA the
+  // server's own chain stands in: with GRPC_SSL_DONT_REQUEST_CLIENT_
+  // CERTIFICATE no certificate request is sent and nothing is verified
+  // against it.
+  const std::string& roots =
+      tls->pem_.client_ca.empty() ? tls->pem_.cert_chain : tls->pem_.client_ca;
   // gRPC copies the strings and owns (and destroys) the config.
-  *config = grpc_ssl_server_certificate_config_create(
-      tls->pem_.client_ca.empty() ? nullptr : tls->pem_.client_ca.c_str(),
-      &pair, 1);
+  *config = grpc_ssl_server_certificate_config_create(roots.c_str(), &pair, 1);
   if (*config == nullptr) return GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
   tls->served_generation_ = tls->generation_;
   return GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW;
