@@ -2,12 +2,11 @@
 // tiny-llama tokenizer; chatml and mistral with tiny-qwen2's): Render must
 // return a prompt or an INVALID_ARGUMENT naming the message, and an
 // accepted prompt must tokenize.
-#include <fuzzer/FuzzedDataProvider.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/logging.h"
@@ -42,15 +41,24 @@ std::vector<Format>& Formats() {
 
 }  // namespace
 
+// The input is messages separated by a 0xff byte; each message's first
+// byte picks its role (mod 5, an unknown or empty role included), the rest
+// is its content, at most 32 messages.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  FuzzedDataProvider input(data, size);
-  std::vector<strata::ChatMessage> messages;
   static const char* const kRoles[] = {"system", "user", "assistant", "tool",
                                        ""};
-  while (input.remaining_bytes() > 0 && messages.size() < 32) {
+  std::vector<strata::ChatMessage> messages;
+  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  size_t begin = 0;
+  while (begin < input.size() && messages.size() < 32) {
+    size_t end = input.find('\xff', begin);
+    if (end == std::string_view::npos) end = input.size();
+    const std::string_view part = input.substr(begin, end - begin);
+    begin = end + 1;
+    if (part.empty()) continue;
     strata::ChatMessage message;
-    message.role = kRoles[input.ConsumeIntegralInRange<int>(0, 4)];
-    message.content = input.ConsumeRandomLengthString(512);
+    message.role = kRoles[static_cast<uint8_t>(part[0]) % 5];
+    message.content = std::string(part.substr(1));
     messages.push_back(std::move(message));
   }
   for (Format& format : Formats()) {
