@@ -266,6 +266,11 @@ void Scheduler::Cancel(RequestId id, absl::Status status) {
   cancels_.emplace_back(id, std::move(status));
 }
 
+void Scheduler::StopSequence(RequestId id, int32_t index) {
+  absl::MutexLock lock(&mu_);
+  stops_.emplace_back(id, index);
+}
+
 void Scheduler::StopAccepting() {
   absl::MutexLock lock(&mu_);
   accepting_ = false;
@@ -280,7 +285,8 @@ bool Scheduler::WaitForWork(absl::Duration timeout) {
   if (!waiting_.empty() || !running_.empty()) return true;
   absl::MutexLock lock(&mu_);
   auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return !inbox_.empty() || !cancels_.empty() || !cancel_all_.ok();
+    return !inbox_.empty() || !cancels_.empty() || !stops_.empty() ||
+           !cancel_all_.ok();
   };
   return mu_.AwaitWithTimeout(absl::Condition(&has_work), timeout);
 }
@@ -292,11 +298,13 @@ int32_t Scheduler::num_blocks_used() const { return num_blocks_used_.load(); }
 void Scheduler::DrainInbox() {
   std::vector<Arrival> arrived;
   std::vector<std::pair<RequestId, absl::Status>> cancels;
+  std::vector<std::pair<RequestId, int32_t>> stops;
   absl::Status cancel_all;
   {
     absl::MutexLock lock(&mu_);
     arrived.swap(inbox_);
     cancels.swap(cancels_);
+    stops.swap(stops_);
     cancel_all = std::exchange(cancel_all_, absl::OkStatus());
   }
   for (Arrival& arrival : arrived) {
@@ -325,6 +333,27 @@ void Scheduler::DrainInbox() {
       EndRequest(*it->second, FinishReason::kCancelled, std::move(status));
     }
   }
+  for (const auto& [id, index] : stops) StopSequenceNow(id, index);
+}
+
+void Scheduler::StopSequenceNow(RequestId id, int32_t index) {
+  const auto it = requests_.find(id);
+  if (it == requests_.end() || it->second->ended) return;
+  auto stop_in = [&](auto& list, bool waiting) {
+    for (auto seq = list.begin(); seq != list.end(); ++seq) {
+      if ((*seq)->request->id != id || (*seq)->index != index) continue;
+      if (waiting) {
+        num_waiting_.fetch_sub(1);
+        waiting_tokens_.fetch_sub((*seq)->num_prompt);
+      }
+      EndSequence(**seq, FinishReason::kStop);  // may end the request
+      list.erase(seq);
+      return true;
+    }
+    return false;
+  };
+  if (!stop_in(running_, false)) stop_in(waiting_, true);
+  UpdateCounters();
 }
 
 void Scheduler::EndRequest(Request& request, FinishReason reason,

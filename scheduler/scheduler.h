@@ -75,6 +75,13 @@ class Scheduler {
   // kCancelled with `status`). Unknown or finished ids are ignored.
   void Cancel(RequestId id, absl::Status status = absl::CancelledError());
 
+  // Ends sequence (choice) `index` of a request at the next step with
+  // FinishReason kStop, as if its sink's OnToken had returned false: the
+  // path by which a stop string, matched off the engine thread, ends its
+  // choice (the siblings go on). Unknown ids, indices and finished
+  // sequences are ignored.
+  void StopSequence(RequestId id, int32_t index);
+
   // Engine thread: the next step's plan (empty when there is nothing to do).
   // The spans inside stay valid until Commit().
   StepPlan Schedule();
@@ -150,6 +157,8 @@ class Scheduler {
   // expired, and removes them.
   template <typename List>
   void ReapCancelled(List& list, absl::Time now, bool waiting);
+  // StopSequence, on the engine thread: ends that sequence with kStop now.
+  void StopSequenceNow(RequestId id, int32_t index);
   // Frees a running sequence's blocks and requeues it at the front.
   void Preempt(std::unique_ptr<Sequence> seq);
   // Sequence 0 of an n > 1 request reached its fork point: its siblings are
@@ -174,6 +183,7 @@ class Scheduler {
   mutable absl::Mutex mu_;
   std::vector<Arrival> inbox_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<RequestId, absl::Status>> cancels_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<RequestId, int32_t>> stops_ ABSL_GUARDED_BY(mu_);
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   absl::Status cancel_all_ ABSL_GUARDED_BY(mu_);
   std::atomic<RequestId> next_id_{1};

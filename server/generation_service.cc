@@ -109,19 +109,32 @@ void MirrorFirstChoice(v1::CompletionResponse& response) {
 // set before Cancel can read it.
 class ScheduledGeneration {
  public:
-  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics)
-      : scheduler_(scheduler), metrics_(metrics) {}
+  ScheduledGeneration(Scheduler& scheduler, Metrics* metrics,
+                      OutputWorker* worker)
+      : scheduler_(scheduler), metrics_(metrics), worker_(worker) {}
 
   // On failure nothing was queued and `listener` is never called.
   absl::Status Submit(PreparedRequest prepared, const Tokenizer& tokenizer,
                       GenerationListener* listener, absl::Time deadline) {
+    // The sink outlives this object (the scheduler and the worker hold it):
+    // its stop callback shares the id, set once Submit returns. A stop
+    // string found before then ends the choice at its next token instead.
+    auto id_for_stop = std::make_shared<std::atomic<RequestId>>(0);
+    Scheduler* scheduler = &scheduler_;
     sink_ = std::make_shared<GenerationSink>(
         GenerationSink::Options{
             .tokenizer = &tokenizer,
             .stop_strings = std::move(prepared.stop_strings),
             .logprobs = prepared.logprobs,
             .metrics = metrics_,
-            .n = prepared.n},
+            .n = prepared.n,
+            .worker = worker_,
+            .on_stop =
+                [scheduler, id_for_stop](int32_t index) {
+                  if (const RequestId id = id_for_stop->load(); id != 0) {
+                    scheduler->StopSequence(id, index);
+                  }
+                }},
         listener);
     RequestSpec spec;
     spec.prompt = std::move(prepared.prompt);
@@ -145,6 +158,7 @@ class ScheduledGeneration {
       return id.status();
     }
     id_ = *id;
+    id_for_stop->store(*id);
     return absl::OkStatus();
   }
 
@@ -161,6 +175,7 @@ class ScheduledGeneration {
  private:
   Scheduler& scheduler_;
   Metrics* const metrics_;
+  OutputWorker* const worker_;
   std::shared_ptr<GenerationSink> sink_;
   std::optional<RequestId> id_;
 };
@@ -172,11 +187,11 @@ class UnaryGenerationReactor final : public grpc::ServerUnaryReactor,
   UnaryGenerationReactor(const char* method,
                          grpc::CallbackServerContext* context,
                          grpc::ByteBuffer* response, Scheduler& scheduler,
-                         Metrics* metrics)
+                         Metrics* metrics, OutputWorker* worker)
       : method_(method),
         context_(*context),
         response_(*response),
-        generation_(scheduler, metrics) {}
+        generation_(scheduler, metrics, worker) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
   void Start(absl::StatusOr<PreparedRequest> prepared,
@@ -253,8 +268,11 @@ class StreamGenerationReactor final
  public:
   StreamGenerationReactor(const char* method,
                           grpc::CallbackServerContext* context,
-                          Scheduler& scheduler, Metrics* metrics)
-      : method_(method), context_(*context), generation_(scheduler, metrics) {}
+                          Scheduler& scheduler, Metrics* metrics,
+                          OutputWorker* worker)
+      : method_(method),
+        context_(*context),
+        generation_(scheduler, metrics, worker) {}
 
   // Method handler thread, before the reactor is handed to gRPC.
   void Start(absl::StatusOr<PreparedRequest> prepared,
@@ -396,7 +414,8 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   auto* reactor = new UnaryGenerationReactor(
-      "Complete", context, response, *options_.scheduler, options_.metrics);
+      "Complete", context, response, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
   return reactor;
 }
@@ -404,7 +423,8 @@ grpc::ServerUnaryReactor* GenerationService::Complete(
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   auto* reactor = new StreamGenerationReactor(
-      "CompleteStream", context, *options_.scheduler, options_.metrics);
+      "CompleteStream", context, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(PrepareCompletion(*request), *options_.tokenizer);
   return reactor;
 }
@@ -412,16 +432,18 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::CompleteStream(
 grpc::ServerUnaryReactor* GenerationService::Chat(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  auto* reactor = new UnaryGenerationReactor(
-      "Chat", context, response, *options_.scheduler, options_.metrics);
+  auto* reactor =
+      new UnaryGenerationReactor("Chat", context, response, *options_.scheduler,
+                                 options_.metrics, options_.output_worker);
   reactor->Start(PrepareChat(*request), *options_.tokenizer);
   return reactor;
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::ChatStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  auto* reactor = new StreamGenerationReactor(
-      "ChatStream", context, *options_.scheduler, options_.metrics);
+  auto* reactor =
+      new StreamGenerationReactor("ChatStream", context, *options_.scheduler,
+                                  options_.metrics, options_.output_worker);
   reactor->Start(PrepareChat(*request), *options_.tokenizer);
   return reactor;
 }

@@ -24,6 +24,7 @@
 
 #include "scheduler/scheduler.h"
 #include "server/metrics.h"
+#include "server/output_worker.h"
 #include "server/request_builder.h"
 #include "strata/v1/generation.grpc.pb.h"
 #include "strata/v1/generation.pb.h"
@@ -47,7 +48,10 @@ class GenerationService final : public RawGenerationService {
     const RequestBuilder* builder = nullptr;  // borrowed
     Scheduler* scheduler = nullptr;           // borrowed
     Metrics* metrics = nullptr;               // borrowed; optional
-    v1::ModelInfo model_info;                 // answer of GetModelInfo
+    // Borrowed; optional: where sinks detokenize (inline on the engine
+    // thread without one).
+    OutputWorker* output_worker = nullptr;
+    v1::ModelInfo model_info;  // answer of GetModelInfo
   };
 
   // Everything borrowed must outlive the gRPC server this is registered with.

@@ -39,8 +39,12 @@ GenerationSink::GenerationSink(const Options& options,
     : tokenizer_(*options.tokenizer),
       logprobs_(options.logprobs),
       metrics_(options.metrics),
+      worker_(options.worker),
+      on_stop_(options.on_stop),
       listener_(listener) {
   const int32_t n = std::max(options.n, 1);
+  stopped_ = std::make_unique<std::atomic<bool>[]>(n);
+  for (int32_t i = 0; i < n; ++i) stopped_[i].store(false);
   choices_.reserve(n);
   for (int32_t i = 0; i < n; ++i) {
     choices_.emplace_back(*options.tokenizer, options.stop_strings);
@@ -56,8 +60,37 @@ bool GenerationSink::OnToken(const TokenEvent& event) {
   if (event.index < 0 || event.index >= static_cast<int32_t>(choices_.size())) {
     return false;  // not a choice of this request: a scheduler bug
   }
+  if (worker_ == nullptr) return HandleToken(event);
+  if (stopped_[event.index].load(std::memory_order_acquire)) {
+    ++num_dropped_;  // the scheduler counted it; the client never sees it
+    return false;
+  }
+  worker_->Post(
+      [self = shared_from_this(), event] { self->HandleToken(event); });
+  return true;
+}
+
+void GenerationSink::OnSequenceFinish(int32_t index, FinishReason reason) {
+  if (worker_ == nullptr) return HandleSequenceFinish(index, reason);
+  worker_->Post([self = shared_from_this(), index, reason] {
+    self->HandleSequenceFinish(index, reason);
+  });
+}
+
+void GenerationSink::OnFinish(const FinishInfo& info) {
+  if (worker_ == nullptr) return HandleFinish(info);
+  worker_->Post(
+      [self = shared_from_this(), info] { self->HandleFinish(info); });
+}
+
+bool GenerationSink::HandleToken(const TokenEvent& event) {
   Choice& choice = choices_[event.index];
-  if (choice.stopped || choice.finished) return false;  // not called again
+  if (choice.stopped || choice.finished) {
+    // Only with a worker: the engine ran the choice on before the stop
+    // reached the scheduler. The client never sees the token.
+    ++num_dropped_;
+    return false;
+  }
   const SampledToken& sampled = event.sampled;
   total_loops_ += event.loops;
   ++num_tokens_;
@@ -91,11 +124,25 @@ bool GenerationSink::OnToken(const TokenEvent& event) {
     }
   }
   Deliver(std::move(chunk));
+  if (choice.stopped) {
+    stopped_[event.index].store(true, std::memory_order_release);
+    // A stop token ends the sequence in the scheduler by itself; a stop
+    // string found off the engine thread needs telling.
+    if (worker_ != nullptr && !event.is_stop_token && on_stop_) {
+      on_stop_(event.index);
+    }
+  }
   return !choice.stopped;
 }
 
 void GenerationSink::FinishChoice(int32_t index, FinishReason reason) {
   Choice& choice = choices_[index];
+  // A stop string matched off the engine thread may reach the scheduler
+  // after the choice ran into its length limit: the stop string wins, as it
+  // would have on the engine thread.
+  if (choice.stopped && reason == FinishReason::kLength) {
+    reason = FinishReason::kStop;
+  }
   choice.finished = true;
   ++num_finished_;
   v1::CompletionChunk last;
@@ -122,7 +169,7 @@ void GenerationSink::FinishChoice(int32_t index, FinishReason reason) {
   }
 }
 
-void GenerationSink::OnSequenceFinish(int32_t index, FinishReason reason) {
+void GenerationSink::HandleSequenceFinish(int32_t index, FinishReason reason) {
   if (index < 0 || index >= static_cast<int32_t>(choices_.size()) ||
       choices_[index].finished) {
     return;
@@ -130,7 +177,7 @@ void GenerationSink::OnSequenceFinish(int32_t index, FinishReason reason) {
   FinishChoice(index, reason);
 }
 
-void GenerationSink::OnFinish(const FinishInfo& info) {
+void GenerationSink::HandleFinish(const FinishInfo& info) {
   if (metrics_ != nullptr) metrics_->RecordFinish(info);
   v1::CompletionChunk last;
   absl::Status status = info.status;
@@ -155,6 +202,8 @@ void GenerationSink::OnFinish(const FinishInfo& info) {
     last.set_finish_reason(ToProto(info.reason));
   }
   FillUsage(info.stats, *last.mutable_usage());
+  last.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(
+      info.stats.completion_tokens - num_dropped_.load()));
   if (num_tokens_ > 0) {
     last.mutable_usage()->set_mean_loops(static_cast<double>(total_loops_) /
                                          static_cast<double>(num_tokens_));

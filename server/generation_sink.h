@@ -10,7 +10,15 @@
 // is held back and becomes the final chunk (OnComplete), with the usage, so
 // for n = 1 the output is exactly the single-choice stream.
 //
+// Threads: with an OutputWorker (Options::worker) the RequestSink methods,
+// called on the engine thread, only post the event to the worker, where the
+// detokenizing, stop strings and delivery run; a stop string found there
+// ends its choice through Options::on_stop (Scheduler::StopSequence), and
+// OnToken refuses further tokens of a choice known to have stopped. Without
+// a worker everything runs on the caller's thread, at once.
+//
 // Lifetimes: the scheduler owns the sink (shared_ptr) until after OnFinish;
+// posted events hold it too, until they have run;
 // the RPC reactor that listens may be done before that (client cancelled,
 // deadline). The reactor calls Detach() before it is destroyed; the sink's
 // mutex makes "deliver to the listener" and "detach" exclusive, so the sink
@@ -18,7 +26,10 @@
 #ifndef STRATA_SERVER_GENERATION_SINK_H_
 #define STRATA_SERVER_GENERATION_SINK_H_
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,6 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "scheduler/request.h"
 #include "server/metrics.h"
+#include "server/output_worker.h"
 #include "strata/v1/generation.pb.h"
 #include "text/incremental_detokenizer.h"
 #include "text/stop_string_matcher.h"
@@ -35,9 +47,10 @@
 
 namespace strata {
 
-// Receives a generation's output. Both methods are called on the engine
-// thread with the sink's lock held: they must not block and must not call
-// back into the sink.
+// Receives a generation's output. Both methods are called on the sink's
+// output thread (the OutputWorker; the engine thread without one) with the
+// sink's lock held: they must not block and must not call back into the
+// sink.
 class GenerationListener {
  public:
   virtual ~GenerationListener() = default;
@@ -54,7 +67,8 @@ class GenerationListener {
   virtual void OnComplete(v1::CompletionChunk last, absl::Status status) = 0;
 };
 
-class GenerationSink : public RequestSink {
+class GenerationSink : public RequestSink,
+                       public std::enable_shared_from_this<GenerationSink> {
  public:
   struct Options {
     const Tokenizer* tokenizer = nullptr;  // borrowed; outlives the sink
@@ -62,13 +76,19 @@ class GenerationSink : public RequestSink {
     bool logprobs = false;       // attach a TokenLogprob to each token
     Metrics* metrics = nullptr;  // borrowed; optional: told how it ended
     int32_t n = 1;               // choices (RequestSpec::n), >= 1
+    // Borrowed; outlives the sink's events. nullptr: handle events inline.
+    OutputWorker* worker = nullptr;
+    // With a worker: called there when a stop string ends choice `index`,
+    // so the scheduler stops generating it (Scheduler::StopSequence).
+    std::function<void(int32_t index)> on_stop = nullptr;
   };
 
   // `listener` may be null (the output is then dropped).
   GenerationSink(const Options& options, GenerationListener* listener);
 
   // RequestSink (engine thread). OnToken returns false once a stop string
-  // or stop token has ended the event's choice.
+  // or stop token is known to have ended the event's choice. Must be owned
+  // by a shared_ptr when there is a worker.
   bool OnToken(const TokenEvent& event) override;
   void OnSequenceFinish(int32_t index, FinishReason reason) override;
   void OnFinish(const FinishInfo& info) override;
@@ -90,6 +110,11 @@ class GenerationSink : public RequestSink {
     bool finished = false;    // its last chunk was made
   };
 
+  // The RequestSink methods' work, on the output thread.
+  bool HandleToken(const TokenEvent& event);
+  void HandleSequenceFinish(int32_t index, FinishReason reason);
+  void HandleFinish(const FinishInfo& info);
+
   // Text of a token for logprob alternatives and stop reasons: its bytes,
   // with an incomplete UTF-8 character shown as U+FFFD.
   std::string TokenText(TokenId id) const;
@@ -102,13 +127,23 @@ class GenerationSink : public RequestSink {
   const Tokenizer& tokenizer_;
   const bool logprobs_;
   Metrics* const metrics_;
+  OutputWorker* const worker_;
+  const std::function<void(int32_t)> on_stop_;
+  // stopped_[i]: choice i ended by a stop string or token (set on the output
+  // thread, read by OnToken on the engine thread). [n]
+  std::unique_ptr<std::atomic<bool>[]> stopped_;
 
-  // Engine-thread state (the scheduler never calls one sink concurrently).
+  // Output-thread state (the scheduler never calls one sink concurrently,
+  // and the worker runs its events in order).
   std::vector<Choice> choices_;  // [n]
   // Loops run by the tokens delivered so far (recursive models), for
   // Usage.mean_loops.
   int64_t total_loops_ = 0;
   int64_t num_tokens_ = 0;
+  // Tokens the scheduler generated after their choice's stop string (with a
+  // worker the stop reaches it a step late): dropped, and taken off the
+  // usage's completion tokens. Counted on both threads.
+  std::atomic<int32_t> num_dropped_{0};
   int32_t num_finished_ = 0;
   std::optional<v1::CompletionChunk> held_last_;
 

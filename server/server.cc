@@ -181,6 +181,9 @@ absl::Status Server::Start() {
   if (!scheduler.ok()) return scheduler.status();
   scheduler_ = *std::move(scheduler);
 
+  // Detokenizing and stop strings run here, off the engine thread.
+  output_worker_ = std::make_unique<OutputWorker>();
+
   metrics_ = std::make_unique<Metrics>(Metrics::Options{
       .model_name = ModelName(options_.model_dir),
       .architecture = config.architecture,
@@ -207,6 +210,7 @@ absl::Status Server::Start() {
                                  .builder = builder_.get(),
                                  .scheduler = scheduler_.get(),
                                  .metrics = metrics_.get(),
+                                 .output_worker = output_worker_.get(),
                                  .model_info = model_info_});
 
   const std::shared_ptr<grpc::ServerCredentials> credentials =
@@ -488,6 +492,11 @@ void Server::Shutdown(absl::Duration grace) {
     }
   }
   if (scheduler_ != nullptr) scheduler_->StopAccepting();
+  // The last chunks of finished requests on their way to the reactors.
+  if (output_worker_ != nullptr && !output_worker_->WaitIdle(kCancelGrace)) {
+    STRATA_LOG(WARNING) << "output still being written after "
+                        << absl::FormatDuration(kCancelGrace);
+  }
   if (grpc_server_ != nullptr) {
     // What is still open gets kCancelGrace to end by itself (the last chunks
     // and statuses on their way to clients), then is cancelled: a client

@@ -32,6 +32,7 @@
 #include "scheduler/scheduler.h"
 #include "server/generation_service.h"
 #include "server/metrics.h"
+#include "server/output_worker.h"
 #include "server/readiness_watchdog.h"
 #include "server/request_builder.h"
 #include "server/server_options.h"
@@ -123,10 +124,13 @@ class Server {
 
   // Destroyed bottom-up: the gRPC server first (no call left), then the
   // engine loop (no step left), then the scheduler (whose destructor still
-  // ends held requests, reporting to the metrics), then the engine.
+  // ends held requests, posting to the output worker), then the worker
+  // (which runs what was posted, with the tokenizer and metrics), then the
+  // engine.
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<OutputWorker> output_worker_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<RequestBuilder> builder_;
   std::unique_ptr<EngineLoop> engine_loop_;

@@ -11,7 +11,9 @@
 //   (H100 SXM 3.35 TB/s, H200 4.8 TB/s; printed by name); the decode steps
 //   again as replayed CUDA graphs (decode_graphs_batch_N, with the speedup
 //   over launching op by op).
-// Kernels: paged-attention decode bandwidth at a 32k context, and cuBLASLt
+// Kernels: paged-attention decode bandwidth at a 32k context (grouped vs
+// per-head kernel, bf16 and f16 caches, fraction of peak), the weight-only
+// int8 GEMV at 1..16 rows against the bf16 GEMM (weight GB/s), and cuBLASLt
 // int8 vs f16 GEMM throughput at large shapes.
 #include <cuda_runtime_api.h>
 
@@ -22,6 +24,8 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +35,8 @@
 #include "engine/llama_model.h"
 #include "engine/loader/model_config.h"
 #include "engine/loader/model_weights.h"
+#include "kernels/cuda/decode_attention.h"
+#include "kernels/cuda/int8_matmul.h"
 #include "kernels/cuda/lt_gemm.h"
 #include "kernels/cuda/paged_attention.h"
 #include "nlohmann/json.hpp"
@@ -228,18 +234,20 @@ nlohmann::json BenchModel(const ModelConfig& config, const ModelWeights& host,
   return out;
 }
 
-nlohmann::json BenchAttention(bool quick) {
+// Paged decode attention, 8 rows at a 32k context (8k with --quick), GQA
+// 32/8, head dim 128, block 16, the blocks of each row in shuffled order:
+// bytes of K and V read per call over the time, for the grouped kernel and
+// the per-head kernel side by side, per cache type.
+nlohmann::json BenchAttention(bool quick, double peak) {
   using cuda::AttentionGeometry;
+  using cuda::DecodeKernelChoice;
   using cuda::DecodeRow;
-  using cuda::DecodeWorkspaceBytes;
-  using cuda::LaunchPagedAttentionDecode;
   AttentionGeometry g;
   g.num_heads = 32;
   g.num_kv_heads = 8;
   g.head_dim = 128;
   g.block_size = 16;
   g.scale = 0.088f;
-  g.cache_type = cuda::DType::kF16;
   const int32_t batch = 8, context = quick ? 8192 : 32768;
   const int64_t blocks = static_cast<int64_t>(batch) * context / g.block_size;
   const size_t cache_bytes =
@@ -248,7 +256,7 @@ nlohmann::json BenchAttention(bool quick) {
        *tables = nullptr, *rows = nullptr;
   const size_t q_bytes =
       static_cast<size_t>(batch) * g.num_heads * g.head_dim * 4;
-  const size_t ws_bytes = DecodeWorkspaceBytes(g, batch, context);
+  const size_t ws_bytes = cuda::DecodeWorkspaceBytes(g, batch, context);
   if (cudaMalloc(&k, cache_bytes) != cudaSuccess ||
       cudaMalloc(&v, cache_bytes) != cudaSuccess ||
       cudaMalloc(&q, q_bytes) != cudaSuccess ||
@@ -258,11 +266,14 @@ nlohmann::json BenchAttention(bool quick) {
       cudaMalloc(&rows, batch * sizeof(DecodeRow)) != cudaSuccess) {
     return {{"error", "cudaMalloc failed"}};
   }
-  cudaMemset(k, 0, cache_bytes);
-  cudaMemset(v, 0, cache_bytes);
+  // Small values (bf16 and f16 alike): 0x2c00 is 2^-4 in f16, ~1.6e-12 in
+  // bf16; either way finite scores.
+  cudaMemset(k, 0x2c, cache_bytes);
+  cudaMemset(v, 0x2c, cache_bytes);
   cudaMemset(q, 0, q_bytes);
   std::vector<int32_t> host_tables(blocks);
-  for (int64_t i = 0; i < blocks; ++i) host_tables[i] = static_cast<int32_t>(i);
+  std::iota(host_tables.begin(), host_tables.end(), 0);
+  std::shuffle(host_tables.begin(), host_tables.end(), std::mt19937(1));
   std::vector<DecodeRow> host_rows(batch);
   for (int32_t s = 0; s < batch; ++s) {
     host_rows[s] = {s, context - 1, s * (context / g.block_size)};
@@ -270,26 +281,141 @@ nlohmann::json BenchAttention(bool quick) {
   cudaMemcpy(tables, host_tables.data(), blocks * 4, cudaMemcpyHostToDevice);
   cudaMemcpy(rows, host_rows.data(), batch * sizeof(DecodeRow),
              cudaMemcpyHostToDevice);
-  auto launch = [&]() {
-    return LaunchPagedAttentionDecode(
-        g, static_cast<float*>(q), k, v, static_cast<int32_t*>(tables),
-        static_cast<DecodeRow*>(rows), batch, context, ws,
-        static_cast<float*>(out), nullptr);
-  };
-  launch();
-  cudaDeviceSynchronize();
-  const int iters = 20;
-  const auto t0 = Clock::now();
-  for (int i = 0; i < iters; ++i) launch();
-  const cudaError_t e = cudaDeviceSynchronize();
-  const double s = Seconds(t0, Clock::now()) / iters;
+  const double bytes = 2.0 * cache_bytes;
+  const cuda::DecodePlan plan =
+      cuda::PlanDecode(g, batch, context, cuda::CurrentDeviceSmCount());
+  nlohmann::json result = {{"batch", batch},
+                           {"context", context},
+                           {"num_heads", g.num_heads},
+                           {"num_kv_heads", g.num_kv_heads},
+                           {"head_dim", g.head_dim},
+                           {"block_size", g.block_size},
+                           {"kv_bytes_read", bytes},
+                           {"splits", plan.max_splits},
+                           {"keys_per_split", plan.keys_per_split},
+                           {"target_fraction_of_peak", 0.6}};
+  for (auto [type_name, type] : {std::pair{"bf16", cuda::DType::kBF16},
+                                 std::pair{"f16", cuda::DType::kF16}}) {
+    g.cache_type = type;
+    for (auto [kernel_name, choice] :
+         {std::pair{"grouped", DecodeKernelChoice::kGrouped},
+          std::pair{"per_head", DecodeKernelChoice::kPerHead}}) {
+      auto launch = [&, choice = choice]() {
+        return cuda::LaunchPagedAttentionDecode(
+            g, static_cast<float*>(q), k, v, static_cast<int32_t*>(tables),
+            static_cast<DecodeRow*>(rows), batch, context, ws,
+            static_cast<float*>(out), nullptr, choice);
+      };
+      cudaError_t e = launch();
+      if (e == cudaSuccess) e = cudaDeviceSynchronize();
+      const int iters = choice == DecodeKernelChoice::kGrouped ? 50 : 10;
+      const auto t0 = Clock::now();
+      for (int i = 0; i < iters && e == cudaSuccess; ++i) e = launch();
+      if (e == cudaSuccess) e = cudaDeviceSynchronize();
+      const double sec = Seconds(t0, Clock::now()) / iters;
+      nlohmann::json row;
+      if (e != cudaSuccess) {
+        row = {{"error", cudaGetErrorString(e)}};
+      } else {
+        row = {{"us", sec * 1e6}, {"bandwidth_bytes_per_s", bytes / sec}};
+        if (peak > 0) row["fraction_of_peak"] = bytes / sec / peak;
+        std::fprintf(stderr, "paged decode %s %s: %.1f us, %.0f GB/s\n",
+                     type_name, kernel_name, sec * 1e6, bytes / sec / 1e9);
+      }
+      result[type_name][kernel_name] = row;
+    }
+    const nlohmann::json& r = result[type_name];
+    if (r["grouped"].contains("us") && r["per_head"].contains("us")) {
+      result[type_name]["speedup_grouped_vs_per_head"] =
+          r["per_head"]["us"].get<double>() / r["grouped"]["us"].get<double>();
+    }
+  }
   for (void* p : {k, v, q, out, ws, tables, rows}) cudaFree(p);
-  if (e != cudaSuccess) return {{"error", cudaGetErrorString(e)}};
-  return {{"batch", batch},
-          {"context", context},
-          {"kv_bytes_read", 2.0 * cache_bytes},
-          {"ms", s * 1e3},
-          {"bandwidth_bytes_per_s", 2.0 * cache_bytes / s}};
+  return result;
+}
+
+// Weight-only int8 GEMV (the decode path for 1..16 rows) against the bf16
+// cuBLASLt GEMM on the same shapes: weight bytes read per call over the
+// time, and the int8 time relative to its own 1-row time (the target
+// for a batch-8 step is <= 1.2x the batch-1 step).
+nlohmann::json BenchInt8Gemv(bool quick, double peak) {
+  absl::StatusOr<std::unique_ptr<cuda::LtGemm>> gemm =
+      cuda::LtGemm::Create(32u << 20);
+  if (!gemm.ok()) return {{"error", std::string(gemm.status().message())}};
+  nlohmann::json out = nlohmann::json::array();
+  // The 1.1B model's MLP up (m 8192, k 2048) and down (m 2048, k 8192).
+  const int64_t shapes[][2] = {{8192, 2048}, {2048, 8192}};
+  for (const auto& shape : shapes) {
+    const int64_t m = shape[0], k = shape[1];
+    void *x = nullptr, *x16 = nullptr, *w8 = nullptr, *w16 = nullptr,
+         *scales = nullptr, *o = nullptr;
+    const int64_t max_n = 16;
+    if (cudaMalloc(&x, max_n * k * 4) != cudaSuccess ||
+        cudaMalloc(&x16, max_n * k * 2) != cudaSuccess ||
+        cudaMalloc(&w8, m * k) != cudaSuccess ||
+        cudaMalloc(&w16, m * k * 2) != cudaSuccess ||
+        cudaMalloc(&scales, m * 4) != cudaSuccess ||
+        cudaMalloc(&o, max_n * m * 4) != cudaSuccess) {
+      return {{"error", "cudaMalloc failed"}};
+    }
+    cudaMemset(x, 0, max_n * k * 4);
+    cudaMemset(x16, 0, max_n * k * 2);
+    cudaMemset(w8, 1, m * k);
+    cudaMemset(w16, 0, m * k * 2);
+    cudaMemset(scales, 0, m * 4);
+    nlohmann::json rows = {{"m", m}, {"k", k}};
+    double int8_one_row_us = 0.0;
+    for (int64_t n : {1, 2, 4, 8, 16}) {
+      if (quick && (n == 2 || n == 4)) continue;
+      const int iters = 50;
+      auto time = [&](auto&& launch) -> double {
+        launch();
+        cudaDeviceSynchronize();
+        const auto t0 = Clock::now();
+        for (int i = 0; i < iters; ++i) launch();
+        if (cudaDeviceSynchronize() != cudaSuccess) return -1.0;
+        return Seconds(t0, Clock::now()) / iters;
+      };
+      cudaError_t e8 = cudaSuccess;
+      const double s8 = time([&] {
+        e8 = cuda::LaunchInt8Gemv(static_cast<float*>(x),
+                                  static_cast<int8_t*>(w8),
+                                  static_cast<float*>(scales), n, m, k,
+                                  static_cast<float*>(o), nullptr);
+      });
+      absl::Status s16_status;
+      const double s16 = time([&] {
+        s16_status = (*gemm)->MatMul(cuda::GemmType::kBF16, x16, w16, n, m, k,
+                                     o, nullptr);
+      });
+      nlohmann::json row = {{"n", n}};
+      if (e8 != cudaSuccess || s8 <= 0) {
+        row["int8"] = {{"error", cudaGetErrorString(e8)}};
+      } else {
+        if (n == 1) int8_one_row_us = s8 * 1e6;
+        row["int8"] = {{"us", s8 * 1e6}, {"weight_bytes_per_s", m * k / s8}};
+        if (peak > 0) row["int8"]["fraction_of_peak"] = m * k / s8 / peak;
+        if (int8_one_row_us > 0) {
+          row["int8"]["vs_one_row"] = s8 * 1e6 / int8_one_row_us;
+        }
+      }
+      if (!s16_status.ok() || s16 <= 0) {
+        row["bf16_gemm"] = {{"error", std::string(s16_status.message())}};
+      } else {
+        row["bf16_gemm"] = {{"us", s16 * 1e6},
+                            {"weight_bytes_per_s", 2.0 * m * k / s16}};
+        if (e8 == cudaSuccess && s8 > 0) row["int8_speedup"] = s16 / s8;
+      }
+      std::fprintf(stderr,
+                   "int8 gemv m=%ld k=%ld n=%ld: %.1f us (bf16 gemm %.1f us)\n",
+                   static_cast<long>(m), static_cast<long>(k),
+                   static_cast<long>(n), s8 * 1e6, s16 * 1e6);
+      rows["batches"].push_back(row);
+    }
+    out.push_back(rows);
+    for (void* p : {x, x16, w8, w16, scales, o}) cudaFree(p);
+  }
+  return out;
 }
 
 nlohmann::json BenchGemm(bool quick) {
@@ -365,6 +491,13 @@ int Main(int argc, char** argv) {
   nlohmann::json summary;
   summary["device"] = name;
   summary["peak_bytes_per_s"] = peak;
+  // Written after every section, kernels first: a run cut short by the GPU
+  // check's time budget still leaves every figure measured so far.
+  auto save = [&] { std::ofstream(out_path) << summary.dump(2) << "\n"; };
+  summary["paged_attention"] = BenchAttention(quick, peak);
+  save();
+  summary["int8_gemv"] = BenchInt8Gemv(quick, peak);
+  save();
   const ModelConfig config = BenchConfig(quick);
   const auto t0 = Clock::now();
   const ModelWeights weights = RandomWeights(config);
@@ -374,11 +507,11 @@ int Main(int argc, char** argv) {
     const auto t = Clock::now();
     summary["model"][std::string(q) == "none" ? "bf16" : q] =
         BenchModel(config, weights, q, quick, peak, &device);
+    save();
     std::fprintf(stderr, "model %s in %.1f s\n", q, Seconds(t, Clock::now()));
   }
-  summary["paged_attention"] = BenchAttention(quick);
   summary["gemm"] = BenchGemm(quick);
-  std::ofstream(out_path) << summary.dump(2) << "\n";
+  save();
   std::printf("%s\n", summary.dump(2).c_str());
   return 0;
 }

@@ -1,16 +1,17 @@
 // int8 kernels. Why written this way: decode with int8 weights is bound by
-// reading the weights, so the GEMV gives each output channel one warp that
-// streams its row with 16-byte loads and keeps up to kMaxGemvRows partial
-// sums in registers (x is tiny and stays in L1/L2): ~1 byte per weight read,
-// half of the f16 GEMV's traffic. The LLM.int8() pieces around the cuBLASLt
-// int8 GEMM are memory passes over the activations; outlier detection is a
-// grid-wide flag pass plus a single-CTA ordered compaction so the chosen
+// reading the weights (~1 byte per weight, half of bf16's traffic). The GEMV
+// is int8_gemv.cu's tiled kernel; the one here (a warp per output channel,
+// 16-byte loads when k % 16 == 0, up to kMaxGemvRows partial sums in
+// registers) is the fallback for other shapes. The LLM.int8() pieces around the
+// cuBLASLt int8 GEMM are memory passes over the activations; outlier detection
+// is a grid-wide flag pass plus a single-CTA ordered compaction so the chosen
 // columns (and so the rounding) are deterministic.
 #include <cuda_fp16.h>
 
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/int8_gemv.h"
 #include "kernels/cuda/int8_matmul.h"
 
 namespace strata::cuda {
@@ -244,6 +245,9 @@ cudaError_t LaunchInt8Gemv(const float* x, const int8_t* w, const float* scales,
                            cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   if (n > kMaxGemvRows) return cudaErrorInvalidValue;
+  if (Int8GemvTiledSupports(x, w, n, k)) {
+    return LaunchInt8GemvTiled(x, w, scales, n, m, k, out, stream);
+  }
   const int64_t per_block = kThreads / 32;
   Int8GemvKernel<<<static_cast<unsigned>((m + per_block - 1) / per_block),
                    kThreads, 0, stream>>>(x, w, scales, static_cast<int>(n), m,

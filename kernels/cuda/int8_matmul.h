@@ -22,7 +22,7 @@
 
 namespace strata::cuda {
 
-inline constexpr int32_t kMaxGemvRows = 8;  // weight-only GEMV batch limit
+inline constexpr int32_t kMaxGemvRows = 16;  // weight-only GEMV batch limit
 
 // Per-row absmax quantization. w: [m, k] f32 -> q: [m, k] int8, scales: [m]
 cudaError_t LaunchQuantizeRows(const float* w, int64_t m, int64_t k, int8_t* q,
@@ -34,7 +34,9 @@ cudaError_t LaunchDequantizeRows(const int8_t* q, const float* scales,
                                  void* dst, cudaStream_t stream);
 
 // Weight-only int8: out[i][j] = scales[j] * sum_k x[i][k] * w[j][k], for
-// n <= kMaxGemvRows. x: [n, k] f32, w: [m, k] int8, out: [n, m] f32
+// n <= kMaxGemvRows. x: [n, k] f32, w: [m, k] int8, out: [n, m] f32.
+// The tiled kernel of int8_gemv.h when it applies (k % 16 == 0, aligned),
+// a warp per output channel otherwise.
 cudaError_t LaunchInt8Gemv(const float* x, const int8_t* w, const float* scales,
                            int64_t n, int64_t m, int64_t k, float* out,
                            cudaStream_t stream);

@@ -1,44 +1,29 @@
-// Paged attention kernels. Why written this way: decode attention is a pure
-// bandwidth problem (every cached K/V byte read once per query head group),
-// so the decode kernel streams keys with one warp per key (lane-strided head
-// dims, a 5-step shuffle reduction per dot) and online softmax in registers;
-// long contexts are split across CTAs so a single long sequence still fills
-// the GPU. Prefill is compute-heavier: K/V tiles are staged once in shared
-// memory (as f32) and reused by kPrefillTile query rows. Both are plain CUDA
-// cores (no tensor-core MMA): simple, correct first versions; the napkin
-// figure for decode is bytes = 2 * ctx * kv_dim * 2 per layer per sequence,
-// compared against the card's peak in bench/gpu.
-// Query head h reads kv head h / (num_heads / num_kv_heads) (GQA); each query
-// head re-reads its kv head's keys (served from L2 for the group).
+// Paged attention kernels: the KV write, the prefill kernel, and the
+// per-head decode kernel for the geometries the grouped decode kernel
+// (decode_attention.cu, which LaunchPagedAttentionDecode prefers) does not
+// take: f32 caches, head dims other than 64/128/256, block sizes that are not
+// powers of two. The per-head decode kernel streams keys with one warp per
+// key (lane-strided head dims, a 5-step shuffle reduction per dot) and online
+// softmax in registers; long contexts are split across CTAs. Each query head
+// re-reads its kv head's keys (from L2 at best), which is why the grouped
+// kernel exists. Prefill is compute-heavier: K/V tiles are staged once in
+// shared memory (as f32) and reused by kPrefillTile query rows, on CUDA cores
+// (no tensor-core MMA yet).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
+#include "kernels/cuda/decode_attention.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/paged_attention_kernel.cuh"
 
 namespace strata::cuda {
 namespace {
-
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kDimsPerLane = kMaxHeadDim / 32;  // 8
-constexpr int kKeyTile = 16;                    // prefill keys per smem tile
-
-template <typename T>
-__device__ __forceinline__ const T* KeyRow(const T* cache, const int32_t* table,
-                                           int32_t position, int32_t kv_head,
-                                           const AttentionGeometry& g) {
-  const int32_t block = table[position / g.block_size];
-  const int32_t offset = position % g.block_size;
-  return cache + ((static_cast<int64_t>(block) * g.num_kv_heads + kv_head) *
-                      g.block_size +
-                  offset) *
-                     g.head_dim;
-}
-
-// ---- kernels ----
 
 template <typename T>
 __global__ void WriteKvKernel(AttentionGeometry g, const float* __restrict__ k,
@@ -59,133 +44,6 @@ __global__ void WriteKvKernel(AttentionGeometry g, const float* __restrict__ k,
         d;
     k_cache[dst] = FromFloat<T>(k[t]);
     v_cache[dst] = FromFloat<T>(v[t]);
-  }
-}
-
-// grid (num_rows, num_heads, max_splits); kThreads threads.
-// Partials: [num_rows, num_heads, max_splits, head_dim + 2] f32 (acc, m, l).
-template <typename T>
-__global__ void DecodeKernel(AttentionGeometry g, const float* __restrict__ q,
-                             const T* __restrict__ k_cache,
-                             const T* __restrict__ v_cache,
-                             const int32_t* __restrict__ block_tables,
-                             const DecodeRow* __restrict__ rows,
-                             float* __restrict__ partials,
-                             float* __restrict__ out) {
-  __shared__ float s_m[kWarps], s_l[kWarps];
-  __shared__ float s_acc[kWarps][kMaxHeadDim];
-  const DecodeRow r = rows[blockIdx.x];
-  const int head = blockIdx.y, split = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int32_t context = r.position + 1;
-  const int32_t row_splits = (context + kSplitKeys - 1) / kSplitKeys;
-  if (split >= row_splits) return;  // uniform for the CTA
-  const int kv_head = head / (g.num_heads / g.num_kv_heads);
-  const int32_t* table = block_tables + r.table_offset;
-  const int64_t q_width = static_cast<int64_t>(g.num_heads) * g.head_dim;
-  const float* qh = q + r.row * q_width + head * g.head_dim;
-
-  float qr[kDimsPerLane], acc[kDimsPerLane];
-#pragma unroll
-  for (int t = 0; t < kDimsPerLane; ++t) {
-    const int d = lane + 32 * t;
-    qr[t] = d < g.head_dim ? qh[d] * g.scale : 0.0f;
-    acc[t] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  const int32_t begin = split * kSplitKeys;
-  const int32_t end = min(context, begin + kSplitKeys);
-  for (int32_t j = begin + warp; j < end; j += kWarps) {
-    const T* kr = KeyRow(k_cache, table, j, kv_head, g);
-    float dot = 0.0f;
-#pragma unroll
-    for (int t = 0; t < kDimsPerLane; ++t) {
-      const int d = lane + 32 * t;
-      if (d < g.head_dim) dot += qr[t] * ToFloat(kr[d]);
-    }
-    const float s = WarpSum(dot);
-    const float m_new = fmaxf(m, s);
-    const float correction = expf(m - m_new);  // 0 when m was -inf
-    const float p = expf(s - m_new);
-    l = l * correction + p;
-    const T* vr = KeyRow(v_cache, table, j, kv_head, g);
-#pragma unroll
-    for (int t = 0; t < kDimsPerLane; ++t) {
-      const int d = lane + 32 * t;
-      if (d < g.head_dim) acc[t] = acc[t] * correction + p * ToFloat(vr[d]);
-    }
-    m = m_new;
-  }
-  if (lane == 0) {
-    s_m[warp] = m;
-    s_l[warp] = l;
-  }
-#pragma unroll
-  for (int t = 0; t < kDimsPerLane; ++t) {
-    const int d = lane + 32 * t;
-    if (d < g.head_dim) s_acc[warp][d] = acc[t];
-  }
-  __syncthreads();
-  float m_all = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w]);
-  float l_all = 0.0f;
-  float factor[kWarps];
-  for (int w = 0; w < kWarps; ++w) {
-    factor[w] = s_l[w] > 0.0f ? expf(s_m[w] - m_all) : 0.0f;
-    l_all += s_l[w] * factor[w];
-  }
-  for (int d = threadIdx.x; d < g.head_dim; d += kThreads) {
-    float a = 0.0f;
-    for (int w = 0; w < kWarps; ++w) a += s_acc[w][d] * factor[w];
-    if (row_splits == 1) {
-      out[r.row * q_width + head * g.head_dim + d] = a / l_all;
-    } else {
-      float* p =
-          partials +
-          ((static_cast<int64_t>(blockIdx.x) * gridDim.y + head) * gridDim.z +
-           split) *
-              (g.head_dim + 2);
-      p[d] = a;
-      if (d == 0) {
-        p[g.head_dim] = m_all;
-        p[g.head_dim + 1] = l_all;
-      }
-    }
-  }
-}
-
-// grid (num_rows, num_heads); merges the splits of rows that have several.
-__global__ void DecodeCombineKernel(AttentionGeometry g,
-                                    const DecodeRow* __restrict__ rows,
-                                    int max_splits,
-                                    const float* __restrict__ partials,
-                                    float* __restrict__ out) {
-  const DecodeRow r = rows[blockIdx.x];
-  const int head = blockIdx.y;
-  const int32_t row_splits = (r.position + kSplitKeys) / kSplitKeys;
-  if (row_splits == 1) return;
-  const float* base =
-      partials + (static_cast<int64_t>(blockIdx.x) * gridDim.y + head) *
-                     max_splits * (g.head_dim + 2);
-  float m_all = -INFINITY;
-  for (int s = 0; s < row_splits; ++s) {
-    m_all = fmaxf(m_all, base[s * (g.head_dim + 2) + g.head_dim]);
-  }
-  float l_all = 0.0f;
-  for (int s = 0; s < row_splits; ++s) {
-    const float* p = base + s * (g.head_dim + 2);
-    if (p[g.head_dim + 1] > 0.0f) {
-      l_all += p[g.head_dim + 1] * expf(p[g.head_dim] - m_all);
-    }
-  }
-  const int64_t q_width = static_cast<int64_t>(g.num_heads) * g.head_dim;
-  for (int d = threadIdx.x; d < g.head_dim; d += blockDim.x) {
-    float a = 0.0f;
-    for (int s = 0; s < row_splits; ++s) {
-      const float* p = base + s * (g.head_dim + 2);
-      if (p[g.head_dim + 1] > 0.0f) a += p[d] * expf(p[g.head_dim] - m_all);
-    }
-    out[r.row * q_width + head * g.head_dim + d] = a / l_all;
   }
 }
 
@@ -321,20 +179,48 @@ cudaError_t LaunchWriteKv(const AttentionGeometry& g, const float* k,
 size_t DecodeWorkspaceBytes(const AttentionGeometry& g, int64_t num_rows,
                             int64_t max_context) {
   const int32_t splits = MaxSplits(max_context);
-  if (splits <= 1) return 0;
-  return static_cast<size_t>(num_rows) * g.num_heads * splits *
-         (g.head_dim + 2) * sizeof(float);
+  const size_t per_head = splits <= 1
+                              ? 0
+                              : static_cast<size_t>(num_rows) * g.num_heads *
+                                    splits * (g.head_dim + 2) * sizeof(float);
+  const DecodePlan plan =
+      PlanDecode(g, num_rows, max_context, CurrentDeviceSmCount());
+  return std::max(per_head, GroupedDecodeWorkspaceBytes(g, plan, num_rows));
 }
 
-cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
-                                       const float* q, const void* k_cache,
-                                       const void* v_cache,
-                                       const int32_t* block_tables,
-                                       const DecodeRow* rows, int64_t num_rows,
-                                       int64_t max_context, void* workspace,
-                                       float* out, cudaStream_t stream) {
+cudaError_t LaunchPagedAttentionDecode(
+    const AttentionGeometry& g, const float* q, const void* k_cache,
+    const void* v_cache, const int32_t* block_tables, const DecodeRow* rows,
+    int64_t num_rows, int64_t max_context, void* workspace, float* out,
+    cudaStream_t stream, DecodeKernelChoice choice) {
   if (num_rows == 0) return cudaSuccess;
   if (g.head_dim > kMaxHeadDim || g.head_dim <= 0) return cudaErrorInvalidValue;
+  // STRATA_CUDA_DECODE_KERNEL=per_head turns the grouped kernel off for kAuto
+  // (a diagnostic switch for a first GPU run: the kernel was written without
+  // one). Read once.
+  static const bool per_head_only = [] {
+    const char* v = std::getenv("STRATA_CUDA_DECODE_KERNEL");
+    return v != nullptr && std::string_view(v) == "per_head";
+  }();
+  if (choice == DecodeKernelChoice::kAuto && per_head_only) {
+    choice = DecodeKernelChoice::kPerHead;
+  }
+  if (choice != DecodeKernelChoice::kPerHead) {
+    const DecodePlan plan =
+        PlanDecode(g, num_rows, max_context, CurrentDeviceSmCount());
+    // 16-byte loads: q rows and cache views must start 16-byte aligned (they
+    // do for the engine's tensors; a view at an odd offset takes the per-head
+    // kernel rather than faulting).
+    const bool aligned = ((reinterpret_cast<uintptr_t>(q) |
+                           reinterpret_cast<uintptr_t>(k_cache) |
+                           reinterpret_cast<uintptr_t>(v_cache)) &
+                          15) == 0;
+    if (plan.supported && aligned) {
+      return LaunchGroupedDecode(g, plan, q, k_cache, v_cache, block_tables,
+                                 rows, num_rows, workspace, out, stream);
+    }
+    if (choice == DecodeKernelChoice::kGrouped) return cudaErrorInvalidValue;
+  }
   const int32_t splits = MaxSplits(max_context);
   const dim3 grid(static_cast<unsigned>(num_rows),
                   static_cast<unsigned>(g.num_heads),
@@ -362,12 +248,10 @@ cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   if (splits > 1) {
-    DecodeCombineKernel<<<dim3(static_cast<unsigned>(num_rows),
-                               static_cast<unsigned>(g.num_heads)),
-                          kThreads, 0, stream>>>(g, rows, splits, partials,
-                                                 out);
+    return LaunchDecodeCombine(g, kSplitKeys, rows, num_rows, splits, partials,
+                               out, stream);
   }
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 cudaError_t LaunchPagedAttentionPrefill(

@@ -5,13 +5,17 @@
 // Block tables are flattened into one device array; each query row or tile
 // names the offset of its sequence's table in it.
 //
-// Two attention kernels:
-//  * Decode (one new token per sequence, or any single row): one CTA per
-//    (row, query head, split of kSplitKeys keys); a row whose context is
-//    longer than kSplitKeys is split over several CTAs whose partial
-//    (max, sum, acc) are merged by a second kernel (flash-decoding). The split
-//    count of a row depends only on its own context length, so its result
-//    does not depend on the rest of the batch.
+// Attention kernels:
+//  * Decode (one new token per sequence, or any single row), grouped
+//    (decode_attention.h, for f16/bf16 caches with head_dim 64/128/256 and
+//    power-of-two blocks): one CTA per (row, kv head, KV split) serves the
+//    whole GQA group, so the cache is streamed once; the split count follows
+//    the batch, the context and the SM count, so a row's rounding can depend
+//    on the rest of the batch (the CUDA backend is not batch invariant).
+//  * Decode, per head (every other geometry): one CTA per (row, query head,
+//    split of kSplitKeys keys); a row whose context is longer than kSplitKeys
+//    is split over several CTAs whose partial (max, sum, acc) are merged by a
+//    second kernel (flash-decoding).
 //  * Prefill (a chunk of new tokens of one sequence): one CTA per (tile of
 //    kPrefillTile query rows, query head); K/V tiles of the cached prefix and
 //    of the chunk are staged in shared memory once per tile and reused by
@@ -63,21 +67,23 @@ cudaError_t LaunchWriteKv(const AttentionGeometry& g, const float* k,
                           const float* v, const int32_t* slots, int64_t n,
                           void* k_cache, void* v_cache, cudaStream_t stream);
 
-// Workspace bytes LaunchPagedAttentionDecode needs for num_rows rows whose
-// longest context is max_context keys.
+// Which decode kernel LaunchPagedAttentionDecode runs: kAuto is the grouped
+// one where it applies; the others are for benchmarks and tests side by side.
+enum class DecodeKernelChoice { kAuto, kPerHead, kGrouped };
+
+// Workspace bytes LaunchPagedAttentionDecode needs (any choice) for num_rows
+// rows whose longest context is max_context keys.
 size_t DecodeWorkspaceBytes(const AttentionGeometry& g, int64_t num_rows,
                             int64_t max_context);
 
 //   q, out:       [*, num_heads * head_dim] f32 (rows named by `rows`)
 //   block_tables: flat device array; rows: [num_rows] device
 //   workspace:    DecodeWorkspaceBytes(...) bytes of device memory
-cudaError_t LaunchPagedAttentionDecode(const AttentionGeometry& g,
-                                       const float* q, const void* k_cache,
-                                       const void* v_cache,
-                                       const int32_t* block_tables,
-                                       const DecodeRow* rows, int64_t num_rows,
-                                       int64_t max_context, void* workspace,
-                                       float* out, cudaStream_t stream);
+cudaError_t LaunchPagedAttentionDecode(
+    const AttentionGeometry& g, const float* q, const void* k_cache,
+    const void* v_cache, const int32_t* block_tables, const DecodeRow* rows,
+    int64_t num_rows, int64_t max_context, void* workspace, float* out,
+    cudaStream_t stream, DecodeKernelChoice choice = DecodeKernelChoice::kAuto);
 
 //   tiles: [num_tiles] device
 cudaError_t LaunchPagedAttentionPrefill(

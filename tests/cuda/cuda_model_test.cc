@@ -23,9 +23,7 @@
 namespace strata {
 namespace {
 
-std::string ModelDir(const std::string& name = "strata-tiny") {
-  return std::string(STRATA_SOURCE_DIR) + "/models/" + name;
-}
+using testing_cuda::ModelDir;
 
 std::unique_ptr<ModelRunner> Runner(const std::string& backend,
                                     const std::string& dtype,

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -34,6 +35,17 @@ inline std::unique_ptr<CudaBackend> MakeCuda(
   if (backend == nullptr) {                                          \
     GTEST_SKIP() << "no CUDA device: " << strata_why_;               \
   }
+
+// A bundled model's folder: under $STRATA_MODELS_DIR when set (a bundle made
+// by scripts/gpu-bundle.sh runs on a host without the source tree), else the
+// source tree's models/.
+inline std::string ModelDir(const std::string& name = "strata-tiny") {
+  const char* dir = std::getenv("STRATA_MODELS_DIR");
+  const std::string root = dir != nullptr && dir[0] != '\0'
+                               ? std::string(dir)
+                               : std::string(STRATA_SOURCE_DIR) + "/models";
+  return root + "/" + name;
+}
 
 inline std::unique_ptr<CpuBackend> MakeCpu() {
   CpuBackend::Options options;

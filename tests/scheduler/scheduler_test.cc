@@ -802,6 +802,39 @@ TEST(SchedulerNTest, EachChoiceStopsOnItsOwn) {
             static_cast<int32_t>(8 + 3 + (two_end - two.begin())));
 }
 
+TEST(SchedulerNTest, StopSequenceEndsOneChoiceWithStopAtTheNextStep) {
+  auto scheduler = *Scheduler::Create(SmallOptions());
+  SimExecutor executor(4, 64, 32, 8);
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  for (int i = 0; i < 7; ++i) spec.prompt.push_back(i + 1);
+  spec.n = 2;
+  spec.max_tokens = 6;
+  spec.sink = sink;
+  const RequestId id = *scheduler->Submit(spec);
+  for (int i = 0; i < 3; ++i) Step(*scheduler, executor);
+  ASSERT_EQ(sink->choice_tokens[1].size(), 2u);
+  // As a stop string matched off the engine thread does: choice 1 ends at
+  // the next step, with kStop, and no further token; choice 0 goes on.
+  scheduler->StopSequence(id, 1);
+  scheduler->StopSequence(id, 7);       // no such choice: ignored
+  scheduler->StopSequence(id + 99, 0);  // no such request: ignored
+  Step(*scheduler, executor);
+  EXPECT_EQ(sink->choice_reasons.at(1), FinishReason::kStop);
+  EXPECT_EQ(sink->choice_tokens[1].size(), 2u);
+  EXPECT_EQ(sink->finishes, 0);
+  RunToIdle(*scheduler, executor);
+  ASSERT_EQ(sink->finishes, 1);
+  EXPECT_EQ(sink->choice_tokens[0].size(), 6u);
+  EXPECT_EQ(sink->choice_reasons.at(0), FinishReason::kLength);
+  EXPECT_EQ(sink->finish.stats.completion_tokens, 6 + 2);
+  EXPECT_EQ(scheduler->num_blocks_used(), 0);
+  // A stop for a finished request changes nothing.
+  scheduler->StopSequence(id, 0);
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(sink->finishes, 1);
+}
+
 TEST(SchedulerNTest, CancelEndsEverySiblingOnceAndFreesTheirBlocks) {
   auto scheduler = *Scheduler::Create(SmallOptions());
   SimExecutor executor(4, 64, 32, 8);

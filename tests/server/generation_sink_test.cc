@@ -7,12 +7,15 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/output_worker.h"
 #include "text/tokenizer.h"
 #include "text/utf8.h"
 
@@ -349,6 +352,61 @@ TEST_F(GenerationSinkTest, DetachedSinkDeliversNothing) {
   sink->OnFinish(Finished(FinishReason::kLength));
   EXPECT_EQ(listener_.chunks.size(), 1u);
   EXPECT_EQ(listener_.num_complete, 0);
+}
+
+// With an OutputWorker the engine thread only posts: decoding, the stop
+// string and delivery run on the worker, which reports the stop through
+// on_stop; tokens the engine ran past it are dropped and not counted; a
+// length finish that raced the stop is reported as the stop.
+TEST_F(GenerationSinkTest, WorkerDecodesOffTheEngineThreadAndReportsStops) {
+  OutputWorker worker;
+  std::vector<int32_t> stopped;  // written on the worker, read after WaitIdle
+  std::thread::id decoded_on;
+  struct ThreadListener : RecordingListener {
+    std::thread::id* on;
+    void OnChunk(v1::CompletionChunk chunk) override {
+      *on = std::this_thread::get_id();
+      RecordingListener::OnChunk(std::move(chunk));
+    }
+  } listener;
+  listener.on = &decoded_on;
+  auto sink = std::make_shared<GenerationSink>(
+      GenerationSink::Options{
+          .tokenizer = tokenizer_,
+          .stop_strings = {"llama"},
+          .worker = &worker,
+          .on_stop = [&](int32_t index) { stopped.push_back(index); }},
+      &listener);
+  const std::vector<TokenId> ids = Encode("a tiny llama runs far");
+  // The engine thread posts every token before the worker has run any (the
+  // scheduler would have kept going too): each is accepted.
+  {
+    absl::Notification hold;
+    worker.Post([&] { hold.WaitForNotification(); });
+    for (TokenId id : ids) EXPECT_TRUE(sink->OnToken(Event(id)));
+    hold.Notify();
+  }
+  ASSERT_TRUE(worker.WaitIdle(absl::Seconds(10)));
+  EXPECT_NE(decoded_on, std::this_thread::get_id());
+  EXPECT_EQ(stopped, std::vector<int32_t>{0});
+  // Known to have stopped now: the engine is told so at once (the scheduler
+  // has counted that token too).
+  EXPECT_FALSE(sink->OnToken(Event(ids.back())));
+  // The scheduler saw the length limit first.
+  sink->OnSequenceFinish(0, FinishReason::kLength);
+  FinishInfo info = Finished(FinishReason::kLength);
+  info.stats.completion_tokens = static_cast<int32_t>(ids.size()) + 1;
+  sink->OnFinish(info);
+  ASSERT_TRUE(worker.WaitIdle(absl::Seconds(10)));
+  ASSERT_TRUE(listener.last.has_value());
+  EXPECT_EQ(listener.Text(), "a tiny ");
+  EXPECT_EQ(listener.last->finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(listener.last->stop_reason(), "llama");
+  // Tokens up to and including the one that completed "llama" count; the
+  // ones after it were never shown.
+  const size_t shown = listener.Ids().size();
+  EXPECT_LT(shown, ids.size());
+  EXPECT_EQ(listener.last->usage().completion_tokens(), shown);
 }
 
 }  // namespace

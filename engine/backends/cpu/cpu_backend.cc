@@ -270,11 +270,11 @@ bool CpuBackend::AddLowRank(const Tensor& x,
   std::vector<Task> tasks;
   constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
   for (const LowRankSegment& seg : segments) {
-    const auto* a = dynamic_cast<const PackedWeightStorage*>(seg.a->storage());
-    const auto* b = dynamic_cast<const PackedWeightStorage*>(seg.b->storage());
-    // Only pairs uploaded as kAdapter (packed); others take the caller's
-    // per-segment path.
-    if (a == nullptr || b == nullptr) return false;
+    // Packed (kAdapter) and plain f32 factors alike, as the CUDA backend
+    // accepts both: the op must not depend on how a test or loader uploaded
+    // its pair.
+    STRATA_CHECK(seg.a->type() == ElementType::kF32 &&
+                 seg.b->type() == ElementType::kF32);
     STRATA_CHECK(Cols(*seg.a) == k && Rows(*seg.b) == m &&
                  Cols(*seg.b) == Rows(*seg.a));
     STRATA_CHECK(seg.first_row >= 0 && seg.first_row + seg.num_rows <= Rows(x));
@@ -290,13 +290,20 @@ bool CpuBackend::AddLowRank(const Tensor& x,
     thread_local std::vector<float> low, update;
     low.resize(static_cast<size_t>(t.num_rows * rank));
     update.resize(static_cast<size_t>(t.num_rows * m));
-    const auto* a =
-        static_cast<const PackedWeightStorage*>(t.segment->a->storage());
-    const auto* b =
-        static_cast<const PackedWeightStorage*>(t.segment->b->storage());
-    a->Multiply(inline_ctx, F32(x) + t.first_row * k, t.num_rows, rank, k,
-                low.data());
-    b->Multiply(inline_ctx, low.data(), t.num_rows, m, rank, update.data());
+    // in [rows, cols] times w^T -> [rows, w rows], as MatMul computes it.
+    auto multiply = [&](const Tensor& w, const float* in, int64_t rows,
+                        int64_t cols, float* product) {
+      if (const auto* packed =
+              dynamic_cast<const PackedWeightStorage*>(w.storage());
+          packed != nullptr) {
+        packed->Multiply(inline_ctx, in, rows, Rows(w), cols, product);
+      } else {
+        cpu::MatMul(inline_ctx, in, F32(w), rows, Rows(w), cols, product);
+      }
+    };
+    multiply(*t.segment->a, F32(x) + t.first_row * k, t.num_rows, k,
+             low.data());
+    multiply(*t.segment->b, low.data(), t.num_rows, rank, update.data());
     cpu::Add(inline_ctx, update.data(), t.num_rows * m,
              F32(*out) + t.first_row * m);
   });

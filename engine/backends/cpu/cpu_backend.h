@@ -69,8 +69,9 @@ class CpuBackend : public Backend {
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;
   // One thread-pool job for all segments (tasks of up to 8 rows of one
-  // segment): PackedMatMul, PackedMatMul and Add per task on the worker,
-  // which are row-wise, so the bits equal those of the per-segment calls.
+  // segment): MatMul, MatMul and Add per task on the worker (packed or plain
+  // f32 factors, like MatMul), which are row-wise, so the bits equal those of
+  // the per-segment calls. Never declines.
   bool AddLowRank(const Tensor& x, std::span<const LowRankSegment> segments,
                   Tensor* out) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps,

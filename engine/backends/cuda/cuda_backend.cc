@@ -22,6 +22,7 @@
 #include "kernels/cuda/dtype.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/exit_confidence.h"
+#include "kernels/cuda/int8_gemv.h"
 #include "kernels/cuda/int8_matmul.h"
 #include "kernels/cuda/kv_block_copy.h"
 #include "kernels/cuda/low_rank.h"
@@ -670,8 +671,17 @@ void CudaBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
       !Record(CudaStatus(cuda::LaunchGatherOutlierWeights(
                              wq, w_scales, m, k, cols, cap, *wo, stream),
                          "GatherOutlierWeights")) ||
-      !Record(impl_->gemm->MatMul(cuda::GemmType::kI8, *xq, wq, n, m, k, *acc,
-                                  stream)) ||
+      // Inliers: at decode batch sizes a GEMV that streams the weights once
+      // (exact int32, so the same bits as the GEMM), else cuBLASLt int8.
+      !Record(n <= cuda::kMaxGemvRows &&
+                      cuda::Int8DotGemvSupports(static_cast<const int8_t*>(*xq),
+                                                wq, n, k)
+                  ? CudaStatus(cuda::LaunchInt8DotGemv(
+                                   static_cast<const int8_t*>(*xq), wq, n, m, k,
+                                   static_cast<int32_t*>(*acc), stream),
+                               "Int8DotGemv")
+                  : impl_->gemm->MatMul(cuda::GemmType::kI8, *xq, wq, n, m, k,
+                                        *acc, stream)) ||
       !Record(impl_->gemm->MatMul(cuda::GemmType::kF16, *xo, *wo, n, m, cap,
                                   *oo, stream))) {
     return;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -65,29 +66,35 @@ TEST(CpuBackendTest, TableKeepsItsRowsAndMultipliesPacked) {
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_NEAR(pa[i], pb[i], 1e-5);
 }
 
-// Segments of different lengths (over and under the 8-row task size), each
-// with its own pair: the gathered op equals MatMul, MatMul, Add per segment
-// bit for bit.
-TEST(CpuBackendTest, GatheredLowRankEqualsPerSegmentProducts) {
+// The gathered op against MatMul, MatMul, Add per segment, which it must
+// equal bit for bit. `packed`: factors uploaded as kAdapter (packed) or as
+// plain f32 tensors (Upload); the op accepts both, as the CUDA backend does.
+void ExpectLowRankEqualsPerSegment(
+    int64_t n, int64_t k, int64_t m, int64_t rank,
+    const std::vector<std::pair<int, int>>& spans, bool packed) {
   auto backend = MakeBackend();
-  const int64_t n = 23, k = 40, m = 33, rank = 4;
   const std::vector<float> x_host = Random(n * k, 3);
   const std::vector<float> base = Random(n * m, 4);
   auto x = backend->Upload(x_host, {n, k});
   ASSERT_TRUE(x.ok());
   std::vector<Tensor> as, bs;
-  for (int s = 0; s < 3; ++s) {
-    auto a = backend->UploadWeight(Random(rank * k, 10 + s), {rank, k},
-                                   WeightRole::kAdapter);
-    auto b = backend->UploadWeight(Random(m * rank, 20 + s), {m, rank},
-                                   WeightRole::kAdapter);
+  for (size_t s = 0; s < spans.size(); ++s) {
+    const std::vector<float> a_host = Random(rank * k, 10 + s);
+    const std::vector<float> b_host = Random(m * rank, 20 + s);
+    auto a =
+        packed ? backend->UploadWeight(a_host, {rank, k}, WeightRole::kAdapter)
+               : backend->Upload(a_host, {rank, k});
+    auto b =
+        packed ? backend->UploadWeight(b_host, {m, rank}, WeightRole::kAdapter)
+               : backend->Upload(b_host, {m, rank});
     ASSERT_TRUE(a.ok() && b.ok());
     as.push_back(*std::move(a));
     bs.push_back(*std::move(b));
   }
-  const std::vector<LowRankSegment> segments = {{0, 11, &as[0], &bs[0]},
-                                                {11, 3, &as[1], &bs[1]},
-                                                {14, 9, &as[2], &bs[2]}};
+  std::vector<LowRankSegment> segments;
+  for (size_t s = 0; s < spans.size(); ++s) {
+    segments.push_back({spans[s].first, spans[s].second, &as[s], &bs[s]});
+  }
 
   auto fused = backend->Upload(base, {n, m});
   ASSERT_TRUE(fused.ok());
@@ -110,6 +117,34 @@ TEST(CpuBackendTest, GatheredLowRankEqualsPerSegmentProducts) {
   EXPECT_EQ(0,
             std::memcmp(got.data(), want.data(), got.size() * sizeof(float)));
   EXPECT_NE(got, base);  // the products were added at all
+  // Rows no segment covers keep their values.
+  std::vector<bool> covered(static_cast<size_t>(n), false);
+  for (auto [first, count] : spans) {
+    for (int i = first; i < first + count; ++i) covered[i] = true;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (covered[i]) continue;
+    for (int64_t j = 0; j < m; ++j) {
+      ASSERT_EQ(got[i * m + j], base[i * m + j]) << "row " << i;
+    }
+  }
+}
+
+// Segments of different lengths (over and under the 8-row task size), each
+// with its own packed pair.
+TEST(CpuBackendTest, GatheredLowRankEqualsPerSegmentProducts) {
+  ExpectLowRankEqualsPerSegment(23, 40, 33, 4, {{0, 11}, {11, 3}, {14, 9}},
+                                /*packed=*/true);
+}
+
+// The shape of CudaOpsTest.AddLowRankMatchesCpu (odd k and m, three segments
+// and a gap of uncovered rows) with plain f32 factors, which the CPU once
+// declined while the CUDA backend accepted them.
+TEST(CpuBackendTest, GatheredLowRankAcceptsPlainFactors) {
+  ExpectLowRankEqualsPerSegment(29, 201, 333, 8, {{0, 5}, {5, 12}, {22, 7}},
+                                /*packed=*/false);
+  ExpectLowRankEqualsPerSegment(29, 201, 333, 8, {{0, 5}, {5, 12}, {22, 7}},
+                                /*packed=*/true);
 }
 
 // The exit confidences the engine asks the backend for equal
