@@ -85,8 +85,11 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     sampling->set_max_tokens(static_cast<uint32_t>(request.output_len));
     sampling->set_temperature(options.temperature);
     sampling->set_ignore_eos(options.ignore_eos);
-    if (options.exit_threshold < 1.0f) {
-      sampling->set_exit_threshold(options.exit_threshold);
+    if (options.exit_threshold.has_value()) {
+      sampling->set_exit_threshold(*options.exit_threshold);
+    }
+    if (options.exit_confidence.has_value()) {
+      sampling->set_exit_confidence(*options.exit_confidence);
     }
     request_timeout_ = options.request_timeout;
   }

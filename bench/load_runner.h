@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,8 +55,11 @@ class LoadRunner {
     // Sampling sent with every request (max_tokens comes from the workload).
     float temperature = 0;   // greedy
     bool ignore_eos = true;  // so output lengths are exactly max_tokens
-    // Recursive models: early-exit threshold (>= 1: unset, full depth).
-    float exit_threshold = 1.0f;
+    // Recursive models: early-exit threshold and measure sent with every
+    // request; unset: the fields are left out and the server applies the
+    // model's defaults (its calibrated threshold, its classifier).
+    std::optional<float> exit_threshold;
+    std::optional<v1::ExitConfidence> exit_confidence;
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
     // TLS or mutual TLS to the daemon (default: plaintext).

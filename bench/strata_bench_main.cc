@@ -16,7 +16,9 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "bench/benchmark.h"
@@ -97,9 +99,14 @@ ABSL_FLAG(int32_t, max_token_id, 0,
           "Random prompts: token ids below this (0 = the model's vocab_size).");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of prompts, lengths and arrival times.");
 ABSL_FLAG(double, temperature, 0, "Sampling temperature (0 = greedy).");
-ABSL_FLAG(double, exit_threshold, 1.0,
+ABSL_FLAG(double, exit_threshold, -1,
           "Recursive models: early-exit confidence threshold sent with every "
-          "request (>= 1: full depth, the field is left unset).");
+          "request (1 = full depth; < 0: unset, the model's calibrated "
+          "default applies).");
+ABSL_FLAG(std::string, exit_confidence, "",
+          "Recursive models: early-exit measure sent with every request: "
+          "max_prob, margin, saturation or classifier (empty: unset, the "
+          "model's default).");
 ABSL_FLAG(bool, ignore_eos, true,
           "Keep generating past EOS so output lengths equal max_tokens.");
 // Goodput.
@@ -190,8 +197,20 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
       absl::GetFlag(FLAGS_abort_after_errors);
   o.runner.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
   o.runner.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
-  o.runner.exit_threshold =
-      static_cast<float>(absl::GetFlag(FLAGS_exit_threshold));
+  if (const double t = absl::GetFlag(FLAGS_exit_threshold); t >= 0) {
+    o.runner.exit_threshold = static_cast<float>(t);
+  }
+  if (const std::string c = absl::GetFlag(FLAGS_exit_confidence); !c.empty()) {
+    v1::ExitConfidence value;
+    if (!v1::ExitConfidence_Parse(
+            absl::StrCat("EXIT_CONFIDENCE_", absl::AsciiStrToUpper(c)),
+            &value)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--exit_confidence: unknown measure '", c,
+          "' (max_prob, margin, saturation or classifier)"));
+    }
+    o.runner.exit_confidence = value;
+  }
   o.runner.progress_interval = Seconds(absl::GetFlag(FLAGS_progress_s));
   o.runner.tls = {.ca_file = absl::GetFlag(FLAGS_tls_ca),
                   .cert_file = absl::GetFlag(FLAGS_tls_cert),

@@ -49,6 +49,14 @@ void EngineLoop::Run() {
     }
     if (plan.items.empty()) {
       scheduler.Commit(StepResult{});
+      if (options_.observer != nullptr) {
+        StepStats idle;
+        idle.num_running = scheduler.num_running();
+        idle.num_waiting = scheduler.num_waiting();
+        idle.num_blocks_used = scheduler.num_blocks_used();
+        idle.num_blocks_total = scheduler.options().num_blocks;
+        options_.observer->OnIdle(idle);
+      }
       continue;
     }
     const absl::Time start = absl::Now();

@@ -40,6 +40,11 @@ class StepObserver {
  public:
   virtual ~StepObserver() = default;
   virtual void OnStep(const StepStats& stats) = 0;
+  // A scheduling round that ran nothing (e.g. its requests were all
+  // cancelled): only the occupancy fields of `stats` are set (num_running,
+  // num_waiting, num_blocks_used, num_blocks_total), so that gauges do not
+  // keep the last busy step's values while the engine idles.
+  virtual void OnIdle(const StepStats& /*stats*/) {}
 };
 
 class EngineLoop {

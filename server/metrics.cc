@@ -95,6 +95,15 @@ Metrics::Metrics(const Options& options)
   requests_rejected_ = &requests.Add({{"outcome", "rejected"}});
   requests_error_ = &requests.Add({{"outcome", "error"}});
 
+  api_requests_ =
+      &prometheus::BuildCounter()
+           .Name("strata_api_requests_total")
+           .Help("Requests received, by protocol (grpc, http) and endpoint")
+           .Register(r);
+  http_responses_open_ =
+      &AddGauge(r, "strata_http_responses_open",
+                "Generations being answered over HTTP (unary or streaming)");
+
   requests_running_ =
       &AddGauge(r, "strata_requests_running", "Requests in the running batch");
   requests_waiting_ = &AddGauge(r, "strata_requests_waiting",
@@ -268,6 +277,26 @@ void Metrics::RecordFinish(const FinishInfo& info) {
 }
 
 void Metrics::RecordRejected() { requests_rejected_->Increment(); }
+
+void Metrics::OnIdle(const StepStats& stats) {
+  requests_running_->Set(stats.num_running);
+  requests_waiting_->Set(stats.num_waiting);
+  kv_blocks_used_->Set(stats.num_blocks_used);
+  kv_blocks_total_->Set(stats.num_blocks_total);
+}
+
+void Metrics::RecordApiRequest(absl::string_view protocol,
+                               absl::string_view endpoint) {
+  // Family::Add returns the existing child for labels it has seen.
+  api_requests_
+      ->Add({{"protocol", std::string(protocol)},
+             {"endpoint", std::string(endpoint)}})
+      .Increment();
+}
+
+void Metrics::AddOpenHttpResponses(int delta) {
+  http_responses_open_->Increment(static_cast<double>(delta));
+}
 
 void Metrics::SetEngineStalled(bool stalled) {
   engine_stalled_->Set(stalled ? 1 : 0);

@@ -12,12 +12,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
+#include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -73,6 +75,8 @@ class Metrics : public StepObserver {
   // the increments of the scheduler's running totals (preemptions, prefix
   // cache) since the previous call.
   void OnStep(const StepStats& stats) override;
+  // The queue and KV gauges only (a round that ran nothing).
+  void OnIdle(const StepStats& stats) override;
 
   // A generated token ran `loops` loops (exit depth; 1 on a plain model).
   void RecordTokenLoops(int32_t loops);
@@ -84,6 +88,16 @@ class Metrics : public StepObserver {
   // Admission refused the request (RESOURCE_EXHAUSTED or UNAVAILABLE at
   // Submit): counts it as outcome="rejected".
   void RecordRejected();
+
+  // A request arrived on the public API: strata_api_requests_total by
+  // protocol ("grpc" or "http") and endpoint (the gRPC method or the HTTP
+  // path). Counted once, before validation, so refused requests show too.
+  void RecordApiRequest(absl::string_view protocol, absl::string_view endpoint);
+
+  // HTTP responses in flight (strata_http_responses_open): +1 when a
+  // generation starts answering over HTTP, -1 when its connection is done
+  // with it (written, failed or abandoned by the client).
+  void AddOpenHttpResponses(int delta);
 
   // Result of the readiness watchdog: 1 while the engine loop is stuck.
   void SetEngineStalled(bool stalled);
@@ -105,6 +119,8 @@ class Metrics : public StepObserver {
   prometheus::Gauge* kv_blocks_used_;
   prometheus::Gauge* kv_blocks_total_;
   prometheus::Gauge* engine_stalled_;
+  prometheus::Family<prometheus::Counter>* api_requests_;
+  prometheus::Gauge* http_responses_open_;
 
   prometheus::Counter* prefix_queried_tokens_;
   prometheus::Counter* prefix_hit_tokens_;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/exit_defaults.h"
 #include "engine/step.h"
 #include "server/request_validator.h"
 #include "strata/v1/generation.pb.h"
@@ -61,6 +62,9 @@ class RequestBuilder {
     int32_t max_model_len = 0;
     // Loops of a recursive model (1 = a plain model).
     int32_t num_loops = 1;
+    // Recursive models: the early-exit measure and threshold of a request
+    // that sets none (its classifier, its calibrated thresholds).
+    ExitDefaults exit_defaults = {};
     // The chat format used when a ChatRequest names none; nullopt when the
     // model has no recognisable template (chat then needs chat_template).
     std::optional<ChatFormat> default_chat_format;

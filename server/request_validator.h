@@ -39,6 +39,9 @@ class RequestValidator {
     // Loops of a recursive model (1 = a plain model): early exit needs
     // more than one, and exit_min_loops may be at most this.
     int32_t num_loops = 1;
+    // Whether the model has an exit classifier (exit_confidence
+    // CLASSIFIER needs one).
+    bool has_exit_classifier = false;
   };
 
   explicit RequestValidator(const Limits& limits) : limits_(limits) {}

@@ -31,6 +31,7 @@
 #include "scheduler/engine_loop.h"
 #include "scheduler/scheduler.h"
 #include "server/generation_service.h"
+#include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/output_worker.h"
 #include "server/readiness_watchdog.h"
@@ -78,6 +79,10 @@ class Server {
   // "host:port" as bound.
   std::string address() const;
   const v1::ModelInfo& model_info() const { return model_info_; }
+  // The port of the OpenAI-compatible HTTP API; 0 when off.
+  int32_t http_port() const {
+    return http_server_ != nullptr ? http_server_->port() : 0;
+  }
   // The port /metrics is served on; 0 when off.
   int32_t metrics_port() const { return metrics_->exposer_port(); }
   const ServerOptions& options() const { return options_; }
@@ -103,6 +108,8 @@ class Server {
   absl::Status WarmUp();
   // Waits until the scheduler holds no request or `timeout` passes.
   bool WaitForIdle(absl::Duration timeout) const;
+  // Starts the OpenAI-compatible HTTP API when options_.http_port is set.
+  absl::Status StartHttp(const ModelConfig& config);
   // Binds and listens on options_.host:options_.port (sets port_); the
   // accepted connections go to gRPC through acceptor_ (AcceptLoop).
   absl::Status Listen();
@@ -139,6 +146,10 @@ class Server {
   std::unique_ptr<TlsCredentials> tls_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<ReadinessWatchdog> watchdog_;
+  // What gRPC health says for strata.v1.Generation, for GET /health.
+  std::atomic<bool> serving_{false};
+  // Stopped before the engine loop, like the gRPC server.
+  std::unique_ptr<HttpServer> http_server_;
 };
 
 }  // namespace strata

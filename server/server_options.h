@@ -59,6 +59,15 @@ struct ServerOptions {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;
+  // OpenAI-compatible HTTP API (docs/api-http.md) on this port; 0 = off.
+  int32_t http_port = 0;
+  int32_t http_threads = 2;
+  size_t http_max_body_bytes = 4 << 20;
+  absl::Duration http_request_timeout = absl::Seconds(30);
+  absl::Duration http_write_timeout = absl::Seconds(30);
+  // The model id of /v1/models and of the "model" field; "" = the model
+  // folder's name.
+  std::string served_model_name;
 };
 
 // INVALID_ARGUMENT naming the option for a value no model could make valid:

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -23,15 +24,35 @@
 #include "engine/exit_policy.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, model, "models/strata-tiny",
+ABSL_FLAG(std::string, model, "models/strata-recursive-tiny",
           "Model folder: config.json, tokenizer.json, tokenizer_config.json "
-          "and model.safetensors (or an index plus shards).");
+          "and model.safetensors (or an index plus shards). The default is "
+          "the bundled trained model.");
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on; 0.0.0.0 (or ::) serves other machines.");
 ABSL_FLAG(int32_t, port, 50051, "TCP port; 0 picks a free one.");
 ABSL_FLAG(int32_t, metrics_port, 0,
           "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 9464); "
           "0 = off.");
+ABSL_FLAG(int32_t, http_port, 0,
+          "Serve the OpenAI-compatible HTTP API (/v1/completions, "
+          "/v1/chat/completions, /v1/models, /health) on this port, e.g. "
+          "8000; 0 = off. See docs/api-http.md.");
+ABSL_FLAG(std::string, served_model_name, "",
+          "The model id the HTTP API reports and accepts in \"model\"; "
+          "empty = the model folder's name.");
+ABSL_FLAG(int32_t, http_threads, 2,
+          "Threads serving HTTP connections (parsing, writing); generation "
+          "runs on the engine thread.");
+ABSL_FLAG(int64_t, http_max_body_bytes, 4 << 20,
+          "HTTP request bodies above this are refused with 413.");
+ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(30),
+          "Time to receive one whole HTTP request (headers and body, and "
+          "the idle time before it on a kept-alive connection).");
+ABSL_FLAG(absl::Duration, http_write_timeout, absl::Seconds(30),
+          "An HTTP write making no progress for this long ends the "
+          "connection and cancels its generation (a client that stopped "
+          "reading).");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written to this file once serving "
           "(handy with --port=0).");
@@ -66,11 +87,14 @@ ABSL_FLAG(std::string, kv_fill, "propagate",
           "recompute (the skipped loops run later, exact).");
 ABSL_FLAG(std::string, dtype, "",
           "Device backends: weight and KV cache dtype, bf16 or f16; empty = "
-          "the backend's default (bf16 on cuda). The cpu backend refuses it "
-          "(f32 weights, or bf16 panels when the checkpoint is bf16).");
+          "the backend's default (bf16 on cuda). cpu: bf16 multiplies bf16 "
+          "weights by bf16 activations (vdpbf16ps, AVX-512 BF16), f16 is "
+          "refused; empty = f32 compute (docs/engine.md).");
 ABSL_FLAG(std::string, quantization, "none",
-          "Linear-layer weights: none, int8 (weight-only) or llm.int8; a "
-          "backend that cannot honour the value refuses to start.");
+          "Linear-layer weights: none, int8 or llm.int8 (cuda: weight-only "
+          "int8; cpu: int8 weights x per-row int8 activations, "
+          "docs/engine.md); a backend that cannot honour the value refuses "
+          "to start.");
 ABSL_FLAG(int32_t, device, 0, "CUDA backend: device ordinal.");
 ABSL_FLAG(float, llm_int8_threshold, 6.0f,
           "--quantization=llm.int8: activation columns with |x| >= this are "
@@ -125,14 +149,18 @@ namespace strata {
 namespace {
 
 constexpr char kUsage[] =
-    R"(stratad serves a Llama-family language model over gRPC
+    R"(stratad serves a Llama-family language model over gRPC and, with
+--http_port, the OpenAI-compatible HTTP API
 (service strata.v1.Generation, plus grpc.health.v1 and server reflection).
 
 Usage: stratad [flags]
 
 Example:
-  stratad --model=models/strata-tiny --port=50051
+  stratad --port=50051 --http_port=8000
   strata-cli --addr=127.0.0.1:50051 complete "Once upon a time"
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
+    -d '{"prompt": "Once upon a time", "max_tokens": 16}'
+
 
 SIGHUP reloads the TLS files (--tls_cert, --tls_key, --tls_client_ca).
 Stop it with Ctrl-C or SIGTERM: it turns health NOT_SERVING, refuses new
@@ -231,6 +259,14 @@ int Run(int argc, char** argv) {
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.http_port = absl::GetFlag(FLAGS_http_port);
+  options.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.http_max_body_bytes =
+      static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(
+                                                   FLAGS_http_max_body_bytes)));
+  options.http_request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
+  options.http_write_timeout = absl::GetFlag(FLAGS_http_write_timeout);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options);
   if (!server.ok()) {
@@ -256,6 +292,13 @@ int Run(int argc, char** argv) {
       info.architecture().c_str(), info.num_layers(), info.context_length(),
       info.chat_template().empty() ? "none" : info.chat_template().c_str(),
       info.backend().c_str(), metrics.c_str(), (*server)->address().c_str());
+  if ((*server)->http_port() != 0) {
+    std::printf(
+        "  OpenAI-compatible HTTP API on http://%s:%d/v1 (model id \"%s\")\n",
+        options.host.c_str(), (*server)->http_port(),
+        options.served_model_name.empty() ? info.name().c_str()
+                                          : options.served_model_name.c_str());
+  }
   std::fflush(stdout);
 
   if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
