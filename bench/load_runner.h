@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "bench/metrics.h"
 #include "bench/workload.h"
+#include "client/channel_credentials.h"
 #include "grpcpp/grpcpp.h"
 #include "strata/v1/generation.grpc.pb.h"
 
@@ -61,6 +62,8 @@ class LoadRunner {
     std::optional<v1::ExitConfidence> exit_confidence = std::nullopt;
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
+    // TLS or mutual TLS to the daemon (default: plaintext).
+    ClientTlsOptions tls = {};
   };
 
   struct RunOptions {
@@ -81,10 +84,16 @@ class LoadRunner {
     double duration_s = 0;               // first send -> last request ended
     int64_t num_sent = 0;
     int64_t max_concurrent_requests = 0;
+    // In flight at max_run_time and cancelled by the bench (their records
+    // say cancelled_by_bench); not an abort when the send window (duration)
+    // had ended by then.
+    int64_t num_cancelled_by_bench = 0;
     bool aborted = false;      // stopped sending early (errors or deadline)
     std::string abort_reason;  // why, for the report
   };
 
+  // INVALID_ARGUMENT for a bad option (a non-loopback target without
+  // allow_remote_target, unreadable TLS files, ...).
   static absl::StatusOr<std::unique_ptr<LoadRunner>> Create(
       const Options& options);
   ~LoadRunner();
@@ -99,7 +108,8 @@ class LoadRunner {
                                 const RunOptions& run);
 
  private:
-  explicit LoadRunner(const Options& options);
+  LoadRunner(const Options& options,
+             std::shared_ptr<grpc::ChannelCredentials> credentials);
 
   Options options_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;      // [num_channels]

@@ -34,6 +34,15 @@ ABSL_FLAG(bool, allow_remote_target, false,
           "Allow a target that is not on this machine.");
 ABSL_FLAG(int32_t, num_channels, 1,
           "gRPC connections to open (requests are spread round-robin).");
+ABSL_FLAG(std::string, tls_ca, "",
+          "TLS: PEM CA bundle that signed stratad's certificate (turns TLS "
+          "on).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Mutual TLS: the bench's PEM certificate chain (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "Mutual TLS: the bench's PEM key.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "TLS: name to check the server's certificate against instead of "
+          "the target's host.");
 // Load shape.
 ABSL_FLAG(std::string, mode, "closed",
           "closed: --concurrency clients send back to back; open: requests "
@@ -203,6 +212,10 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
     o.runner.exit_confidence = value;
   }
   o.runner.progress_interval = Seconds(absl::GetFlag(FLAGS_progress_s));
+  o.runner.tls = {.ca_file = absl::GetFlag(FLAGS_tls_ca),
+                  .cert_file = absl::GetFlag(FLAGS_tls_cert),
+                  .key_file = absl::GetFlag(FLAGS_tls_key),
+                  .server_name = absl::GetFlag(FLAGS_tls_server_name)};
 
   absl::StatusOr<WorkloadKind> kind =
       ParseWorkloadKind(absl::GetFlag(FLAGS_workload));

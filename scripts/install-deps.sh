@@ -13,6 +13,10 @@ PACKAGES=(
   nlohmann-json3-dev
   libpcre2-dev
   libgtest-dev libgmock-dev
+  # TLS: certificate checks (libssl-dev) and the tests' run-time CA (openssl).
+  libssl-dev openssl
+  # Fuzzing and sanitizer builds (libFuzzer, ASan, UBSan, TSan runtimes).
+  clang libclang-rt-14-dev
   # The OpenAI-compatible HTTP API: Boost.Beast/Asio (header only).
   libboost-dev
   # tests/openai: the official `openai` npm client runs on Node from Debian

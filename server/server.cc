@@ -104,6 +104,15 @@ v1::ModelInfo Server::BuildModelInfo(
 
 absl::Status Server::Start() {
   if (absl::Status st = ValidateServerOptions(options_); !st.ok()) return st;
+  // TLS files are checked before the model loads (a typo fails fast).
+  if (!options_.tls_cert_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TlsCredentials>> tls =
+        TlsCredentials::Create({.cert_file = options_.tls_cert_file,
+                                .key_file = options_.tls_key_file,
+                                .client_ca_file = options_.tls_client_ca_file});
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+  }
 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       Tokenizer::FromDirectory(options_.model_dir);
@@ -213,13 +222,17 @@ absl::Status Server::Start() {
                                  .output_worker = output_worker_.get(),
                                  .model_info = model_info_});
 
+  const std::shared_ptr<grpc::ServerCredentials> credentials =
+      tls_ != nullptr ? tls_->server_credentials()
+                      : grpc::InsecureServerCredentials();
   if (absl::Status st = Listen(); !st.ok()) return st;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder_grpc;
-  // No AddListeningPort: connections come from our listener (AcceptLoop).
+  // No AddListeningPort: connections come from our listener (AcceptLoop),
+  // and the acceptor's credentials (TLS or plaintext) handshake them.
   acceptor_ = builder_grpc.experimental().AddExternalConnectionAcceptor(
       grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
-      grpc::InsecureServerCredentials());
+      credentials);
   // Connections end gracefully after max_connection_age; a call in flight
   // then may run as long as it needs (the age's grace is unbounded).
   builder_grpc.AddChannelArgument(
@@ -342,6 +355,14 @@ absl::Status Server::WarmUp() {
         absl::StrCat("warm-up step failed: ", st.ToString()));
   }
   return absl::OkStatus();
+}
+
+absl::Status Server::ReloadTls() {
+  if (tls_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "TLS is off (start stratad with --tls_cert and --tls_key)");
+  }
+  return tls_->Reload();
 }
 
 bool Server::WaitForIdle(absl::Duration timeout) const {

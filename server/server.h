@@ -37,6 +37,7 @@
 #include "server/readiness_watchdog.h"
 #include "server/request_builder.h"
 #include "server/server_options.h"
+#include "server/tls_credentials.h"
 #include "strata/v1/generation.pb.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -85,6 +86,12 @@ class Server {
   // The port /metrics is served on; 0 when off.
   int32_t metrics_port() const { return metrics_->exposer_port(); }
   const ServerOptions& options() const { return options_; }
+
+  // Re-reads the TLS certificate, key and client CA (stratad: on SIGHUP).
+  // New connections get them; open ones keep theirs and are not dropped. An
+  // error (unreadable files, a key not of the certificate) changes nothing.
+  // FAILED_PRECONDITION when TLS is off.
+  absl::Status ReloadTls();
 
  private:
   explicit Server(const ServerOptions& options) : options_(options) {}
@@ -135,6 +142,8 @@ class Server {
   std::unique_ptr<RequestBuilder> builder_;
   std::unique_ptr<EngineLoop> engine_loop_;
   std::unique_ptr<GenerationService> service_;
+  // Null when TLS is off; outlives grpc_server_, whose handshakes call it.
+  std::unique_ptr<TlsCredentials> tls_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<ReadinessWatchdog> watchdog_;
   // What gRPC health says for strata.v1.Generation, for GET /health.

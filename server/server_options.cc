@@ -71,6 +71,16 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
           name, ": must be at least 1ms, got ", absl::FormatDuration(timeout)));
     }
   }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        options.tls_cert_file.empty()
+            ? "tls_cert: required with tls_key"
+            : "tls_key: required with tls_cert");
+  }
+  if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_client_ca: mutual TLS needs tls_cert and tls_key too");
+  }
   return absl::OkStatus();
 }
 
