@@ -15,9 +15,11 @@
 #       [-- strata-bench flags, e.g. --concurrency=8 --num_requests=100]
 #
 # --a/--b are split on spaces (no quoting inside). The daemon always gets
-# --host=127.0.0.1 --port=PORT --port_file=...; do not pass those. Results:
-# DIR/{A,B}.<round>.json, daemon logs DIR/{A,B}.<round>.log, and
-# DIR/compare.json. Exit status: 0 when every run completed, 1 on setup
+# --host=127.0.0.1 --port=PORT --port_file=... --metrics_port=PORT+1; do not
+# pass those. Results: DIR/{A,B}.<round>.json, daemon logs
+# DIR/{A,B}.<round>.log, DIR/compare.json, and the engine's own side of each
+# run, scraped from /metrics around the benchmark: engine steps per second
+# and mean step time (DIR/{A,B}.<round>.engine, summed up at the end). Exit status: 0 when every run completed, 1 on setup
 # failure, 2 when some run was aborted or a daemon failed (those rounds are
 # left out of the comparison and named).
 set -euo pipefail
@@ -97,6 +99,14 @@ stop_daemon() {
 trap stop_daemon EXIT
 trap 'stop_daemon; exit 130' INT TERM
 
+# "STEPS STEP_SECONDS" from the running daemon's /metrics ("0 0" if it has
+# none to give).
+engine_counters() {
+  curl -fsS --max-time 5 "http://127.0.0.1:$((port + 1))/metrics" 2>/dev/null |
+    awk '/^strata_engine_steps_total /{s=$2} /^strata_engine_step_duration_seconds_sum /{d=$2}
+         END {printf "%s %s\n", (s == "" ? 0 : s), (d == "" ? 0 : d)}'
+}
+
 # run_one NAME BIN FLAGS ROUND: one daemon start, one benchmark, one stop.
 # Prints nothing on success; returns 1 if this round must be left out.
 run_one() {
@@ -111,7 +121,7 @@ run_one() {
   rm -f "${port_file}" "${json}"
   echo "== round ${round}/${rounds}: ${name} (${label}): ${bin} ${flags}"
   "${bin}" "${daemon_flags[@]}" --host=127.0.0.1 --port="${port}" \
-    --port_file="${port_file}" >"${log}" 2>&1 &
+    --port_file="${port_file}" --metrics_port="$((port + 1))" >"${log}" 2>&1 &
   daemon_pid=$!
   local waited=0
   until [[ -s "${port_file}" ]]; do
@@ -131,9 +141,21 @@ run_one() {
     waited=$((waited + 1))
   done
   local status=0
+  local before after t0 t1
+  before="$(engine_counters)"
+  t0="$(date +%s.%N)"
   "${bench}" --target="127.0.0.1:${port}" --result_json="${json}" \
     --label="${label}" --connect_timeout_s="${startup_timeout}" \
     "${bench_flags[@]}" || status=$?
+  t1="$(date +%s.%N)"
+  after="$(engine_counters)"
+  # steps/s over the benchmark's wall time, and the mean step's duration.
+  echo "${before} ${after} ${t0} ${t1}" | awk '{
+      steps = $3 - $1; secs = $4 - $2; wall = $6 - $5;
+      printf "%.1f %.3f %d\n", steps / wall, (steps > 0 ? 1000 * secs / steps : 0), steps
+    }' >"${out}/${name}.${round}.engine"
+  echo "   engine: $(awk '{printf "%.1f steps/s, mean step %.3f ms, %d steps", $1, $2, $3}' \
+    "${out}/${name}.${round}.engine")"
   if ! kill -0 "${daemon_pid}" 2>/dev/null; then
     echo "compare.sh: ${name} died during the run; see ${log}" >&2
     status=3
@@ -170,6 +192,13 @@ echo
   --compare_a_label="${a_label}: ${a_bin##"${root}"/} ${a_flags}" \
   --compare_b_label="${b_label}: ${b_bin##"${root}"/} ${b_flags}" \
   --compare_json="${out}/compare.json"
+echo
+# The engine's side: steps per second and mean step time, per configuration.
+for name in A B; do
+  cat "${out}/${name}".*.engine 2>/dev/null | awk -v n="${name}" '
+    { s += $1; t += $2; k++ }
+    END { if (k) printf "engine %s: %.1f steps/s, mean step %.3f ms (%d rounds)\n", n, s / k, t / k, k }'
+done
 echo
 echo "Results and daemon logs: ${out}"
 if ((failures > 0)); then

@@ -1,9 +1,13 @@
 // strata-cpu-kernels-bench: the CPU matrix-product kernels side by side in one
-// run -- the dot-product MatMul (weights as uploaded) against PackedMatMul
-// (Linear weights repacked into column panels) -- on the shapes of a 53M
-// Llama's projections, at batch sizes from a single decode token to a
-// prefill chunk. Prints GFLOP/s of each and their ratio; on a shared machine
-// read the ratio, not the absolute figures (docs/benchmarks.md).
+// run -- the dot-product MatMul (weights as uploaded), PackedMatMul (Linear
+// weights repacked into column panels, f32 and bfloat16), Bf16MatMul
+// (vdpbf16ps, bfloat16 x and weights; scalar where the CPU lacks AVX-512
+// BF16) and Int8MatMul (int8 panels, --quantization=int8) -- on the shapes of a 53M Llama's
+// projections, at batch sizes from a single decode token to a prefill chunk.
+// Prints GFLOP/s of each and the ratios packed/dot, bf16dot/bf16 and
+// int8/bf16; on a
+// shared machine read the ratios, not the absolute figures
+// (docs/benchmarks.md).
 //
 // Usage: build/bin/strata-cpu-kernels-bench [--threads=2] [--seconds=0.3]
 #include <algorithm>
@@ -15,6 +19,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "kernels/cpu/bf16_matmul.h"
+#include "kernels/cpu/int8_matmul.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernel_context.h"
 #include "kernels/cpu/matmul.h"
@@ -47,10 +53,13 @@ int Run() {
   ThreadPool pool(absl::GetFlag(FLAGS_threads));
   const KernelContext ctx{DefaultIsa(), &pool};
   const double budget = absl::GetFlag(FLAGS_seconds);
-  std::printf("isa %s, %d threads\n", std::string(IsaName(ctx.isa)).c_str(),
+  std::printf("isa %s (int8: %s), %d threads\n",
+              std::string(IsaName(ctx.isa)).c_str(),
+              std::string(Int8IsaName(Int8IsaFor(ctx.isa))).c_str(),
               pool.num_threads());
-  std::printf("%-22s %5s %12s %12s %7s\n", "shape (m x k)", "rows",
-              "dot GFLOP/s", "packed", "ratio");
+  std::printf("%-22s %5s %12s %9s %9s %9s %9s %7s %9s %9s\n", "shape (m x k)",
+              "rows", "dot GFLOP/s", "packed", "bf16", "bf16dot", "int8",
+              "pk/dot", "dot/bf16", "int8/bf16");
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   struct Shape {
@@ -64,6 +73,15 @@ int Run() {
     for (float& v : w) v = dist(rng);
     std::vector<float> packed(PackedWeightSize(s.m, s.k));
     PackWeight(w.data(), s.m, s.k, packed.data());
+    std::vector<uint16_t> packed16(PackedWeightSize(s.m, s.k));
+    PackWeightBf16(w.data(), s.m, s.k, packed16.data());  // truncates
+    std::vector<uint8_t> q(Int8PackedBytes(s.m, s.k));
+    std::vector<float> scales(Int8PaddedRows(s.m));
+    QuantizeWeightInt8(w.data(), s.m, s.k, q.data(), scales.data());
+    const Int8Panels panels{q.data(), scales.data()};
+    std::vector<uint16_t> pairs(Bf16PairPackedSize(s.m, s.k));
+    PackWeightBf16Pairs(w.data(), s.m, s.k, pairs.data());
+    const bool bf16_dot = Bf16DotSupported();
     for (int64_t n : {1, 4, 16, 64, 256}) {
       std::vector<float> x(static_cast<size_t>(n * s.k));
       for (float& v : x) v = dist(rng);
@@ -76,10 +94,29 @@ int Run() {
             PackedMatMul(ctx, x.data(), packed.data(), n, s.m, s.k, out.data());
           },
           budget);
+      const double bf16 = TimePerCall(
+          [&] {
+            PackedMatMul(ctx, x.data(), packed16.data(), n, s.m, s.k,
+                         out.data());
+          },
+          budget);
+      const double int8 = TimePerCall(
+          [&] {
+            Int8MatMul(ctx, x.data(), panels, n, s.m, s.k, out.data());
+          },
+          budget);
+      const double bdot = TimePerCall(
+          [&] {
+            Bf16MatMul(ctx, bf16_dot, x.data(), pairs.data(), n, s.m, s.k,
+                       out.data());
+          },
+          budget);
       const double flops = 2.0 * n * s.m * s.k;
-      std::printf("%-22s %5lld %12.1f %12.1f %6.2fx\n", s.name,
-                  static_cast<long long>(n), flops / dot / 1e9,
-                  flops / pan / 1e9, dot / pan);
+      std::printf(
+          "%-22s %5lld %12.1f %9.1f %9.1f %9.1f %9.1f %6.2fx %8.2fx %8.2fx\n",
+          s.name, static_cast<long long>(n), flops / dot / 1e9,
+          flops / pan / 1e9, flops / bf16 / 1e9, flops / bdot / 1e9,
+          flops / int8 / 1e9, dot / pan, bf16 / bdot, bf16 / int8);
     }
   }
   return 0;

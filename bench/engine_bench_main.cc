@@ -7,8 +7,19 @@
 // Prints tokens/s per round and the mean ratio; on a shared machine read
 // the ratio (docs/benchmarks.md).
 //
+// --exit_cost (recursive models): the cost of the LM head and of an exit
+// decision in loops, from sequence-wise steps timed side by side in
+// alternating rounds: full depth without the head (no sampling), with it,
+// and with an exit check of each measure after every early loop at a
+// threshold no row reaches (so every row runs every loop); each the best of
+// --rounds. h = (head and greedy sampling, paid once per token) / loop; a
+// measure's check cost = (its step - the step with the head) per row and
+// early boundary, in loops. Rows that exited anyway are printed.
+//
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
+//            [--exit_cost]
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -20,7 +31,9 @@
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "engine/backends/backend.h"
+#include "engine/exit_policy.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
 
@@ -31,11 +44,72 @@ ABSL_FLAG(int32_t, context, 64, "Prompt tokens per sequence.");
 ABSL_FLAG(int32_t, tokens, 40, "Decode tokens timed per round and mode.");
 ABSL_FLAG(int32_t, rounds, 3, "Rounds (each mode once per round).");
 ABSL_FLAG(int32_t, threads, 0, "Kernel threads; 0 = one per core.");
+ABSL_FLAG(bool, exit_cost, false,
+          "Recursive models: measure the LM head and each exit measure's "
+          "check in loops instead of the depth-wise comparison.");
 
 namespace strata {
 namespace {
 
 constexpr int32_t kBlockSize = 16;
+
+// --exit_cost: decode(loop_step, sample, exit) returns tokens/s.
+template <typename Decode>
+int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
+             int64_t* early_exits) {
+  const ExitConfidence kinds[] = {
+      ExitConfidence::kMaxProb, ExitConfidence::kMargin,
+      ExitConfidence::kSaturation, ExitConfidence::kClassifier};
+  // A threshold no confidence of this model reaches in practice (max_prob,
+  // margin and the classifier's sigmoid stay below it; a cosine of 1 would
+  // mean the loop did nothing). Rows that exit anyway are reported.
+  std::vector<ExitParams> params(4);
+  for (int k = 0; k < 4; ++k) {
+    params[k].confidence = kinds[k];
+    params[k].threshold = 0.999999f;
+  }
+  // Seconds per token (one row) of each configuration, the best round's (on
+  // a shared machine the minimum is the least disturbed measurement).
+  constexpr double kUnset = 1e30;
+  double no_head = kUnset, head = kUnset;
+  double check[4] = {kUnset, kUnset, kUnset, kUnset};
+  int64_t exits[4] = {0, 0, 0, 0};
+  for (int32_t round = 0; round < rounds; ++round) {
+    no_head = std::min(no_head, 1.0 / decode(loops, false, nullptr));
+    head = std::min(head, 1.0 / decode(loops, true, nullptr));
+    for (int k = 0; k < 4; ++k) {
+      if (check[k] < 0) continue;
+      const int64_t before = *early_exits;
+      const double tps = decode(loops, true, &params[k]);
+      if (tps < 0) {
+        std::printf("%s: not measured (the model has no classifier?)\n",
+                    std::string(ExitConfidenceName(kinds[k])).c_str());
+        check[k] = -1;
+        continue;
+      }
+      check[k] = std::min(check[k], 1.0 / tps);
+      exits[k] += *early_exits - before;
+    }
+  }
+  const double loop = no_head / loops;  // seconds per row-loop
+  const double h = (head - no_head) / loop;
+  std::printf(
+      "per row (best of %d rounds): loop %.2f us, LM head and greedy "
+      "sampling %.2f us: h = %.3f loops\n",
+      rounds, loop * 1e6, (head - no_head) * 1e6, h);
+  for (int k = 0; k < 4; ++k) {
+    if (check[k] < 0) continue;
+    const double per_check = (check[k] - head) / (loops - 1) / loop;
+    std::printf(
+        "exit check %-10s: %.4f loops per row and boundary (%.1f%% of a "
+        "loop)%s\n",
+        std::string(ExitConfidenceName(kinds[k])).c_str(), per_check,
+        100 * per_check,
+        exits[k] > 0 ? absl::StrCat(" [", exits[k], " rows exited]").c_str()
+                     : "");
+  }
+  return 0;
+}
 
 int Main() {
   ModelRunner::Options options;
@@ -86,7 +160,9 @@ int Main() {
   const std::vector<TokenId> token = {11};
   // Decodes `tokens` positions after the prompt (the same positions every
   // round: the cache entries are overwritten), `loop_step` loops per step.
-  auto decode = [&](int32_t loop_step) -> double {
+  int64_t early_exits = 0;  // rows that exited in exit-cost runs
+  auto decode = [&](int32_t loop_step, bool sample = true,
+                    const ExitParams* exit = nullptr) -> double {
     const auto start = std::chrono::steady_clock::now();
     for (int32_t t = 0; t < tokens; ++t) {
       for (int32_t begin = 0; begin < loops; begin += loop_step) {
@@ -99,13 +175,18 @@ int Main() {
           item.block_table = tables[s];
           item.loop_begin = begin;
           item.loop_end = loop_step == loops ? -1 : begin + loop_step;
-          item.sample = begin + loop_step == loops;
+          item.sample = sample && begin + loop_step == loops;
           item.sampling = &greedy;
+          item.exit = exit;
           plan.items.push_back(item);
         }
-        if (absl::StatusOr<StepResult> done = r.Execute(plan); !done.ok()) {
+        absl::StatusOr<StepResult> done = r.Execute(plan);
+        if (!done.ok()) {
           std::fprintf(stderr, "%s\n", done.status().ToString().c_str());
           return -1.0;
+        }
+        for (const ItemResult& item : done->items) {
+          early_exits += item.exit_loop >= 0 && item.exit_loop < loops - 1;
         }
       }
     }
@@ -118,6 +199,10 @@ int Main() {
               options.model_dir.c_str(), loops, sequences, tokens, context,
               r.backend().Description().c_str());
   decode(loops);  // warm-up
+  if (absl::GetFlag(FLAGS_exit_cost) && loops > 1) {
+    return ExitCost(decode, loops, absl::GetFlag(FLAGS_rounds),
+                    &early_exits);
+  }
   double ratio_sum = 0.0;
   const int32_t rounds = absl::GetFlag(FLAGS_rounds);
   for (int32_t round = 0; round < rounds; ++round) {

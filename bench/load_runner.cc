@@ -1,6 +1,7 @@
 #include "bench/load_runner.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <unordered_map>
@@ -84,8 +85,11 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     sampling->set_max_tokens(static_cast<uint32_t>(request.output_len));
     sampling->set_temperature(options.temperature);
     sampling->set_ignore_eos(options.ignore_eos);
-    if (options.exit_threshold < 1.0f) {
-      sampling->set_exit_threshold(options.exit_threshold);
+    if (options.exit_threshold.has_value()) {
+      sampling->set_exit_threshold(*options.exit_threshold);
+    }
+    if (options.exit_confidence.has_value()) {
+      sampling->set_exit_confidence(*options.exit_confidence);
     }
     if (options.n > 1) sampling->set_n(static_cast<uint32_t>(options.n));
     if (!options.api_key.empty()) {
@@ -111,7 +115,12 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     StartCall();
   }
 
-  void TryCancel() { context_.TryCancel(); }
+  // The bench gives up on the request (max run time): it ends as
+  // cancelled_by_bench, not as a failure of the daemon.
+  void TryCancel() {
+    cancelled_by_bench_.store(true);
+    context_.TryCancel();
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // the stream ended; OnDone follows
@@ -143,7 +152,11 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
         has_usage_ ? usage_.completion_tokens() : ids_received_;
     record_.cached_prompt_tokens = usage_.cached_prompt_tokens();
     record_.loops_sum = usage_.mean_loops() * usage_.completion_tokens();
-    if (!status.ok()) {
+    if (cancelled_by_bench_.load() && !status.ok()) {
+      record_.cancelled_by_bench = true;
+      record_.error_code = CodeName(status.error_code());
+      record_.error_message = "cancelled by the bench";
+    } else if (!status.ok()) {
       record_.error_code = CodeName(status.error_code());
       record_.error_message = status.error_message();
     } else if (finish_reason_ == v1::FINISH_REASON_LENGTH ||
@@ -166,7 +179,7 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
     absl::MutexLock lock(&state->mu);
     if (record_.success) {
       state->consecutive_errors = 0;
-    } else {
+    } else if (!record_.cancelled_by_bench) {
       ++state->num_failed;
       ++state->consecutive_errors;
       const int32_t limit = state->abort_after_consecutive_errors;
@@ -202,6 +215,7 @@ class StreamCall : public grpc::ClientReadReactor<v1::CompletionChunk> {
   int64_t ids_received_ = 0;
   v1::FinishReason finish_reason_ = v1::FINISH_REASON_UNSPECIFIED;
   std::string finish_message_;
+  std::atomic<bool> cancelled_by_bench_{false};
   bool has_usage_ = false;
   v1::Usage usage_;
   RequestRecord record_;
@@ -256,18 +270,25 @@ absl::StatusOr<std::unique_ptr<LoadRunner>> LoadRunner::Create(
     return absl::InvalidArgumentError(
         "abort_after_consecutive_errors must be >= 0");
   }
-  return std::unique_ptr<LoadRunner>(new LoadRunner(options));
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(options.tls);
+  if (!credentials.ok()) return credentials.status();
+  return std::unique_ptr<LoadRunner>(
+      new LoadRunner(options, *std::move(credentials)));
 }
 
-LoadRunner::LoadRunner(const Options& options) : options_(options) {
+LoadRunner::LoadRunner(const Options& options,
+                       std::shared_ptr<grpc::ChannelCredentials> credentials)
+    : options_(options) {
   for (int32_t i = 0; i < options_.num_channels; ++i) {
     grpc::ChannelArguments args;
     // Without a local pool every channel to one target shares one
     // connection; separate channels should mean separate connections.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt("strata.bench.channel", i);
-    channels_.push_back(grpc::CreateCustomChannel(
-        options_.target, grpc::InsecureChannelCredentials(), args));
+    AddTlsChannelArguments(options_.tls, args);
+    channels_.push_back(
+        grpc::CreateCustomChannel(options_.target, credentials, args));
     stubs_.push_back(v1::Generation::NewStub(channels_.back()));
   }
 }
@@ -350,6 +371,12 @@ absl::StatusOr<LoadRunner::RunResult> LoadRunner::Run(const Workload& workload,
     return true;
   };
 
+  // True when `at` is the end of the run's send window (--duration_s).
+  const auto duration_ended = [&](Clock::time_point at) {
+    return run.duration > absl::ZeroDuration() &&
+           state.start + absl::ToChronoNanoseconds(run.duration) <= at;
+  };
+
   RunResult result;
   std::string stop_reason;
   int64_t sent = 0;
@@ -378,7 +405,10 @@ absl::StatusOr<LoadRunner::RunResult> LoadRunner::Run(const Workload& workload,
         break;
       }
       if (Clock::now() >= send_deadline) {
-        if (send_deadline == hard_deadline) {
+        // A send window that ends with the max run time (--duration_s ==
+        // --max_run_s) ends normally: only a max run time reached before
+        // the window's end is an abort.
+        if (!duration_ended(send_deadline)) {
           stop_reason =
               absl::StrCat("max run time (",
                            absl::FormatDuration(run.max_run_time), ") reached");
@@ -403,13 +433,16 @@ absl::StatusOr<LoadRunner::RunResult> LoadRunner::Run(const Workload& workload,
                     sent)) {
       std::vector<StreamCall*> to_cancel;
       for (const auto& [raw, owned] : state.live) to_cancel.push_back(raw);
-      if (stop_reason.empty()) {
-        stop_reason =
-            absl::StrCat("max run time (",
-                         absl::FormatDuration(run.max_run_time), ") reached");
+      result.num_cancelled_by_bench = static_cast<int64_t>(to_cancel.size());
+      if (!stop_reason.empty() || !duration_ended(hard_deadline)) {
+        if (stop_reason.empty()) {
+          stop_reason =
+              absl::StrCat("max run time (",
+                           absl::FormatDuration(run.max_run_time), ") reached");
+        }
+        absl::StrAppend(&stop_reason, "; cancelled ", to_cancel.size(),
+                        " requests in flight");
       }
-      absl::StrAppend(&stop_reason, "; cancelled ", to_cancel.size(),
-                      " requests in flight");
       // TryCancel may run callbacks inline; call it without the lock. The
       // calls stay alive: only this thread destroys them.
       state.mu.Unlock();

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "absl/time/time.h"
 #include "bench/metrics.h"
 #include "bench/workload.h"
+#include "client/channel_credentials.h"
 #include "grpcpp/grpcpp.h"
 #include "strata/v1/generation.grpc.pb.h"
 
@@ -53,8 +55,11 @@ class LoadRunner {
     // Sampling sent with every request (max_tokens comes from the workload).
     float temperature = 0;   // greedy
     bool ignore_eos = true;  // so output lengths are exactly max_tokens
-    // Recursive models: early-exit threshold (>= 1: unset, full depth).
-    float exit_threshold = 1.0f;
+    // Recursive models: early-exit threshold and measure sent with every
+    // request; unset: the fields are left out and the server applies the
+    // model's defaults (its calibrated threshold, its classifier).
+    std::optional<float> exit_threshold = std::nullopt;
+    std::optional<v1::ExitConfidence> exit_confidence = std::nullopt;
     // Choices per request (sampling.n); 1 leaves it unset.
     int32_t n = 1;
     // Sent as `authorization: Bearer KEY` when not empty (--api_keys_file on
@@ -62,6 +67,8 @@ class LoadRunner {
     std::string api_key;
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
+    // TLS or mutual TLS to the daemon (default: plaintext).
+    ClientTlsOptions tls = {};
   };
 
   struct RunOptions {
@@ -82,10 +89,16 @@ class LoadRunner {
     double duration_s = 0;               // first send -> last request ended
     int64_t num_sent = 0;
     int64_t max_concurrent_requests = 0;
+    // In flight at max_run_time and cancelled by the bench (their records
+    // say cancelled_by_bench); not an abort when the send window (duration)
+    // had ended by then.
+    int64_t num_cancelled_by_bench = 0;
     bool aborted = false;      // stopped sending early (errors or deadline)
     std::string abort_reason;  // why, for the report
   };
 
+  // INVALID_ARGUMENT for a bad option (a non-loopback target without
+  // allow_remote_target, unreadable TLS files, ...).
   static absl::StatusOr<std::unique_ptr<LoadRunner>> Create(
       const Options& options);
   ~LoadRunner();
@@ -100,7 +113,8 @@ class LoadRunner {
                                 const RunOptions& run);
 
  private:
-  explicit LoadRunner(const Options& options);
+  LoadRunner(const Options& options,
+             std::shared_ptr<grpc::ChannelCredentials> credentials);
 
   Options options_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;      // [num_channels]

@@ -67,6 +67,10 @@ BenchMetrics ComputeMetrics(const std::vector<RequestRecord>& records,
   m.duration = duration_s;
   std::vector<double> ttfts, tpots, itls, e2els;  // seconds
   for (const RequestRecord& r : records) {
+    if (r.cancelled_by_bench) {
+      ++m.cancelled_by_bench;
+      continue;
+    }
     if (!r.success) {
       ++m.failed;
       ++m.errors_by_code[r.error_code.empty() ? "UNKNOWN" : r.error_code];
@@ -147,6 +151,7 @@ nlohmann::ordered_json MetricsToJson(const BenchMetrics& m) {
   j["duration"] = m.duration;
   j["completed"] = m.completed;
   j["failed"] = m.failed;
+  j["cancelled_by_bench"] = m.cancelled_by_bench;
   j["total_input_tokens"] = m.total_input_tokens;
   j["total_output_tokens"] = m.total_output_tokens;
   j["cached_input_tokens"] = m.cached_input_tokens;
@@ -204,6 +209,7 @@ std::string FormatMetricsTable(const BenchMetrics& m, const std::string& title,
   absl::StrAppend(
       &out, Line("Successful requests:", absl::StrCat(m.completed)),
       Line("Failed requests:", absl::StrCat(m.failed)),
+      Line("Cancelled by the bench:", absl::StrCat(m.cancelled_by_bench)),
       Line("Benchmark duration (s):", absl::StrFormat("%.2f", m.duration)),
       Line("Total input tokens:", absl::StrCat(m.total_input_tokens)),
       Line("  of which prefix-cached:", absl::StrCat(m.cached_input_tokens)),

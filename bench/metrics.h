@@ -47,6 +47,9 @@ struct RequestRecord {
   // times completion tokens).
   double loops_sum = 0;
   int32_t target_output_tokens = 0;  // max_tokens requested
+  // The bench itself cancelled the request (at --max_run_s, when the send
+  // window ended); such a request is neither completed nor failed.
+  bool cancelled_by_bench = false;
 };
 
 // Service-level objective for goodput: a request is "good" when it succeeded
@@ -62,6 +65,7 @@ struct BenchMetrics {
   double duration = 0;  // seconds
   int64_t completed = 0;
   int64_t failed = 0;
+  int64_t cancelled_by_bench = 0;  // in flight when the bench stopped
   int64_t total_input_tokens = 0;
   int64_t total_output_tokens = 0;
   int64_t cached_input_tokens = 0;

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Recursive-model benchmark (docs/recursive-models.md, "Benchmark"): one
-# closed-loop workload through stratad at 1, 8 and 32 concurrent clients for
-#   seqwise          sequence-wise continuous batching, full depth (baseline)
-#   seqwise_exit0.8  sequence-wise, early exit at threshold 0.8
-#   depthwise        depth-wise batching, full depth
-#   depthwise_exitT  depth-wise, early exit at each T of THRESHOLDS (0.9, 0.8
-#                    and 0.6 as the issue asks, then 0.3 and 0.2, where the
-#                    bundled model still keeps perplexity within 5%)
-# and a table of output tokens/s, the ratio to the baseline at the same
-# concurrency, TPOT and the mean loops per generated token. Quality beside it
-# (held-out perplexity with exits, greedy agreement with full depth) comes
-# from tools/recursive/quality.py.
+# closed-loop workload through stratad at 1, 8 and 32 concurrent clients, per
+# exit point (measure:threshold) of POINTS:
+#   seqwise            sequence-wise batching, full depth (the baseline)
+#   seqwise_M_T        sequence-wise, early exit with measure M at T
+#   depthwise          depth-wise batching, full depth
+#   depthwise_M_T      depth-wise, early exit with measure M at T
+# T "default" sends no threshold (the model's calibrated one,
+# config.json "exit_thresholds"); a full-depth row sends threshold 1.
+#
+# Besides tokens/s it prints the cap an exit point can reach at the mean
+# loops n it ran: cap = (N + h) / (n + h), N the model's loops and h the LM
+# head's cost in loops, measured by `strata-engine-bench --exit_cost` in the
+# same run (the head runs once per token whatever its depth, so skipping
+# loops saves at most this); and the fraction of it achieved:
+# (depth-wise with exits / sequence-wise full depth) / cap. Quality per point
+# (held-out perplexity with exits, its increase over full depth, teacher-
+# forced mean loops) comes from tools/recursive/quality.py unless QUALITY=0.
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
-# Env: CONCURRENCY="1 8 32", THRESHOLDS="0.9 0.8 0.6 0.3 0.2", OUTPUT_LEN=64,
-# INPUT_LEN=64, KV_FILL=propagate.
-# Needs build/bin/stratad and build/bin/strata-bench (scripts/build.sh).
+# Env: CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
+# ...", OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, QUALITY=1,
+# HELDOUT=/tmp/kjv/heldout.txt (tools/train/prepare_corpus.py --out-dir
+# /tmp/kjv), QUALITY_WINDOWS=8.
+# Needs build/bin/{stratad,strata-bench,strata-engine-bench}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-models/strata-recursive-tiny}
@@ -26,55 +34,113 @@ concurrency=${CONCURRENCY:-1 8 32}
 output_len=${OUTPUT_LEN:-64}
 input_len=${INPUT_LEN:-64}
 kv_fill=${KV_FILL:-propagate}
-thresholds=${THRESHOLDS:-0.9 0.8 0.6 0.3 0.2}
+points=${POINTS:-max_prob:default margin:default classifier:default max_prob:0.2}
+quality=${QUALITY:-1}
+heldout=${HELDOUT:-/tmp/kjv/heldout.txt}
+quality_windows=${QUALITY_WINDOWS:-8}
 
-bench() {  # bench NAME CLIENTS THRESHOLD
-  local name=$1 clients=$2 threshold=$3
+# h, the LM head in loops, from the engine alone.
+build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
+  --sequences=32 --tokens=24 >"$out/exit_cost.txt" 2>&1
+cat "$out/exit_cost.txt" >&2
+
+bench() {  # bench NAME CLIENTS MEASURE THRESHOLD (THRESHOLD "default": unset)
+  local name=$1 clients=$2 measure=$3 threshold=$4
   local requests=$((clients * 3 > 24 ? clients * 3 : 24))
+  local exit_flags=(--exit_confidence="$measure")
+  if [[ "$threshold" != default ]]; then
+    exit_flags+=(--exit_threshold="$threshold")
+  fi
   build/bin/strata-bench --target="127.0.0.1:$port" --connect_timeout_s=60 \
     --mode=closed --concurrency="$clients" --num_requests="$requests" \
     --num_warmup=2 --ignore_eos --seed=11 --max_run_s=900 \
     --workload=random --input_len="$input_len" --output_len="$output_len" \
-    --range_ratio=0.5 --exit_threshold="$threshold" --label="$name" \
+    --range_ratio=0.5 "${exit_flags[@]}" --label="$name" \
     --result_json="$out/$name-c$clients.json" >"$out/$name-c$clients.txt" 2>&1
 }
 
-serve() {  # serve MODE, then runs "NAME THRESHOLD" pairs from stdin
-  local mode=$1
+serve() {  # serve MODE PREFIX: full depth, then every point of POINTS
+  local mode=$1 prefix=$2
   build/bin/stratad --model="$model" --port="$port" --loop_batching="$mode" \
     --kv_fill="$kv_fill" --enable_prefix_caching=false \
     >"$out/stratad-$mode.log" 2>&1 &
   local pid=$!
-  while read -r name threshold; do
-    for c in $concurrency; do bench "$name" "$c" "$threshold"; done
+  for c in $concurrency; do
+    bench "$prefix" "$c" max_prob 1
+    for p in $points; do
+      bench "${prefix}_${p%%:*}_${p##*:}" "$c" "${p%%:*}" "${p##*:}"
+    done
   done
   kill -TERM $pid
   wait $pid || true
 }
 
-serve sequencewise <<EOF
-seqwise 1.0
-seqwise_exit0.8 0.8
-EOF
-{
-  echo "depthwise 1.0"
-  for t in $thresholds; do echo "depthwise_exit$t $t"; done
-} | serve depthwise
+serve sequencewise seqwise
+serve depthwise depthwise
 
-/usr/bin/python3 - "$out" "$concurrency" "$thresholds" <<'PY'
-import json, os, sys
-out, clients = sys.argv[1], sys.argv[2].split()
-rows = ["seqwise", "seqwise_exit0.8", "depthwise"] + [
-    f"depthwise_exit{t}" for t in sys.argv[3].split()]
-print("| configuration | clients | output tok/s | vs seqwise | mean TPOT ms | p99 TPOT ms | mean loops |")
-print("|---|---|---|---|---|---|---|")
+# Quality of every point (the threshold "default" resolved from config.json).
+if [[ "$quality" == 1 ]]; then
+  for p in $points; do
+    m=${p%%:*} t=${p##*:}
+    if [[ "$t" == default ]]; then
+      t=$(/usr/bin/python3 -c 'import json,sys; c=json.load(open(sys.argv[1]+"/config.json")); print(c.get("exit_thresholds",{}).get(sys.argv[2],1.0))' "$model" "$m")
+    fi
+    nice -n 19 /usr/bin/python3 tools/recursive/quality.py --model "$model" \
+      --heldout "$heldout" --kv-policy "$kv_fill" --confidence "$m" \
+      --thresholds "1.0,$t" --windows "$quality_windows" \
+      --json "$out/quality_${m}_${p##*:}.json" >/dev/null
+  done
+fi
+
+/usr/bin/python3 - "$out" "$concurrency" "$points" "$model" <<'PY'
+import json, os, re, sys
+out, clients, points, model = sys.argv[1], sys.argv[2].split(), \
+    sys.argv[3].split(), sys.argv[4]
+n_loops = json.load(open(os.path.join(model, "config.json"))).get(
+    "num_loops", 1)
+cost = open(os.path.join(out, "exit_cost.txt")).read()
+h = float(re.search(r"h = ([0-9.]+) loops", cost).group(1))
+print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost)" %
+      (n_loops, h))
+for line in cost.splitlines():
+    if line.startswith("exit check"):
+        print("  " + line)
+print()
+def load(name, c):
+    return json.load(open(os.path.join(out, "%s-c%s.json" % (name, c))))
+qual = {}
+for p in points:
+    path = os.path.join(out, "quality_%s.json" % p.replace(":", "_"))
+    if os.path.exists(path):
+        q = json.load(open(path))
+        base, row = q["results"][0], q["results"][-1]
+        qual[p] = (row["threshold"], row["ppl"], row["ppl"] / base["ppl"] - 1,
+                   row["mean_loops_teacher_forced"],
+                   row["agreement_positionwise"])
+if qual:
+    print("| measure | threshold | held-out ppl | vs full depth | mean loops "
+          "(teacher-forced) | greedy agreement (position-wise) |")
+    print("|---|---|---|---|---|---|")
+    for p, (t, ppl, inc, loops, agree) in qual.items():
+        print("| %s | %.4g%s | %.3f | %+.1f%% | %.3f | %.3f |" % (
+            p.split(":")[0], t, " (default)" if p.endswith(":default") else "",
+            ppl, 100 * inc, loops, agree))
+    print()
+print("| measure:threshold | clients | seqwise tok/s | seqwise+exit tok/s "
+      "| depthwise+exit tok/s | served mean loops | cap (N+h)/(n+h) | "
+      "depthwise+exit / seqwise | of cap | depthwise full / seqwise |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for c in clients:
-    base = None
-    for name in rows:
-        r = json.load(open(os.path.join(out, f"{name}-c{c}.json")))
-        tps = r["output_throughput"]
-        base = base or tps
-        print(f"| {name} | {c} | {tps:.0f} | {tps / base:.2f}x | "
-              f"{r['mean_tpot_ms']:.2f} | {r['p99_tpot_ms']:.2f} | "
-              f"{r.get('mean_loops', 0):.2f} |")
+    base = load("seqwise", c)["output_throughput"]
+    depth_full = load("depthwise", c)["output_throughput"]
+    for p in points:
+        tag = p.replace(":", "_")
+        seq_exit = load("seqwise_" + tag, c)["output_throughput"]
+        dw = load("depthwise_" + tag, c)
+        n = dw.get("mean_loops", n_loops) or n_loops
+        cap = (n_loops + h) / (n + h)
+        gain = dw["output_throughput"] / base
+        print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
+              "| %.2fx |" % (p, c, base, seq_exit, dw["output_throughput"], n,
+                             cap, gain, 100 * gain / cap, depth_full / base))
 PY

@@ -17,7 +17,9 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "bench/benchmark.h"
@@ -33,6 +35,15 @@ ABSL_FLAG(bool, allow_remote_target, false,
           "Allow a target that is not on this machine.");
 ABSL_FLAG(int32_t, num_channels, 1,
           "gRPC connections to open (requests are spread round-robin).");
+ABSL_FLAG(std::string, tls_ca, "",
+          "TLS: PEM CA bundle that signed stratad's certificate (turns TLS "
+          "on).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Mutual TLS: the bench's PEM certificate chain (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "Mutual TLS: the bench's PEM key.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "TLS: name to check the server's certificate against instead of "
+          "the target's host.");
 // Load shape.
 ABSL_FLAG(std::string, mode, "closed",
           "closed: --concurrency clients send back to back; open: requests "
@@ -93,9 +104,14 @@ ABSL_FLAG(int32_t, n, 1, "Choices per request (sampling.n).");
 ABSL_FLAG(std::string, api_key, "",
           "API key sent as 'authorization: Bearer KEY' (stratad "
           "--api_keys_file); also read from $STRATA_API_KEY when empty.");
-ABSL_FLAG(double, exit_threshold, 1.0,
+ABSL_FLAG(double, exit_threshold, -1,
           "Recursive models: early-exit confidence threshold sent with every "
-          "request (>= 1: full depth, the field is left unset).");
+          "request (1 = full depth; < 0: unset, the model's calibrated "
+          "default applies).");
+ABSL_FLAG(std::string, exit_confidence, "",
+          "Recursive models: early-exit measure sent with every request: "
+          "max_prob, margin, saturation or classifier (empty: unset, the "
+          "model's default).");
 ABSL_FLAG(bool, ignore_eos, true,
           "Keep generating past EOS so output lengths equal max_tokens.");
 // Goodput.
@@ -192,9 +208,25 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
       o.runner.api_key.empty() && env != nullptr) {
     o.runner.api_key = env;
   }
-  o.runner.exit_threshold =
-      static_cast<float>(absl::GetFlag(FLAGS_exit_threshold));
+  if (const double t = absl::GetFlag(FLAGS_exit_threshold); t >= 0) {
+    o.runner.exit_threshold = static_cast<float>(t);
+  }
+  if (const std::string c = absl::GetFlag(FLAGS_exit_confidence); !c.empty()) {
+    v1::ExitConfidence value;
+    if (!v1::ExitConfidence_Parse(
+            absl::StrCat("EXIT_CONFIDENCE_", absl::AsciiStrToUpper(c)),
+            &value)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--exit_confidence: unknown measure '", c,
+          "' (max_prob, margin, saturation or classifier)"));
+    }
+    o.runner.exit_confidence = value;
+  }
   o.runner.progress_interval = Seconds(absl::GetFlag(FLAGS_progress_s));
+  o.runner.tls = {.ca_file = absl::GetFlag(FLAGS_tls_ca),
+                  .cert_file = absl::GetFlag(FLAGS_tls_cert),
+                  .key_file = absl::GetFlag(FLAGS_tls_key),
+                  .server_name = absl::GetFlag(FLAGS_tls_server_name)};
 
   absl::StatusOr<WorkloadKind> kind =
       ParseWorkloadKind(absl::GetFlag(FLAGS_workload));

@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "client/channel_credentials.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "server/status_util.h"
 #include "strata/v1/generation.grpc.pb.h"
@@ -69,6 +70,18 @@ ABSL_FLAG(std::string, chat_template, "",
           "chat: llama3, chatml or mistral instead of the model's own.");
 ABSL_FLAG(bool, skip_special_tokens, true,
           "detokenize: leave out special tokens.");
+ABSL_FLAG(bool, tls, false,
+          "Connect with TLS, verifying the server against the system's CAs "
+          "(implied by --tls_ca, --tls_cert, --tls_server_name).");
+ABSL_FLAG(std::string, tls_ca, "",
+          "TLS: PEM CA bundle that signed stratad's certificate.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "Mutual TLS: this client's PEM certificate chain (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "",
+          "Mutual TLS: this client's PEM private key.");
+ABSL_FLAG(std::string, tls_server_name, "",
+          "TLS: name to check the server's certificate against instead of "
+          "the host in --addr.");
 ABSL_FLAG(absl::Duration, timeout, absl::ZeroDuration(),
           "Deadline for the call, e.g. 30s; 0 = none.");
 
@@ -91,7 +104,8 @@ Commands:
 Examples:
   strata-cli complete "Once upon a time" --max_tokens=32 --temperature=0
   strata-cli complete "Once upon a time" --n=3 --seed=7 --max_tokens=16
-  strata-cli --addr=127.0.0.1:50051 chat --system="Be brief." "Hi there")";
+  strata-cli --addr=127.0.0.1:50051 chat --system="Be brief." "Hi there"
+  strata-cli --tls_ca=ca.pem [--tls_cert=me.pem --tls_key=me.key] info)";
 
 int Fail(const grpc::Status& status) {
   const absl::Status error = FromGrpcStatus(status);
@@ -256,8 +270,21 @@ int Run(int argc, char** argv) {
   const std::string command = args[1];
   std::vector<std::string> operands(args.begin() + 2, args.end());
 
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(
-      absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials()));
+  const ClientTlsOptions tls{.ca_file = absl::GetFlag(FLAGS_tls_ca),
+                             .cert_file = absl::GetFlag(FLAGS_tls_cert),
+                             .key_file = absl::GetFlag(FLAGS_tls_key),
+                             .server_name = absl::GetFlag(FLAGS_tls_server_name),
+                             .use_tls = absl::GetFlag(FLAGS_tls)};
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      MakeChannelCredentials(tls);
+  if (!credentials.ok()) {
+    return UsageError(std::string(credentials.status().message()));
+  }
+  grpc::ChannelArguments channel_args;
+  AddTlsChannelArguments(tls, channel_args);
+  const std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+      absl::GetFlag(FLAGS_addr), *credentials, channel_args);
+  auto stub = v1::Generation::NewStub(channel);
 
   if (command == "complete") {
     if (operands.size() != 1) return UsageError("complete takes one TEXT");
@@ -342,8 +369,7 @@ int Run(int argc, char** argv) {
   }
   if (command == "health") {
     if (operands.size() > 1) return UsageError("health takes one SERVICE");
-    auto health = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
-        absl::GetFlag(FLAGS_addr), grpc::InsecureChannelCredentials()));
+    auto health = grpc::health::v1::Health::NewStub(channel);
     grpc::ClientContext context;
     PrepareContext(context);
     grpc::health::v1::HealthCheckRequest request;

@@ -20,8 +20,27 @@ std::string_view ExitConfidenceName(ExitConfidence kind) {
       return "max_prob";
     case ExitConfidence::kMargin:
       return "margin";
+    case ExitConfidence::kSaturation:
+      return "saturation";
+    case ExitConfidence::kClassifier:
+      return "classifier";
   }
   return "unknown";
+}
+
+absl::StatusOr<ExitConfidence> ParseExitConfidence(std::string_view name) {
+  for (int k = 0; k < kNumExitConfidences; ++k) {
+    const auto kind = static_cast<ExitConfidence>(k);
+    if (name == ExitConfidenceName(kind)) return kind;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown exit confidence '", std::string(name),
+      "' (expected max_prob, margin, saturation or classifier)"));
+}
+
+bool IsHiddenExitConfidence(ExitConfidence kind) {
+  return kind == ExitConfidence::kSaturation ||
+         kind == ExitConfidence::kClassifier;
 }
 
 bool ExitParams::Evaluates(int32_t loop, int32_t num_loops) const {
@@ -79,6 +98,50 @@ float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind,
                         ? std::exp(static_cast<double>(top2) - stats.max) / sum
                         : 0.0;
   return static_cast<float>(p1 - p2);
+}
+
+float ComputeHiddenExitConfidence(ExitConfidence kind, std::span<const float> h,
+                                  const float* prev,
+                                  const float* classifier_row, float eps) {
+  const size_t n = h.size();
+  if (kind == ExitConfidence::kSaturation) {
+    float dot = 0.0f, hh = 0.0f, pp = 0.0f;
+    for (size_t i = 0; i < n; ++i) {
+      dot += h[i] * prev[i];
+      hh += h[i] * h[i];
+      pp += prev[i] * prev[i];
+    }
+    const float den = std::sqrt(hh) * std::sqrt(pp);
+    return den > 0.0f ? dot / den : 0.0f;
+  }
+  if (kind == ExitConfidence::kClassifier) {
+    float dot = 0.0f, hh = 0.0f;
+    for (size_t i = 0; i < n; ++i) {
+      dot += h[i] * classifier_row[i];
+      hh += h[i] * h[i];
+    }
+    const float z = dot / std::sqrt(hh / static_cast<float>(n) + eps) +
+                    classifier_row[n];
+    return 1.0f / (1.0f + std::exp(-z));
+  }
+  return 0.0f;  // not a hidden-state measure
+}
+
+void ComputeHiddenExitConfidences(const float* state, int64_t hidden,
+                                  std::span<const int32_t> rows,
+                                  const float* prev, const float* classifier,
+                                  std::span<const int32_t> loops,
+                                  std::span<const ExitConfidence> kinds,
+                                  float eps, std::span<float> out) {
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const bool sat = kinds[j] == ExitConfidence::kSaturation;
+    out[j] = ComputeHiddenExitConfidence(
+        kinds[j],
+        std::span<const float>(state + rows[j] * hidden,
+                               static_cast<size_t>(hidden)),
+        sat ? prev + static_cast<int64_t>(j) * hidden : nullptr,
+        sat ? nullptr : classifier + loops[j] * (hidden + 1), eps);
+  }
 }
 
 absl::StatusOr<KvFillPolicy> ParseKvFillPolicy(std::string_view name) {

@@ -20,13 +20,24 @@
 
 namespace strata {
 
-// How the exit confidence is computed from p = softmax(exit logits).
+// How the exit confidence of loop l is computed: from p = softmax(exit
+// logits of loop l), or from the residual stream h_l alone (O(hidden) per
+// row, no LM head; docs/recursive-models.md, "Early exit").
 enum class ExitConfidence {
-  kMaxProb,  // p_top1
-  kMargin,   // p_top1 - p_top2
+  kMaxProb,     // p_top1
+  kMargin,      // p_top1 - p_top2
+  kSaturation,  // cos(h_l, h_{l-1}); h_{-1} = the token's embedding
+  kClassifier,  // sigmoid(w_l . h_l / rms(h_l) + b_l), the model's classifier
 };
+inline constexpr int kNumExitConfidences = 4;
 
 std::string_view ExitConfidenceName(ExitConfidence kind);
+// "max_prob" | "margin" | "saturation" | "classifier"; INVALID_ARGUMENT
+// naming the value otherwise.
+absl::StatusOr<ExitConfidence> ParseExitConfidence(std::string_view name);
+// Whether the measure is computed from the residual stream rather than the
+// exit logits.
+bool IsHiddenExitConfidence(ExitConfidence kind);
 
 // Per-request early-exit parameters (WorkItem::exit). Plain data; the
 // scheduler owns it and keeps it alive for the step.
@@ -64,6 +75,28 @@ absl::Status ValidateExitParams(const ExitParams& params, int32_t num_loops);
 // a one-token vocabulary is p_top1).
 float ComputeExitConfidence(std::span<const float> logits, ExitConfidence kind,
                             const SoftmaxStats& stats);
+
+// Confidence of one row from its residual stream (IsHiddenExitConfidence
+// kinds; float sums in index order, so every backend that follows it gets
+// the same bits on the CPU). h: [hidden], the state after the loop;
+// kSaturation: prev [hidden], the state before it (cosine 0 when either is
+// zero); kClassifier: classifier_row [hidden + 1] = w_l then b_l, eps the
+// model's rms_norm_eps.
+float ComputeHiddenExitConfidence(ExitConfidence kind, std::span<const float> h,
+                                  const float* prev,
+                                  const float* classifier_row, float eps);
+// ComputeHiddenExitConfidence for rows of host arrays (the contract of
+// Backend::HiddenExitConfidences): row j is state[rows[j]] of kinds[j],
+// against prev row j or classifier row loops[j].
+// state: [n, hidden]; prev: [rows, hidden] (may be null without saturation
+// rows); classifier: [early loops, hidden + 1] (may be null without
+// classifier rows); rows, loops, kinds, out: [rows]
+void ComputeHiddenExitConfidences(const float* state, int64_t hidden,
+                                  std::span<const int32_t> rows,
+                                  const float* prev, const float* classifier,
+                                  std::span<const int32_t> loops,
+                                  std::span<const ExitConfidence> kinds,
+                                  float eps, std::span<float> out);
 
 // What happens to the K/V of the loops a token skipped by exiting early.
 enum class KvFillPolicy {

@@ -140,6 +140,20 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         "lm_head.weight is missing and tie_word_embeddings is false");
   }
 
+  if (!options.exit_classifier.empty()) {
+    const int64_t early = config.num_loops - 1;
+    if (early < 1 || static_cast<int64_t>(options.exit_classifier.size()) !=
+                         early * (hidden + 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "exit classifier has ", options.exit_classifier.size(),
+          " floats but num_loops ", config.num_loops, " and hidden ", hidden,
+          " imply [", early, ", ", hidden + 1, "]"));
+    }
+    ASSIGN_OR_RETURN(model->exit_classifier_,
+                     backend->Upload(options.exit_classifier,
+                                     {early, hidden + 1}));
+  }
+
   ASSIGN_OR_RETURN(const std::vector<float> inv_freq,
                    RopeInverseFrequencies(config));
   std::vector<float> table(static_cast<size_t>(config.max_position_embeddings) *

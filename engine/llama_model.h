@@ -53,6 +53,10 @@ class LlamaModel {
     int32_t num_blocks = 0;   // KV blocks in the pool (>= 1)
     // Recursive models: K/V of the loops an early exit skipped.
     KvFillPolicy kv_fill = KvFillPolicy::kPropagate;
+    // Recursive models: the exit classifier (ExitDefaults::classifier),
+    // [num_loops - 1, hidden + 1] row-major; empty = none (a kClassifier
+    // exit is then INVALID_ARGUMENT).
+    std::vector<float> exit_classifier = {};
   };
 
   // What one item did in a step (recursive models; ItemResult's fields).
@@ -219,6 +223,7 @@ class LlamaModel {
   Tensor final_norm_;    // [hidden]
   Tensor lm_head_;       // [vocab, hidden]; empty when tied to embed_tokens_
   Tensor rope_table_;    // [max_position_embeddings, head_dim]
+  Tensor exit_classifier_;  // [num_loops - 1, hidden + 1]; empty: none
   std::vector<LayerTensors> layers_;
   PagedKvCache kv_cache_;
   // Recursive models with LoRA: (loop l, layer k) at l * K + k.
@@ -232,8 +237,8 @@ class LlamaModel {
   Tensor logits_view_;  // [r, vocab] view into logits_ from the last call
   // Recursive models: the second state buffer (row reorders), LoRA
   // intermediates, exit checks and propagated KV.
-  Workspace x2_, exit_logits_, fill_state_, fill_normed_, fill_rows_, fill_k_,
-      fill_v_, lora_t_;
+  Workspace x2_, exit_logits_, exit_prev_, fill_state_, fill_normed_,
+      fill_rows_, fill_k_, fill_v_, lora_t_;
   FlatWorkspace lora_u_;  // [rows, out_features of the projection]
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;

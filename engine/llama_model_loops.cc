@@ -7,7 +7,10 @@
 //      into one state buffer [num_rows, hidden], in LoopPlanner slot order;
 //   2. rounds: the K layers over the active rows, each at its own loop
 //      (segmented LoRA, per-loop KV); after each round, the exit rule for
-//      sample items with ExitParams (exit logits -> host -> confidence);
+//      sample items with ExitParams: max_prob / margin from the exit logits
+//      (LM head, one confidence per row to the host), saturation /
+//      classifier from the residual rows alone (the LM head then runs only
+//      for the rows that exit);
 //   3. propagate policy: K/V of the loops exited rows skipped, from h_exit;
 //   4. logits: of finished sample items (exits reuse their exit logits), or
 //      of the rows asked for;
@@ -41,6 +44,62 @@ std::vector<int32_t> Iota(int32_t begin, int32_t count) {
   return v;
 }
 
+// The exit checks after one round: the sample items with ExitParams whose
+// rule evaluates at the loop they run, split by how their confidence is
+// computed. Planned before the round (the slots and loops hold through it).
+struct ExitChecks {
+  // Hidden-state measures, saturation items first so that row j of the
+  // previous-states buffer is hidden item j's.
+  std::vector<int32_t> hidden_items, hidden_rows, hidden_loops;
+  std::vector<ExitConfidence> hidden_kinds;
+  std::vector<int32_t> saturation_slots;  // their slots, to copy pre-round
+  // Softmax measures (exit logits).
+  std::vector<int32_t> logit_items, logit_rows;
+  std::vector<ExitConfidence> logit_kinds;
+  std::vector<float> confidences;
+  std::vector<int32_t> head_rows;  // exiting rows of hidden measures
+
+  bool empty() const { return hidden_items.empty() && logit_items.empty(); }
+
+  void Plan(std::span<const WorkItem> items, const LoopPlanner::Round& round,
+            const LoopPlanner& planner, int32_t num_loops) {
+    hidden_items.clear();
+    hidden_rows.clear();
+    hidden_loops.clear();
+    hidden_kinds.clear();
+    saturation_slots.clear();
+    logit_items.clear();
+    logit_rows.clear();
+    logit_kinds.clear();
+    for (const bool saturation_pass : {true, false}) {
+      for (size_t a = 0; a < round.items.size(); ++a) {
+        const int32_t i = round.items[a];
+        const WorkItem& item = items[i];
+        if (!item.sample || item.exit == nullptr ||
+            !item.exit->Evaluates(round.loops[a], num_loops)) {
+          continue;
+        }
+        const ExitConfidence kind = item.exit->confidence;
+        const int32_t slot = planner.item(i).slot;  // its single row
+        if (!IsHiddenExitConfidence(kind)) {
+          if (saturation_pass) {
+            logit_items.push_back(i);
+            logit_rows.push_back(slot);
+            logit_kinds.push_back(kind);
+          }
+          continue;
+        }
+        if ((kind == ExitConfidence::kSaturation) != saturation_pass) continue;
+        hidden_items.push_back(i);
+        hidden_rows.push_back(slot);
+        hidden_loops.push_back(round.loops[a]);
+        hidden_kinds.push_back(kind);
+        if (saturation_pass) saturation_slots.push_back(slot);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
@@ -71,6 +130,11 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
       }
       if (absl::Status s = ValidateExitParams(*item.exit, num_loops); !s.ok()) {
         return error(s.message());
+      }
+      if (item.exit->confidence == ExitConfidence::kClassifier &&
+          exit_classifier_.empty()) {
+        return error("exit confidence 'classifier' but the model has no exit "
+                     "classifier");
       }
     }
     if (item.kv_fill &&
@@ -252,9 +316,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
 
   // 2. Rounds.
   LoopPlanner::Round round;
-  std::vector<int32_t> check_items, check_rows;
-  std::vector<ExitConfidence> check_kinds;
-  std::vector<float> check_confidences;
+  ExitChecks checks;
   while (planner.NextRound(&round)) {
     if (!round.gather.empty()) {
       if (other.empty()) {
@@ -265,52 +327,77 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       b.GatherRows(state, round.gather, &other);
       std::swap(state, other);
     }
+    // Which items the exit rule sees after this round, and for saturation
+    // their states before it.
+    checks.Plan(items, round, planner, num_loops);
+    Tensor prev;
+    if (!checks.saturation_slots.empty()) {
+      absl::StatusOr<Tensor> t = Rows(
+          exit_prev_, static_cast<int64_t>(checks.hidden_items.size()), hidden);
+      if (!t.ok()) return t.status();
+      prev = *std::move(t);
+      // Rows of classifier items stay unread.
+      Tensor dst = prev.Rows(0, static_cast<int64_t>(checks.saturation_slots.size()));
+      b.GatherRows(state, checks.saturation_slots, &dst);
+    }
     Tensor x = state.Rows(0, round.num_rows);
     RETURN_IF_ERROR(RunBlock(round, &x));
     planner.FinishRound(round);
+    if (checks.empty()) continue;
 
-    // The exit rule at this boundary, for sample items with ExitParams.
-    check_items.clear();
-    check_rows.clear();
-    for (size_t a = 0; a < round.items.size(); ++a) {
-      const int32_t i = round.items[a];
-      const WorkItem& item = items[i];
-      if (!item.sample || item.exit == nullptr ||
-          !item.exit->Evaluates(round.loops[a], num_loops)) {
-        continue;
-      }
-      check_items.push_back(i);
-      check_rows.push_back(planner.item(i).slot);  // its single row
-    }
-    if (check_items.empty()) continue;
-    const int64_t c = static_cast<int64_t>(check_items.size());
-    absl::StatusOr<Tensor> ex = Rows(exit_logits_, c, vocab);
-    if (!ex.ok()) return ex.status();
-    RETURN_IF_ERROR(Head(state, check_rows, &*ex));
-    check_kinds.clear();
-    for (int32_t i : check_items)
-      check_kinds.push_back(items[i].exit->confidence);
-    check_confidences.resize(static_cast<size_t>(c));
-    RETURN_IF_ERROR(b.ExitConfidences(*ex, check_kinds, check_confidences));
-    for (int64_t j = 0; j < c; ++j) {
-      const int32_t i = check_items[j];
-      const ExitParams& params = *items[i].exit;
-      const int32_t loop = planner.item(i).next_loop - 1;
-      const float confidence = check_confidences[j];
+    auto decide = [&](int32_t i, float confidence) {
       ItemProgress& progress = out->items[i];
       progress.exit_confidence = confidence;
-      if (!params.Exits(loop, confidence)) continue;
+      const int32_t loop = planner.item(i).next_loop - 1;
+      if (!items[i].exit->Exits(loop, confidence)) return false;
       planner.Exit(i);
       exited.push_back(i);
       exit_loops.push_back(loop);
       progress.exit_loop = loop;
-      if (sample_mode) {
-        Tensor dst = logits_out.Rows(next_logit, 1);
-        const int32_t src[1] = {static_cast<int32_t>(j)};
-        b.GatherRows(*ex, src, &dst);
+      return true;
+    };
+
+    // Hidden-state measures: O(hidden) per row; the LM head runs for the
+    // rows that exit only, straight into their logits rows.
+    if (!checks.hidden_items.empty()) {
+      const size_t c = checks.hidden_items.size();
+      checks.confidences.resize(c);
+      RETURN_IF_ERROR(b.HiddenExitConfidences(
+          state, checks.hidden_rows, prev, exit_classifier_,
+          checks.hidden_loops, checks.hidden_kinds, config_.rms_norm_eps,
+          checks.confidences));
+      checks.head_rows.clear();
+      for (size_t j = 0; j < c; ++j) {
+        const int32_t i = checks.hidden_items[j];
+        if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
+        checks.head_rows.push_back(checks.hidden_rows[j]);
         out->logit_items.push_back(i);
-        progress.logits_row = next_logit++;
+        out->items[i].logits_row = next_logit++;
       }
+      if (!checks.head_rows.empty()) {
+        const int64_t e = static_cast<int64_t>(checks.head_rows.size());
+        Tensor dst = logits_out.Rows(next_logit - e, e);
+        RETURN_IF_ERROR(Head(state, checks.head_rows, &dst));
+      }
+    }
+
+    // Softmax measures: the exit logits of every checked row.
+    if (checks.logit_items.empty()) continue;
+    const int64_t c = static_cast<int64_t>(checks.logit_items.size());
+    absl::StatusOr<Tensor> ex = Rows(exit_logits_, c, vocab);
+    if (!ex.ok()) return ex.status();
+    RETURN_IF_ERROR(Head(state, checks.logit_rows, &*ex));
+    checks.confidences.resize(static_cast<size_t>(c));
+    RETURN_IF_ERROR(
+        b.ExitConfidences(*ex, checks.logit_kinds, checks.confidences));
+    for (int64_t j = 0; j < c; ++j) {
+      const int32_t i = checks.logit_items[j];
+      if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
+      Tensor dst = logits_out.Rows(next_logit, 1);
+      const int32_t src[1] = {static_cast<int32_t>(j)};
+      b.GatherRows(*ex, src, &dst);
+      out->logit_items.push_back(i);
+      out->items[i].logits_row = next_logit++;
     }
   }
 

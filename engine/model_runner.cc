@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/backends/backend.h"
 #include "engine/backends/backend_registry.h"
+#include "engine/exit_defaults.h"
 #include "engine/exit_policy.h"
 #include "engine/kv_cache/paged_kv_cache.h"
 #include "engine/llama_model.h"
@@ -87,6 +88,12 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   model_options.block_size = options.block_size;
   model_options.num_blocks = num_blocks;
   model_options.kv_fill = options.kv_fill;
+  if (config->num_loops > 1) {
+    absl::StatusOr<ExitDefaults> exit_defaults =
+        LoadExitDefaults(options.model_dir, *config);
+    if (!exit_defaults.ok()) return exit_defaults.status();
+    model_options.exit_classifier = std::move(exit_defaults->classifier);
+  }
   absl::StatusOr<std::unique_ptr<LlamaModel>> model = LlamaModel::Create(
       *config, std::move(*weights), backend->get(), model_options);
   if (!model.ok()) return model.status();

@@ -15,6 +15,15 @@ PACKAGES=(
   # SHA-256 of API keys (server/api_key_store.cc).
   libssl-dev
   libgtest-dev libgmock-dev
+  # TLS: certificate checks (libssl-dev) and the tests' run-time CA (openssl).
+  libssl-dev openssl
+  # Fuzzing and sanitizer builds (libFuzzer, ASan, UBSan, TSan runtimes).
+  clang libclang-rt-14-dev
+  # The OpenAI-compatible HTTP API: Boost.Beast/Asio (header only).
+  libboost-dev
+  # tests/openai: the official `openai` npm client runs on Node from Debian
+  # (npm comes with it on NodeSource builds; Debian's own is added below).
+  nodejs
   # Operations checks (tests/deploy/check_configs.sh, the metrics test's
   # `promtool check metrics`, YAML parsing) and benchmark plots.
   prometheus nginx gnuplot-nox python3-yaml curl
@@ -32,6 +41,10 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 
 if ((${#missing[@]} == 0)); then
   exit 0

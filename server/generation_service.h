@@ -96,6 +96,8 @@ class GenerationService final : public RawGenerationService {
                                          grpc::ByteBuffer* response) override;
 
  private:
+  // strata_api_requests_total{protocol="grpc", endpoint=method}.
+  void CountRequest(const char* method) const;
   absl::StatusOr<PreparedRequest> PrepareCompletion(
       const grpc::ByteBuffer& request) const;
   absl::StatusOr<PreparedRequest> PrepareChat(

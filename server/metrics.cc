@@ -113,6 +113,15 @@ Metrics::Metrics(const Options& options)
                                       "per API key name")
                                 .Register(r);
 
+  api_requests_ =
+      &prometheus::BuildCounter()
+           .Name("strata_api_requests_total")
+           .Help("Requests received, by protocol (grpc, http) and endpoint")
+           .Register(r);
+  http_responses_open_ =
+      &AddGauge(r, "strata_http_responses_open",
+                "Generations being answered over HTTP (unary or streaming)");
+
   requests_running_ =
       &AddGauge(r, "strata_requests_running", "Requests in the running batch");
   requests_waiting_ = &AddGauge(r, "strata_requests_waiting",
@@ -322,6 +331,19 @@ void Metrics::RecordRejected(const std::string& key_name) {
 }
 
 void Metrics::RecordUnauthenticated() { unauthenticated_->Increment(); }
+
+void Metrics::RecordApiRequest(absl::string_view protocol,
+                               absl::string_view endpoint) {
+  // Family::Add returns the existing child for labels it has seen.
+  api_requests_
+      ->Add({{"protocol", std::string(protocol)},
+             {"endpoint", std::string(endpoint)}})
+      .Increment();
+}
+
+void Metrics::AddOpenHttpResponses(int delta) {
+  http_responses_open_->Increment(static_cast<double>(delta));
+}
 
 void Metrics::SetEngineStalled(bool stalled) {
   engine_stalled_->Set(stalled ? 1 : 0);

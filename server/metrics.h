@@ -13,12 +13,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
+#include "prometheus/family.h"
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
@@ -99,6 +101,16 @@ class Metrics : public StepObserver {
   // A call without a valid API key (UNAUTHENTICATED).
   void RecordUnauthenticated();
 
+  // A request arrived on the public API: strata_api_requests_total by
+  // protocol ("grpc" or "http") and endpoint (the gRPC method or the HTTP
+  // path). Counted once, before validation, so refused requests show too.
+  void RecordApiRequest(absl::string_view protocol, absl::string_view endpoint);
+
+  // HTTP responses in flight (strata_http_responses_open): +1 when a
+  // generation starts answering over HTTP, -1 when its connection is done
+  // with it (written, failed or abandoned by the client).
+  void AddOpenHttpResponses(int delta);
+
   // Result of the readiness watchdog: 1 while the engine loop is stuck.
   void SetEngineStalled(bool stalled);
 
@@ -125,6 +137,8 @@ class Metrics : public StepObserver {
   prometheus::Gauge* kv_blocks_used_;
   prometheus::Gauge* kv_blocks_total_;
   prometheus::Gauge* engine_stalled_;
+  prometheus::Family<prometheus::Counter>* api_requests_;
+  prometheus::Gauge* http_responses_open_;
 
   prometheus::Counter* prefix_queried_tokens_;
   prometheus::Counter* prefix_hit_tokens_;

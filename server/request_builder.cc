@@ -85,7 +85,9 @@ RequestBuilder::RequestBuilder(const Options& options)
                                    .max_model_len = options.max_model_len,
                                    .num_loops = options.num_loops,
                                    .max_prompt_bytes =
-                                       options.max_prompt_bytes}) {}
+                                       options.max_prompt_bytes,
+                                   .has_exit_classifier =
+                                       options.exit_defaults.has_classifier()}) {}
 
 absl::StatusOr<PreparedRequest> RequestBuilder::BuildCompletion(
     const v1::CompletionRequest& request) const {
@@ -183,12 +185,29 @@ absl::StatusOr<PreparedRequest> RequestBuilder::Finish(
   out.logprobs = sampling.logprobs();
   out.priority = priority;
   out.n = sampling.has_n() ? static_cast<int32_t>(sampling.n()) : 1;
-  if (sampling.has_exit_threshold()) {
-    out.exit.threshold = sampling.exit_threshold();
+  // Unset measure / threshold: the model's defaults (docs/api.md).
+  const ExitDefaults& defaults = options_.exit_defaults;
+  out.exit.confidence = defaults.DefaultConfidence();
+  if (sampling.has_exit_confidence()) {
+    switch (sampling.exit_confidence()) {
+      case v1::EXIT_CONFIDENCE_MARGIN:
+        out.exit.confidence = ExitConfidence::kMargin;
+        break;
+      case v1::EXIT_CONFIDENCE_SATURATION:
+        out.exit.confidence = ExitConfidence::kSaturation;
+        break;
+      case v1::EXIT_CONFIDENCE_CLASSIFIER:
+        out.exit.confidence = ExitConfidence::kClassifier;
+        break;
+      default:
+        out.exit.confidence = ExitConfidence::kMaxProb;
+        break;
+    }
   }
-  out.exit.confidence = sampling.exit_confidence() == v1::EXIT_CONFIDENCE_MARGIN
-                            ? ExitConfidence::kMargin
-                            : ExitConfidence::kMaxProb;
+  out.exit.threshold = sampling.has_exit_threshold()
+                           ? sampling.exit_threshold()
+                           : defaults.DefaultThreshold(out.exit.confidence);
+  if (options_.num_loops < 2) out.exit.threshold = 1.0f;
   if (sampling.has_exit_min_loops()) {
     out.exit.min_loops = static_cast<int32_t>(sampling.exit_min_loops());
   }

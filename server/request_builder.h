@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/exit_defaults.h"
 #include "engine/step.h"
 #include "server/request_validator.h"
 #include "strata/v1/generation.pb.h"
@@ -63,6 +64,9 @@ class RequestBuilder {
     int32_t num_loops = 1;
     // Most bytes of prompt text (RequestValidator::Limits).
     int64_t max_prompt_bytes = RequestValidator::kDefaultMaxPromptBytes;
+    // Recursive models: the early-exit measure and threshold of a request
+    // that sets none (its classifier, its calibrated thresholds).
+    ExitDefaults exit_defaults = {};
     // The chat format used when a ChatRequest names none; nullopt when the
     // model has no recognisable template (chat then needs chat_template).
     std::optional<ChatFormat> default_chat_format;

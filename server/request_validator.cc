@@ -100,6 +100,14 @@ absl::Status RequestValidator::ValidateSampling(
     return FieldError("sampling.exit_confidence",
                       absl::StrCat("unknown value ", s.exit_confidence()));
   }
+  if (s.has_exit_confidence() &&
+      s.exit_confidence() == v1::EXIT_CONFIDENCE_CLASSIFIER &&
+      !limits_.has_exit_classifier) {
+    return FieldError("sampling.exit_confidence",
+                      "EXIT_CONFIDENCE_CLASSIFIER needs a model with an exit "
+                      "classifier (config.json \"exit_classifier\"); this "
+                      "one has none");
+  }
   if (s.has_n() && (s.n() < 1 || s.n() > static_cast<uint32_t>(kMaxChoices))) {
     return FieldError("sampling.n", absl::StrCat("must be in [1, ", kMaxChoices,
                                                  "], got ", s.n()));

@@ -55,6 +55,9 @@ class RequestValidator {
     // request's message contents, TokenizeRequest.text. Checked before any
     // tokenizing, so an oversized prompt costs a length check, not a parse.
     int64_t max_prompt_bytes = kDefaultMaxPromptBytes;
+    // Whether the model has an exit classifier (exit_confidence
+    // CLASSIFIER needs one).
+    bool has_exit_classifier = false;
   };
 
   explicit RequestValidator(const Limits& limits) : limits_(limits) {}

@@ -26,6 +26,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "engine/exit_defaults.h"
 #include "server/message_codec.h"
 #include "text/chat_template.h"
 
@@ -120,6 +121,15 @@ absl::Status Server::Start() {
     STRATA_LOG(INFO) << api_keys_->num_keys() << " API keys loaded from "
                      << options_.api_keys_file;
   }
+  // TLS files are checked before the model loads (a typo fails fast).
+  if (!options_.tls_cert_file.empty()) {
+    absl::StatusOr<std::unique_ptr<TlsCredentials>> tls =
+        TlsCredentials::Create({.cert_file = options_.tls_cert_file,
+                                .key_file = options_.tls_key_file,
+                                .client_ca_file = options_.tls_client_ca_file});
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+  }
 
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       Tokenizer::FromDirectory(options_.model_dir);
@@ -162,6 +172,13 @@ absl::Status Server::Start() {
                            "--chat_template";
   }
 
+  ExitDefaults exit_defaults;  // a recursive model's exit defaults
+  if (config.num_loops > 1) {
+    absl::StatusOr<ExitDefaults> loaded =
+        LoadExitDefaults(options_.model_dir, config);
+    if (!loaded.ok()) return loaded.status();
+    exit_defaults = *std::move(loaded);
+  }
   absl::StatusOr<std::unique_ptr<RequestBuilder>> builder =
       RequestBuilder::Create(RequestBuilder::Options{
           .tokenizer = tokenizer_.get(),
@@ -169,6 +186,7 @@ absl::Status Server::Start() {
           .max_model_len = max_model_len,
           .num_loops = config.num_loops,
           .max_prompt_bytes = options_.max_prompt_bytes,
+          .exit_defaults = std::move(exit_defaults),
           .default_chat_format = chat_format});
   if (!builder.ok()) return builder.status();
   builder_ = *std::move(builder);
@@ -235,13 +253,17 @@ absl::Status Server::Start() {
                                  .max_request_time =
                                      options_.max_request_time});
 
+  const std::shared_ptr<grpc::ServerCredentials> credentials =
+      tls_ != nullptr ? tls_->server_credentials()
+                      : grpc::InsecureServerCredentials();
   if (absl::Status st = Listen(); !st.ok()) return st;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder_grpc;
-  // No AddListeningPort: connections come from our listener (AcceptLoop).
+  // No AddListeningPort: connections come from our listener (AcceptLoop),
+  // and the acceptor's credentials (TLS or plaintext) handshake them.
   acceptor_ = builder_grpc.experimental().AddExternalConnectionAcceptor(
       grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
-      grpc::InsecureServerCredentials());
+      credentials);
   // Connections end gracefully after max_connection_age; a call in flight
   // then may run as long as it needs (the age's grace is unbounded).
   builder_grpc.AddChannelArgument(
@@ -269,8 +291,10 @@ absl::Status Server::Start() {
   health->SetServingStatus("", false);
   health->SetServingStatus(kGenerationServiceName, false);
   if (absl::Status st = WarmUp(); !st.ok()) return st;
+  if (absl::Status st = StartHttp(config); !st.ok()) return st;
   health->SetServingStatus("", true);
   health->SetServingStatus(kGenerationServiceName, true);
+  serving_.store(true);
 
   watchdog_ = ReadinessWatchdog::Start(ReadinessWatchdog::Options{
       .scheduler = scheduler_.get(),
@@ -287,8 +311,49 @@ absl::Status Server::Start() {
               << kGenerationServiceName << ")";
         }
         health->SetServingStatus(kGenerationServiceName, ready);
+        serving_.store(ready);
         metrics_->SetEngineStalled(!ready);
       }});
+  return absl::OkStatus();
+}
+
+absl::Status Server::StartHttp(const ModelConfig& config) {
+  if (options_.http_port == 0) return absl::OkStatus();
+  auto api = std::make_unique<HttpApi>();
+  api->tokenizer = tokenizer_.get();
+  api->builder = builder_.get();
+  api->scheduler = scheduler_.get();
+  api->metrics = metrics_.get();
+  api->output_worker = output_worker_.get();
+  api->model_id = options_.served_model_name.empty()
+                      ? ModelName(options_.model_dir)
+                      : options_.served_model_name;
+  api->created = absl::ToUnixSeconds(absl::Now());
+  api->context_length = model_info_.context_length();
+  api->system_fingerprint = absl::StrCat("strata-", STRATA_VERSION, "-",
+                                         options_.backend.name, "-",
+                                         config.torch_dtype);
+  api->serving = [this] { return serving_.load(); };
+  if (api_keys_ != nullptr) {
+    // The same keys, limits and metrics as gRPC's (GenerationService).
+    api->check_api_key = [this](absl::string_view authorization) {
+      absl::StatusOr<std::shared_ptr<const ApiKey>> key =
+          api_keys_->Authenticate(authorization);
+      if (!key.ok()) metrics_->RecordUnauthenticated();
+      return key;
+    };
+  }
+  api->options = HttpApiOptions{
+      .host = options_.host,
+      .port = options_.http_port,
+      .num_threads = options_.http_threads,
+      .max_body_bytes = options_.http_max_body_bytes,
+      .request_timeout = options_.http_request_timeout,
+      .write_timeout = options_.http_write_timeout};
+  absl::StatusOr<std::unique_ptr<HttpServer>> http =
+      HttpServer::Start(std::move(api));
+  if (!http.ok()) return http.status();
+  http_server_ = *std::move(http);
   return absl::OkStatus();
 }
 
@@ -334,6 +399,14 @@ absl::Status Server::WarmUp() {
         absl::StrCat("warm-up step failed: ", st.ToString()));
   }
   return absl::OkStatus();
+}
+
+absl::Status Server::ReloadTls() {
+  if (tls_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "TLS is off (start stratad with --tls_cert and --tls_key)");
+  }
+  return tls_->Reload();
 }
 
 bool Server::WaitForIdle(absl::Duration timeout) const {
@@ -463,6 +536,11 @@ void Server::Shutdown(absl::Duration grace) {
     // streams, and frozen there (later SetServingStatus calls are no-ops).
     health->Shutdown();
   }
+  serving_.store(false);
+  // HTTP has no GOAWAY: from now on a new request gets 503 (a proxy retries
+  // it elsewhere) and kept-alive connections close after their answer; the
+  // responses in flight go on.
+  if (http_server_ != nullptr) http_server_->StartDraining();
 
   // Why not grpc::Server::Shutdown at once: it closes the listener and sends
   // GOAWAY, but a call that arrives on an open connection after it began
@@ -510,6 +588,13 @@ void Server::Shutdown(absl::Duration grace) {
   if (output_worker_ != nullptr && !output_worker_->WaitIdle(kCancelGrace)) {
     STRATA_LOG(WARNING) << "output still being written after "
                         << absl::FormatDuration(kCancelGrace);
+  }
+  if (http_server_ != nullptr) {
+    // Every HTTP response was written (or its request cancelled above):
+    // close the listener, give cancelled streams their error event, stop.
+    http_server_->CloseListener();
+    http_server_->Stop(kCancelGrace);
+    http_server_.reset();
   }
   if (grpc_server_ != nullptr) {
     // What is still open gets kCancelGrace to end by itself (the last chunks

@@ -32,11 +32,13 @@
 #include "scheduler/scheduler.h"
 #include "server/api_key_store.h"
 #include "server/generation_service.h"
+#include "server/http_server.h"
 #include "server/metrics.h"
 #include "server/output_worker.h"
 #include "server/readiness_watchdog.h"
 #include "server/request_builder.h"
 #include "server/server_options.h"
+#include "server/tls_credentials.h"
 #include "strata/v1/generation.pb.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -82,9 +84,19 @@ class Server {
   // OK when the server has no keys file.
   absl::Status ReloadApiKeys();
 
+  // The port of the OpenAI-compatible HTTP API; 0 when off.
+  int32_t http_port() const {
+    return http_server_ != nullptr ? http_server_->port() : 0;
+  }
   // The port /metrics is served on; 0 when off.
   int32_t metrics_port() const { return metrics_->exposer_port(); }
   const ServerOptions& options() const { return options_; }
+
+  // Re-reads the TLS certificate, key and client CA (stratad: on SIGHUP).
+  // New connections get them; open ones keep theirs and are not dropped. An
+  // error (unreadable files, a key not of the certificate) changes nothing.
+  // FAILED_PRECONDITION when TLS is off.
+  absl::Status ReloadTls();
 
  private:
   explicit Server(const ServerOptions& options) : options_(options) {}
@@ -101,6 +113,8 @@ class Server {
   absl::Status WarmUp();
   // Waits until the scheduler holds no request or `timeout` passes.
   bool WaitForIdle(absl::Duration timeout) const;
+  // Starts the OpenAI-compatible HTTP API when options_.http_port is set.
+  absl::Status StartHttp(const ModelConfig& config);
   // Binds and listens on options_.host:options_.port (sets port_); the
   // accepted connections go to gRPC through acceptor_ (AcceptLoop).
   absl::Status Listen();
@@ -134,8 +148,14 @@ class Server {
   std::unique_ptr<RequestBuilder> builder_;
   std::unique_ptr<EngineLoop> engine_loop_;
   std::unique_ptr<GenerationService> service_;
+  // Null when TLS is off; outlives grpc_server_, whose handshakes call it.
+  std::unique_ptr<TlsCredentials> tls_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::unique_ptr<ReadinessWatchdog> watchdog_;
+  // What gRPC health says for strata.v1.Generation, for GET /health.
+  std::atomic<bool> serving_{false};
+  // Stopped before the engine loop, like the gRPC server.
+  std::unique_ptr<HttpServer> http_server_;
 };
 
 }  // namespace strata

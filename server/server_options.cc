@@ -33,6 +33,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   for (absl::Status st :
        {CheckPort("port", options.port),
         CheckPort("metrics_port", options.metrics_port),
+        CheckPort("http_port", options.http_port),
+        CheckPositive("http_threads", options.http_threads),
+        CheckPositive("http_max_body_bytes",
+                      static_cast<int64_t>(options.http_max_body_bytes)),
         CheckPositive("kv_cache_bytes", options.kv_cache_bytes),
         CheckPositive("block_size", options.block_size),
         CheckPositive("max_num_seqs", options.max_num_seqs),
@@ -64,6 +68,24 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_connection_age: must be at least 1ms, got ",
                      absl::FormatDuration(options.max_connection_age)));
+  }
+  for (const auto& [name, timeout] :
+       {std::pair{"http_request_timeout", options.http_request_timeout},
+        std::pair{"http_write_timeout", options.http_write_timeout}}) {
+    if (timeout < absl::Milliseconds(1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": must be at least 1ms, got ", absl::FormatDuration(timeout)));
+    }
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError(
+        options.tls_cert_file.empty()
+            ? "tls_cert: required with tls_key"
+            : "tls_key: required with tls_cert");
+  }
+  if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_client_ca: mutual TLS needs tls_cert and tls_key too");
   }
   return absl::OkStatus();
 }

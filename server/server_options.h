@@ -65,12 +65,28 @@ struct ServerOptions {
   // have left every connection before the server stops taking calls (see
   // Shutdown); keep it below the drain's grace.
   absl::Duration max_connection_age = absl::Seconds(2);
+  // TLS on the gRPC port (server/tls_credentials.h): PEM certificate chain
+  // and key, both or neither; with a client CA, mutual TLS (clients must
+  // present a certificate it signed). Empty: plaintext.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // OpenAI-compatible HTTP API (docs/api-http.md) on this port; 0 = off.
+  int32_t http_port = 0;
+  int32_t http_threads = 2;
+  size_t http_max_body_bytes = 4 << 20;
+  absl::Duration http_request_timeout = absl::Seconds(30);
+  absl::Duration http_write_timeout = absl::Seconds(30);
+  // The model id of /v1/models and of the "model" field; "" = the model
+  // folder's name.
+  std::string served_model_name;
 };
 
 // INVALID_ARGUMENT naming the option for a value no model could make valid:
 // ports out of range, a non-positive block size, KV budget, sequence or
 // token budget, a negative max_model_len, an unknown chat template, a
-// max_connection_age under 1ms. Checks that need the model (max_model_len
+// max_connection_age under 1ms, a TLS certificate without its key (or the
+// reverse), a client CA without a certificate. Checks that need the model (max_model_len
 // against the model's context) come after it loads.
 absl::Status ValidateServerOptions(const ServerOptions& options);
 

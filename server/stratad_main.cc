@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -24,15 +25,35 @@
 #include "engine/exit_policy.h"
 #include "server/server.h"
 
-ABSL_FLAG(std::string, model, "models/strata-tiny",
+ABSL_FLAG(std::string, model, "models/strata-recursive-tiny",
           "Model folder: config.json, tokenizer.json, tokenizer_config.json "
-          "and model.safetensors (or an index plus shards).");
+          "and model.safetensors (or an index plus shards). The default is "
+          "the bundled trained model.");
 ABSL_FLAG(std::string, host, "127.0.0.1",
           "Address to listen on; 0.0.0.0 (or ::) serves other machines.");
 ABSL_FLAG(int32_t, port, 50051, "TCP port; 0 picks a free one.");
 ABSL_FLAG(int32_t, metrics_port, 0,
           "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 9464); "
           "0 = off.");
+ABSL_FLAG(int32_t, http_port, 0,
+          "Serve the OpenAI-compatible HTTP API (/v1/completions, "
+          "/v1/chat/completions, /v1/models, /health) on this port, e.g. "
+          "8000; 0 = off. See docs/api-http.md.");
+ABSL_FLAG(std::string, served_model_name, "",
+          "The model id the HTTP API reports and accepts in \"model\"; "
+          "empty = the model folder's name.");
+ABSL_FLAG(int32_t, http_threads, 2,
+          "Threads serving HTTP connections (parsing, writing); generation "
+          "runs on the engine thread.");
+ABSL_FLAG(int64_t, http_max_body_bytes, 4 << 20,
+          "HTTP request bodies above this are refused with 413.");
+ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(30),
+          "Time to receive one whole HTTP request (headers and body, and "
+          "the idle time before it on a kept-alive connection).");
+ABSL_FLAG(absl::Duration, http_write_timeout, absl::Seconds(30),
+          "An HTTP write making no progress for this long ends the "
+          "connection and cancels its generation (a client that stopped "
+          "reading).");
 ABSL_FLAG(std::string, port_file, "",
           "If set, the bound port is written to this file once serving "
           "(handy with --port=0).");
@@ -67,11 +88,14 @@ ABSL_FLAG(std::string, kv_fill, "propagate",
           "recompute (the skipped loops run later, exact).");
 ABSL_FLAG(std::string, dtype, "",
           "Device backends: weight and KV cache dtype, bf16 or f16; empty = "
-          "the backend's default (bf16 on cuda). The cpu backend refuses it "
-          "(f32 weights, or bf16 panels when the checkpoint is bf16).");
+          "the backend's default (bf16 on cuda). cpu: bf16 multiplies bf16 "
+          "weights by bf16 activations (vdpbf16ps, AVX-512 BF16), f16 is "
+          "refused; empty = f32 compute (docs/engine.md).");
 ABSL_FLAG(std::string, quantization, "none",
-          "Linear-layer weights: none, int8 (weight-only) or llm.int8; a "
-          "backend that cannot honour the value refuses to start.");
+          "Linear-layer weights: none, int8 or llm.int8 (cuda: weight-only "
+          "int8; cpu: int8 weights x per-row int8 activations, "
+          "docs/engine.md); a backend that cannot honour the value refuses "
+          "to start.");
 ABSL_FLAG(int32_t, device, 0, "CUDA backend: device ordinal.");
 ABSL_FLAG(float, llm_int8_threshold, 6.0f,
           "--quantization=llm.int8: activation columns with |x| >= this are "
@@ -110,6 +134,17 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::Seconds(2),
           "in flight finish) after this long, so that load balancers spread "
           "reconnecting clients and a drain can move proxies off this "
           "replica without failing a call. A drain lasts at least 1.1x this.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "TLS on the gRPC port: PEM certificate chain (leaf first); needs "
+          "--tls_key. Reloaded on SIGHUP (new connections get it, open ones "
+          "are kept). Empty = plaintext.");
+ABSL_FLAG(std::string, tls_key, "",
+          "TLS: PEM private key of --tls_cert (unencrypted). Reloaded on "
+          "SIGHUP.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "Mutual TLS: PEM CA bundle; every client must present a "
+          "certificate it signed. Reloaded on SIGHUP. Empty = no client "
+          "certificate asked.");
 
 // Security and fairness (docs/security.md).
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1",
@@ -133,15 +168,21 @@ namespace strata {
 namespace {
 
 constexpr char kUsage[] =
-    R"(stratad serves a Llama-family language model over gRPC
+    R"(stratad serves a Llama-family language model over gRPC and, with
+--http_port, the OpenAI-compatible HTTP API
 (service strata.v1.Generation, plus grpc.health.v1 and server reflection).
 
 Usage: stratad [flags]
 
 Example:
-  stratad --model=models/strata-tiny --port=50051
+  stratad --port=50051 --http_port=8000
   strata-cli --addr=127.0.0.1:50051 complete "Once upon a time"
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \
+    -d '{"prompt": "Once upon a time", "max_tokens": 16}'
 
+
+SIGHUP reloads the API keys (--api_keys_file) and the TLS files (--tls_cert,
+--tls_key, --tls_client_ca).
 Stop it with Ctrl-C or SIGTERM: it turns health NOT_SERVING, refuses new
 connections, serves the open ones until they reach --max_connection_age and
 its running requests are done (at most --shutdown_grace), then exits 0.)";
@@ -181,12 +222,10 @@ int Run(int argc, char** argv) {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  // SIGHUP re-reads the API keys, on a thread of its own (below).
-  sigset_t reload_signals;
-  sigemptyset(&reload_signals);
-  sigaddset(&reload_signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &reload_signals, nullptr);
+  // SIGHUP (reload the TLS files) likewise, taken by the same sigwait.
+  sigset_t wait_signals = stop_signals;
+  sigaddset(&wait_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &wait_signals, nullptr);
 
   // Must precede the server's construction; the plugin then adds the
   // reflection service to every server this process builds.
@@ -241,6 +280,17 @@ int Run(int argc, char** argv) {
   options.api_keys_file = absl::GetFlag(FLAGS_api_keys_file);
   options.max_request_time = absl::GetFlag(FLAGS_max_request_time);
   options.max_prompt_bytes = absl::GetFlag(FLAGS_max_prompt_bytes);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.http_port = absl::GetFlag(FLAGS_http_port);
+  options.served_model_name = absl::GetFlag(FLAGS_served_model_name);
+  options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.http_max_body_bytes =
+      static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(
+                                                   FLAGS_http_max_body_bytes)));
+  options.http_request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
+  options.http_write_timeout = absl::GetFlag(FLAGS_http_write_timeout);
 
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options);
   if (!server.ok()) {
@@ -254,13 +304,25 @@ int Run(int argc, char** argv) {
     metrics = absl::StrCat(":", (*server)->metrics_port(), "/metrics");
   }
   std::printf(
-      "stratad listening on %s (model %s, %s, %u layers, context %u, chat "
+      "stratad listening on %s%s (model %s, %s, %u layers, context %u, chat "
       "template %s, backend %s, metrics %s)\n"
       "  try: strata-cli --addr=%s complete \"Once upon a time\"\n",
-      (*server)->address().c_str(), options.model_dir.c_str(),
+      (*server)->address().c_str(),
+      options.tls_cert_file.empty()
+          ? ""
+          : (options.tls_client_ca_file.empty() ? " with TLS"
+                                                : " with mutual TLS"),
+      options.model_dir.c_str(),
       info.architecture().c_str(), info.num_layers(), info.context_length(),
       info.chat_template().empty() ? "none" : info.chat_template().c_str(),
       info.backend().c_str(), metrics.c_str(), (*server)->address().c_str());
+  if ((*server)->http_port() != 0) {
+    std::printf(
+        "  OpenAI-compatible HTTP API on http://%s:%d/v1 (model id \"%s\")\n",
+        options.host.c_str(), (*server)->http_port(),
+        options.served_model_name.empty() ? info.name().c_str()
+                                          : options.served_model_name.c_str());
+  }
   std::fflush(stdout);
 
   if (const std::string path = absl::GetFlag(FLAGS_port_file); !path.empty()) {
@@ -270,24 +332,25 @@ int Run(int argc, char** argv) {
     }
   }
 
-  // The server outlives this thread's use of it: it is detached and never
-  // touches the server after `reload_mu` says the server is going.
-  static absl::Mutex reload_mu;
-  static Server* reloadable = server->get();
-  std::thread([reload_signals] {
-    while (true) {
-      int hup = 0;
-      sigwait(&reload_signals, &hup);
-      absl::MutexLock lock(&reload_mu);
-      if (reloadable == nullptr) return;
-      if (absl::Status st = reloadable->ReloadApiKeys(); !st.ok()) {
-        STRATA_LOG(WARNING) << "SIGHUP: keeping the current API keys: " << st;
-      }
-    }
-  }).detach();
-
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  while (sigwait(&wait_signals, &signal_number) == 0 &&
+         signal_number == SIGHUP) {
+    // SIGHUP re-reads the API keys and the TLS files; each keeps what it
+    // has when its new files are bad.
+    if (absl::Status st = (*server)->ReloadApiKeys(); !st.ok()) {
+      STRATA_LOG(WARNING) << "SIGHUP: keeping the current API keys: " << st;
+    }
+    if (options.tls_cert_file.empty()) {
+      STRATA_LOG(INFO) << "received SIGHUP: nothing to reload (TLS is off)";
+    } else if (absl::Status st = (*server)->ReloadTls(); st.ok()) {
+      STRATA_LOG(INFO) << "received SIGHUP: reloaded the TLS certificate; "
+                          "new connections use it";
+    } else {
+      STRATA_LOG(ERROR) << "received SIGHUP: TLS reload failed, keeping the "
+                           "current certificate: "
+                        << st;
+    }
+  }
   STRATA_LOG(INFO) << "received " << strsignal(signal_number)
                    << ", draining (a second SIGTERM or SIGINT exits at once)";
   // The drain below may take --shutdown_grace; an operator who signals again
@@ -300,10 +363,6 @@ int Run(int argc, char** argv) {
     std::_Exit(1);
   }).detach();
   (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
-  {
-    absl::MutexLock lock(&reload_mu);
-    reloadable = nullptr;
-  }
   server->reset();
   STRATA_LOG(INFO) << "stratad stopped";
   return 0;

@@ -18,6 +18,7 @@ Usage:
       --tokenizer-base tests/data/tiny-llama/tokenizer.json [--arch llama|qwen2]
       [--hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 160]
       [--dtype f32|bf16|f16] [--shards N] [--seed S] [--tied|--untied]
+      [--vocab-size N]
 """
 
 import argparse
@@ -86,6 +87,10 @@ def parse_args():
     tie.add_argument("--tied", dest="tied", action="store_true", default=None)
     tie.add_argument("--untied", dest="tied", action="store_false")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vocab-size", type=int, default=0,
+                    help="pad the embedding and LM head to this many rows "
+                    "(a benchmark model's vocabulary; the tokenizer never "
+                    "emits the extra ids); 0 = the tokenizer's size")
     ap.add_argument("--gain", type=float, default=1.6)
     ap.add_argument("--lm-gain", type=float, default=4.0)
     ap.add_argument("--norm-noise", type=float, default=0.1)
@@ -193,6 +198,11 @@ def main():
     tok = bpe.tokenizer_json(vocab, merges, specials)
     special_id = {t["content"]: t["id"] for t in tok["added_tokens"]}
     vocab_size = len(vocab) + len(specials)
+    if args.vocab_size:
+        if args.vocab_size < vocab_size:
+            raise SystemExit("--vocab-size is smaller than the tokenizer's %d"
+                             % vocab_size)
+        vocab_size = args.vocab_size
     bpe.write_json(tok, os.path.join(args.out, "tokenizer.json"))
 
     config = {

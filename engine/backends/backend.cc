@@ -18,9 +18,11 @@ absl::Status Backend::CheckExitConfidenceArgs(
     const Tensor& logits, std::span<const ExitConfidence> kinds,
     std::span<float> out) {
   const int64_t rows = logits.rank() == 0 ? 1 : logits.dim(0);
+  const bool hidden_kind =
+      std::any_of(kinds.begin(), kinds.end(), IsHiddenExitConfidence);
   if (static_cast<int64_t>(kinds.size()) != rows ||
       static_cast<int64_t>(out.size()) != rows ||
-      logits.type() != ElementType::kF32) {
+      logits.type() != ElementType::kF32 || hidden_kind) {
     return absl::InternalError(
         absl::StrCat("ExitConfidences of ", logits.DebugString(), " with ",
                      kinds.size(), " kinds and ", out.size(), " outputs"));
@@ -54,6 +56,67 @@ absl::Status Backend::ExitConfidences(const Tensor& logits,
     const std::span<const float> row(host.data() + i * vocab, vocab);
     out[i] = ComputeExitConfidence(row, kinds[i], RowSoftmaxStats(row));
   }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::CheckHiddenExitConfidenceArgs(
+    const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+    const Tensor& classifier, std::span<const int32_t> loops,
+    std::span<const ExitConfidence> kinds, std::span<float> out) {
+  const size_t r = rows.size();
+  bool ok = state.rank() == 2 && state.type() == ElementType::kF32 &&
+            loops.size() == r && kinds.size() == r && out.size() == r;
+  const int64_t n = ok ? state.dim(0) : 0, hidden = ok ? state.dim(1) : 0;
+  for (size_t j = 0; ok && j < r; ++j) {
+    ok = rows[j] >= 0 && rows[j] < n && IsHiddenExitConfidence(kinds[j]);
+    if (ok && kinds[j] == ExitConfidence::kSaturation) {
+      ok = prev.rank() == 2 && prev.type() == ElementType::kF32 &&
+           prev.dim(0) == static_cast<int64_t>(r) && prev.dim(1) == hidden;
+    }
+    if (ok && kinds[j] == ExitConfidence::kClassifier) {
+      ok = classifier.rank() == 2 && classifier.type() == ElementType::kF32 &&
+           classifier.dim(1) == hidden + 1 && loops[j] >= 0 &&
+           loops[j] < classifier.dim(0);
+    }
+  }
+  if (!ok) {
+    return absl::InternalError(absl::StrCat(
+        "HiddenExitConfidences of ", state.DebugString(), " with ", r,
+        " rows, prev ", prev.DebugString(), ", classifier ",
+        classifier.DebugString(), ", ", loops.size(), " loops, ",
+        kinds.size(), " kinds and ", out.size(), " outputs"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Backend::HiddenExitConfidences(
+    const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+    const Tensor& classifier, std::span<const int32_t> loops,
+    std::span<const ExitConfidence> kinds, float eps, std::span<float> out) {
+  if (absl::Status s = CheckHiddenExitConfidenceArgs(state, rows, prev,
+                                                     classifier, loops, kinds,
+                                                     out);
+      !s.ok()) {
+    return s;
+  }
+  if (rows.empty()) return absl::OkStatus();
+  // Host copies of hidden-sized rows (the states, the previous states, the
+  // small classifier table): O(rows * hidden), never the logits.
+  auto host = [this](const Tensor& t) -> absl::StatusOr<std::vector<float>> {
+    std::vector<float> v(t.empty() ? 0 : t.num_elements());
+    if (!v.empty()) {
+      if (absl::Status s = CopyToHost(t, v); !s.ok()) return s;
+    }
+    return v;
+  };
+  absl::StatusOr<std::vector<float>> h = host(state);
+  if (!h.ok()) return h.status();
+  absl::StatusOr<std::vector<float>> p = host(prev);
+  if (!p.ok()) return p.status();
+  absl::StatusOr<std::vector<float>> c = host(classifier);
+  if (!c.ok()) return c.status();
+  ComputeHiddenExitConfidences(h->data(), state.dim(1), rows, p->data(),
+                               c->data(), loops, kinds, eps, out);
   return absl::OkStatus();
 }
 

@@ -304,6 +304,20 @@ class Backend {
   virtual absl::Status ExitConfidences(const Tensor& logits,
                                        std::span<const ExitConfidence> kinds,
                                        std::span<float> out);
+  // Early-exit confidence from the residual stream, O(hidden) per row and
+  // no LM head (ComputeHiddenExitConfidence of engine/exit_policy.h), into
+  // host memory; waits for queued ops. Row j: h = state[rows[j]] of kind
+  // kinds[j] (kSaturation: against prev[j]; kClassifier: classifier row
+  // loops[j]). The default copies the states to the host (hidden floats per
+  // row, never logits); a device backend may compute next to them.
+  // state: [n, hidden] f32; prev: [rows, hidden] f32 (rows of classifier
+  // kinds unused; empty when there is no kSaturation row); classifier:
+  // [early loops, hidden + 1] f32 (empty when there is no kClassifier row);
+  // rows, loops, kinds, out: [rows]
+  virtual absl::Status HiddenExitConfidences(
+      const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+      const Tensor& classifier, std::span<const int32_t> loops,
+      std::span<const ExitConfidence> kinds, float eps, std::span<float> out);
 
   // ---- Step graphs ----
 
@@ -327,6 +341,11 @@ class Backend {
   static absl::Status CheckExitConfidenceArgs(
       const Tensor& logits, std::span<const ExitConfidence> kinds,
       std::span<float> out);
+  // INTERNAL unless HiddenExitConfidences' shapes and indices hold.
+  static absl::Status CheckHiddenExitConfidenceArgs(
+      const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+      const Tensor& classifier, std::span<const int32_t> loops,
+      std::span<const ExitConfidence> kinds, std::span<float> out);
 };
 
 }  // namespace strata

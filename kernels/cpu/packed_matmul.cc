@@ -5,16 +5,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cpu/panel_tasks.h"
 #include "kernels/cpu/simd.h"
 
 namespace strata::cpu {
 namespace {
 
-// A task's share of the output: rows [row_begin, row_end) by panels
-// [panel_begin, panel_end).
-struct Block {
-  int64_t row_begin, row_end, panel_begin, panel_end;
-};
+using Block = internal::PanelBlock;
 
 // What every variant needs to address x, the panels and out. W is the
 // panels' element: float, or uint16_t holding the upper half of a float
@@ -120,56 +117,19 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
   }
 }
 
-// 8 rows x 3 panels: 24 of the 32 vector registers accumulate, 3 hold W and
-// one the broadcast, so every W load feeds 8 multiply-adds.
-constexpr int kRowsAvx512 = 8;
-constexpr int kPanelsAvx512 = 3;
-
-template <int C, typename W>
-STRATA_TARGET_AVX512 void RowsAvx512(const Operands<W>& o, int64_t rows,
-                                     int64_t row, int64_t panel) {
-  switch (rows) {
-    case 8:
-      return TileAvx512<8, C>(o, row, panel);
-    case 7:
-      return TileAvx512<7, C>(o, row, panel);
-    case 6:
-      return TileAvx512<6, C>(o, row, panel);
-    case 5:
-      return TileAvx512<5, C>(o, row, panel);
-    case 4:
-      return TileAvx512<4, C>(o, row, panel);
-    case 3:
-      return TileAvx512<3, C>(o, row, panel);
-    case 2:
-      return TileAvx512<2, C>(o, row, panel);
-    default:
-      return TileAvx512<1, C>(o, row, panel);
-  }
-}
-
+// The 8 x 3 tiles for internal::RunTiles8x3, per panel element type: 24 of
+// the 32 vector registers accumulate, 3 hold W and one the broadcast, so
+// every W load feeds 8 multiply-adds.
 template <typename W>
-STRATA_TARGET_AVX512 void BlockAvx512(const Operands<W>& o, const Block& b) {
-  // Panels outermost: the W of a panel group stays cache-resident while
-  // every row tile of the block passes over it.
-  for (int64_t pj = b.panel_begin; pj < b.panel_end; pj += kPanelsAvx512) {
-    const int64_t panels = std::min<int64_t>(kPanelsAvx512, b.panel_end - pj);
-    for (int64_t i = b.row_begin; i < b.row_end; i += kRowsAvx512) {
-      const int64_t rows = std::min<int64_t>(kRowsAvx512, b.row_end - i);
-      switch (panels) {
-        case 3:
-          RowsAvx512<3>(o, rows, i, pj);
-          break;
-        case 2:
-          RowsAvx512<2>(o, rows, i, pj);
-          break;
-        default:
-          RowsAvx512<1>(o, rows, i, pj);
-          break;
-      }
+struct Avx512Tiles {
+  template <int R, int C>
+  struct Tile {
+    STRATA_TARGET_AVX512 static void Run(const Operands<W>& o, int64_t row,
+                                         int64_t panel) {
+      TileAvx512<R, C>(o, row, panel);
     }
-  }
-}
+  };
+};
 
 // AVX2: a panel is two 8-lane halves; R rows x 1 panel = 2R accumulators of
 // the 16 registers.
@@ -243,11 +203,6 @@ STRATA_TARGET_AVX2 void BlockAvx2(const Operands<W>& o, const Block& b) {
 
 #endif  // STRATA_CPU_X86
 
-// Rows per task: bounds the slice of x a task keeps in cache.
-constexpr int64_t kRowBlock = 64;
-// Below this many multiply-adds a product runs on the calling thread.
-constexpr int64_t kMinParallelMacs = 1 << 18;
-
 template <typename W, typename Convert>
 void Pack(const float* w, int64_t m, int64_t k, W* packed, Convert convert) {
   const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
@@ -277,32 +232,13 @@ void Multiply(const KernelContext& ctx, const float* x, const W* packed,
     return;
   }
   const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
-  const int64_t row_block = std::min(n, kRowBlock);
-  const int64_t num_row_blocks = (n + row_block - 1) / row_block;
-  // Panels per task: a multiple of the AVX-512 tile's 3, shrunk until there
-  // are enough tasks for the dynamic scheduler to balance the threads.
-  int64_t panel_block = 24;
-  const int64_t min_tasks = 4 * static_cast<int64_t>(ctx.num_threads());
-  while (panel_block > 3 &&
-         num_row_blocks * ((num_panels + panel_block - 1) / panel_block) <
-             min_tasks) {
-    panel_block -= 3;
-  }
-  const int64_t num_panel_blocks = (num_panels + panel_block - 1) / panel_block;
   const Operands<W> operands{x, packed, out, m, k};
   const Isa isa = ctx.isa;
-  const KernelContext run_ctx =
-      n * m * k < kMinParallelMacs ? KernelContext{isa, nullptr} : ctx;
-  run_ctx.ParallelFor(num_row_blocks * num_panel_blocks, [&](int64_t task) {
-    const int64_t rb = task / num_panel_blocks;
-    const int64_t pb = task % num_panel_blocks;
-    const Block b{rb * row_block, std::min(n, (rb + 1) * row_block),
-                  pb * panel_block,
-                  std::min(num_panels, (pb + 1) * panel_block)};
+  internal::ForEachPanelBlock(ctx, n, num_panels, n * m * k, [&](const Block& b) {
     switch (isa) {
 #if STRATA_CPU_X86
       case Isa::kAvx512:
-        BlockAvx512(operands, b);
+        internal::RunTiles8x3<Avx512Tiles<W>::template Tile>(operands, b);
         return;
       case Isa::kAvx2:
         BlockAvx2(operands, b);

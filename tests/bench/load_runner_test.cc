@@ -251,7 +251,44 @@ TEST(LoadRunnerTest, MaxRunTimeCancelsWhatIsInFlight) {
       << result->abort_reason;
   EXPECT_EQ(result->num_sent, 3);
   EXPECT_EQ(ErrorCounts(*result).at("CANCELLED"), 3);
+  EXPECT_EQ(result->num_cancelled_by_bench, 3);
+  // The bench gave up on them: not failures of the daemon.
+  const BenchMetrics metrics =
+      ComputeMetrics(result->records, result->duration_s, Slo());
+  EXPECT_EQ(metrics.cancelled_by_bench, 3);
+  EXPECT_EQ(metrics.failed, 0);
   EXPECT_LT(elapsed, 60);  // bounded, not the 120 s request deadline
+}
+
+// --duration_s equal to --max_run_s (a soak's usual flags): the requests in
+// flight when the window closes are cancelled by the bench, counted as such
+// (not as failed), and the run is not an abort (exit 0, not 2).
+TEST(LoadRunnerTest, DurationEndingAtMaxRunTimeIsNotAnAbort) {
+  FakeGenerationService::Behavior behavior;
+  behavior.hang = true;  // every request is still in flight at the end
+  FakeServer server(behavior);
+  ASSERT_TRUE(server.ok());
+  auto runner = Runner(server.target());
+  auto workload = TokenWorkload(4, 2);
+  LoadRunner::RunOptions run;
+  run.concurrency = 2;
+  run.num_requests = 100;
+  run.duration = absl::Milliseconds(300);
+  run.max_run_time = absl::Milliseconds(300);
+  auto result = runner->Run(*workload, run);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_FALSE(result->aborted) << result->abort_reason;
+  EXPECT_EQ(result->num_sent, 2);
+  EXPECT_EQ(result->num_cancelled_by_bench, 2);
+  ASSERT_EQ(result->records.size(), 2u);
+  for (const RequestRecord& r : result->records) {
+    EXPECT_TRUE(r.cancelled_by_bench);
+  }
+  const BenchMetrics metrics =
+      ComputeMetrics(result->records, result->duration_s, Slo());
+  EXPECT_EQ(metrics.failed, 0);
+  EXPECT_EQ(metrics.cancelled_by_bench, 2);
+  EXPECT_TRUE(metrics.errors_by_code.empty());
 }
 
 TEST(LoadRunnerTest, DurationStopsSending) {

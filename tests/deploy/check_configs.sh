@@ -161,6 +161,15 @@ for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
 # dead_port: nothing listens there, so connections are refused.
+# The same for the HTTP API: balancer, dead, draining, two healthy.
+read -r http_lb_port http_dead_port http_draining_port http_r1_port http_r2_port < <("${python}" -c '
+import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+export HTTP_LB_PORT="${http_lb_port}"
+export HTTP_REPLICA_PORTS="${http_dead_port} ${http_draining_port} ${http_r1_port} ${http_r2_port}"
 
 # The shipped config with its replica lines rewritten to the loopback
 # stand-ins (the last line repeated for the extra one), and the listener
@@ -183,6 +192,22 @@ text = text.replace(lines[2], "\n".join(new[3:]), 1)
 text, n = re.subn(r"listen 50051 http2;", "listen 127.0.0.1:%s http2;" % lb, text)
 if n != 1:
     sys.exit("expected one `listen 50051 http2;`")
+# The HTTP API's upstream: a dead, a draining (503) and two healthy HTTP/1.1
+# stand-ins, ports from the environment; its listener on a free port.
+import os
+http_lines = re.findall(r"^\s*server\s+\S+:8000\b.*$", text, flags=re.M)
+if len(http_lines) != 3:
+    sys.exit("expected the 3 example replica lines in the strata_http block")
+ports = os.environ["HTTP_REPLICA_PORTS"].split()
+new = [re.sub(r"\S+:8000", "127.0.0.1:" + port, http_lines[min(i, 2)])
+       for i, port in enumerate(ports)]
+text = text.replace(http_lines[0], "\n".join(new[:2]), 1)
+text = text.replace(http_lines[1], new[2], 1)
+text = text.replace(http_lines[2], "\n".join(new[3:]), 1)
+text, n = re.subn(r"listen 8000;", "listen 127.0.0.1:%s;" % os.environ["HTTP_LB_PORT"], text)
+if n != 1:
+    sys.exit("expected one `listen 8000;`")
+open(dst, "w").write(text)
 open(dst, "w").write(text)
 EOF
 }
@@ -223,21 +248,48 @@ http {
     listen 127.0.0.1:${r2_port} http2;
     location / { default_type text/plain; return 200 "replica-2 \$request_method \$uri\n"; }
   }
+  # HTTP API stand-ins: one draining (503), two healthy.
+  server {
+    listen 127.0.0.1:${http_draining_port};
+    access_log ${tmp}/nginx/http_draining.log;
+    location / { return 503; }
+  }
+  server {
+    listen 127.0.0.1:${http_r1_port};
+    location / { default_type text/event-stream; return 200 "data: http-replica-1 \$request_method \$uri\n\n"; }
+  }
+  server {
+    listen 127.0.0.1:${http_r2_port};
+    location / { default_type text/event-stream; return 200 "data: http-replica-2 \$request_method \$uri\n\n"; }
+  }
 }
 EOF
 
 check "nginx -t on deploy/nginx/strata.conf" \
   nginx -t -q -p "${tmp}/nginx" -c "${tmp}/nginx.conf" -e "${tmp}/nginx/error.log"
 
-nginx_live() {
+# Starts nginx on the test config (its pid in nginx_pid) and waits until
+# the URL answers; extra arguments go to curl.
+start_nginx() {
+  local url="$1"
+  shift
   nginx -p "${tmp}/nginx" -c "${tmp}/nginx.conf" -e "${tmp}/nginx/error.log" \
     -g "daemon off; user $(id -un);" &
-  nginx_pids+=($!)
-  local pid=$!
+  nginx_pid=$!
+  nginx_pids+=("${nginx_pid}")
   for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:${lb_port}/" --http2-prior-knowledge && break
+    curl -s -o /dev/null "$@" "${url}" && break
     sleep 0.1
   done
+}
+
+stop_nginx() {
+  kill "${nginx_pid}"
+  wait "${nginx_pid}" 2>/dev/null
+}
+
+nginx_live() {
+  start_nginx "http://127.0.0.1:${lb_port}/" --http2-prior-knowledge
   local served="" refused=0 reset=0 out
   # gRPC calls are HTTP/2 POSTs with content-type application/grpc. With
   # least_conn and no call in flight, ties rotate round robin: ten calls
@@ -277,12 +329,38 @@ nginx_live() {
     -X POST -H 'content-type: application/grpc' \
     "http://127.0.0.1:${lb_port}/unknown.Service/Method") || return 1
   [[ "${out}" == 404 ]] || { echo "unknown service answered ${out}"; return 1; }
-  kill "${pid}"
-  wait "${pid}" 2>/dev/null
-  return 0
+  stop_nginx
 }
 check "nginx live: h2c POSTs, retry past a dead replica, no re-send after a reset or 503, 404s" \
   nginx_live
+
+# The HTTP API block: every POST reaches a healthy replica (a dead or
+# draining one is skipped: proxy_next_upstream with non_idempotent), and SSE
+# is not buffered.
+nginx_http_live() {
+  grep -Pzo '(?s)location /v1/ \{[^}]*proxy_buffering off;' \
+    "${root}/deploy/nginx/strata.conf" >/dev/null ||
+    { echo "the /v1/ location does not turn proxy_buffering off"; return 1; }
+  start_nginx "http://127.0.0.1:${http_lb_port}/"
+  local served="" out
+  for _ in 1 2 3 4 5 6 7 8; do
+    out=$(curl -sS -X POST -H 'content-type: application/json' \
+      -d '{"prompt": "x"}' -o "${tmp}/http_body" -w '%{http_code}' \
+      "http://127.0.0.1:${http_lb_port}/v1/completions") || return 1
+    echo "http call: ${out} $(head -c 60 "${tmp}/http_body" | tr '\n' ' ')"
+    [[ "${out}" == 200 ]] || { echo "a request was not retried"; return 1; }
+    served+="$(cut -d' ' -f2 "${tmp}/http_body") "
+  done
+  [[ "${served}" == *http-replica-1* && "${served}" == *http-replica-2* ]] ||
+    { echo "requests did not reach both healthy replicas: ${served}"; return 1; }
+  [[ -s "${tmp}/nginx/http_draining.log" ]] ||
+    { echo "the draining replica was never tried"; return 1; }
+  out=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:${http_lb_port}/nope") || return 1
+  [[ "${out}" == 404 ]] || { echo "unknown path answered ${out}"; return 1; }
+  stop_nginx
+}
+check "nginx live HTTP API: POSTs retried past dead and draining (503) replicas, SSE unbuffered, 404s" \
+  nginx_http_live
 
 echo "${passed} passed, ${failed} failed"
 ((failed == 0))

@@ -21,6 +21,7 @@
 #include "engine/loader/model_weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/bf16_matmul.h"
 #include "kernels/cpu/isa.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/testing/model_runner_test_peer.h"
@@ -75,7 +76,8 @@ struct Loaded {
 };
 
 Loaded Load(const std::string& model_dir, cpu::Isa isa, int32_t num_threads,
-            int32_t block_size, int32_t num_blocks) {
+            int32_t block_size, int32_t num_blocks,
+            CpuBackend::Options backend_options = {}) {
   Loaded loaded;
   absl::StatusOr<ModelConfig> config =
       ModelConfig::FromFile(model_dir + "/config.json");
@@ -87,7 +89,6 @@ Loaded Load(const std::string& model_dir, cpu::Isa isa, int32_t num_threads,
   absl::StatusOr<ModelWeights> weights =
       ModelWeights::Load(**checkpoint, *config);
   EXPECT_TRUE(weights.ok()) << weights.status();
-  CpuBackend::Options backend_options;
   backend_options.num_threads = num_threads;
   backend_options.isa = isa;
   absl::StatusOr<std::unique_ptr<CpuBackend>> backend =
@@ -198,6 +199,12 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LlamaModelReferenceTest,
                            return name;
                          });
 
+CpuBackend::Options Bf16Compute() {
+  CpuBackend::Options options;
+  options.compute = CpuBackend::Compute::kBf16;
+  return options;
+}
+
 class LlamaModelTest : public testing::Test {
  protected:
   static constexpr int32_t kBlockSize = 4;
@@ -208,6 +215,10 @@ class LlamaModelTest : public testing::Test {
     ref_ = LoadReference(dir_);
     ASSERT_FALSE(ref_.prompt_ids.empty());
   }
+
+  // The checks of BatchInvariantThroughTheModel on the model in `dir`.
+  void CheckBatchInvariance(const std::string& dir,
+                            const CpuBackend::Options& options);
 
   std::string dir_;
   Reference ref_;
@@ -256,8 +267,28 @@ TEST_F(LlamaModelTest, ChunkedPrefillMatchesWholePrefill) {
 
 // Two different sequences in one batch (one prefilling, one decoding) get
 // bit-identical logits to each run alone, and so does a different thread
-// count.
+// count; in every weight mode of the CPU backend (f32 compute, int8,
+// LLM.int8() with outliers forced by a low threshold, bf16 compute where
+// the CPU has it).
 TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
+  std::vector<CpuBackend::Options> modes(3);
+  modes[1].quantization = Quantization::kWeightInt8;
+  modes[2].quantization = Quantization::kLlmInt8;
+  modes[2].llm_int8_threshold = 1.0f;  // so that most rows have outliers
+  for (size_t mode = 0; mode < modes.size(); ++mode) {
+    SCOPED_TRACE(testing::Message() << "mode " << mode);
+    CheckBatchInvariance(dir_, modes[mode]);
+  }
+  // bf16 compute applies to bfloat16 weights: the bundled bf16 model.
+  if (cpu::Bf16DotSupported()) {
+    SCOPED_TRACE("bf16 compute");
+    CheckBatchInvariance(std::string(STRATA_SOURCE_DIR) + "/models/strata-tiny",
+                         Bf16Compute());
+  }
+}
+
+void LlamaModelTest::CheckBatchInvariance(const std::string& dir,
+                                          const CpuBackend::Options& options) {
   const std::vector<TokenId> prompt_a = ref_.prompt_ids;
   std::vector<TokenId> prompt_b;
   for (int i = 0; i < 13; ++i) prompt_b.push_back((i * 97 + 5) % 1792);
@@ -291,7 +322,7 @@ TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
     *b_decode = *lb;
   };
 
-  Loaded m = Load(dir_, cpu::DefaultIsa(), 2, kBlockSize, kNumBlocks);
+  Loaded m = Load(dir, cpu::DefaultIsa(), 2, kBlockSize, kNumBlocks, options);
   std::vector<float> alone_a, alone_b;
   run_alone(*m.model, &alone_a, &alone_b);
 
@@ -311,7 +342,8 @@ TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
                            alone_a.size() * sizeof(float)));
 
   // One kernel thread instead of two: identical bits.
-  Loaded single = Load(dir_, cpu::DefaultIsa(), 1, kBlockSize, kNumBlocks);
+  Loaded single =
+      Load(dir, cpu::DefaultIsa(), 1, kBlockSize, kNumBlocks, options);
   std::vector<float> single_a, single_b;
   run_alone(*single.model, &single_a, &single_b);
   EXPECT_EQ(single_a, alone_a);

@@ -173,6 +173,61 @@ TEST(ModelRunnerTest, RejectsBadOptions) {
   EXPECT_THAT(status.message(), testing::HasSubstr("config.json"));
 }
 
+// --quantization=int8 and llm.int8 change the CPU's logits (they are
+// honoured; issue 17: int8 used to be accepted and ignored) and stay close
+// to the f32 reference.
+TEST(ModelRunnerTest, CpuHonoursInt8Modes) {
+  const Reference ref = LoadReference(FixtureDir("tiny-llama"));
+  float max_abs = 0.0f;
+  for (const auto& row : ref.prefill_logits) {
+    for (float v : row) max_abs = std::max(max_abs, std::fabs(v));
+  }
+  for (Quantization mode :
+       {Quantization::kWeightInt8, Quantization::kLlmInt8}) {
+    SCOPED_TRACE(QuantizationName(mode));
+    ModelRunner::Options options;
+    options.model_dir = FixtureDir("tiny-llama");
+    options.kv_cache_bytes = 4 << 20;
+    options.backend.num_threads = 2;
+    options.backend.quantization = mode;
+    absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
+        ModelRunner::Create(options);
+    ASSERT_TRUE(runner.ok()) << runner.status();
+    const std::vector<int32_t> table = {5, 2};
+    StepPlan plan;
+    WorkItem& item = plan.items.emplace_back();
+    item.tokens = ref.prompt_ids;
+    item.block_table = table;
+    absl::StatusOr<std::vector<std::vector<float>>> logits =
+        ModelRunnerTestPeer(**runner).ComputeAllLogits(plan);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_EQ(logits->size(), ref.prefill_logits.size());
+    float max_err = 0.0f;
+    double sum_err = 0.0;
+    int64_t count = 0, same_argmax = 0;
+    for (size_t r = 0; r < logits->size(); ++r) {
+      const std::vector<float>& got = (*logits)[r];
+      const std::vector<float>& want = ref.prefill_logits[r];
+      for (size_t v = 0; v < got.size(); ++v) {
+        const float err = std::fabs(got[v] - want[v]);
+        max_err = std::max(max_err, err);
+        sum_err += err;
+        ++count;
+      }
+      same_argmax += std::max_element(got.begin(), got.end()) - got.begin() ==
+                     std::max_element(want.begin(), want.end()) - want.begin();
+    }
+    EXPECT_GT(max_err, 1e-4f) << "logits as without quantization";
+    // Measured (AVX-512 VNNI): int8 max 1.13, mean 0.116, argmax 18/20;
+    // llm.int8 max 0.78, mean 0.105, argmax 17/20 -- this random 2-layer
+    // fixture amplifies noise; the trained model's perplexity moves by 0.1%
+    // (docs/engine.md).
+    EXPECT_LT(max_err, 0.1f * max_abs);
+    EXPECT_LT(sum_err / static_cast<double>(count), 0.02 * max_abs);
+    EXPECT_GE(same_argmax * 4, static_cast<int64_t>(logits->size()) * 3);
+  }
+}
+
 TEST(ModelRunnerTest, BadPlanIsAnErrorAndTheRunnerStaysUsable) {
   std::unique_ptr<ModelRunner> runner = CreateRunner("tiny-llama");
   ASSERT_NE(runner, nullptr);

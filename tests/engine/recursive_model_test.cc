@@ -3,7 +3,8 @@
 // against the float64 reference of tools/recursive/model.py: full depth
 // sequence-wise and depth-wise, forced exits with both KV policies (logits,
 // tokens, filled K/V), the threshold run, items at different loops in one
-// batch, config/weight refusals and plan validation.
+// batch, config/weight refusals and plan validation; the hidden-state exit
+// measures (saturation, classifier) against the reference's runs.
 #include <unistd.h>
 
 #include <algorithm>
@@ -99,9 +100,10 @@ std::vector<int32_t> ShuffledBlocks(int32_t count, uint32_t seed) {
 }
 
 std::unique_ptr<ModelRunner> MakeRunner(const std::string& kv_fill,
-                                        int32_t num_threads = 2) {
+                                        int32_t num_threads = 2,
+                                        const std::string& model_dir = "") {
   ModelRunner::Options options;
-  options.model_dir = FixtureDir();
+  options.model_dir = model_dir.empty() ? FixtureDir() : model_dir;
   options.block_size = kBlockSize;
   // 2 (K, V) * 6 kv layers * 4 tokens * 2 kv heads * 16 * 4 bytes = 6144.
   options.kv_cache_bytes = 6144LL * kNumBlocks;
@@ -756,6 +758,113 @@ TEST(RecursiveModelTest, ThresholdRunMatchesReference) {
     }
     EXPECT_EQ(got_exits, want_exits) << (depth_wise ? "depth-wise" : "");
   }
+}
+
+// ---- Hidden-state measures (saturation, classifier) ----
+
+// The fixture folder with config.json naming its exit classifier
+// (exit_classifier_fixture.safetensors), copied to a temporary folder.
+std::string FixtureWithClassifier() {
+  namespace fs = std::filesystem;
+  const fs::path dir =
+      fs::path(::testing::TempDir()) /
+      ("strata_recursive_classifier_" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::copy(FixtureDir(), dir, fs::copy_options::recursive);
+  nlohmann::json config = ReadJson((dir / "config.json").string());
+  config["exit_classifier"] = {{"file", "exit_classifier_fixture.safetensors"}};
+  std::ofstream(dir / "config.json") << config.dump(1);
+  return dir.string();
+}
+
+// The reference's threshold runs of tests/data/tiny-recursive/
+// hidden_exits.json: the same exits, tokens and confidences, sequence-wise
+// and depth-wise, with the LM head run only for the rows that exit.
+TEST(RecursiveModelTest, HiddenMeasureRunsMatchReference) {
+  const nlohmann::json json = ReadJson(FixtureDir() + "/hidden_exits.json");
+  const std::vector<TokenId> prompt =
+      json["prompt_ids"].get<std::vector<TokenId>>();
+  const std::string dir = FixtureWithClassifier();
+  for (const auto& [name, kind] :
+       {std::pair{"saturation", ExitConfidence::kSaturation},
+        std::pair{"classifier", ExitConfidence::kClassifier}}) {
+    const nlohmann::json& run = json["runs"][name];
+    const std::vector<TokenId> generated =
+        run["generated_ids"].get<std::vector<TokenId>>();
+    for (bool depth_wise : {false, true}) {
+      SCOPED_TRACE(std::string(name) + (depth_wise ? " depth-wise" : ""));
+      std::unique_ptr<ModelRunner> runner = MakeRunner("propagate", 2, dir);
+      ASSERT_NE(runner, nullptr);
+      const std::vector<int32_t> table = ShuffledBlocks(12, 41);
+      DecodeOptions opts;
+      opts.depth_wise = depth_wise;
+      opts.confidence = kind;
+      opts.threshold = run["threshold"].get<float>();
+      TokenId first = 0;
+      const int32_t num_steps = static_cast<int32_t>(run["steps"].size());
+      const std::vector<DecodeStep> steps =
+          Decode(*runner, prompt, num_steps, opts, table, &first);
+      ASSERT_EQ(steps.size(), run["steps"].size());
+      EXPECT_EQ(first, generated[0]);
+      std::vector<int32_t> want_exits, got_exits;
+      for (size_t s = 0; s < steps.size(); ++s) {
+        const nlohmann::json& ref = run["steps"][s];
+        want_exits.push_back(ref["exit_loop"].get<int32_t>());
+        got_exits.push_back(steps[s].exit_loop);
+        EXPECT_EQ(steps[s].sampled, generated[s + 1]) << "step " << s + 1;
+        const std::vector<float> conf =
+            ref["confidence"].get<std::vector<float>>();
+        ASSERT_TRUE(steps[s].confidence.has_value());
+        EXPECT_NEAR(*steps[s].confidence, conf.back(), kConfidenceTolerance)
+            << "step " << s + 1;
+      }
+      EXPECT_EQ(got_exits, want_exits);
+
+      // The logits of an exit through the hidden-measure path (LM head on
+      // the exiting rows only) are those of the same exit forced through
+      // the softmax path (exit logits of every checked row, then a gather).
+      std::unique_ptr<ModelRunner> forced_runner =
+          MakeRunner("propagate", 2, dir);
+      ASSERT_NE(forced_runner, nullptr);
+      DecodeOptions forced = opts;
+      forced.confidence = ExitConfidence::kMaxProb;
+      for (size_t s = 0; s < steps.size(); ++s) {
+        if (steps[s].exit_loop < kNumLoops - 1) {
+          forced.forced[static_cast<int32_t>(s) + 1] = steps[s].exit_loop;
+        }
+      }
+      ASSERT_FALSE(forced.forced.empty());
+      const std::vector<DecodeStep> again =
+          Decode(*forced_runner, prompt, num_steps, forced, table, &first);
+      ASSERT_EQ(again.size(), steps.size());
+      for (size_t s = 0; s < steps.size(); ++s) {
+        EXPECT_EQ(again[s].exit_loop, steps[s].exit_loop);
+        EXPECT_EQ(again[s].logits, steps[s].logits) << "step " << s + 1;
+      }
+    }
+  }
+}
+
+// A classifier exit on a model without one is refused, naming it.
+TEST(RecursiveModelTest, ClassifierExitNeedsAClassifier) {
+  std::unique_ptr<ModelRunner> runner = MakeRunner("propagate");
+  ASSERT_NE(runner, nullptr);
+  const std::vector<int32_t> table = ShuffledBlocks(4, 5);
+  const std::vector<TokenId> token = {7};
+  const SamplingParams greedy = Greedy();
+  ExitParams exit;
+  exit.confidence = ExitConfidence::kClassifier;
+  exit.threshold = 0.5f;
+  StepPlan plan;
+  WorkItem item = Item(9, token, 0, table);
+  item.sample = true;
+  item.sampling = &greedy;
+  item.exit = &exit;
+  plan.items.push_back(item);
+  absl::StatusOr<StepResult> r = runner->Execute(plan);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r.status().message(), HasSubstr("no exit classifier"));
 }
 
 // ---- Depth-wise batching: items at different loops share a step ----

@@ -3,7 +3,9 @@
 // to force preemption) are, token for token, the outputs of the same requests
 // run one at a time. This holds because every kernel reduces in an order
 // fixed by the reduction length alone (docs/engine.md), prefix-cached K/V is
-// bit-identical to recomputed K/V, and preemption recomputes exactly.
+// bit-identical to recomputed K/V, and preemption recomputes exactly. The
+// same holds with --quantization=int8 and llm.int8 (activations quantized
+// per row, exact int32 sums; docs/engine.md).
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -71,14 +73,23 @@ absl::StatusOr<std::vector<int32_t>> Generate(grpc::Channel* channel,
                               response.token_ids().end());
 }
 
-TEST(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
+// The daemon flags of a weight mode ("" = the default).
+class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::vector<std::string> Flags(std::vector<std::string> flags) const {
+    if (!GetParam().empty()) flags.push_back(GetParam());
+    return flags;
+  }
+};
+
+TEST_P(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
   const std::vector<Case> cases = MakeCases();
 
   // One at a time, on a roomy pool.
   std::vector<std::vector<int32_t>> solo(cases.size());
   {
     auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
-                                       {"--max_num_seqs=1"});
+                                       Flags({"--max_num_seqs=1"}));
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     for (size_t i = 0; i < cases.size(); ++i) {
       auto tokens = Generate((*daemon)->channel().get(), cases[i]);
@@ -97,8 +108,8 @@ TEST(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
   ASSERT_GT(metrics_port, 0);
   auto daemon = StratadDaemon::Start(
       strata::testing::TinyLlamaDir(),
-      {"--kv_cache_mb=1", "--max_model_len=256", "--max_num_seqs=32",
-       absl::StrCat("--metrics_port=", metrics_port)});
+      Flags({"--kv_cache_mb=1", "--max_model_len=256", "--max_num_seqs=32",
+             absl::StrCat("--metrics_port=", metrics_port)}));
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   stall.Stall();
   std::vector<absl::StatusOr<std::vector<int32_t>>> together(
@@ -139,6 +150,15 @@ TEST(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
             0);
   EXPECT_TRUE((*daemon)->Alive());
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    WeightModes, BatchInvarianceTest,
+    ::testing::Values("", "--quantization=int8", "--quantization=llm.int8"),
+    [](const ::testing::TestParamInfo<std::string>& info) {
+      if (info.param.empty()) return std::string("default");
+      return info.param == "--quantization=int8" ? std::string("int8")
+                                                 : std::string("llm_int8");
+    });
 
 }  // namespace
 }  // namespace strata

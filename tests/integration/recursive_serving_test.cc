@@ -4,9 +4,12 @@
 // exit reports per-token loops, mean loops and the exit metrics, and the exit
 // fields are validated.
 #include <grpcpp/grpcpp.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -47,10 +50,12 @@ struct Output {
   double mean_loops = 0;
 };
 
-absl::StatusOr<Output> Complete(StratadDaemon& daemon,
-                                const std::vector<int32_t>& prompt,
-                                uint32_t max_tokens, float threshold = 1.0f,
-                                uint32_t min_loops = 0) {
+// threshold < 0 / no confidence: the fields are left unset (the model's
+// defaults apply).
+absl::StatusOr<Output> Complete(
+    StratadDaemon& daemon, const std::vector<int32_t>& prompt,
+    uint32_t max_tokens, float threshold = -1.0f, uint32_t min_loops = 0,
+    std::optional<v1::ExitConfidence> confidence = std::nullopt) {
   v1::CompletionRequest request;
   for (int32_t id : prompt) request.mutable_token_ids()->add_ids(id);
   v1::SamplingParams& sampling = *request.mutable_sampling();
@@ -58,8 +63,9 @@ absl::StatusOr<Output> Complete(StratadDaemon& daemon,
   sampling.set_max_tokens(max_tokens);
   sampling.set_ignore_eos(true);
   sampling.set_logprobs(true);
-  if (threshold != 1.0f) sampling.set_exit_threshold(threshold);
+  if (threshold >= 0.0f) sampling.set_exit_threshold(threshold);
   if (min_loops > 0) sampling.set_exit_min_loops(min_loops);
+  if (confidence.has_value()) sampling.set_exit_confidence(*confidence);
   auto stub = v1::Generation::NewStub(daemon.channel());
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() +
@@ -188,6 +194,69 @@ TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
   }
 }
 
+// The hidden-state measures end to end: the daemon's exits and tokens for
+// the reference's saturation and classifier runs (hidden_exits.json, on the
+// fixture with its classifier named in config.json), both batching modes.
+TEST(RecursiveServingTest, HiddenMeasureRunsMatchReference) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) /
+                       absl::StrCat("strata_serving_classifier_", getpid());
+  fs::remove_all(dir);
+  fs::copy(FixtureDir(), dir, fs::copy_options::recursive);
+  nlohmann::json config = ReadJson((dir / "config.json").string());
+  config["exit_classifier"] = {{"file", "exit_classifier_fixture.safetensors"}};
+  std::ofstream(dir / "config.json") << config.dump(1);
+  const nlohmann::json fixture = ReadJson(FixtureDir() + "/hidden_exits.json");
+  const std::vector<int32_t> prompt = Ids(fixture["prompt_ids"]);
+  for (const char* mode : {"depthwise", "sequencewise"}) {
+    auto daemon = StratadDaemon::Start(
+        dir.string(), {absl::StrCat("--loop_batching=", mode)});
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    for (const auto& [name, kind] :
+         {std::pair{"saturation", v1::EXIT_CONFIDENCE_SATURATION},
+          std::pair{"classifier", v1::EXIT_CONFIDENCE_CLASSIFIER}}) {
+      SCOPED_TRACE(absl::StrCat(mode, " ", name));
+      const nlohmann::json& run = fixture["runs"][name];
+      const std::vector<int32_t> expected = Ids(run["generated_ids"]);
+      std::vector<uint32_t> expected_loops = {3};
+      for (const auto& step : run["steps"]) {
+        expected_loops.push_back(step["exit_loop"].get<uint32_t>() + 1);
+      }
+      absl::StatusOr<Output> out =
+          Complete(**daemon, prompt, static_cast<uint32_t>(expected.size()),
+                   run["threshold"].get<float>(), 0, kind);
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ(out->ids, expected);
+      EXPECT_EQ(out->loops, expected_loops);
+    }
+  }
+  fs::remove_all(dir);
+}
+
+// The bundled model ships a classifier and calibrated thresholds: a request
+// that sets no exit fields uses both (the same tokens and loops as asking
+// for them explicitly, with early exits), and threshold 1 is full depth.
+TEST(RecursiveServingTest, BundledModelDefaultsToCalibratedClassifier) {
+  const nlohmann::json config = ReadJson(BundledDir() + "/config.json");
+  ASSERT_TRUE(config.contains("exit_classifier"));
+  const float threshold = config["exit_thresholds"]["classifier"].get<float>();
+  ASSERT_LT(threshold, 1.0f);
+  auto daemon = StratadDaemon::Start(BundledDir());
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  const std::vector<int32_t> prompt = {4096, 400, 401, 402, 403, 404};
+  absl::StatusOr<Output> defaults = Complete(**daemon, prompt, 32);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  absl::StatusOr<Output> explicit_fields = Complete(
+      **daemon, prompt, 32, threshold, 0, v1::EXIT_CONFIDENCE_CLASSIFIER);
+  ASSERT_TRUE(explicit_fields.ok()) << explicit_fields.status();
+  EXPECT_EQ(defaults->ids, explicit_fields->ids);
+  EXPECT_EQ(defaults->loops, explicit_fields->loops);
+  EXPECT_LT(defaults->mean_loops, 3.0);
+  absl::StatusOr<Output> full = Complete(**daemon, prompt, 32, 1.0f);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_DOUBLE_EQ(full->mean_loops, 3.0);
+}
+
 TEST(RecursiveServingTest, ExitFieldsAreValidated) {
   auto recursive = StratadDaemon::Start(FixtureDir());
   ASSERT_TRUE(recursive.ok()) << recursive.status();
@@ -199,6 +268,12 @@ TEST(RecursiveServingTest, ExitFieldsAreValidated) {
   ASSERT_FALSE(out.ok());
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(out.status().message(), HasSubstr("sampling.exit_min_loops"));
+  // The fixture has no exit classifier.
+  out = Complete(**recursive, {1792, 79}, 4, 0.5f, 0,
+                 v1::EXIT_CONFIDENCE_CLASSIFIER);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(out.status().message(), HasSubstr("sampling.exit_confidence"));
 
   auto plain = StratadDaemon::Start(strata::testing::TinyLlamaDir());
   ASSERT_TRUE(plain.ok()) << plain.status();

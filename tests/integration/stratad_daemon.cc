@@ -24,7 +24,11 @@ std::string TinyLlamaDir() {
 }
 
 absl::StatusOr<std::unique_ptr<StratadDaemon>> StratadDaemon::Start(
-    const std::string& model_dir, const std::vector<std::string>& extra_flags) {
+    const std::string& model_dir, const std::vector<std::string>& extra_flags,
+    std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  if (credentials == nullptr) {
+    credentials = grpc::InsecureChannelCredentials();
+  }
   std::unique_ptr<StratadDaemon> daemon(new StratadDaemon());
   // The port file's path must be known before the process exists.
   std::vector<std::string> argv = {StratadPath(), "--model=" + model_dir,
@@ -59,8 +63,7 @@ absl::StatusOr<std::unique_ptr<StratadDaemon>> StratadDaemon::Start(
           port > 0) {
         std::remove(port_file.c_str());
         daemon->address_ = absl::StrCat("127.0.0.1:", port);
-        daemon->channel_ = grpc::CreateChannel(
-            daemon->address_, grpc::InsecureChannelCredentials());
+        daemon->channel_ = grpc::CreateChannel(daemon->address_, credentials);
       }
     }
     if (daemon->channel_ != nullptr) {

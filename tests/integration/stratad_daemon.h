@@ -38,9 +38,12 @@ class StratadDaemon {
   // SIGTERM first; SIGKILL if still alive after this.
   static constexpr absl::Duration kStopGrace = absl::Seconds(10);
 
+  // `credentials`: how this object's channel (and the SERVING check) talks
+  // to the daemon; null = plaintext.
   static absl::StatusOr<std::unique_ptr<StratadDaemon>> Start(
       const std::string& model_dir,
-      const std::vector<std::string>& extra_flags = {});
+      const std::vector<std::string>& extra_flags = {},
+      std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
 
   ~StratadDaemon() { Stop(); }
 

@@ -45,7 +45,8 @@ RULES = {
                    "engine/exit_policy.h"],
     "server/": ["common/", "server/", "scheduler/", "engine/", "text/",
                 "strata/v1/", "grpc/"],
-    "client/": ["common/", "server/status_util.h", "strata/v1/", "grpc/"],
+    "client/": ["common/", "client/", "server/status_util.h", "strata/v1/",
+                "grpc/"],
 }
 # Files that may break their folder's rule, each with the reason.
 EXCEPTIONS = {

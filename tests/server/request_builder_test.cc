@@ -207,5 +207,62 @@ TEST_F(RequestBuilderTest, ChatErrorsNameTheField) {
               HasSubstr("messages[0].role"));
 }
 
+// Early exit: a request without measure / threshold gets the model's
+// defaults (its classifier, the calibrated threshold of the measure); set
+// fields override them; the classifier needs a model with one.
+TEST_F(RequestBuilderTest, ExitFieldsDefaultToTheModelsCalibration) {
+  ExitDefaults defaults;
+  defaults.classifier.assign(2 * 9, 0.5f);  // 3 loops, hidden 8
+  defaults.thresholds[static_cast<int>(ExitConfidence::kClassifier)] = 0.7f;
+  defaults.thresholds[static_cast<int>(ExitConfidence::kMargin)] = 0.3f;
+  auto builder = RequestBuilder::Create(
+      RequestBuilder::Options{.tokenizer = tokenizer_,
+                              .vocab_size = tokenizer_->vocab_size(),
+                              .max_model_len = kMaxModelLen,
+                              .num_loops = 3,
+                              .exit_defaults = defaults,
+                              .default_chat_format = ChatFormat::kLlama3});
+  ASSERT_TRUE(builder.ok()) << builder.status();
+  v1::CompletionRequest request;
+  request.set_text("Once");
+  auto prepared = (*builder)->BuildCompletion(request);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(prepared->exit.confidence, ExitConfidence::kClassifier);
+  EXPECT_FLOAT_EQ(prepared->exit.threshold, 0.7f);
+  request.mutable_sampling()->set_exit_confidence(v1::EXIT_CONFIDENCE_MARGIN);
+  prepared = (*builder)->BuildCompletion(request);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(prepared->exit.confidence, ExitConfidence::kMargin);
+  EXPECT_FLOAT_EQ(prepared->exit.threshold, 0.3f);
+  request.mutable_sampling()->set_exit_confidence(
+      v1::EXIT_CONFIDENCE_SATURATION);  // no calibrated threshold: full depth
+  prepared = (*builder)->BuildCompletion(request);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(prepared->exit.confidence, ExitConfidence::kSaturation);
+  EXPECT_FLOAT_EQ(prepared->exit.threshold, 1.0f);
+  request.mutable_sampling()->set_exit_threshold(0.9f);
+  prepared = (*builder)->BuildCompletion(request);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_FLOAT_EQ(prepared->exit.threshold, 0.9f);
+
+  // This fixture's builder is a plain model's without a classifier.
+  v1::CompletionRequest classifier;
+  classifier.set_text("Once");
+  classifier.mutable_sampling()->set_exit_confidence(
+      v1::EXIT_CONFIDENCE_CLASSIFIER);
+  prepared = builder_->BuildCompletion(classifier);
+  ASSERT_FALSE(prepared.ok());
+  EXPECT_EQ(prepared.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(prepared.status().message(),
+              HasSubstr("sampling.exit_confidence"));
+  // A plain model has no defaults: full depth.
+  v1::CompletionRequest plain;
+  plain.set_text("Once");
+  prepared = builder_->BuildCompletion(plain);
+  ASSERT_TRUE(prepared.ok()) << prepared.status();
+  EXPECT_EQ(prepared->exit.confidence, ExitConfidence::kMaxProb);
+  EXPECT_FLOAT_EQ(prepared->exit.threshold, 1.0f);
+}
+
 }  // namespace
 }  // namespace strata

@@ -16,6 +16,13 @@ Files (besides the model's):
                     (max_prob, margin) at every computed loop; the filled
                     K (post-RoPE) / V of KV_CHECKS pairs; plus a run with a
                     confidence threshold. See docs/recursive-models.md.
+  exit_classifier_fixture.safetensors  a random exit classifier for the
+                    model (not named by config.json: a test that wants it
+                    copies the folder and adds the key).
+  hidden_exits.json for "saturation" and "classifier" (that file), a greedy
+                    threshold run (propagate): threshold, per step the exit
+                    loop and the measure's confidence at every loop < N-1
+                    computed, the generated ids.
 
 Usage: /usr/bin/python3 tools/recursive/make_fixtures.py [--out DIR]
 """
@@ -37,6 +44,7 @@ import model as rm  # noqa: E402
 import model_dir  # noqa: E402
 import reference_forward as rf  # noqa: E402
 import reference_tokenizer  # noqa: E402
+import safetensors_io  # noqa: E402
 
 PROMPT = "Once upon a time, there was a tiny llama"
 STEPS = 20
@@ -99,7 +107,7 @@ def policy_run(model, prompt_ids, policy, forced=None, rule=None):
             "exit_loop": r["exit_loop"],
             "confidence": {kind: [rnd(rm.confidence(x, kind), 9)
                                   for x in r["loop_logits"]]
-                           for kind in rm.CONFIDENCES},
+                           for kind in rm.LOGIT_CONFIDENCES},
             "logits": rows(r["logits"]),
         })
     kv = []
@@ -184,6 +192,65 @@ def main():
     if MIN_MARGIN < 0.05 or gap < 0.005:
         raise SystemExit("fragile fixture: pick another --seed")
     dump_compact(fixture, os.path.join(args.out, "forced_exits.json"))
+    dump_compact(hidden_runs(args.out, model, prompt_ids, args.seed),
+                 os.path.join(args.out, "hidden_exits.json"))
+
+
+CLASSIFIER_FILE = "exit_classifier_fixture.safetensors"
+
+
+def hidden_runs(out, model, prompt_ids, seed):
+    """The hidden-measure fixture: a random classifier (written to out) and
+    a threshold run per measure, each threshold chosen on a grid for exits
+    at the most distinct loops, then the widest gap to every deciding
+    confidence."""
+    g = torch.Generator().manual_seed(seed + 1)
+    n, hidden = model.num_loops, model.config["hidden_size"]
+    w = torch.randn(n - 1, hidden, generator=g) * (2.0 / hidden ** 0.5)
+    b = torch.tensor([0.3, 0.8])[:n - 1]
+    safetensors_io.save({rm.CLASSIFIER_WEIGHT: w.float().contiguous(),
+                         rm.CLASSIFIER_BIAS: b.float().contiguous()},
+                        os.path.join(out, CLASSIFIER_FILE), {"format": "pt"})
+    with_classifier = rm.RecursiveModel(
+        model.config, dict(model.w, **{rm.CLASSIFIER_WEIGHT: w,
+                                       rm.CLASSIFIER_BIAS: b}))
+    runs = {}
+    for kind in rm.HIDDEN_CONFIDENCES:
+        best = None
+        for t in [x / 100 for x in range(1, 100)]:
+            seen = []  # (step, loop, confidence) of every evaluation
+
+            def rule(loop, logits, point=None, t=t, seen=seen):
+                c = point.confidence(loop, kind)
+                seen.append((loop, c))
+                return c >= t
+            _, records, generated = rm.generate(with_classifier, prompt_ids,
+                                                STEPS, "propagate", rule=rule)
+            exits = [r["exit_loop"] for r in records[1:]]
+            # Early exits and full-depth tokens both; every loop if it can.
+            kinds = len(set(exits))
+            if kinds < 2 or min(exits) == n - 1:
+                continue
+            gap = min(abs(c - t) for _, c in seen)
+            if best is None or (kinds, gap) > (best[0], best[1]):
+                best = (kinds, gap, t, exits, generated, list(seen))
+        if best is None:
+            raise SystemExit("no threshold exits at every loop for " + kind)
+        _, gap, t, exits, generated, seen = best
+        it = iter(seen)
+        steps = []
+        for e in exits:
+            conf = [rnd(next(it)[1], 9) for _ in range(min(e + 1, n - 1))]
+            steps.append({"exit_loop": e, "confidence": conf})
+        runs[kind] = {"threshold": t, "kv_policy": "propagate",
+                      "min_loops": 1, "steps": steps,
+                      "generated_ids": generated, "min_gap": rnd(gap, 6)}
+        print("%s run: threshold %.3f, exits %s, closest confidence %.4f" %
+              (kind, t, exits, gap))
+        if gap < 0.005:
+            raise SystemExit("fragile hidden-measure fixture for " + kind)
+    return {"prompt_ids": prompt_ids, "classifier_file": CLASSIFIER_FILE,
+            "runs": runs}
 
 
 def config_bos(model_path):

@@ -17,7 +17,11 @@ Exit rule (decode tokens only; prompt tokens always run all N loops): after
 loop l, exit if l == N-1, or a forced exit says so, or (l >= min_loops - 1 and
 confidence >= threshold); threshold >= 1.0 disables early exit. confidence is
 computed from softmax(exit logits) at temperature 1:
-  "max_prob": p_top1;  "margin": p_top1 - p_top2.
+  "max_prob": p_top1;  "margin": p_top1 - p_top2;
+or from the residual stream alone (O(hidden), no LM head):
+  "saturation": cos(h_l, h_{l-1}), h_{-1} = the token's embedding;
+  "classifier": sigmoid(w_l . (h_l / rms(h_l)) + b_l), the model's optional
+      exit classifier (config "exit_classifier"; exit_classifier.py).
 
 KV of the loops a token skipped (loops e+1..N-1 after exiting at e):
   "propagate": for every skipped (loop l, layer k):
@@ -44,13 +48,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import reference_forward as rf  # noqa: E402
 import reference_tokenizer  # noqa: E402
+import safetensors_io  # noqa: E402
 
 DTYPE = torch.float64
 ATTN_PROJS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJS = ("gate_proj", "up_proj", "down_proj")
 PROJS = ATTN_PROJS + MLP_PROJS
 KV_POLICIES = ("propagate", "recompute")
-CONFIDENCES = ("max_prob", "margin")
+CONFIDENCES = ("max_prob", "margin", "saturation", "classifier")
+# The measures computed from the exit logits / from the residual stream.
+LOGIT_CONFIDENCES = ("max_prob", "margin")
+HIDDEN_CONFIDENCES = ("saturation", "classifier")
+CLASSIFIER_WEIGHT = "exit_classifier.weight"  # [num_loops - 1, hidden]
+CLASSIFIER_BIAS = "exit_classifier.bias"  # [num_loops - 1]
 
 
 def proj_name(proj):
@@ -72,6 +82,37 @@ def confidence(logits, kind):
     if kind == "margin":
         return float(top[0] - top[1])
     raise ValueError("unknown confidence %r" % kind)
+
+
+def saturation(h, h_prev):
+    """Cosine similarity of the residual stream [hidden] after a loop and
+    before it (float64)."""
+    a, b = h.to(torch.float64), h_prev.to(torch.float64)
+    den = float(torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b))
+    return float(a @ b) / den if den > 0 else 0.0
+
+
+def classifier_features(h, eps):
+    """The classifier's input: h / rms(h) (RMSNorm without a weight), [..., H].
+    """
+    h = h.to(torch.float64)
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
+class ExitPoint:
+    """What a hidden-state measure sees at a loop boundary of one token."""
+
+    def __init__(self, model, hidden, prev_hidden):
+        self.model = model
+        self.hidden = hidden  # [hidden] residual after the loop
+        self.prev_hidden = prev_hidden  # [hidden] before it (the embedding)
+
+    def confidence(self, loop, kind):
+        if kind == "saturation":
+            return saturation(self.hidden, self.prev_hidden)
+        if kind == "classifier":
+            return self.model.classifier_confidence(loop, self.hidden)
+        raise ValueError("%r is not a hidden-state measure" % kind)
 
 
 class KVCache:
@@ -120,6 +161,11 @@ class RecursiveModel:
         tied = c.get("tie_word_embeddings", False)
         self.lm_head = (self.w["model.embed_tokens.weight"]
                         if tied else self.w["lm_head.weight"])
+        # Optional exit classifier: [N-1, hidden] weights and [N-1] biases.
+        self.classifier = None
+        if CLASSIFIER_WEIGHT in self.w:
+            self.classifier = (self.w[CLASSIFIER_WEIGHT],
+                               self.w[CLASSIFIER_BIAS])
         self._eff = {}
         for l in range(self.num_loops):
             for k in range(self.num_layers):
@@ -127,10 +173,24 @@ class RecursiveModel:
                     self._eff[(l, k, proj)] = self._effective(l, k, proj)
 
     @classmethod
-    def load(cls, model_dir):
+    def load(cls, model_dir, classifier=True):
+        """classifier: also load the exit classifier the config names."""
         with open(os.path.join(model_dir, "config.json")) as f:
             config = json.load(f)
-        return cls(config, rf.load_weights(model_dir))
+        weights = rf.load_weights(model_dir)
+        spec = config.get("exit_classifier")
+        if classifier and spec:
+            weights.update(load_classifier(model_dir, spec, config))
+        return cls(config, weights)
+
+    def classifier_confidence(self, loop, h):
+        """P(loop's top-1 == the last loop's) of one residual row [hidden]."""
+        if self.classifier is None:
+            raise ValueError("the model has no exit classifier")
+        w, b = self.classifier
+        z = float(classifier_features(h, self.eps) @ w[loop].to(
+            torch.float64)) + float(b[loop])
+        return 1.0 / (1.0 + math.exp(-z))
 
     def _effective(self, loop, layer, proj):
         w = self.w["model.layers.%d.%s.weight" % (layer, proj_name(proj))]
@@ -219,7 +279,8 @@ class RecursiveModel:
     def decode(self, cache, token, position, exit_rule, kv_policy):
         """One decode token through the loops with the exit rule.
 
-        exit_rule(loop, logits [vocab]) -> bool (called for loops < N-1).
+        exit_rule(loop, logits [vocab], point=ExitPoint) -> bool (called for
+        loops < N-1).
         Returns {"exit_loop", "logits" (of the exit loop), "loop_logits"
         (every computed loop's exit logits), "exit_hidden" [hidden]}.
         """
@@ -230,10 +291,12 @@ class RecursiveModel:
         loop_logits = []
         exit_loop = self.num_loops - 1
         for l in range(self.num_loops):
+            h_prev = h
             h = self.run_loop(cache, l, h, positions)
             logits = self.exit_logits(h)[0]
             loop_logits.append(logits)
-            if l < self.num_loops - 1 and exit_rule(l, logits):
+            point = ExitPoint(self, h[0], h_prev[0])
+            if l < self.num_loops - 1 and exit_rule(l, logits, point=point):
                 exit_loop = l
                 break
         h_exit = h
@@ -252,16 +315,36 @@ class RecursiveModel:
 
 def threshold_rule(threshold, kind="max_prob", min_loops=1):
     """The per-request exit rule; threshold >= 1.0 never exits."""
-    def rule(loop, logits):
+    if kind not in CONFIDENCES:
+        raise ValueError("unknown confidence %r" % kind)
+
+    def rule(loop, logits, point=None):
         if threshold >= 1.0 or loop < min_loops - 1:
             return False
+        if kind in HIDDEN_CONFIDENCES:
+            return point.confidence(loop, kind) >= threshold
         return confidence(logits, kind) >= threshold
     return rule
 
 
 def forced_rule(exit_loop):
     """Exit exactly after `exit_loop` (None: full depth)."""
-    return lambda loop, logits: exit_loop is not None and loop == exit_loop
+    return lambda loop, logits, point=None: (exit_loop is not None and
+                                             loop == exit_loop)
+
+
+def load_classifier(model_dir, spec, config):
+    """{CLASSIFIER_WEIGHT, CLASSIFIER_BIAS} from the file config
+    "exit_classifier": {"file": ...} names, shape-checked."""
+    path = os.path.join(model_dir, spec["file"])
+    t = safetensors_io.load(path)
+    n, hidden = int(config.get("num_loops", 1)), config["hidden_size"]
+    w, b = t.get(CLASSIFIER_WEIGHT), t.get(CLASSIFIER_BIAS)
+    if (w is None or b is None or tuple(w.shape) != (n - 1, hidden) or
+            tuple(b.shape) != (n - 1,)):
+        raise ValueError("%s: expected %s [%d, %d] and %s [%d]" % (
+            path, CLASSIFIER_WEIGHT, n - 1, hidden, CLASSIFIER_BIAS, n - 1))
+    return {CLASSIFIER_WEIGHT: w, CLASSIFIER_BIAS: b}
 
 
 def generate(model, prompt_ids, steps, kv_policy="propagate", forced=None,

@@ -1,12 +1,13 @@
 #!/usr/bin/python3
 """Quality side of the early-exit benchmark: held-out perplexity with exits
-and greedy agreement with full depth, per max_prob threshold.
+and greedy agreement with full depth, per threshold of one confidence
+measure (--confidence: max_prob, margin, saturation or classifier).
 
 Uses tools/recursive/model.py (the reference the C++ engine is tested
 against), so the numbers are those of the served model with the same
 threshold / KV policy.
 
-For each threshold (confidence max_prob, min_loops 1):
+For each threshold (the --confidence measure, min_loops 1):
 
 1. Held-out perplexity WITH exits, teacher-forced and sequential. The
    held-out text is tokenized with the model's tokenizer.json and cut into
@@ -19,7 +20,9 @@ For each threshold (confidence max_prob, min_loops 1):
    recompute: exact). The true next token is scored with the logits of the
    loop the current token exited at. window-len - 1 tokens are scored per
    window. Reported: perplexity exp(mean NLL), top-1 accuracy, mean loops per
-   token and the exit-loop histogram.
+   token, the exit-loop histogram and the token disagreement: the fraction
+   of scored positions whose top-1 differs from that of a full-depth
+   prefill of the same window.
    NB: every context token is itself a decode token that may exit, i.e. this
    is the quality of a sequence the model decodes with exits while being fed
    the true text; in the server, prompt tokens run at full depth (prefill),
@@ -46,6 +49,7 @@ Usage:
       --model models/strata-recursive-tiny \
       --heldout /tmp/recursive-train/kjv/heldout.txt \
       [--thresholds 1.0,0.9,0.8,0.6] [--kv-policy propagate|recompute] \
+      [--confidence max_prob|margin|saturation|classifier] \
       [--windows 8 --window-len 128] [--prompts "a|b|c"] [--gen-tokens 32] \
       [--dtype float64|float32] [--json OUT]
 
@@ -133,14 +137,22 @@ def nll_of(logits, target):
     return -float(torch.log_softmax(logits.double(), dim=-1)[target])
 
 
-def teacher_forced(model, windows, rule, kv_policy):
+def full_depth_tops(model, windows):
+    """Top-1 of every position of every window at full depth (one prefill
+    each): what the token disagreement compares with."""
+    return [model.forward_all_loops(w)[-1].argmax(-1).tolist()
+            for w in windows]
+
+
+def teacher_forced(model, windows, rule, kv_policy, tops=None):
     """Sequential decode of every window token with the exit rule; scores
-    the next true token with the exit loop's logits."""
+    the next true token with the exit loop's logits. tops:
+    full_depth_tops(windows), for the token disagreement."""
     n_loops = model.num_loops
-    nll, correct, loops, count = 0.0, 0, 0, 0
+    nll, correct, loops, count, differ = 0.0, 0, 0, 0, 0
     hist = [0] * n_loops
     per_window = []
-    for w in windows:
+    for wi, w in enumerate(windows):
         cache = rm.KVCache(model.num_kv_layers)
         w_nll = 0.0
         for pos in range(len(w) - 1):
@@ -148,7 +160,10 @@ def teacher_forced(model, windows, rule, kv_policy):
             e = r["exit_loop"]
             x = nll_of(r["logits"], w[pos + 1])
             w_nll += x
-            correct += int(int(torch.argmax(r["logits"])) == w[pos + 1])
+            top = int(torch.argmax(r["logits"]))
+            correct += int(top == w[pos + 1])
+            if tops is not None:
+                differ += int(top != tops[wi][pos])
             loops += e + 1
             hist[e] += 1
             count += 1
@@ -157,6 +172,7 @@ def teacher_forced(model, windows, rule, kv_policy):
     return {"nll": nll / count, "ppl": math.exp(nll / count),
             "top1_acc": correct / count, "mean_loops": loops / count,
             "exit_hist": hist, "scored_tokens": count,
+            "disagreement": differ / count if tops is not None else None,
             "window_nll_sums": per_window}
 
 
@@ -196,6 +212,8 @@ def main():
     ap.add_argument("--thresholds", default="1.0,0.9,0.8,0.6")
     ap.add_argument("--kv-policy", choices=rm.KV_POLICIES,
                     default="propagate")
+    ap.add_argument("--confidence", choices=rm.CONFIDENCES,
+                    default="max_prob")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--window-len", type=int, default=128)
     ap.add_argument("--prompts", default="|".join(PROMPTS),
@@ -246,11 +264,12 @@ def main():
     t_ref = time.time() - t0
     log("full-depth greedy reference: %.1f s" % t_ref)
 
+    tops = full_depth_tops(model, windows)
     results = []
     for t in thresholds:
-        rule = rm.threshold_rule(t, "max_prob", 1)
+        rule = rm.threshold_rule(t, args.confidence, 1)
         t0 = time.time()
-        tf = teacher_forced(model, windows, rule, args.kv_policy)
+        tf = teacher_forced(model, windows, rule, args.kv_policy, tops)
         t_tf = time.time() - t0
         t0 = time.time()
         if t >= 1.0:
@@ -275,6 +294,7 @@ def main():
                 assert abs(ref - s) <= tol * max(1.0, abs(ref)), (ref, s)
         row = {"threshold": t, "ppl": tf["ppl"], "nll": tf["nll"],
                "top1_acc": tf["top1_acc"],
+               "disagreement": tf["disagreement"],
                "mean_loops_teacher_forced": tf["mean_loops"],
                "exit_hist_teacher_forced": tf["exit_hist"],
                "scored_tokens": tf["scored_tokens"],
@@ -292,27 +312,34 @@ def main():
 
     total = time.time() - t_start
     scored = results[0]["scored_tokens"] if results else 0
-    print("model %s, kv policy %s, max_prob / min_loops 1, %s, N=%d; "
+    print("model %s, kv policy %s, %s / min_loops 1, %s, N=%d; "
           "held-out: %d windows x %d tokens (%d scored, teacher-forced, "
           "every token decoded with exits from position 0, no prefill); "
           "greedy: %d prompts x %d decode tokens vs full depth" % (
-              args.model, args.kv_policy, args.dtype, n_loops, len(windows),
+              args.model, args.kv_policy, args.confidence, args.dtype,
+              n_loops, len(windows),
               args.window_len, scored, len(prompts), args.gen_tokens))
     print()
-    print("| threshold | held-out ppl | mean loops (teacher-forced) | "
-          "greedy agreement (prefix / position-wise) | mean loops (greedy) |")
-    print("| --- | --- | --- | --- | --- |")
+    base = results[0]["ppl"] if results and results[0]["threshold"] >= 1.0 \
+        else None
+    print("| measure | threshold | held-out ppl | vs full depth | tokens "
+          "differing | mean loops (teacher-forced) | greedy agreement "
+          "(prefix / position-wise) | mean loops (greedy) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print("| %.2f | %.3f | %.3f | %.3f / %.3f | %.3f |" % (
-            r["threshold"], r["ppl"], r["mean_loops_teacher_forced"],
-            r["agreement_prefix"], r["agreement_positionwise"],
-            r["mean_loops_greedy"]))
+        rel = ("%+.1f%%" % (100 * (r["ppl"] / base - 1))
+               if base and r["threshold"] < 1.0 else "")
+        print("| %s | %.3g | %.3f | %s | %.1f%% | %.3f | %.3f / %.3f | %.3f |"
+              % (args.confidence, r["threshold"], r["ppl"], rel,
+                 100 * r["disagreement"], r["mean_loops_teacher_forced"],
+                 r["agreement_prefix"], r["agreement_positionwise"],
+                 r["mean_loops_greedy"]))
     print()
     print("time: %.1f s total (single thread)" % total)
 
     if args.json:
         out = {"model": args.model, "heldout": args.heldout,
-               "kv_policy": args.kv_policy, "confidence": "max_prob",
+               "kv_policy": args.kv_policy, "confidence": args.confidence,
                "min_loops": 1, "dtype": args.dtype,
                "num_layers": model.num_layers, "num_loops": n_loops,
                "bos": bos, "heldout_tokens": len(text_ids),

@@ -219,6 +219,54 @@ class ReferenceModelTest(unittest.TestCase):
         self.assertTrue(rule(1, logits))
         self.assertFalse(rm.threshold_rule(0.25, "margin")(1, logits))
 
+    def test_hidden_state_measures(self):
+        h = torch.tensor([3.0, 4.0, 0.0], dtype=torch.float64)
+        prev = torch.tensor([4.0, 3.0, 0.0], dtype=torch.float64)
+        self.assertAlmostEqual(rm.saturation(h, prev), 24.0 / 25.0)
+        self.assertAlmostEqual(rm.saturation(h, -h), -1.0)
+        config = dict(self.m.config)
+        hidden = config["hidden_size"]
+        w = dict(self.m.w)
+        w[rm.CLASSIFIER_WEIGHT] = torch.zeros(2, hidden, dtype=torch.float64)
+        w[rm.CLASSIFIER_WEIGHT][1, 0] = 1.0
+        w[rm.CLASSIFIER_BIAS] = torch.tensor([0.0, -0.5], dtype=torch.float64)
+        m = rm.RecursiveModel(config, w)
+        x = torch.zeros(hidden, dtype=torch.float64)
+        x[0], x[1] = 2.0, -2.0
+        # h / rms(h): rms = sqrt(8 / hidden).
+        feature = 2.0 / math.sqrt(8.0 / hidden + m.eps)
+        self.assertAlmostEqual(m.classifier_confidence(0, x), 0.5)
+        self.assertAlmostEqual(m.classifier_confidence(1, x),
+                               1.0 / (1.0 + math.exp(0.5 - feature)))
+        point = rm.ExitPoint(m, x, x)
+        logits = torch.zeros(4, dtype=torch.float64)  # max_prob 0.25
+        self.assertTrue(rm.threshold_rule(0.99, "saturation")(
+            0, logits, point=point))
+        self.assertFalse(rm.threshold_rule(0.6, "classifier")(
+            0, logits, point=point))
+        self.assertTrue(rm.threshold_rule(0.6, "classifier")(
+            1, logits, point=point))
+        with self.assertRaises(ValueError):
+            self.m.classifier_confidence(0, x)  # the fixture model has none
+
+    def test_decode_gives_rules_the_loop_states(self):
+        """A rule sees h_l and h_{l-1}, the embedding at loop 0."""
+        seen = []
+
+        def rule(loop, logits, point=None):
+            seen.append((loop, point.prev_hidden.clone(),
+                         point.hidden.clone()))
+            return False
+
+        cache = rm.KVCache(self.m.num_kv_layers)
+        self.m.prefill(cache, self.tokens[:4])
+        r = self.m.decode(cache, self.tokens[4], 4, rule, "propagate")
+        self.assertEqual([s[0] for s in seen], [0, 1])
+        emb = self.m.w["model.embed_tokens.weight"][self.tokens[4]]
+        self.assertLess(max_diff(seen[0][1], emb), 1e-15)
+        self.assertLess(max_diff(seen[1][1], seen[0][2]), 1e-15)
+        self.assertEqual(r["exit_loop"], 2)
+
 
 class TrainerModuleTest(unittest.TestCase):
 
@@ -368,6 +416,20 @@ class BundledModelTest(unittest.TestCase):
         size = os.path.getsize(os.path.join(BUNDLED, "model.safetensors"))
         self.assertLess(size, 25 * 1024 * 1024)
         self.assertTrue(math.isfinite(float(w["model.norm.weight"].sum())))
+
+    def test_bundled_exit_classifier_and_thresholds(self):
+        with open(os.path.join(BUNDLED, "config.json")) as f:
+            c = json.load(f)
+        if "exit_classifier" not in c:
+            self.skipTest("no exit classifier")
+        m = rm.RecursiveModel.load(BUNDLED)
+        w, b = m.classifier
+        self.assertEqual(list(w.shape), [c["num_loops"] - 1,
+                                         c["hidden_size"]])
+        self.assertEqual(list(b.shape), [c["num_loops"] - 1])
+        for kind, t in c.get("exit_thresholds", {}).items():
+            self.assertIn(kind, rm.CONFIDENCES)
+            self.assertTrue(0.0 <= t <= 1.0, (kind, t))
 
 
 if __name__ == "__main__":

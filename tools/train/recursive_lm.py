@@ -135,6 +135,13 @@ class RecursiveLM(torch.nn.Module):
     def forward(self, ids):
         """ids [B, T] -> list over loops of exit hidden states [B, T, H]
         (final norm applied; logits = state @ embed.T)."""
+        return [self.rms_norm(h, self.final_norm)
+                for h in self.residual_streams(ids)[1:]]
+
+    def residual_streams(self, ids):
+        """ids [B, T] -> [embeddings, h_0, ..., h_{N-1}], each [B, T, H]: the
+        residual stream before loop 0 and after every loop (no final norm).
+        """
         B, T = ids.shape
         pos = torch.arange(T, dtype=torch.float64)
         ang = pos[:, None] * self.inv_freq[None, :]
@@ -143,12 +150,12 @@ class RecursiveLM(torch.nn.Module):
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
         mask = torch.full((T, T), float("-inf"), dtype=dtype).triu(1)
         h = self.embed[ids]
-        exits = []
+        streams = [h]
         for l in range(self.num_loops):
             for k in range(self.num_layers):
                 h = self.layer(h, l, k, cos, sin, mask)
-            exits.append(self.rms_norm(h, self.final_norm))
-        return exits
+            streams.append(h)
+        return streams
 
     def logits(self, state):
         return state @ self.embed.t()

@@ -14,7 +14,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/bf16_matmul.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/int8_matmul.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/packed_matmul.h"
 #include "kernels/cpu/paged_attention.h"
@@ -45,39 +47,106 @@ class VectorStorage : public Tensor::Storage {
   std::vector<float> data_;
 };
 
-// A weight repacked into column panels (kernels/cpu/packed_matmul.h), 64-byte
-// aligned so that panel rows do not straddle cache lines, for MatMul. The
-// panels hold bfloat16 when every value is one (most checkpoints; half the
-// memory, the same products) and f32 otherwise. A table (embeddings,
-// possibly tied to the LM head) also keeps its row-major f32 copy, which the
-// tensor's data points at, for the embedding gather; a Linear weight is only
-// ever multiplied, so its tensor points at the panels.
+// What a packed weight's panels hold, each read by its own kernel.
+enum class PanelFormat {
+  kF32,        // cpu::PackedMatMul (float)
+  kBf16,       // cpu::PackedMatMul (uint16_t), widened to f32
+  kBf16Pairs,  // cpu::Bf16MatMul (Compute::kBf16, --dtype=bf16)
+  kInt8,       // cpu::Int8MatMul[WithOutliers] (--quantization)
+};
+
+// A weight repacked into column panels (kernels/cpu/), 64-byte aligned so
+// that panel rows do not straddle cache lines, for MatMul. A table
+// (embeddings, possibly tied to the LM head) also keeps its row-major f32
+// copy, which the tensor's data points at, for the embedding gather; a
+// Linear weight is only ever multiplied, so its tensor points at the panels.
 class PackedWeightStorage : public Tensor::Storage {
  public:
-  PackedWeightStorage(void* packed, bool bf16, std::vector<float> rows)
-      : packed_(packed), bf16_(bf16), rows_(std::move(rows)) {}
+  struct Int8Params {
+    std::vector<float> scales;  // [Int8PaddedRows(m)]
+    // LLM.int8() outliers; max_outliers 0 = plain int8.
+    float threshold = 0.0f;
+    int32_t max_outliers = 0;
+  };
+
+  PackedWeightStorage(PanelFormat format, void* packed, Int8Params int8,
+                      std::vector<float> rows)
+      : format_(format),
+        packed_(packed),
+        int8_(std::move(int8)),
+        rows_(std::move(rows)) {}
   ~PackedWeightStorage() override { std::free(packed_); }
 
-  bool bf16() const { return bf16_; }
   float* rows() { return rows_.data(); }
 
   // out = x * W^T. x: [n, k], out: [n, m]
   void Multiply(const cpu::KernelContext& ctx, const float* x, int64_t n,
                 int64_t m, int64_t k, float* out) const {
-    if (bf16_) {
-      cpu::PackedMatMul(ctx, x, static_cast<const uint16_t*>(packed_), n, m, k,
-                        out);
-    } else {
-      cpu::PackedMatMul(ctx, x, static_cast<const float*>(packed_), n, m, k,
-                        out);
+    switch (format_) {
+      case PanelFormat::kF32:
+        cpu::PackedMatMul(ctx, x, static_cast<const float*>(packed_), n, m, k,
+                          out);
+        return;
+      case PanelFormat::kBf16:
+        cpu::PackedMatMul(ctx, x, static_cast<const uint16_t*>(packed_), n, m,
+                          k, out);
+        return;
+      case PanelFormat::kBf16Pairs:
+        cpu::Bf16MatMul(ctx, /*avx512=*/true, x,
+                        static_cast<const uint16_t*>(packed_), n, m, k, out);
+        return;
+      case PanelFormat::kInt8: {
+        const cpu::Int8Panels panels{static_cast<const uint8_t*>(packed_),
+                                     int8_.scales.data()};
+        const cpu::Int8Isa isa = cpu::Int8IsaFor(ctx.isa);
+        if (int8_.max_outliers > 0) {
+          cpu::Int8MatMulWithOutliers(ctx, isa, x, panels, n, m, k,
+                                      int8_.threshold, int8_.max_outliers,
+                                      out);
+        } else {
+          cpu::Int8MatMul(ctx, isa, x, panels, n, m, k, out);
+        }
+        return;
+      }
     }
   }
 
  private:
+  PanelFormat format_;
   void* packed_;
-  bool bf16_;
+  Int8Params int8_;
   std::vector<float> rows_;  // empty for a Linear weight
 };
+
+// Bytes of the panels of an [m, k] weight in `format`.
+size_t PanelBytes(PanelFormat format, int64_t m, int64_t k) {
+  switch (format) {
+    case PanelFormat::kF32:
+      return static_cast<size_t>(cpu::PackedWeightSize(m, k)) * sizeof(float);
+    case PanelFormat::kBf16:
+      return static_cast<size_t>(cpu::PackedWeightSize(m, k)) *
+             sizeof(uint16_t);
+    case PanelFormat::kBf16Pairs:
+      return static_cast<size_t>(cpu::Bf16PairPackedSize(m, k)) *
+             sizeof(uint16_t);
+    case PanelFormat::kInt8:
+      return static_cast<size_t>(cpu::Int8PackedBytes(m, k));
+  }
+  return 0;
+}
+
+ElementType PanelType(PanelFormat format) {
+  switch (format) {
+    case PanelFormat::kF32:
+      return ElementType::kF32;
+    case PanelFormat::kBf16:
+    case PanelFormat::kBf16Pairs:
+      return ElementType::kBF16;
+    case PanelFormat::kInt8:
+      return ElementType::kI8;
+  }
+  return ElementType::kF32;
+}
 
 int64_t Product(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -113,8 +182,19 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
         absl::StrCat("this CPU does not support the ",
                      std::string(cpu::IsaName(isa)), " kernels"));
   }
+  if (options.compute == Compute::kBf16 && !cpu::Bf16DotSupported()) {
+    return absl::FailedPreconditionError(
+        "bf16 compute needs AVX-512 BF16 (vdpbf16ps), which this CPU lacks");
+  }
+  if (options.quantization == Quantization::kLlmInt8 &&
+      (!(options.llm_int8_threshold > 0.0f) ||
+       options.llm_int8_max_outliers <= 0)) {
+    return absl::InvalidArgumentError(
+        "llm_int8_threshold and llm_int8_max_outliers must be positive");
+  }
   auto pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
-  return std::unique_ptr<CpuBackend>(new CpuBackend(std::move(pool), isa));
+  return std::unique_ptr<CpuBackend>(
+      new CpuBackend(std::move(pool), isa, options));
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CpuBackend::FromOptions(
@@ -123,35 +203,53 @@ absl::StatusOr<std::unique_ptr<Backend>> CpuBackend::FromOptions(
     return absl::InvalidArgumentError(
         absl::StrCat(flag, " is not supported by the cpu backend (", why, ")"));
   };
+  Options cpu_options;
   if (options.dtype.has_value()) {
-    return refuse("--dtype",
-                  "its weights are f32, or bfloat16 panels when every value "
-                  "of the checkpoint is a bfloat16; leave --dtype unset");
+    if (*options.dtype != ElementType::kBF16) {
+      return refuse(absl::StrCat("--dtype=",
+                                 std::string(ElementTypeName(*options.dtype))),
+                    "it stores weights as f32, bf16 or int8; --dtype=bf16 "
+                    "multiplies bf16 weights by bf16 activations");
+    }
+    if (!cpu::Bf16DotSupported()) {
+      return absl::FailedPreconditionError(
+          "--dtype=bf16 on the cpu backend needs AVX-512 BF16 (vdpbf16ps), "
+          "which this CPU lacks; leave --dtype unset (f32 compute)");
+    }
+    if (options.quantization != Quantization::kNone) {
+      return refuse("--dtype with --quantization",
+                    "quantized weights are int8; leave --dtype unset");
+    }
+    cpu_options.compute = Compute::kBf16;
   }
-  if (options.quantization != Quantization::kNone) {
-    return refuse(
-        absl::StrCat("--quantization=",
-                     std::string(QuantizationName(options.quantization))),
-        "int8 weights are CUDA only in this build");
-  }
+  cpu_options.quantization = options.quantization;
+  cpu_options.llm_int8_threshold = options.llm_int8_threshold;
   if (options.device != 0) return refuse("--device", "one host");
   if (options.step_graphs) return refuse("--cuda_graphs", "CUDA only");
   if (options.gpu_memory_fraction != 0.0) {
     return refuse("--gpu_memory_fraction", "size the pool with --kv_cache_mb");
   }
-  Options cpu_options;
   cpu_options.num_threads = options.num_threads;
   absl::StatusOr<std::unique_ptr<CpuBackend>> backend = Create(cpu_options);
   if (!backend.ok()) return backend.status();
   return std::unique_ptr<Backend>(std::move(*backend));
 }
 
-CpuBackend::CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa)
-    : pool_(std::move(pool)), context_{isa, pool_.get()} {}
+CpuBackend::CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa,
+                       const Options& options)
+    : pool_(std::move(pool)), context_{isa, pool_.get()}, options_(options) {}
 
 std::string CpuBackend::Description() const {
+  std::string weights;
+  if (options_.quantization != Quantization::kNone) {
+    weights = absl::StrCat(
+        ", ", std::string(QuantizationName(options_.quantization)), " (",
+        std::string(cpu::Int8IsaName(cpu::Int8IsaFor(context_.isa))), ")");
+  } else if (options_.compute == Compute::kBf16) {
+    weights = ", bf16 compute";
+  }
   return absl::StrCat("cpu ", std::string(cpu::IsaName(context_.isa)), ", ",
-                      pool_->num_threads(), " threads");
+                      pool_->num_threads(), " threads", weights);
 }
 
 absl::StatusOr<Tensor> CpuBackend::Allocate(ElementType type,
@@ -197,10 +295,19 @@ absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
   const int64_t m = shape[0], k = shape[1];
   // LoRA factors stay f32: they are small and their scaled B is rarely a
   // bfloat16 value anyway.
-  const bool bf16 = role != WeightRole::kAdapter &&
-                    cpu::IsBf16Exact(host.data(), Product(shape));
-  const size_t bytes = static_cast<size_t>(cpu::PackedWeightSize(m, k)) *
-                       (bf16 ? sizeof(uint16_t) : sizeof(float));
+  const bool adapter = role == WeightRole::kAdapter;
+  const bool quantize =
+      !adapter && options_.quantization != Quantization::kNone &&
+      (role == WeightRole::kLinear || options_.quantize_tables);
+  PanelFormat format = PanelFormat::kF32;
+  if (quantize) {
+    format = PanelFormat::kInt8;
+  } else if (!adapter && options_.compute == Compute::kBf16) {
+    format = PanelFormat::kBf16Pairs;  // rounded to bf16 if not already
+  } else if (!adapter && cpu::IsBf16Exact(host.data(), Product(shape))) {
+    format = PanelFormat::kBf16;
+  }
+  const size_t bytes = PanelBytes(format, m, k);
   // aligned_alloc wants a size that is a multiple of the alignment.
   void* data =
       std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) / 64 * 64));
@@ -208,25 +315,41 @@ absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate ", bytes, " bytes of host memory"));
   }
-  if (bf16) {
-    cpu::PackWeightBf16(host.data(), m, k, static_cast<uint16_t*>(data));
-  } else {
-    cpu::PackWeight(host.data(), m, k, static_cast<float*>(data));
+  PackedWeightStorage::Int8Params int8;
+  switch (format) {
+    case PanelFormat::kF32:
+      cpu::PackWeight(host.data(), m, k, static_cast<float*>(data));
+      break;
+    case PanelFormat::kBf16:
+      cpu::PackWeightBf16(host.data(), m, k, static_cast<uint16_t*>(data));
+      break;
+    case PanelFormat::kBf16Pairs:
+      cpu::PackWeightBf16Pairs(host.data(), m, k,
+                               static_cast<uint16_t*>(data));
+      break;
+    case PanelFormat::kInt8:
+      int8.scales.resize(static_cast<size_t>(cpu::Int8PaddedRows(m)));
+      cpu::QuantizeWeightInt8(host.data(), m, k, static_cast<uint8_t*>(data),
+                              int8.scales.data());
+      if (options_.quantization == Quantization::kLlmInt8) {
+        int8.threshold = options_.llm_int8_threshold;
+        int8.max_outliers = options_.llm_int8_max_outliers;
+      }
+      break;
   }
   if (role == WeightRole::kTable) {
-    // 1.5x (bf16 panels) or 2x the memory of the table, for a 1.3-1.8x
-    // faster LM head (and exit heads of recursive models) at batch sizes
-    // >= 4.
-    auto storage =
-        std::make_unique<PackedWeightStorage>(data, bf16, std::move(host));
+    // The panels on top of the f32 rows, for a 1.3-1.8x faster LM head (and
+    // exit heads of recursive models) at batch sizes >= 4.
+    auto storage = std::make_unique<PackedWeightStorage>(
+        format, data, std::move(int8), std::move(host));
     float* rows = storage->rows();
     return Tensor(rows, ElementType::kF32, std::move(shape),
                   std::move(storage));
   }
   // The element type says what the panels hold (never read as rows).
-  return Tensor(
-      data, bf16 ? ElementType::kBF16 : ElementType::kF32, std::move(shape),
-      std::make_unique<PackedWeightStorage>(data, bf16, std::vector<float>()));
+  return Tensor(data, PanelType(format), std::move(shape),
+                std::make_unique<PackedWeightStorage>(
+                    format, data, std::move(int8), std::vector<float>()));
 }
 
 absl::Status CpuBackend::CopyToHost(const Tensor& src, std::span<float> host) {
@@ -416,6 +539,22 @@ SoftmaxStats CpuBackend::RowSoftmaxStats(std::span<const float> row) const {
   const cpu::SoftmaxStats stats = cpu::ComputeSoftmaxStats(
       context_.isa, row.data(), static_cast<int64_t>(row.size()));
   return {stats.max, stats.sum_exp};
+}
+
+absl::Status CpuBackend::HiddenExitConfidences(
+    const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
+    const Tensor& classifier, std::span<const int32_t> loops,
+    std::span<const ExitConfidence> kinds, float eps, std::span<float> out) {
+  if (absl::Status s = CheckHiddenExitConfidenceArgs(state, rows, prev,
+                                                     classifier, loops, kinds,
+                                                     out);
+      !s.ok()) {
+    return s;
+  }
+  // O(hidden) per row: serial (a thread hand-off costs more than the work).
+  ComputeHiddenExitConfidences(F32(state), Cols(state), rows, F32(prev),
+                               F32(classifier), loops, kinds, eps, out);
+  return absl::OkStatus();
 }
 
 void CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows,

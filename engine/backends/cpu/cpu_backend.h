@@ -26,6 +26,17 @@ namespace strata {
 
 class CpuBackend : public Backend {
  public:
+  // How the (unquantized) Linear weights and tables are multiplied.
+  enum class Compute {
+    // f32 panels, or bf16 panels for checkpoints whose every value is a
+    // bfloat16, widened to f32 and multiplied with f32 FMAs
+    // (cpu::PackedMatMul): the default.
+    kF32,
+    // Weights rounded to bf16 and x rounded to bf16 per call, vdpbf16ps with
+    // f32 accumulation (cpu::Bf16MatMul; AVX-512 BF16): --dtype=bf16.
+    kBf16,
+  };
+
   struct Options {
     // Threads running kernels, counting the calling thread; 0 = hardware
     // concurrency.
@@ -33,19 +44,35 @@ class CpuBackend : public Backend {
     // Kernel variant; unset = cpu::DefaultIsa(). An ISA this CPU lacks is
     // FAILED_PRECONDITION.
     std::optional<cpu::Isa> isa;
+    // kWeightInt8: int8 panels, x quantized to int8 per row, exact int32
+    // sums (cpu::Int8MatMul); kLlmInt8: the same plus each row's outlier
+    // columns in f32 (cpu::Int8MatMulWithOutliers). LoRA factors stay f32.
+    Quantization quantization = Quantization::kNone;
+    // LLM.int8(): |activation| at or above which a column stays f32, and at
+    // most this many such columns per row (the CUDA backend's defaults).
+    float llm_int8_threshold = 6.0f;
+    int32_t llm_int8_max_outliers = 128;
+    // Whether tables' packed copies (the LM head, exit heads) follow
+    // `quantization` (true) or keep f32/bf16 panels.
+    bool quantize_tables = true;
+    // FAILED_PRECONDITION for kBf16 on a CPU without AVX-512 BF16.
+    Compute compute = Compute::kF32;
   };
 
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(
       const Options& options);
-  // The registry's entry (backend_registry.h): num_threads from `options`;
-  // what the CPU cannot honour (a dtype, quantization, a device ordinal,
-  // step graphs, a GPU memory fraction) is INVALID_ARGUMENT naming the flag.
+  // The registry's entry (backend_registry.h): num_threads, quantization
+  // (none, int8, llm.int8) and its threshold from `options`; dtype bf16 is
+  // Compute::kBf16 (FAILED_PRECONDITION without AVX-512 BF16); what the CPU
+  // cannot honour (dtype f16, a device ordinal, step graphs, a GPU memory
+  // fraction) is INVALID_ARGUMENT naming the flag.
   static absl::StatusOr<std::unique_ptr<Backend>> FromOptions(
       const BackendOptions& options);
 
   std::string_view name() const override { return "cpu"; }
   std::string Description() const override;
   cpu::Isa isa() const { return context_.isa; }
+  const Options& options() const { return options_; }
 
   absl::StatusOr<Tensor> Allocate(ElementType type,
                                   std::vector<int64_t> shape) override;
@@ -56,15 +83,17 @@ class CpuBackend : public Backend {
   void Embedding(const Tensor& table, std::span<const TokenId> ids,
                  Tensor* out) override;
   // Linear weights (WeightRole::kLinear, [m, k]) are repacked into column
-  // panels for PackedMatMul, and so are LoRA factors (kAdapter); tables
-  // (kTable: embeddings, LM head) keep their
-  // rows for the embedding gather plus a packed copy for MatMul; vectors
-  // stay as uploaded. A packed weight is never viewed with Tensor::Rows.
+  // panels (f32, bf16, bf16 pairs or int8 per Options), and so are LoRA
+  // factors (kAdapter, always f32); tables (kTable: embeddings, LM head)
+  // keep their f32 rows for the embedding gather plus a packed copy for
+  // MatMul; vectors stay as uploaded. A packed weight is never viewed with
+  // Tensor::Rows.
   absl::StatusOr<Tensor> UploadWeight(std::vector<float> host,
                                       std::vector<int64_t> shape,
                                       WeightRole role) override;
-  // Packed weights go through cpu::PackedMatMul, others through cpu::MatMul;
-  // both are batch invariant (kernels/cpu/).
+  // Packed weights go through the kernel of their panels (cpu::PackedMatMul,
+  // Bf16MatMul, Int8MatMul or Int8MatMulWithOutliers), others through
+  // cpu::MatMul; all are batch invariant (kernels/cpu/).
   void MatMul(const Tensor& x, const Tensor& w, Tensor* out) override;
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;
@@ -93,14 +122,24 @@ class CpuBackend : public Backend {
   absl::Status ExitConfidences(const Tensor& logits,
                                std::span<const ExitConfidence> kinds,
                                std::span<float> out) override;
+  // Computed in place on the rows (no copies).
+  absl::Status HiddenExitConfidences(const Tensor& state,
+                                     std::span<const int32_t> rows,
+                                     const Tensor& prev,
+                                     const Tensor& classifier,
+                                     std::span<const int32_t> loops,
+                                     std::span<const ExitConfidence> kinds,
+                                     float eps, std::span<float> out) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                   Tensor* out) override;
 
  private:
-  CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa);
+  CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa,
+             const Options& options);
 
   std::unique_ptr<cpu::ThreadPool> pool_;
   cpu::KernelContext context_;
+  Options options_;
 };
 
 }  // namespace strata
