@@ -171,6 +171,19 @@ class Nginx {
     rewritten.replace(
         at, listen.size(),
         absl::StrCat("listen 127.0.0.1:", nginx->port_, " http2;"));
+    // The HTTP API's server block (not under test here) must still load:
+    // its example replicas resolve to loopback and it listens on a free
+    // loopback port.
+    const std::string http_listen = "listen 8000;";
+    if (const size_t h = rewritten.find(http_listen); h != std::string::npos) {
+      const int http_port = strata::testing::FreePort();
+      if (http_port <= 0) return absl::InternalError("no free port");
+      rewritten.replace(h, http_listen.size(),
+                        absl::StrCat("listen 127.0.0.1:", http_port, ";"));
+    }
+    rewritten = std::regex_replace(
+        rewritten, std::regex(R"(strata-[0-9]+\.strata\.internal)"),
+        "127.0.0.1");
     std::ofstream(nginx->dir_ / "strata.conf") << rewritten;
 
     // A minimal main config around it, everything inside the temp folder.
