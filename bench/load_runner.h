@@ -64,7 +64,7 @@ class LoadRunner {
     int32_t n = 1;
     // Sent as `authorization: Bearer KEY` when not empty (--api_keys_file on
     // the daemon).
-    std::string api_key;
+    std::string api_key = "";
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
     // TLS or mutual TLS to the daemon (default: plaintext).

@@ -4,6 +4,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -33,9 +36,9 @@ constexpr char kAliceKey[] = "sk-alice-0123456789";
 constexpr char kBobKey[] = "sk-bob-9876543210";
 
 std::string WriteKeys(const std::string& text) {
-  const std::string path = absl::StrCat(::testing::TempDir(), "strata_keys_",
-                                        getpid(), "_",
-                                        absl::ToUnixNanos(absl::Now()));
+  const std::string path =
+      absl::StrCat(::testing::TempDir(), "strata_keys_", getpid(), "_",
+                   absl::ToUnixNanos(absl::Now()));
   std::ofstream(path, std::ios::trunc) << text;
   return path;
 }
@@ -58,14 +61,37 @@ std::string Scrape(int port) {
   return strata::testing::HttpBody(strata::testing::HttpGet(port, "/metrics"));
 }
 
+// One POST /v1/completions over the HTTP API with `key` ("" = no
+// Authorization header); the HTTP status.
+int HttpComplete(int port, const std::string& key) {
+  namespace beast = boost::beast;
+  namespace http = beast::http;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::resolver resolver(io);
+  beast::tcp_stream stream(io);
+  stream.connect(resolver.resolve("127.0.0.1", std::to_string(port)));
+  http::request<http::string_body> request(http::verb::post, "/v1/completions",
+                                           11);
+  request.set(http::field::host, "127.0.0.1");
+  request.set(http::field::content_type, "application/json");
+  if (!key.empty()) request.set(http::field::authorization, "Bearer " + key);
+  request.body() = R"({"prompt": "Hello", "max_tokens": 2, "temperature": 0})";
+  request.prepare_payload();
+  http::write(stream, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> response;
+  http::read(stream, buffer, response);
+  return static_cast<int>(response.result_int());
+}
+
 TEST(SecurityTest, ApiKeysGuardGenerationButNotHealth) {
   const std::string keys =
       WriteKeys(absl::StrCat("alice ", kAliceKey, "\nbob ", kBobKey, "\n"));
   const int metrics_port = strata::testing::FreePort();
-  auto daemon = StratadDaemon::Start(
-      strata::testing::TinyLlamaDir(),
-      {"--api_keys_file=" + keys,
-       absl::StrCat("--metrics_port=", metrics_port)});
+  auto daemon =
+      StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                           {"--api_keys_file=" + keys,
+                            absl::StrCat("--metrics_port=", metrics_port)});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   // Health answers without a key (Start waited for SERVING through it).
   EXPECT_EQ(*(*daemon)->Health("strata.v1.Generation"),
@@ -84,15 +110,17 @@ TEST(SecurityTest, ApiKeysGuardGenerationButNotHealth) {
               grpc::StatusCode::UNAUTHENTICATED);
   }
   v1::CompletionResponse response;
-  const grpc::Status ok = Complete(**daemon, kAliceKey, GreedyCompletion(3), &response);
+  const grpc::Status ok =
+      Complete(**daemon, kAliceKey, GreedyCompletion(3), &response);
   ASSERT_TRUE(ok.ok()) << ok.error_message();
   EXPECT_EQ(response.usage().completion_tokens(), 3u);
 
   // Metrics name the key, never show it.
   const std::string metrics = Scrape(metrics_port);
-  EXPECT_EQ(strata::testing::PrometheusValue(
-                metrics, "strata_key_requests_total{key=\"alice\",outcome=\"ok\"}"),
-            1);
+  EXPECT_EQ(
+      strata::testing::PrometheusValue(
+          metrics, "strata_key_requests_total{key=\"alice\",outcome=\"ok\"}"),
+      1);
   EXPECT_EQ(strata::testing::PrometheusValue(
                 metrics, "strata_key_generation_tokens_total{key=\"alice\"}"),
             3);
@@ -100,6 +128,32 @@ TEST(SecurityTest, ApiKeysGuardGenerationButNotHealth) {
                 metrics, "strata_unauthenticated_requests_total"),
             3);
   EXPECT_EQ(metrics.find("sk-"), std::string::npos);
+  std::remove(keys.c_str());
+}
+
+// The OpenAI HTTP API checks the same keys: 401 without or with a wrong
+// key, the key's tenant and metrics with a right one.
+TEST(SecurityTest, HttpApiChecksTheSameKeys) {
+  const std::string keys =
+      WriteKeys(absl::StrCat("alice ", kAliceKey, "\nbob ", kBobKey, "\n"));
+  const int metrics_port = strata::testing::FreePort();
+  const int http_port = strata::testing::FreePort();
+  auto daemon = StratadDaemon::Start(
+      strata::testing::TinyLlamaDir(),
+      {"--api_keys_file=" + keys, absl::StrCat("--http_port=", http_port),
+       absl::StrCat("--metrics_port=", metrics_port)});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  EXPECT_EQ(HttpComplete(http_port, ""), 401);
+  EXPECT_EQ(HttpComplete(http_port, "sk-wrong"), 401);
+  EXPECT_EQ(HttpComplete(http_port, kBobKey), 200);
+  const std::string metrics = Scrape(metrics_port);
+  EXPECT_EQ(
+      strata::testing::PrometheusValue(
+          metrics, "strata_key_requests_total{key=\"bob\",outcome=\"ok\"}"),
+      1);
+  EXPECT_EQ(strata::testing::PrometheusValue(
+                metrics, "strata_unauthenticated_requests_total"),
+            2);
   std::remove(keys.c_str());
 }
 
@@ -128,19 +182,19 @@ TEST(SecurityTest, SighupReloadsTheKeys) {
 // second arrives; the key allows one at a time.
 TEST(SecurityTest, PerKeyConcurrencyLimitIsResourceExhaustedNamingIt) {
   StallHook stall;
-  const std::string keys = WriteKeys(
-      absl::StrCat("alice ", kAliceKey, " max_concurrency=1\nbob ", kBobKey,
-                   "\n"));
+  const std::string keys = WriteKeys(absl::StrCat(
+      "alice ", kAliceKey, " max_concurrency=1\nbob ", kBobKey, "\n"));
   const int metrics_port = strata::testing::FreePort();
-  auto daemon = StratadDaemon::Start(
-      strata::testing::TinyLlamaDir(),
-      {"--api_keys_file=" + keys,
-       absl::StrCat("--metrics_port=", metrics_port)});
+  auto daemon =
+      StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                           {"--api_keys_file=" + keys,
+                            absl::StrCat("--metrics_port=", metrics_port)});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   stall.Stall();
   auto stub = v1::Generation::NewStub((*daemon)->channel());
   grpc::ClientContext first_context;
-  first_context.AddMetadata("authorization", std::string("Bearer ") + kAliceKey);
+  first_context.AddMetadata("authorization",
+                            std::string("Bearer ") + kAliceKey);
   const v1::CompletionRequest first_request = GreedyCompletion(4);
   v1::CompletionResponse first_response;
   grpc::Status first_status;
@@ -188,20 +242,19 @@ TEST(SecurityTest, MaxRequestTimeEndsARequestWithDeadlineExceeded) {
   grpc::Status status;
   absl::Notification done;
   const v1::CompletionRequest request = GreedyCompletion(200);
-  stub->async()->Complete(&context, &request, &response,
-                          [&](grpc::Status s) {
-                            status = std::move(s);
-                            done.Notify();
-                          });
+  stub->async()->Complete(&context, &request, &response, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
   absl::SleepFor(absl::Milliseconds(1500));  // past max_request_time
   stall.Release();
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(60)));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
       << status.error_message();
-  EXPECT_EQ(strata::testing::PrometheusValue(
-                Scrape(metrics_port),
-                "strata_requests_total{outcome=\"deadline\"}"),
-            1);
+  EXPECT_EQ(
+      strata::testing::PrometheusValue(
+          Scrape(metrics_port), "strata_requests_total{outcome=\"deadline\"}"),
+      1);
 }
 
 TEST(SecurityTest, OversizedPromptsAreRefusedBeforeTokenizing) {
