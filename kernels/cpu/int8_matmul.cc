@@ -1,5 +1,9 @@
 #include "kernels/cpu/int8_matmul.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -178,8 +182,10 @@ void BlockScalar(const Operands& o, const internal::PanelBlock& b) {
       for (int64_t g = 0; g < groups; ++g) {
         for (int64_t c = 0; c < kWidth; ++c) {
           for (int64_t t = 0; t < kGroup; ++t) {
-            sums[c] += static_cast<int32_t>(x[g * kGroup + t]) *
-                       (static_cast<int32_t>(w[g * kGroupBytes + c * kGroup + t]) - 128);
+            sums[c] +=
+                static_cast<int32_t>(x[g * kGroup + t]) *
+                (static_cast<int32_t>(w[g * kGroupBytes + c * kGroup + t]) -
+                 128);
           }
         }
       }
@@ -239,10 +245,10 @@ STRATA_TARGET_AVX2 void TileAvx2(const Operands& o, int64_t row,
   }
   for (int r = 0; r < R; ++r) {
     // hadd gives columns 0 1 4 5 | 2 3 6 7; the permute orders them.
-    const __m256i lo = _mm256_permute4x64_epi64(
-        _mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
-    const __m256i hi = _mm256_permute4x64_epi64(
-        _mm256_hadd_epi32(acc[r][2], acc[r][3]), 0xD8);
+    const __m256i lo =
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+    const __m256i hi =
+        _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][2], acc[r][3]), 0xD8);
     StoreAvx2(o, row + r, panel, lo, hi);
   }
 }
@@ -318,14 +324,14 @@ STRATA_TARGET_AVX512_VNNI void TileAvx512(const Operands& o, int64_t row,
   for (int c = 0; c < C; ++c) {
     const int64_t pj = panel + c;
     const __m512 ws = _mm512_loadu_ps(o.w_scales + pj * kWidth);
-    const __mmask16 mask = internal::TailMaskAvx512(
-        std::min(kWidth, o.m - pj * kWidth));
+    const __mmask16 mask =
+        internal::TailMaskAvx512(std::min(kWidth, o.m - pj * kWidth));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 v = _mm512_mul_ps(
-          _mm512_cvtepi32_ps(_mm512_sub_epi32(
-              acc[r][c], _mm512_set1_epi32(o.x_bias[row + r]))),
-          _mm512_mul_ps(_mm512_set1_ps(o.x_scales[row + r]), ws));
+      const __m512 v =
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
+                            acc[r][c], _mm512_set1_epi32(o.x_bias[row + r]))),
+                        _mm512_mul_ps(_mm512_set1_ps(o.x_scales[row + r]), ws));
       _mm512_mask_storeu_ps(o.out + (row + r) * o.m + pj * kWidth, mask, v);
     }
   }
@@ -446,6 +452,16 @@ std::string_view Int8IsaName(Int8Isa isa) {
   return "unknown";
 }
 
+#if STRATA_CPU_X86
+// AVX-VNNI (CPUID leaf 7, sub-leaf 1, EAX bit 4), read directly: clang 14's
+// __builtin_cpu_supports has no name for it (gcc 12's does).
+static bool CpuHasAvxVnni() {
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) == 0) return false;
+  return (eax & (1u << 4)) != 0;
+}
+#endif
+
 bool Int8IsaSupported(Int8Isa isa) {
   switch (isa) {
     case Int8Isa::kScalar:
@@ -454,7 +470,7 @@ bool Int8IsaSupported(Int8Isa isa) {
     case Int8Isa::kAvx2:
       return IsaSupported(Isa::kAvx2);
     case Int8Isa::kAvxVnni:
-      return IsaSupported(Isa::kAvx2) && __builtin_cpu_supports("avxvnni");
+      return IsaSupported(Isa::kAvx2) && CpuHasAvxVnni();
     case Int8Isa::kAvx512Vnni:
       return IsaSupported(Isa::kAvx512) && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vnni");
@@ -502,7 +518,8 @@ void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, uint8_t* q,
     if (j >= m) continue;
     const float* row = w + j * k;
     float absmax = 0.0f;
-    for (int64_t p = 0; p < k; ++p) absmax = std::max(absmax, std::fabs(row[p]));
+    for (int64_t p = 0; p < k; ++p)
+      absmax = std::max(absmax, std::fabs(row[p]));
     if (absmax == 0.0f) continue;
     scales[j] = absmax / 127.0f;
     uint8_t* panel = q + (j / kWidth) * groups * kGroupBytes;
@@ -563,8 +580,8 @@ void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
     const std::vector<int32_t>& cols = row_columns[i];
     if (cols.empty()) return;
     for (int64_t j = 0; j < m; ++j) {
-      const uint8_t* lane = w.q + (j / kWidth) * groups * kGroupBytes +
-                            (j % kWidth) * kGroup;
+      const uint8_t* lane =
+          w.q + (j / kWidth) * groups * kGroupBytes + (j % kWidth) * kGroup;
       float o = 0.0f;
       for (int32_t c : cols) {
         const int32_t wq = static_cast<int32_t>(
