@@ -3,6 +3,8 @@
 // format detection from the fixture tokenizer_config.json files.
 #include "text/chat_template.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -44,8 +46,11 @@ std::unique_ptr<Tokenizer> LoadVariant(const std::string& name,
                                        const std::string& fixture,
                                        void (*edit)(Json* tokenizer_json,
                                                     Json* tokenizer_config)) {
+  // One folder per process: ctest runs the tests of a suite in parallel
+  // processes, and a shared folder would be removed under another's feet.
   const std::filesystem::path dir =
-      std::filesystem::path(::testing::TempDir()) / ("strata_chat_" + name);
+      std::filesystem::path(::testing::TempDir()) /
+      ("strata_chat_" + name + "_" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   Json tokenizer_json =

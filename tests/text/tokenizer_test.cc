@@ -4,6 +4,8 @@
 // options and load errors.
 #include "text/tokenizer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -48,7 +50,7 @@ void WriteFile(const std::string& path, const std::string& contents) {
 std::string MakeTempDir(const std::string& name) {
   const std::filesystem::path dir =
       std::filesystem::path(::testing::TempDir()) /
-      ("strata_tokenizer_" + name);
+      ("strata_tokenizer_" + name + "_" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
