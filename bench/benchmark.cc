@@ -31,6 +31,10 @@ Json ConfigJson(const BenchmarkOptions& options, const v1::ModelInfo& info,
   j["label"] = options.label;
   j["backend"] = "strata";
   j["target"] = options.runner.target;
+  j["protocol"] = ProtocolName(options.runner.protocol);
+  if (options.runner.protocol == Protocol::kHttp) {
+    j["http_target"] = options.runner.http_target;
+  }
   j["model_id"] = info.name();
   j["model_backend"] = info.backend();
   j["model_dtype"] = info.dtype();
@@ -113,7 +117,11 @@ absl::StatusOr<BenchmarkOutcome> RunBenchmark(const BenchmarkOptions& options,
       !s.ok()) {
     return s;
   }
-  out << "Target: " << options.runner.target << "  model: " << info->name()
+  out << "Target: " << options.runner.target;
+  if (options.runner.protocol == Protocol::kHttp) {
+    out << " (streams over HTTP at " << options.runner.http_target << ")";
+  }
+  out << "  model: " << info->name()
       << " (" << info->backend() << ", " << info->dtype() << ", vocab "
       << info->vocab_size() << ", context " << info->context_length() << ")\n"
       << "Workload: " << (*workload)->Describe() << "\n";

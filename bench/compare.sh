@@ -12,11 +12,15 @@
 #       [--a_bin=build/bin/stratad] [--b_bin=other/build/bin/stratad] \
 #       [--a_label=NAME] [--b_label=NAME] [--rounds=3] [--port=50151] \
 #       [--out=DIR] [--bench=build/bin/strata-bench] [--startup_timeout=300] \
+#       [--a_bench="strata-bench flags for A only"] [--b_bench=...] \
 #       [-- strata-bench flags, e.g. --concurrency=8 --num_requests=100]
 #
-# --a/--b are split on spaces (no quoting inside). The daemon always gets
-# --host=127.0.0.1 --port=PORT --port_file=... --metrics_port=PORT+1; do not
-# pass those. Results: DIR/{A,B}.<round>.json, daemon logs
+# --a/--b (and --a_bench/--b_bench) are split on spaces (no quoting inside).
+# The daemon always gets --host=127.0.0.1 --port=PORT --port_file=...
+# --metrics_port=PORT+1 (and --http_port=PORT+2 when a side's strata-bench
+# flags say --protocol=http), and strata-bench --target and --http_target to
+# match; do not pass those. The HTTP API against gRPC on
+# one configuration: --a="FLAGS" --b="FLAGS" --b_bench="--protocol=http". Results: DIR/{A,B}.<round>.json, daemon logs
 # DIR/{A,B}.<round>.log, DIR/compare.json, and the engine's own side of each
 # run, scraped from /metrics around the benchmark: engine steps per second
 # and mean step time (DIR/{A,B}.<round>.engine, summed up at the end). Exit status: 0 when every run completed, 1 on setup
@@ -25,7 +29,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-a_flags="" b_flags=""
+a_flags="" b_flags="" a_bench_flags="" b_bench_flags=""
 a_bin="${root}/build/bin/stratad" b_bin=""
 a_label="A" b_label="B"
 rounds=3 port=50151 out="" startup_timeout=300
@@ -38,6 +42,8 @@ while (($#)); do
   case "$1" in
     --a=*) a_flags="${1#*=}" ;;
     --b=*) b_flags="${1#*=}" ;;
+    --a_bench=*) a_bench_flags="${1#*=}" ;;
+    --b_bench=*) b_bench_flags="${1#*=}" ;;
     --a_bin=*) a_bin="${1#*=}" ;;
     --b_bin=*) b_bin="${1#*=}" ;;
     --a_label=*) a_label="${1#*=}" ;;
@@ -70,10 +76,16 @@ for bin in "${a_bin}" "${b_bin}"; do
 done
 for flag in "${bench_flags[@]}"; do
   case "${flag}" in
-    --target=*|--result_json=*|--sweep=*|--compare_*)
+    --target=*|--http_target=*|--result_json=*|--sweep=*|--compare_*)
       die "do not pass ${flag%%=*} to strata-bench; compare.sh sets it" ;;
   esac
 done
+# The HTTP listener only when a side benchmarks over it (older daemons, as
+# an --a_bin, may not have --http_port).
+http_daemon_flags=()
+if [[ " ${bench_flags[*]} ${a_bench_flags} ${b_bench_flags} " == *" --protocol=http "* ]]; then
+  http_daemon_flags=(--http_port="$((port + 2))")
+fi
 if [[ -z "${out}" ]]; then
   out="$(mktemp -d /tmp/strata-compare.XXXXXX)"
 fi
@@ -114,14 +126,19 @@ run_one() {
   local port_file="${out}/${name}.${round}.port"
   local log="${out}/${name}.${round}.log"
   local json="${out}/${name}.${round}.json"
-  local label="${a_label}"
-  [[ "${name}" == B ]] && label="${b_label}"
-  local -a daemon_flags=()
+  local label="${a_label}" side_bench="${a_bench_flags}"
+  if [[ "${name}" == B ]]; then
+    label="${b_label}"
+    side_bench="${b_bench_flags}"
+  fi
+  local -a daemon_flags=() side_bench_flags=()
   read -r -a daemon_flags <<<"${flags}"
+  read -r -a side_bench_flags <<<"${side_bench}"
   rm -f "${port_file}" "${json}"
   echo "== round ${round}/${rounds}: ${name} (${label}): ${bin} ${flags}"
   "${bin}" "${daemon_flags[@]}" --host=127.0.0.1 --port="${port}" \
-    --port_file="${port_file}" --metrics_port="$((port + 1))" >"${log}" 2>&1 &
+    --port_file="${port_file}" --metrics_port="$((port + 1))" \
+    "${http_daemon_flags[@]}" >"${log}" 2>&1 &
   daemon_pid=$!
   local waited=0
   until [[ -s "${port_file}" ]]; do
@@ -144,9 +161,10 @@ run_one() {
   local before after t0 t1
   before="$(engine_counters)"
   t0="$(date +%s.%N)"
-  "${bench}" --target="127.0.0.1:${port}" --result_json="${json}" \
+  "${bench}" --target="127.0.0.1:${port}" \
+    --http_target="127.0.0.1:$((port + 2))" --result_json="${json}" \
     --label="${label}" --connect_timeout_s="${startup_timeout}" \
-    "${bench_flags[@]}" || status=$?
+    "${bench_flags[@]}" "${side_bench_flags[@]}" || status=$?
   t1="$(date +%s.%N)"
   after="$(engine_counters)"
   # steps/s over the benchmark's wall time, and the mean step's duration.
@@ -189,8 +207,8 @@ join() { local IFS=,; echo "$*"; }
 echo
 "${bench}" --compare_a="$(join "${a_results[@]}")" \
   --compare_b="$(join "${b_results[@]}")" \
-  --compare_a_label="${a_label}: ${a_bin##"${root}"/} ${a_flags}" \
-  --compare_b_label="${b_label}: ${b_bin##"${root}"/} ${b_flags}" \
+  --compare_a_label="${a_label}: ${a_bin##"${root}"/} ${a_flags} ${a_bench_flags}" \
+  --compare_b_label="${b_label}: ${b_bin##"${root}"/} ${b_flags} ${b_bench_flags}" \
   --compare_json="${out}/compare.json"
 echo
 # The engine's side: steps per second and mean step time, per configuration.

@@ -1,7 +1,9 @@
-// Drives a running stratad over gRPC and times every streamed token.
+// Drives a running stratad over gRPC or its OpenAI-compatible HTTP API and
+// times every streamed token.
 //
-// One dispatcher thread (the caller of Run) sends requests; gRPC's callback
-// threads receive the chunks (one StreamCall reactor per request) and record
+// One dispatcher thread (the caller of Run) sends requests; the transport's
+// threads receive the chunks (one BenchCall per request: GrpcStreamCall, a
+// gRPC reactor, or HttpStreamCall, Server-Sent Events over Asio) and record
 // timings. Two load shapes:
 //   closed loop  `concurrency` clients, each sending its next request as soon
 //                as its previous one ends (throughput at a fixed load);
@@ -40,8 +42,18 @@ namespace strata::bench {
 
 enum class LoadMode { kClosedLoop, kOpenLoop };
 
+// How requests travel. Model information (vocabulary, context, special
+// ids) always comes over gRPC (GetModelInfo): the OpenAI API has no place
+// for it.
+enum class Protocol { kGrpc, kHttp };
+
+absl::StatusOr<Protocol> ParseProtocol(const std::string& name);
+const char* ProtocolName(Protocol protocol);
+
 absl::StatusOr<LoadMode> ParseLoadMode(const std::string& name);
 const char* LoadModeName(LoadMode mode);
+
+class HttpTransport;
 
 class LoadRunner {
  public:
@@ -67,8 +79,14 @@ class LoadRunner {
     std::string api_key = "";
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
-    // TLS or mutual TLS to the daemon (default: plaintext).
+    // TLS or mutual TLS to the daemon (default: plaintext; gRPC only).
     ClientTlsOptions tls = {};
+    // kHttp: generation requests go to http_target ("host:port" of
+    // stratad --http_port), as POST /v1/completions or
+    // /v1/chat/completions with "stream": true.
+    Protocol protocol = Protocol::kGrpc;
+    std::string http_target = "";
+    int32_t http_threads = 2;  // Asio threads reading the streams
   };
 
   struct RunOptions {
@@ -114,11 +132,13 @@ class LoadRunner {
 
  private:
   LoadRunner(const Options& options,
-             std::shared_ptr<grpc::ChannelCredentials> credentials);
+             std::shared_ptr<grpc::ChannelCredentials> credentials,
+             std::unique_ptr<HttpTransport> http);
 
   Options options_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;      // [num_channels]
   std::vector<std::unique_ptr<v1::Generation::Stub>> stubs_;  // [num_channels]
+  std::unique_ptr<HttpTransport> http_;  // kHttp only
 };
 
 }  // namespace strata::bench

@@ -33,6 +33,12 @@ ABSL_FLAG(std::string, target, "127.0.0.1:50051",
           "--allow_remote_target).");
 ABSL_FLAG(bool, allow_remote_target, false,
           "Allow a target that is not on this machine.");
+ABSL_FLAG(std::string, protocol, "grpc",
+          "grpc: stream over gRPC (--target); http: stream over the "
+          "OpenAI-compatible HTTP API (Server-Sent Events) at --http_target. "
+          "Model information always comes over gRPC from --target.");
+ABSL_FLAG(std::string, http_target, "",
+          "With --protocol=http: host:port of stratad's --http_port.");
 ABSL_FLAG(int32_t, num_channels, 1,
           "gRPC connections to open (requests are spread round-robin).");
 ABSL_FLAG(std::string, tls_ca, "",
@@ -196,6 +202,7 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
   o.runner.target = absl::GetFlag(FLAGS_target);
   o.runner.allow_remote_target = absl::GetFlag(FLAGS_allow_remote_target);
   o.runner.num_channels = absl::GetFlag(FLAGS_num_channels);
+  o.runner.http_target = absl::GetFlag(FLAGS_http_target);
   o.runner.request_timeout = Seconds(absl::GetFlag(FLAGS_request_timeout_s));
   o.runner.connect_timeout = Seconds(absl::GetFlag(FLAGS_connect_timeout_s));
   o.runner.abort_after_consecutive_errors =
@@ -243,6 +250,10 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
   o.workload.max_token_id = absl::GetFlag(FLAGS_max_token_id);
   o.workload.seed = absl::GetFlag(FLAGS_seed);
 
+  absl::StatusOr<Protocol> protocol =
+      ParseProtocol(absl::GetFlag(FLAGS_protocol));
+  if (!protocol.ok()) return protocol.status();
+  o.runner.protocol = *protocol;
   absl::StatusOr<LoadMode> mode = ParseLoadMode(absl::GetFlag(FLAGS_mode));
   if (!mode.ok()) return mode.status();
   o.run.mode = *mode;
