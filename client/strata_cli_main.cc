@@ -25,6 +25,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -59,8 +60,9 @@ ABSL_FLAG(bool, ignore_eos, false, "Keep generating past end-of-sequence.");
 ABSL_FLAG(double, exit_threshold, -1,
           "Recursive models: early-exit confidence threshold in [0, 1]; "
           "-1 = unset (full depth).");
-ABSL_FLAG(std::string, exit_confidence, "max_prob",
-          "Recursive models: max_prob or margin.");
+ABSL_FLAG(std::string, exit_confidence, "",
+          "Recursive models: max_prob, margin, saturation or classifier; "
+          "empty = the model's default (its classifier when it has one).");
 ABSL_FLAG(int32_t, exit_min_loops, -1,
           "Recursive models: loops every token runs at least; -1 = unset.");
 ABSL_FLAG(bool, stream, true,
@@ -132,6 +134,16 @@ void PrepareContext(grpc::ClientContext& context) {
   }
 }
 
+// --exit_confidence names a v1::ExitConfidence (lower case, no prefix).
+bool ExitConfidenceFlagOk() {
+  const std::string c = absl::GetFlag(FLAGS_exit_confidence);
+  v1::ExitConfidence measure;
+  return c.empty() ||
+         v1::ExitConfidence_Parse(
+             absl::StrCat("EXIT_CONFIDENCE_", absl::AsciiStrToUpper(c)),
+             &measure);
+}
+
 v1::SamplingParams SamplingFromFlags() {
   v1::SamplingParams sampling;
   if (int32_t v = absl::GetFlag(FLAGS_max_tokens); v >= 0) {
@@ -163,8 +175,12 @@ v1::SamplingParams SamplingFromFlags() {
   if (double v = absl::GetFlag(FLAGS_exit_threshold); v >= 0) {
     sampling.set_exit_threshold(static_cast<float>(v));
   }
-  if (absl::GetFlag(FLAGS_exit_confidence) == "margin") {
-    sampling.set_exit_confidence(v1::EXIT_CONFIDENCE_MARGIN);
+  // Checked in main (ExitConfidenceFlagOk) before any request is built.
+  if (const std::string c = absl::GetFlag(FLAGS_exit_confidence); !c.empty()) {
+    v1::ExitConfidence measure = v1::EXIT_CONFIDENCE_MAX_PROB;
+    v1::ExitConfidence_Parse(
+        absl::StrCat("EXIT_CONFIDENCE_", absl::AsciiStrToUpper(c)), &measure);
+    sampling.set_exit_confidence(measure);
   }
   if (int32_t v = absl::GetFlag(FLAGS_exit_min_loops); v >= 0) {
     sampling.set_exit_min_loops(static_cast<uint32_t>(v));
@@ -285,6 +301,10 @@ int Run(int argc, char** argv) {
   const std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
       absl::GetFlag(FLAGS_addr), *credentials, channel_args);
   auto stub = v1::Generation::NewStub(channel);
+  if (!ExitConfidenceFlagOk()) {
+    return UsageError(
+        "--exit_confidence must be max_prob, margin, saturation or classifier");
+  }
 
   if (command == "complete") {
     if (operands.size() != 1) return UsageError("complete takes one TEXT");

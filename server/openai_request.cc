@@ -5,6 +5,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -205,16 +206,19 @@ absl::Status ParseSampling(const Fields& f, OpenAiEndpoint endpoint,
   if (min_loops.has_value()) s.set_exit_min_loops(*min_loops);
   ASSIGN_OR_RETURN(auto confidence, f.String("exit_confidence"));
   if (confidence.has_value()) {
-    if (*confidence == "max_prob") {
-      s.set_exit_confidence(v1::EXIT_CONFIDENCE_MAX_PROB);
-    } else if (*confidence == "margin") {
-      s.set_exit_confidence(v1::EXIT_CONFIDENCE_MARGIN);
-    } else {
-      return FieldError("exit_confidence",
-                        absl::StrCat("must be \"max_prob\" or \"margin\", "
-                                     "got \"",
-                                     *confidence, "\""));
+    // The names of v1::ExitConfidence without the prefix, lower case (as
+    // strata-bench and strata-cli spell them).
+    v1::ExitConfidence measure;
+    if (!v1::ExitConfidence_Parse(
+            absl::StrCat("EXIT_CONFIDENCE_", absl::AsciiStrToUpper(*confidence)),
+            &measure)) {
+      return FieldError(
+          "exit_confidence",
+          absl::StrCat("must be \"max_prob\", \"margin\", \"saturation\" "
+                       "or \"classifier\", got \"",
+                       *confidence, "\""));
     }
+    s.set_exit_confidence(measure);
   }
   // logprobs: an integer (alternatives per token) for completions, a
   // boolean plus top_logprobs for chat.
