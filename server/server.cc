@@ -346,7 +346,8 @@ absl::Status Server::StartHttp(const ModelConfig& config) {
   api->options = HttpApiOptions{
       .host = options_.host,
       .port = options_.http_port,
-      .num_threads = options_.http_threads,
+      .num_threads = options_.http_threads > 0 ? options_.http_threads
+                                                : DefaultHttpThreads(),
       .max_body_bytes = options_.http_max_body_bytes,
       .request_timeout = options_.http_request_timeout,
       .write_timeout = options_.http_write_timeout};

@@ -1,6 +1,8 @@
 #include "server/server_options.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <thread>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -27,14 +29,28 @@ absl::Status CheckPositive(const char* name, int64_t value) {
   return absl::OkStatus();
 }
 
+absl::Status CheckNonNegative(const char* name, int64_t value) {
+  if (value < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ": must be >= 0, got ", value));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+int32_t DefaultHttpThreads() {
+  const int32_t cores =
+      static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::clamp(cores / 4, 1, 8);
+}
 
 absl::Status ValidateServerOptions(const ServerOptions& options) {
   for (absl::Status st :
        {CheckPort("port", options.port),
         CheckPort("metrics_port", options.metrics_port),
         CheckPort("http_port", options.http_port),
-        CheckPositive("http_threads", options.http_threads),
+        CheckNonNegative("http_threads", options.http_threads),
         CheckPositive("http_max_body_bytes",
                       static_cast<int64_t>(options.http_max_body_bytes)),
         CheckPositive("kv_cache_bytes", options.kv_cache_bytes),

@@ -73,7 +73,8 @@ struct ServerOptions {
   std::string tls_client_ca_file;
   // OpenAI-compatible HTTP API (docs/api-http.md) on this port; 0 = off.
   int32_t http_port = 0;
-  int32_t http_threads = 2;
+  // Asio threads of the HTTP API; 0 = DefaultHttpThreads().
+  int32_t http_threads = 0;
   size_t http_max_body_bytes = 4 << 20;
   absl::Duration http_request_timeout = absl::Seconds(30);
   absl::Duration http_write_timeout = absl::Seconds(30);
@@ -88,6 +89,12 @@ struct ServerOptions {
 // max_connection_age under 1ms, a TLS certificate without its key (or the
 // reverse), a client CA without a certificate. Checks that need the model (max_model_len
 // against the model's context) come after it loads.
+// One HTTP thread per 4 cores, 1 to 8. Connections mostly wait; every
+// thread beyond what the sockets need competes with the engine's threads
+// for the cores (on 2 cores a second one cost 5% of output tok/s at 64
+// streams, docs/benchmarks.md).
+int32_t DefaultHttpThreads();
+
 absl::Status ValidateServerOptions(const ServerOptions& options);
 
 }  // namespace strata

@@ -42,9 +42,10 @@ ABSL_FLAG(int32_t, http_port, 0,
 ABSL_FLAG(std::string, served_model_name, "",
           "The model id the HTTP API reports and accepts in \"model\"; "
           "empty = the model folder's name.");
-ABSL_FLAG(int32_t, http_threads, 2,
+ABSL_FLAG(int32_t, http_threads, 0,
           "Threads serving HTTP connections (parsing, writing); generation "
-          "runs on the engine thread.");
+          "runs on the engine thread. 0 = one per 4 CPU cores (at least 1, "
+          "at most 8).");
 ABSL_FLAG(int64_t, http_max_body_bytes, 4 << 20,
           "HTTP request bodies above this are refused with 413.");
 ABSL_FLAG(absl::Duration, http_request_timeout, absl::Seconds(30),
