@@ -18,7 +18,7 @@
 //
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
-//            [--exit_cost]
+//            [--dtype=bf16] [--quantization=int8] [--exit_cost]
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "engine/backends/backend.h"
+#include "engine/backends/backend_options.h"
 #include "engine/exit_policy.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
@@ -44,6 +45,10 @@ ABSL_FLAG(int32_t, context, 64, "Prompt tokens per sequence.");
 ABSL_FLAG(int32_t, tokens, 40, "Decode tokens timed per round and mode.");
 ABSL_FLAG(int32_t, rounds, 3, "Rounds (each mode once per round).");
 ABSL_FLAG(int32_t, threads, 0, "Kernel threads; 0 = one per core.");
+ABSL_FLAG(std::string, dtype, "",
+          "As stratad's --dtype (\"\" = the backend's default, bf16).");
+ABSL_FLAG(std::string, quantization, "none",
+          "As stratad's --quantization (none, int8, llm.int8).");
 ABSL_FLAG(bool, exit_cost, false,
           "Recursive models: measure the LM head and each exit measure's "
           "check in loops instead of the depth-wise comparison.");
@@ -114,6 +119,13 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
 int Main() {
   ModelRunner::Options options;
   options.model_dir = absl::GetFlag(FLAGS_model);
+  absl::StatusOr<BackendOptions> backend = ParseBackendOptions(
+      "cpu", absl::GetFlag(FLAGS_dtype), absl::GetFlag(FLAGS_quantization));
+  if (!backend.ok()) {
+    std::fprintf(stderr, "%s\n", backend.status().ToString().c_str());
+    return 2;
+  }
+  options.backend = *std::move(backend);
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.block_size = kBlockSize;
   const int32_t sequences = absl::GetFlag(FLAGS_sequences);

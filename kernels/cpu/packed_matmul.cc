@@ -71,6 +71,12 @@ STRATA_TARGET_AVX2 inline __m256 LoadAvx2(const uint16_t* w) {
       _mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
 }
 
+// How far ahead of its panel reads a decode tile prefetches. Measured on
+// the 155M bench model at batch 1 (Zen 4, 2 threads, strata-engine-bench):
+// none 171-182 tok/s, 640 B 187, 1 KiB 195, 2 KiB 215, 3 KiB 206, 4 KiB
+// 202 (alternating runs; docs/engine.md).
+constexpr int kPrefetchBytes = 2048;
+
 // R rows of x times C panels: R * C accumulators, each one output vector.
 template <int R, int C, typename W>
 STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
@@ -89,6 +95,15 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
     __m512 wv[C];
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
+      if constexpr (R <= 2) {
+        // Few rows (decode) stream the panels from DRAM with little work
+        // per byte: ask for the lines kPrefetchBytes ahead of each of the C
+        // panel streams, which the hardware prefetcher alone does not keep
+        // far enough ahead of.
+        _mm_prefetch(reinterpret_cast<const char*>(
+                         w + (c * k + p) * kPanelWidth) + kPrefetchBytes,
+                     _MM_HINT_T0);
+      }
       wv[c] = LoadAvx512(w + (c * k + p) * kPanelWidth);
     }
 #pragma GCC unroll 8
