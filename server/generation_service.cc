@@ -39,6 +39,16 @@ absl::Status CancellationStatus(const grpc::CallbackServerContext& context) {
   return strata::CancellationStatus(absl::Now(), DeadlineOf(context));
 }
 
+// A stream's write failed: the client stopped reading, or its deadline
+// passed (the same test as CancellationStatus).
+absl::Status WriteFailureStatus(const grpc::CallbackServerContext& context) {
+  absl::Status status = CancellationStatus(context);
+  if (absl::IsCancelled(status)) {
+    return absl::CancelledError("the client stopped reading");
+  }
+  return status;
+}
+
 // INTERNAL means a bug (DESIGN.md): say so where an operator will look.
 grpc::Status Reply(std::string_view method, const absl::Status& status) {
   if (status.code() == absl::StatusCode::kInternal ||
@@ -176,17 +186,19 @@ class StreamGenerationReactor final
 
   // gRPC thread.
   void OnWriteDone(bool ok) override {
-    bool client_gone = false;
+    std::optional<absl::Status> gone;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
       if (!ok && !finished_ && !cancel_status_.has_value()) {
-        cancel_status_ = absl::CancelledError("the client stopped reading");
-        client_gone = true;
+        // A client whose deadline passes mid-stream makes the write in
+        // flight fail before OnCancel runs: label it by the deadline too.
+        cancel_status_ = WriteFailureStatus(context_);
+        gone = cancel_status_;
       }
       ProgressLocked();
     }
-    if (client_gone) generation_.Cancel(absl::CancelledError("client gone"));
+    if (gone.has_value()) generation_.Cancel(*std::move(gone));
   }
 
   // gRPC thread: client cancel, deadline or server shutdown. Finishes as soon

@@ -46,6 +46,21 @@ void* NotifiedFlag(const absl::Notification* n) {
          sizeof(absl::Mutex);
 }
 
+// A waiter's condition is evaluated inside abseil with the mutex held, on
+// the waiting thread or on the thread unlocking: bracket each evaluation
+// with the acquire and release TSan would otherwise miss.
+struct AnnotatedCondition {
+  const absl::Condition* cond;
+  absl::Mutex* mu;
+};
+
+bool EvalAnnotated(AnnotatedCondition* c) {
+  __tsan_acquire(c->mu);
+  const bool met = c->cond->Eval();
+  __tsan_release(c->mu);
+  return met;
+}
+
 }  // namespace
 
 // The mangled names of absl's out-of-line functions (namespace absl, inline
@@ -95,8 +110,9 @@ void Mutex::ReaderUnlock() {
 void Mutex::Await(const Condition& cond) {
   static const auto real = Real<void (*)(Mutex*, const Condition&)>(
       "_Z" STRATA_ABSL_NS "5Mutex5AwaitERKNS0_9ConditionE");
+  AnnotatedCondition annotated{&cond, this};
   __tsan_release(this);
-  real(this, cond);
+  real(this, Condition(&EvalAnnotated, &annotated));
   __tsan_acquire(this);
 }
 
@@ -105,8 +121,9 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
       Real<bool (*)(Mutex*, const Condition&, absl::Duration)>(
           "_Z" STRATA_ABSL_NS
           "5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  AnnotatedCondition annotated{&cond, this};
   __tsan_release(this);
-  const bool met = real(this, cond, timeout);
+  const bool met = real(this, Condition(&EvalAnnotated, &annotated), timeout);
   __tsan_acquire(this);
   return met;
 }
@@ -114,8 +131,9 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, absl::Duration timeout) {
 bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
   static const auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "_Z" STRATA_ABSL_NS "5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  AnnotatedCondition annotated{&cond, this};
   __tsan_release(this);
-  const bool met = real(this, cond, deadline);
+  const bool met = real(this, Condition(&EvalAnnotated, &annotated), deadline);
   __tsan_acquire(this);
   return met;
 }
@@ -123,7 +141,8 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, absl::Time deadline) {
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real = Real<void (*)(Mutex*, const Condition&)>(
       "_Z" STRATA_ABSL_NS "5Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AnnotatedCondition annotated{&cond, this};
+  real(this, Condition(&EvalAnnotated, &annotated));
   __tsan_acquire(this);
 }
 
@@ -132,7 +151,8 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, absl::Duration timeout) {
       Real<bool (*)(Mutex*, const Condition&, absl::Duration)>(
           "_Z" STRATA_ABSL_NS
           "5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool met = real(this, cond, timeout);
+  AnnotatedCondition annotated{&cond, this};
+  const bool met = real(this, Condition(&EvalAnnotated, &annotated), timeout);
   __tsan_acquire(this);
   return met;
 }
@@ -141,7 +161,8 @@ bool Mutex::LockWhenWithDeadline(const Condition& cond, absl::Time deadline) {
   static const auto real = Real<bool (*)(Mutex*, const Condition&, absl::Time)>(
       "_Z" STRATA_ABSL_NS
       "5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool met = real(this, cond, deadline);
+  AnnotatedCondition annotated{&cond, this};
+  const bool met = real(this, Condition(&EvalAnnotated, &annotated), deadline);
   __tsan_acquire(this);
   return met;
 }
