@@ -27,9 +27,7 @@ using strata::testing::StratadDaemon;
 using tcp = boost::asio::ip::tcp;
 
 double Metric(int port, const std::string& series) {
-  return strata::testing::PrometheusValue(
-      strata::testing::HttpBody(strata::testing::HttpGet(port, "/metrics")),
-      series);
+  return strata::testing::ScrapeMetric(port, series);
 }
 
 // Polls `series` until it equals `want` (bounded: a broken daemon fails the

@@ -96,9 +96,7 @@ bool Listening(int port) {
 }
 
 double Metric(int port, const std::string& series) {
-  return strata::testing::PrometheusValue(
-      strata::testing::HttpBody(strata::testing::HttpGet(port, "/metrics")),
-      series);
+  return strata::testing::ScrapeMetric(port, series);
 }
 
 double RequestsOk(int metrics_port) {

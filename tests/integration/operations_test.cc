@@ -124,9 +124,7 @@ int PortOf(const StratadDaemon& daemon) {
 }
 
 double Metric(int port, const std::string& series) {
-  return strata::testing::PrometheusValue(
-      strata::testing::HttpBody(strata::testing::HttpGet(port, "/metrics")),
-      series);
+  return strata::testing::ScrapeMetric(port, series);
 }
 
 TEST(OperationsTest, WarmUpStepRunsBeforeServing) {

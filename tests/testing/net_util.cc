@@ -73,4 +73,8 @@ double PrometheusValue(const std::string& text, const std::string& series) {
   return -1;
 }
 
+double ScrapeMetric(int port, const std::string& series) {
+  return PrometheusValue(HttpBody(HttpGet(port, "/metrics")), series);
+}
+
 }  // namespace strata::testing

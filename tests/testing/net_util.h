@@ -21,6 +21,9 @@ std::string HttpBody(const std::string& response);
 // written in the Prometheus text format) in `text`; -1 if absent.
 double PrometheusValue(const std::string& text, const std::string& series);
 
+// PrometheusValue of `series` in a fresh scrape of http://127.0.0.1:PORT/metrics.
+double ScrapeMetric(int port, const std::string& series);
+
 }  // namespace strata::testing
 
 #endif  // STRATA_TESTS_TESTING_NET_UTIL_H_
