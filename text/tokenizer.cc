@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -502,33 +503,72 @@ std::vector<Tokenizer::Segment> Tokenizer::SplitOnAddedTokens(
 }
 
 absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(
-    std::string_view text, bool add_special_tokens, size_t max_tokens) const {
+    std::string_view text, bool add_special_tokens, size_t max_tokens,
+    size_t* bytes_pre_tokenized) const {
   if (std::optional<size_t> bad = FindInvalidUtf8(text); bad.has_value()) {
     return absl::InvalidArgumentError(
         absl::StrCat("text is not valid UTF-8 (at byte ", *bad, ")"));
   }
+  size_t split_bytes = 0;
   std::vector<TokenId> ids;
   ids.reserve(std::min(text.size() / 3 + 2, max_tokens + 1));
   if (add_special_tokens && add_bos_token_ && bos_token_id_.has_value()) {
     ids.push_back(*bos_token_id_);
   }
-  std::vector<std::string> words;
   for (const Segment& segment : SplitOnAddedTokens(text)) {
     if (ids.size() > max_tokens) break;
     if (segment.added.has_value()) {
       ids.push_back(*segment.added);
       continue;
     }
-    words.clear();
-    absl::Status status = pre_tokenizer_->Split(
-        text.substr(segment.begin, segment.end - segment.begin), &words);
+    absl::Status status =
+        EncodePlain(text.substr(segment.begin, segment.end - segment.begin),
+                    max_tokens, &ids, &split_bytes);
     if (!status.ok()) return status;
-    for (const std::string& word : words) {
-      if (ids.size() > max_tokens) break;
-      model_->Tokenize(word, &ids);
-    }
   }
+  if (bytes_pre_tokenized != nullptr) *bytes_pre_tokenized = split_bytes;
   return ids;
+}
+
+absl::Status Tokenizer::EncodePlain(std::string_view plain, size_t max_tokens,
+                                    std::vector<TokenId>* ids,
+                                    size_t* bytes_pre_tokenized) const {
+  // Words the last window's split may have cut differently from the whole
+  // text's. The byte-level patterns (GPT-2, Llama 3, Qwen2) decide a word
+  // from its own run of one character class plus one character of
+  // lookahead, and the split behaviors merge only neighbours, so only the
+  // words at the cut can differ; 8 is a wide margin.
+  constexpr size_t kUnsureWords = 8;
+  std::vector<std::string> words;
+  const bool limited = max_tokens != std::numeric_limits<size_t>::max();
+  for (size_t window = kFirstWindowBytes;; window *= 2) {
+    const bool whole = !limited || window >= plain.size();
+    std::string_view prefix = plain;
+    if (!whole) {
+      // Cut at a character boundary (the text is valid UTF-8).
+      size_t cut = window;
+      while (cut > 0 &&
+             (static_cast<unsigned char>(plain[cut]) & 0xC0) == 0x80) {
+        --cut;
+      }
+      prefix = plain.substr(0, cut);
+    }
+    words.clear();
+    *bytes_pre_tokenized += prefix.size();
+    absl::Status status = pre_tokenizer_->Split(prefix, &words);
+    if (!status.ok()) return status;
+    const size_t sure =
+        whole ? words.size()
+              : words.size() - std::min(words.size(), kUnsureWords);
+    const size_t start = ids->size();
+    for (size_t i = 0; i < sure && ids->size() <= max_tokens; ++i) {
+      model_->Tokenize(words[i], ids);
+    }
+    if (whole || ids->size() > max_tokens) return absl::OkStatus();
+    // Not enough yet: a longer prefix, from scratch (the sure words'
+    // tokens are made again, so drop them).
+    ids->resize(start);
+  }
 }
 
 std::string Tokenizer::Decode(std::span<const TokenId> ids,

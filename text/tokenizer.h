@@ -62,10 +62,19 @@ class Tokenizer {
   // (Hugging Face's default). INVALID_ARGUMENT on invalid UTF-8.
   // max_tokens: stop once more than this many ids are made (the result then
   // holds more than max_tokens ids, and is a prefix of the full encoding),
-  // so a caller that refuses long prompts does not pay for encoding them.
+  // so a caller that refuses long prompts does not pay for encoding them:
+  // a long stretch of plain text is pre-tokenized in growing prefixes
+  // (kFirstWindowBytes, then doubling) and only as far as the limit needs.
+  // bytes_pre_tokenized (optional): set to the bytes handed to the
+  // pre-tokenizer, for tests of that bound.
   absl::StatusOr<std::vector<TokenId>> Encode(
       std::string_view text, bool add_special_tokens,
-      size_t max_tokens = std::numeric_limits<size_t>::max()) const;
+      size_t max_tokens = std::numeric_limits<size_t>::max(),
+      size_t* bytes_pre_tokenized = nullptr) const;
+
+  // The first prefix of a plain stretch pre-tokenized under a max_tokens
+  // limit; shorter stretches are split whole.
+  static constexpr size_t kFirstWindowBytes = 64 << 10;
 
   // Concatenated token bytes; invalid UTF-8 sequences replaced by U+FFFD
   // (one per maximal ill-formed subpart). Ids out of range are skipped
@@ -130,6 +139,12 @@ class Tokenizer {
   absl::Status LoadModelConfig(const std::string& path);
   // Cuts `text` at the added tokens written in it.
   std::vector<Segment> SplitOnAddedTokens(std::string_view text) const;
+  // Appends the ids of one stretch of plain text to `ids`, stopping once
+  // `ids` holds more than max_tokens; adds the bytes pre-tokenized to
+  // `*bytes_pre_tokenized`.
+  absl::Status EncodePlain(std::string_view plain, size_t max_tokens,
+                           std::vector<TokenId>* ids,
+                           size_t* bytes_pre_tokenized) const;
   bool InRange(TokenId id) const { return id >= 0 && id < vocab_size(); }
 
   std::unique_ptr<BpePreTokenizer> pre_tokenizer_;

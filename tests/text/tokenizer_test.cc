@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_replace.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -177,6 +179,73 @@ TEST_F(TinyLlamaTokenizerTest, EncodeStopsOncePastMaxTokens) {
   // Under the limit nothing changes.
   const auto small = tokenizer().Encode("In the beginning", true, 50);
   EXPECT_EQ(*small, *tokenizer().Encode("In the beginning", true));
+}
+
+// The limit also bounds the pre-tokenizer: a 1 MB prompt refused at 50
+// tokens is split only as far as its first window, not whole.
+TEST_F(TinyLlamaTokenizerTest, EncodeUnderALimitPreTokenizesOnlyAPrefix) {
+  std::string text;
+  while (text.size() < (1u << 20)) text += "In the beginning was the word. ";
+  size_t split_bytes = 0;
+  const auto cut =
+      tokenizer().Encode(text, /*add_special_tokens=*/true, 50, &split_bytes);
+  ASSERT_TRUE(cut.ok());
+  EXPECT_GT(cut->size(), 50u);
+  EXPECT_LE(split_bytes, Tokenizer::kFirstWindowBytes);
+  const auto full = tokenizer().Encode(
+      text, true, std::numeric_limits<size_t>::max(), &split_bytes);
+  ASSERT_TRUE(full.ok());
+  EXPECT_EQ(split_bytes, text.size());
+  EXPECT_TRUE(std::equal(cut->begin(), cut->end(), full->begin()));
+}
+
+// Limits that need several growing windows, and limits that end right at
+// the first window's cut (inside a word, a whitespace run or a multi-byte
+// character: the text is shifted under the cut across one whole line), still
+// give a prefix of the full encoding with more ids than the limit.
+TEST_F(TinyLlamaTokenizerTest, WindowedEncodeIsAPrefixOfTheFullEncoding) {
+  // The file spells added tokens; without them a copy of it is plain text,
+  // so the stretch before the one added token below is longer than a window.
+  const std::string line = absl::StrReplaceAll(
+      ReadFile(kDataDir + "/tokenizer/multilingual.txt"), {{"<|", "< |"}});
+  std::string body;
+  for (int i = 0; body.size() < 3 * Tokenizer::kFirstWindowBytes; ++i) {
+    body += line;
+    body += std::string(i % 7, ' ');
+    body += i == 30 ? "<|eot_id|>" : "\n\n";  // an added token past the window
+  }
+  for (size_t shift = 0; shift < line.size(); shift += 193) {
+    const std::string text = std::string(shift, 'x') + " " + body;
+    const auto full = tokenizer().Encode(text, /*add_special_tokens=*/true);
+    ASSERT_TRUE(full.ok());
+    // The ids of the first window alone: a limit just under them makes the
+    // words at the cut count.
+    size_t cut = Tokenizer::kFirstWindowBytes;
+    while ((static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+    const auto first_window = tokenizer().Encode(text.substr(0, cut), true);
+    ASSERT_TRUE(first_window.ok());
+    std::vector<size_t> limits = {first_window->size() - 1,
+                                  first_window->size() - 2,
+                                  first_window->size() - 3};
+    if (shift == 0) {
+      limits.insert(limits.end(), {size_t{1}, size_t{1000}, full->size() / 2,
+                                   full->size() - 2});
+    }
+    for (size_t limit : limits) {
+      size_t split_bytes = 0;
+      const auto ids = tokenizer().Encode(text, true, limit, &split_bytes);
+      ASSERT_TRUE(ids.ok());
+      EXPECT_GT(ids->size(), limit) << shift << " " << limit;
+      ASSERT_LE(ids->size(), full->size()) << limit;
+      EXPECT_TRUE(std::equal(ids->begin(), ids->end(), full->begin()))
+          << "shift " << shift << ", limit " << limit;
+      if (limit <= 1000) {
+        EXPECT_LE(split_bytes, Tokenizer::kFirstWindowBytes);
+      } else {
+        EXPECT_LT(split_bytes, 2 * text.size());
+      }
+    }
+  }
 }
 
 TEST_F(TinyLlamaTokenizerTest, Metadata) {
