@@ -40,13 +40,9 @@ absl::Status CancellationStatus(const grpc::CallbackServerContext& context) {
 }
 
 // A stream's write failed: the client stopped reading, or its deadline
-// passed (the same test as CancellationStatus).
+// passed.
 absl::Status WriteFailureStatus(const grpc::CallbackServerContext& context) {
-  absl::Status status = CancellationStatus(context);
-  if (absl::IsCancelled(status)) {
-    return absl::CancelledError("the client stopped reading");
-  }
-  return status;
+  return StreamWriteFailureStatus(absl::Now(), DeadlineOf(context));
 }
 
 // INTERNAL means a bug (DESIGN.md): say so where an operator will look.

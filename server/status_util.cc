@@ -38,4 +38,12 @@ absl::Status CancellationStatus(absl::Time now, absl::Time deadline) {
   return absl::CancelledError("the call was cancelled");
 }
 
+absl::Status StreamWriteFailureStatus(absl::Time now, absl::Time deadline) {
+  absl::Status status = CancellationStatus(now, deadline);
+  if (absl::IsCancelled(status)) {
+    return absl::CancelledError("the client stopped reading");
+  }
+  return status;
+}
+
 }  // namespace strata

@@ -30,6 +30,12 @@ inline constexpr absl::Duration kDeadlineTolerance = absl::Milliseconds(250);
 // whether the client's cancel or the server's timer arrived first.
 absl::Status CancellationStatus(absl::Time now, absl::Time deadline);
 
+// Why a stream whose write failed at `now` ended: the same deadline test as
+// CancellationStatus (a client's deadline can fail the write in flight
+// before gRPC reports the cancel), else the client stopped reading
+// (CANCELLED).
+absl::Status StreamWriteFailureStatus(absl::Time now, absl::Time deadline);
+
 }  // namespace strata
 
 #endif  // STRATA_SERVER_STATUS_UTIL_H_
