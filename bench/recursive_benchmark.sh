@@ -18,8 +18,12 @@
 # (held-out perplexity with exits, its increase over full depth, teacher-
 # forced mean loops) comes from tools/recursive/quality.py unless QUALITY=0.
 #
+# ROUNDS (default 3) alternates the two daemons that many times (sequence-
+# wise, depth-wise, sequence-wise, ...) and reports each row's median, so a
+# drift of the machine's speed during the run falls on both sides.
+#
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
-# Env: CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
+# Env: ROUNDS=3, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
 # ...", OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, QUALITY=1,
 # HELDOUT=/tmp/kjv/heldout.txt (tools/train/prepare_corpus.py --out-dir
 # /tmp/kjv), QUALITY_WINDOWS=8.
@@ -38,14 +42,15 @@ points=${POINTS:-max_prob:default margin:default classifier:default max_prob:0.2
 quality=${QUALITY:-1}
 heldout=${HELDOUT:-/tmp/kjv/heldout.txt}
 quality_windows=${QUALITY_WINDOWS:-8}
+rounds=${ROUNDS:-3}
 
 # h, the LM head in loops, from the engine alone.
 build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
   --sequences=32 --tokens=24 >"$out/exit_cost.txt" 2>&1
 cat "$out/exit_cost.txt" >&2
 
-bench() {  # bench NAME CLIENTS MEASURE THRESHOLD (THRESHOLD "default": unset)
-  local name=$1 clients=$2 measure=$3 threshold=$4
+bench() {  # bench NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)
+  local name=$1 clients=$2 measure=$3 threshold=$4 round=$5
   local requests=$((clients * 3 > 24 ? clients * 3 : 24))
   local exit_flags=(--exit_confidence="$measure")
   if [[ "$threshold" != default ]]; then
@@ -56,27 +61,30 @@ bench() {  # bench NAME CLIENTS MEASURE THRESHOLD (THRESHOLD "default": unset)
     --num_warmup=2 --ignore_eos --seed=11 --max_run_s=900 \
     --workload=random --input_len="$input_len" --output_len="$output_len" \
     --range_ratio=0.5 "${exit_flags[@]}" --label="$name" \
-    --result_json="$out/$name-c$clients.json" >"$out/$name-c$clients.txt" 2>&1
+    --result_json="$out/$name-c$clients-r$round.json" \
+    >"$out/$name-c$clients-r$round.txt" 2>&1
 }
 
-serve() {  # serve MODE PREFIX: full depth, then every point of POINTS
-  local mode=$1 prefix=$2
+serve() {  # serve MODE PREFIX ROUND: full depth, then every point of POINTS
+  local mode=$1 prefix=$2 round=$3
   build/bin/stratad --model="$model" --port="$port" --loop_batching="$mode" \
     --kv_fill="$kv_fill" --enable_prefix_caching=false \
     >"$out/stratad-$mode.log" 2>&1 &
   local pid=$!
   for c in $concurrency; do
-    bench "$prefix" "$c" max_prob 1
+    bench "$prefix" "$c" max_prob 1 "$round"
     for p in $points; do
-      bench "${prefix}_${p%%:*}_${p##*:}" "$c" "${p%%:*}" "${p##*:}"
+      bench "${prefix}_${p%%:*}_${p##*:}" "$c" "${p%%:*}" "${p##*:}" "$round"
     done
   done
   kill -TERM $pid
   wait $pid || true
 }
 
-serve sequencewise seqwise
-serve depthwise depthwise
+for round in $(seq "$rounds"); do
+  serve sequencewise seqwise "$round"
+  serve depthwise depthwise "$round"
+done
 
 # Quality of every point (the threshold "default" resolved from config.json).
 if [[ "$quality" == 1 ]]; then
@@ -92,22 +100,27 @@ if [[ "$quality" == 1 ]]; then
   done
 fi
 
-/usr/bin/python3 - "$out" "$concurrency" "$points" "$model" <<'PY'
-import json, os, re, sys
+/usr/bin/python3 - "$out" "$concurrency" "$points" "$model" "$rounds" <<'PY'
+import json, os, re, statistics, sys
 out, clients, points, model = sys.argv[1], sys.argv[2].split(), \
     sys.argv[3].split(), sys.argv[4]
+rounds = int(sys.argv[5])
 n_loops = json.load(open(os.path.join(model, "config.json"))).get(
     "num_loops", 1)
 cost = open(os.path.join(out, "exit_cost.txt")).read()
 h = float(re.search(r"h = ([0-9.]+) loops", cost).group(1))
-print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost)" %
-      (n_loops, h))
+print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost); "
+      "tok/s: median of %d alternating rounds" % (n_loops, h, rounds))
 for line in cost.splitlines():
     if line.startswith("exit check"):
         print("  " + line)
 print()
 def load(name, c):
-    return json.load(open(os.path.join(out, "%s-c%s.json" % (name, c))))
+    # The round with the median throughput (its mean loops go with it).
+    runs = [json.load(open(os.path.join(out, "%s-c%s-r%d.json" % (name, c, r))))
+            for r in range(1, rounds + 1)]
+    runs.sort(key=lambda run: run["output_throughput"])
+    return runs[(len(runs) - 1) // 2]
 qual = {}
 for p in points:
     path = os.path.join(out, "quality_%s.json" % p.replace(":", "_"))
