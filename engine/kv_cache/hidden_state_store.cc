@@ -15,8 +15,9 @@ constexpr size_t kMaxFreePerSize = 256;
 
 }  // namespace
 
-HiddenStateStore::HiddenStateStore(Backend* backend, int64_t hidden)
-    : backend_(backend), hidden_(hidden) {}
+HiddenStateStore::HiddenStateStore(Backend* backend, int64_t hidden,
+                                   int64_t max_free_bytes)
+    : backend_(backend), hidden_(hidden), max_free_bytes_(max_free_bytes) {}
 
 const HiddenStateStore::Entry* HiddenStateStore::Find(
     RequestId request, int32_t start_position) const {
@@ -34,6 +35,7 @@ absl::StatusOr<HiddenStateStore::Entry*> HiddenStateStore::Put(
   if (!pool.empty()) {
     entry.state = std::move(pool.back());
     pool.pop_back();
+    free_bytes_ -= static_cast<int64_t>(entry.state.size_bytes());
   } else {
     absl::StatusOr<Tensor> tensor =
         backend_->Allocate(ElementType::kF32, {num_tokens, hidden_});
@@ -73,8 +75,12 @@ int64_t HiddenStateStore::bytes() const {
 
 void HiddenStateStore::Recycle(Tensor tensor) {
   if (tensor.empty()) return;
+  const int64_t size = static_cast<int64_t>(tensor.size_bytes());
+  if (free_bytes_ + size > max_free_bytes_) return;  // freed here
   std::vector<Tensor>& pool = free_[tensor.dim(0)];
-  if (pool.size() < kMaxFreePerSize) pool.push_back(std::move(tensor));
+  if (pool.size() >= kMaxFreePerSize) return;
+  pool.push_back(std::move(tensor));
+  free_bytes_ += size;
 }
 
 }  // namespace strata
