@@ -23,7 +23,7 @@
 # drift of the machine's speed during the run falls on both sides.
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
-# Env: ROUNDS=3, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
+# Env: ROUNDS=3, REQUESTS_PER_CLIENT=3, MIN_REQUESTS=24, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
 # ...", OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, QUALITY=1,
 # HELDOUT=/tmp/kjv/heldout.txt (tools/train/prepare_corpus.py --out-dir
 # /tmp/kjv), QUALITY_WINDOWS=8.
@@ -43,6 +43,8 @@ quality=${QUALITY:-1}
 heldout=${HELDOUT:-/tmp/kjv/heldout.txt}
 quality_windows=${QUALITY_WINDOWS:-8}
 rounds=${ROUNDS:-3}
+per_client=${REQUESTS_PER_CLIENT:-3}  # requests per run: clients x this,
+min_requests=${MIN_REQUESTS:-24}      # and at least this many
 
 # h, the LM head in loops, from the engine alone.
 build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
@@ -51,7 +53,7 @@ cat "$out/exit_cost.txt" >&2
 
 bench() {  # bench NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)
   local name=$1 clients=$2 measure=$3 threshold=$4 round=$5
-  local requests=$((clients * 3 > 24 ? clients * 3 : 24))
+  local requests=$((clients * per_client > min_requests ? clients * per_client : min_requests))
   local exit_flags=(--exit_confidence="$measure")
   if [[ "$threshold" != default ]]; then
     exit_flags+=(--exit_threshold="$threshold")
@@ -110,17 +112,23 @@ n_loops = json.load(open(os.path.join(model, "config.json"))).get(
 cost = open(os.path.join(out, "exit_cost.txt")).read()
 h = float(re.search(r"h = ([0-9.]+) loops", cost).group(1))
 print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost); "
-      "tok/s: median of %d alternating rounds" % (n_loops, h, rounds))
+      "tok/s: median of %d alternating rounds, ratios: median of the rounds' "
+      "ratios" % (n_loops, h, rounds))
 for line in cost.splitlines():
     if line.startswith("exit check"):
         print("  " + line)
 print()
-def load(name, c):
-    # The round with the median throughput (its mean loops go with it).
-    runs = [json.load(open(os.path.join(out, "%s-c%s-r%d.json" % (name, c, r))))
+def runs(name, c):
+    return [json.load(open(os.path.join(out, "%s-c%s-r%d.json" % (name, c, r))))
             for r in range(1, rounds + 1)]
-    runs.sort(key=lambda run: run["output_throughput"])
-    return runs[(len(runs) - 1) // 2]
+def median_tps(name, c):
+    return statistics.median(run["output_throughput"] for run in runs(name, c))
+def median_ratio(name, base, c):
+    # Per round (the two daemons ran minutes apart, not hours), then the
+    # median: the machine's drift between rounds cancels.
+    return statistics.median(
+        a["output_throughput"] / b["output_throughput"]
+        for a, b in zip(runs(name, c), runs(base, c)))
 qual = {}
 for p in points:
     path = os.path.join(out, "quality_%s.json" % p.replace(":", "_"))
@@ -144,16 +152,17 @@ print("| measure:threshold | clients | seqwise tok/s | seqwise+exit tok/s "
       "depthwise+exit / seqwise | of cap | depthwise full / seqwise |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for c in clients:
-    base = load("seqwise", c)["output_throughput"]
-    depth_full = load("depthwise", c)["output_throughput"]
+    base = median_tps("seqwise", c)
+    depth_full = median_ratio("depthwise", "seqwise", c)
     for p in points:
         tag = p.replace(":", "_")
-        seq_exit = load("seqwise_" + tag, c)["output_throughput"]
-        dw = load("depthwise_" + tag, c)
-        n = dw.get("mean_loops", n_loops) or n_loops
+        seq_exit = median_tps("seqwise_" + tag, c)
+        dw = runs("depthwise_" + tag, c)
+        n = statistics.median(run.get("mean_loops") or n_loops for run in dw)
         cap = (n_loops + h) / (n + h)
-        gain = dw["output_throughput"] / base
+        gain = median_ratio("depthwise_" + tag, "seqwise", c)
         print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
-              "| %.2fx |" % (p, c, base, seq_exit, dw["output_throughput"], n,
-                             cap, gain, 100 * gain / cap, depth_full / base))
+              "| %.2fx |" % (p, c, base, seq_exit,
+                             median_tps("depthwise_" + tag, c), n, cap, gain,
+                             100 * gain / cap, depth_full))
 PY
