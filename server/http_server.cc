@@ -1,8 +1,18 @@
 #include "server/http_server.h"
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -15,7 +25,68 @@ namespace strata {
 namespace {
 
 namespace net = boost::asio;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
+
+// Sent in the certificate request, so that a client holding several
+// certificates presents one these CAs signed (gRPC's port does the same).
+absl::Status AddClientCaNames(const std::string& pem, SSL_CTX* context) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  if (bio == nullptr) return absl::InternalError("BIO_new_mem_buf failed");
+  int num_added = 0;
+  while (X509* ca = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    num_added += SSL_CTX_add_client_CA(context, ca);  // copies the name
+    X509_free(ca);
+  }
+  BIO_free(bio);
+  ERR_clear_error();  // the end of the bundle reads as an error
+  if (num_added == 0) {
+    return absl::InvalidArgumentError("tls_client_ca: no CA name to send");
+  }
+  return absl::OkStatus();
+}
+
+// The HTTPS port's context from checked PEM (LoadTlsFiles): the same
+// certificate, key and client CA as gRPC's, TLS 1.2 and 1.3 only (gRPC's
+// range too).
+absl::StatusOr<std::shared_ptr<ssl::context>> NewTlsContext(const TlsPem& pem) {
+  auto context = std::make_shared<ssl::context>(ssl::context::tls_server);
+  SSL_CTX* native = context->native_handle();
+  SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+  boost::system::error_code ec;
+  context->use_certificate_chain(net::buffer(pem.cert_chain), ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tls_cert: OpenSSL refused the chain: ", ec.message()));
+  }
+  context->use_private_key(net::buffer(pem.private_key), ssl::context::pem, ec);
+  if (ec) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tls_key: OpenSSL refused the key: ", ec.message()));
+  }
+  if (!pem.client_ca.empty()) {
+    // Mutual TLS, as gRPC's REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_
+    // VERIFY: no certificate, or one the CA did not sign, fails the
+    // handshake.
+    context->add_certificate_authority(net::buffer(pem.client_ca), ec);
+    if (ec) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tls_client_ca: OpenSSL refused the bundle: ", ec.message()));
+    }
+    if (absl::Status st = AddClientCaNames(pem.client_ca, native); !st.ok()) {
+      return st;
+    }
+    context->set_verify_mode(ssl::verify_peer |
+                             ssl::verify_fail_if_no_peer_cert);
+  }
+  // OpenSSL refuses to resume a session under peer verification unless the
+  // context names its sessions (the handshake fails instead); the name is
+  // arbitrary but fixed.
+  static constexpr unsigned char kSessionContext[] = "stratad-http";
+  SSL_CTX_set_session_id_context(native, kSessionContext,
+                                 sizeof(kSessionContext) - 1);
+  return context;
+}
 
 }  // namespace
 
@@ -23,8 +94,12 @@ HttpServer::HttpServer(std::unique_ptr<HttpApi> api)
     : api_(std::move(api)), acceptor_(io_context_) {}
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
-    std::unique_ptr<HttpApi> api) {
+    std::unique_ptr<HttpApi> api, const TlsPem* tls) {
   std::unique_ptr<HttpServer> server(new HttpServer(std::move(api)));
+  if (tls != nullptr) {
+    server->tls_ = true;
+    if (absl::Status st = server->ReloadTls(*tls); !st.ok()) return st;
+  }
   const HttpApiOptions& options = server->api_->options;
   const auto cannot_listen = [&](const std::string& why) {
     return absl::UnavailableError(
@@ -60,6 +135,22 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
 
 HttpServer::~HttpServer() { Stop(absl::ZeroDuration()); }
 
+absl::Status HttpServer::ReloadTls(const TlsPem& pem) {
+  if (!tls_) {
+    return absl::FailedPreconditionError("the HTTP port is plaintext");
+  }
+  absl::StatusOr<std::shared_ptr<ssl::context>> context = NewTlsContext(pem);
+  if (!context.ok()) return context.status();
+  absl::MutexLock lock(&tls_mu_);
+  tls_context_ = *std::move(context);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<ssl::context> HttpServer::tls_context() const {
+  absl::MutexLock lock(&tls_mu_);
+  return tls_context_;
+}
+
 void HttpServer::Accept() {
   acceptor_.async_accept(
       net::make_strand(io_context_),
@@ -69,7 +160,18 @@ void HttpServer::Accept() {
         }
         if (!ec) {
           socket.set_option(tcp::no_delay(true), ec);
-          std::make_shared<HttpSession>(std::move(socket), *api_)->Run();
+          if (std::shared_ptr<ssl::context> tls = tls_context()) {
+            // The session keeps `tls`: a reload may replace tls_context_.
+            boost::beast::ssl_stream<boost::beast::tcp_stream> stream(
+                std::move(socket), *tls);
+            std::make_shared<HttpsSession>(std::move(stream), *api_,
+                                           std::move(tls))
+                ->Run();
+          } else {
+            std::make_shared<PlainHttpSession>(
+                boost::beast::tcp_stream(std::move(socket)), *api_)
+                ->Run();
+          }
         } else {
           // EMFILE and friends: the connection waits in the backlog.
           STRATA_LOG(WARNING) << "http accept: " << ec.message();

@@ -3,6 +3,8 @@
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream_base.hpp>
 #include <boost/asio/write.hpp>
 #include <chrono>
 #include <utility>
@@ -25,6 +27,9 @@ constexpr absl::string_view kCompletionsPath = "/v1/completions";
 constexpr absl::string_view kChatPath = "/v1/chat/completions";
 constexpr absl::string_view kModelsPath = "/v1/models";
 constexpr absl::string_view kHealthPath = "/health";
+// How long a closing connection waits for the client (its close_notify, the
+// rest of a body it is still sending) before the socket is closed.
+constexpr std::chrono::seconds kCloseTimeout(2);
 
 std::string RandomId(absl::string_view prefix) {
   absl::BitGen bitgen;
@@ -32,7 +37,7 @@ std::string RandomId(absl::string_view prefix) {
                          absl::Uniform<uint32_t>(bitgen));
 }
 
-absl::string_view MethodOf(const HttpSession::Request& request) {
+absl::string_view MethodOf(const http::request<http::string_body>& request) {
   return absl::string_view(request.method_string().data(),
                            request.method_string().size());
 }
@@ -47,10 +52,15 @@ std::string SseEvent(const nlohmann::json& json) {
 
 }  // namespace
 
-HttpSession::HttpSession(net::ip::tcp::socket socket, HttpApi& api)
-    : stream_(std::move(socket)), api_(api) {}
+template <class Stream>
+HttpSession<Stream>::HttpSession(Stream stream, HttpApi& api,
+                                 std::shared_ptr<net::ssl::context> tls_context)
+    : tls_context_(std::move(tls_context)),
+      stream_(std::move(stream)),
+      api_(api) {}
 
-HttpSession::~HttpSession() {
+template <class Stream>
+HttpSession<Stream>::~HttpSession() {
   // The connection went away (closed, timed out, server stopping) while a
   // generation was still being answered: let the scheduler drop it.
   if (generation_ != nullptr) {
@@ -59,32 +69,68 @@ HttpSession::~HttpSession() {
   }
 }
 
-void HttpSession::Run() {
+template <class Stream>
+void HttpSession<Stream>::Run() {
   net::dispatch(stream_.get_executor(),
-                [self = shared_from_this()] { self->DoRead(); });
+                [self = this->shared_from_this()] { self->Handshake(); });
 }
 
-void HttpSession::DoRead() {
+template <class Stream>
+void HttpSession<Stream>::Handshake() {
+  if constexpr (!kTls) {
+    DoRead();
+  } else {
+    // Bounded like a request: a client that connects and says nothing (or
+    // trickles its hello) is dropped at request_timeout, not kept forever.
+    Tcp().expires_after(
+        absl::ToChronoMilliseconds(api_.options.request_timeout));
+    stream_.async_handshake(
+        net::ssl::stream_base::server,
+        [self = this->shared_from_this()](beast::error_code ec) {
+          self->OnHandshake(ec);
+        });
+  }
+}
+
+template <class Stream>
+void HttpSession<Stream>::OnHandshake(beast::error_code ec) {
+  if (ec) {
+    // Plaintext HTTP on the TLS port, an untrusted or missing client
+    // certificate, a scanner, a timeout: the client's mistake, so counted,
+    // not logged (a log line per connection would let anyone fill the log).
+    if (api_.metrics != nullptr) api_.metrics->RecordHttpTlsHandshakeFailure();
+    beast::error_code ignored;
+    Tcp().socket().close(ignored);
+    return;
+  }
+  Tcp().expires_never();
+  DoRead();
+}
+
+template <class Stream>
+void HttpSession<Stream>::DoRead() {
   parser_.emplace();
   parser_->body_limit(api_.options.max_body_bytes);
   // One deadline for the whole request (and the idle time before it), so a
   // client trickling bytes cannot hold the connection.
-  stream_.expires_after(
-      absl::ToChronoMilliseconds(api_.options.request_timeout));
+  Tcp().expires_after(absl::ToChronoMilliseconds(api_.options.request_timeout));
   http::async_read(stream_, buffer_, *parser_,
-                   [self = shared_from_this()](beast::error_code ec, size_t) {
-                     self->OnRead(ec);
-                   });
+                   [self = this->shared_from_this()](
+                       beast::error_code ec, size_t) { self->OnRead(ec); });
 }
 
-void HttpSession::OnRead(beast::error_code ec) {
+template <class Stream>
+void HttpSession<Stream>::OnRead(beast::error_code ec) {
   if (ec == http::error::body_limit) {
     keep_alive_ = false;
     SendError(BodyTooLargeError(api_.options.max_body_bytes));
     return;
   }
+  // TLS: a client that closes the TCP connection without a close_notify
+  // (most do, between requests) reads as stream_truncated.
   if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
-      ec == net::error::operation_aborted) {
+      ec == net::error::operation_aborted ||
+      ec == net::ssl::error::stream_truncated) {
     Close();
     return;
   }
@@ -97,13 +143,14 @@ void HttpSession::OnRead(beast::error_code ec) {
     SendError(error);
     return;
   }
-  stream_.expires_never();
+  Tcp().expires_never();
   request_ = parser_->release();
   keep_alive_ = request_.keep_alive() && !api_.draining.load();
   Route();
 }
 
-void HttpSession::Route() {
+template <class Stream>
+void HttpSession<Stream>::Route() {
   const absl::string_view path = PathOf(
       absl::string_view(request_.target().data(), request_.target().size()));
   const http::verb verb = request_.method();
@@ -163,7 +210,8 @@ void HttpSession::Route() {
       "not_found"));
 }
 
-void HttpSession::ServeModels(absl::string_view path) {
+template <class Stream>
+void HttpSession<Stream>::ServeModels(absl::string_view path) {
   const nlohmann::json model = {{"id", api_.model_id},
                                 {"object", "model"},
                                 {"created", api_.created},
@@ -185,7 +233,8 @@ void HttpSession::ServeModels(absl::string_view path) {
   SendJson(200, DumpJson(model));
 }
 
-void HttpSession::ServeGeneration(OpenAiEndpoint endpoint) {
+template <class Stream>
+void HttpSession<Stream>::ServeGeneration(OpenAiEndpoint endpoint) {
   absl::StatusOr<OpenAiRequest> parsed =
       ParseOpenAiRequest(endpoint, request_.body());
   if (!parsed.ok()) {
@@ -225,7 +274,7 @@ void HttpSession::ServeGeneration(OpenAiEndpoint endpoint) {
   }
   const int32_t n = prompts.front().n;
 
-  std::weak_ptr<HttpSession> weak = weak_from_this();
+  std::weak_ptr<HttpSession<Stream>> weak = this->weak_from_this();
   auto executor = stream_.get_executor();
   generation_ = std::make_shared<HttpGeneration>(
       *api_.scheduler, api_.metrics, api_.output_worker, *api_.tokenizer,
@@ -276,13 +325,12 @@ void HttpSession::ServeGeneration(OpenAiEndpoint endpoint) {
         std::make_unique<http::response_serializer<http::empty_body>>(
             *stream_header_);
     writing_ = true;
-    stream_.expires_after(
-        absl::ToChronoMilliseconds(api_.options.write_timeout));
+    Tcp().expires_after(absl::ToChronoMilliseconds(api_.options.write_timeout));
     http::async_write_header(
         stream_, *stream_serializer_,
-        [self = shared_from_this()](beast::error_code ec, size_t) {
+        [self = this->shared_from_this()](beast::error_code ec, size_t) {
           self->writing_ = false;
-          self->stream_.expires_never();
+          self->Tcp().expires_never();
           if (ec) {
             self->ClientGone("writing the response header failed");
             return;
@@ -292,18 +340,23 @@ void HttpSession::ServeGeneration(OpenAiEndpoint endpoint) {
   }
 }
 
-void HttpSession::WatchClient() {
+template <class Stream>
+void HttpSession<Stream>::WatchClient() {
   watching_ = true;
   continue_after_watch_.reset();
-  // Straight on the socket: the stream's timer bounds writes, not this.
-  stream_.socket().async_read_some(
+  // Through the stream (TLS decrypts a pipelined request). No timer bounds
+  // this read: OnRead turned the read timer off, and the write timeouts set
+  // while it is pending leave it alone (basic_stream re-arms only the idle
+  // direction), so the watch lasts as long as the generation.
+  stream_.async_read_some(
       net::buffer(watch_buffer_),
-      [self = shared_from_this()](beast::error_code ec, size_t bytes) {
+      [self = this->shared_from_this()](beast::error_code ec, size_t bytes) {
         self->OnClientEvent(ec, bytes);
       });
 }
 
-void HttpSession::OnClientEvent(beast::error_code ec, size_t bytes) {
+template <class Stream>
+void HttpSession<Stream>::OnClientEvent(beast::error_code ec, size_t bytes) {
   watching_ = false;
   if (bytes > 0) {
     // The client pipelined its next request: keep it for DoRead. (We stop
@@ -325,17 +378,19 @@ void HttpSession::OnClientEvent(beast::error_code ec, size_t bytes) {
   }
 }
 
-void HttpSession::ClientGone(const char* why) {
+template <class Stream>
+void HttpSession<Stream>::ClientGone(const char* why) {
   if (generation_ == nullptr) return;
   client_gone_ = true;
   generation_->Cancel(absl::CancelledError(why));
   beast::error_code ignored;
-  stream_.socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
-  stream_.socket().close(ignored);  // aborts a write in flight
+  Tcp().socket().shutdown(net::ip::tcp::socket::shutdown_both, ignored);
+  Tcp().socket().close(ignored);  // aborts a write in flight
   if (!writing_) EndGeneration(false);
 }
 
-void HttpSession::Pump() {
+template <class Stream>
+void HttpSession<Stream>::Pump() {
   if (generation_ == nullptr || writing_ || client_gone_) return;
   HttpGeneration::Output output = generation_->Take();
   if (stream_mode_) {
@@ -359,7 +414,8 @@ void HttpSession::Pump() {
   }
 }
 
-void HttpSession::PumpStream(HttpGeneration::Output output) {
+template <class Stream>
+void HttpSession<Stream>::PumpStream(HttpGeneration::Output output) {
   std::string data;
   for (const v1::CompletionChunk& chunk : output.chunks) {
     data += SseEvent(renderer_->Chunk(chunk));
@@ -378,14 +434,15 @@ void HttpSession::PumpStream(HttpGeneration::Output output) {
   WriteStream(std::move(data), output.complete);
 }
 
-void HttpSession::WriteStream(std::string data, bool last) {
+template <class Stream>
+void HttpSession<Stream>::WriteStream(std::string data, bool last) {
   write_data_ = std::move(data);
   writing_ = true;
-  stream_.expires_after(absl::ToChronoMilliseconds(api_.options.write_timeout));
-  auto on_written = [self = shared_from_this(), last](beast::error_code ec,
-                                                      size_t) {
+  Tcp().expires_after(absl::ToChronoMilliseconds(api_.options.write_timeout));
+  auto on_written = [self = this->shared_from_this(), last](
+                        beast::error_code ec, size_t) {
     self->writing_ = false;
-    self->stream_.expires_never();
+    self->Tcp().expires_never();
     if (ec) {
       self->ClientGone("writing to the client failed or timed out");
       if (self->generation_ != nullptr) self->EndGeneration(false);
@@ -412,13 +469,15 @@ void HttpSession::WriteStream(std::string data, bool last) {
   }
 }
 
-void HttpSession::ReleaseGeneration() {
+template <class Stream>
+void HttpSession<Stream>::ReleaseGeneration() {
   generation_.reset();  // detaches: no more output
   api_.active_generations.fetch_sub(1);
   if (api_.metrics != nullptr) api_.metrics->AddOpenHttpResponses(-1);
 }
 
-void HttpSession::EndGeneration(bool keep_alive) {
+template <class Stream>
+void HttpSession<Stream>::EndGeneration(bool keep_alive) {
   if (generation_ == nullptr) return;
   ReleaseGeneration();
   if (!stream_mode_) {
@@ -426,23 +485,24 @@ void HttpSession::EndGeneration(bool keep_alive) {
     // then continues; only the watch needs stopping.
     if (watching_) {
       beast::error_code ignored;
-      stream_.socket().cancel(ignored);
+      Tcp().socket().cancel(ignored);
     }
     return;
   }
-  if (client_gone_ || !stream_.socket().is_open()) {
+  if (client_gone_ || !Tcp().socket().is_open()) {
     Close();
     return;
   }
   Continue(keep_alive);
 }
 
-void HttpSession::Continue(bool keep_alive) {
+template <class Stream>
+void HttpSession<Stream>::Continue(bool keep_alive) {
   if (watching_) {
     // Cancel the watch first; its handler continues from here.
     continue_after_watch_ = keep_alive;
     beast::error_code ignored;
-    stream_.socket().cancel(ignored);
+    Tcp().socket().cancel(ignored);
     return;
   }
   if (keep_alive && !api_.draining.load()) {
@@ -452,8 +512,9 @@ void HttpSession::Continue(bool keep_alive) {
   }
 }
 
-void HttpSession::SendJson(int status, std::string body,
-                           std::optional<int> retry_after_seconds) {
+template <class Stream>
+void HttpSession<Stream>::SendJson(int status, std::string body,
+                                   std::optional<int> retry_after_seconds) {
   auto response = std::make_shared<http::response<http::string_body>>(
       static_cast<http::status>(status), request_.version());
   response->set(http::field::server, "stratad");
@@ -465,42 +526,63 @@ void HttpSession::SendJson(int status, std::string body,
   response->keep_alive(keep_alive_ && !api_.draining.load());
   response->body() = std::move(body);
   response->prepare_payload();
-  stream_.expires_after(absl::ToChronoMilliseconds(api_.options.write_timeout));
-  http::async_write(
-      stream_, *response,
-      [self = shared_from_this(), response](beast::error_code ec, size_t) {
-        self->stream_.expires_never();
-        self->Continue(!ec && response->keep_alive());
-      });
+  Tcp().expires_after(absl::ToChronoMilliseconds(api_.options.write_timeout));
+  http::async_write(stream_, *response,
+                    [self = this->shared_from_this(), response](
+                        beast::error_code ec, size_t) {
+                      self->Tcp().expires_never();
+                      self->Continue(!ec && response->keep_alive());
+                    });
 }
 
-void HttpSession::SendError(const HttpError& error) {
+template <class Stream>
+void HttpSession<Stream>::SendError(const HttpError& error) {
   SendJson(error.http_status, error.ToJson(), error.retry_after_seconds);
 }
 
-void HttpSession::Close() {
-  if (!stream_.socket().is_open()) return;
-  // A lingering close: closing with unread input (the rest of a body over
-  // the limit) would reset the connection and could destroy the answer
-  // before the client reads it. So: end our side, discard what the client
-  // still sends until it closes too, for a bounded time.
+template <class Stream>
+void HttpSession<Stream>::Close() {
+  if (!Tcp().socket().is_open()) return;
+  // The whole close, TLS's included, gets a bounded time.
+  Tcp().expires_after(kCloseTimeout);
+  if constexpr (kTls) {
+    // close_notify first, so that the client can tell our end of the
+    // response from a cut connection; it completes when the client answers
+    // with its own, closes, or sends more data (then the TCP close below
+    // discards it).
+    stream_.async_shutdown([self = this->shared_from_this()](
+                               beast::error_code) { self->LingeringClose(); });
+  } else {
+    LingeringClose();
+  }
+}
+
+template <class Stream>
+void HttpSession<Stream>::LingeringClose() {
+  if (!Tcp().socket().is_open()) return;
+  // Closing with unread input (the rest of a body over the limit) would
+  // reset the connection and could destroy the answer before the client
+  // reads it. So: end our side, discard what the client still sends until
+  // it closes too (raw bytes: TLS is done by now).
   beast::error_code ignored;
-  stream_.socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
-  stream_.expires_after(std::chrono::seconds(2));
+  Tcp().socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
   Discard();
 }
 
-void HttpSession::Discard() {
-  stream_.async_read_some(
+template <class Stream>
+void HttpSession<Stream>::Discard() {
+  Tcp().async_read_some(
       net::buffer(watch_buffer_),
-      [self = shared_from_this()](beast::error_code ec, size_t) {
+      [self = this->shared_from_this()](beast::error_code ec, size_t) {
         if (!ec) {
           self->Discard();
           return;
         }
         beast::error_code ignored;
-        self->stream_.socket().close(ignored);
+        self->Tcp().socket().close(ignored);
       });
 }
+template class HttpSession<beast::tcp_stream>;
+template class HttpSession<beast::ssl_stream<beast::tcp_stream>>;
 
 }  // namespace strata

@@ -9,6 +9,11 @@
 // it cancels the generation at the scheduler's next step, as a gRPC
 // cancellation does.
 //
+// One session logic over two streams: PlainHttpSession (beast::tcp_stream)
+// and HttpsSession (beast::ssl_stream over one), so HTTPS is the same code
+// with a TLS handshake before the first request and a close_notify at the
+// end. Both are instantiated in http_session.cc; nothing else differs.
+//
 // Threading: every handler of a session runs on its strand; the thread that
 // delivers output (the output worker's) only queues it in HttpGeneration and
 // posts Pump() here.
@@ -17,11 +22,14 @@
 
 #include <array>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "server/http_api.h"
 #include "server/http_error.h"
@@ -31,17 +39,35 @@
 
 namespace strata {
 
-class HttpSession : public std::enable_shared_from_this<HttpSession> {
+// `Stream`: boost::beast::tcp_stream, or an ssl_stream over one.
+template <class Stream>
+class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
  public:
   using Request = boost::beast::http::request<boost::beast::http::string_body>;
 
-  HttpSession(boost::asio::ip::tcp::socket socket, HttpApi& api);
+  // `tls_context`: the context an ssl_stream was made with, kept for as long
+  // as the connection lives (a SIGHUP reload replaces the server's while
+  // this connection keeps its own); null for plaintext.
+  HttpSession(Stream stream, HttpApi& api,
+              std::shared_ptr<boost::asio::ssl::context> tls_context = nullptr);
   ~HttpSession();
 
-  // Starts reading the first request.
+  // TLS: handshakes (bounded by request_timeout); then reads the first
+  // request.
   void Run();
 
  private:
+  static constexpr bool kTls =
+      !std::is_same_v<Stream, boost::beast::tcp_stream>;
+
+  // The TCP stream under the TLS one (the stream itself when plaintext):
+  // its timers bound every operation, and closing its socket ends them.
+  boost::beast::tcp_stream& Tcp() {
+    return boost::beast::get_lowest_layer(stream_);
+  }
+
+  void Handshake();
+  void OnHandshake(boost::beast::error_code ec);
   void DoRead();
   void OnRead(boost::beast::error_code ec);
   void Route();
@@ -52,8 +78,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void SendJson(int status, std::string body,
                 std::optional<int> retry_after_seconds = std::nullopt);
   void SendError(const HttpError& error);
-  // Ends the connection gracefully (see Discard).
+  // Ends the connection gracefully: TLS's close_notify, then a lingering
+  // TCP close (see Discard).
   void Close();
+  void LingeringClose();
   void Discard();
 
   // Generation: output written as it comes (Pump), the socket watched for
@@ -70,7 +98,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // The next request, or close, once the watch on the socket has ended.
   void Continue(bool keep_alive);
 
-  boost::beast::tcp_stream stream_;
+  // Declared before stream_, so destroyed after it.
+  std::shared_ptr<boost::asio::ssl::context> tls_context_;
+  Stream stream_;
   boost::beast::flat_buffer buffer_;
   std::optional<
       boost::beast::http::request_parser<boost::beast::http::string_body>>
@@ -102,6 +132,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::optional<bool> continue_after_watch_;  // keep_alive, once ended
   std::array<char, 4096> watch_buffer_;
 };
+
+using PlainHttpSession = HttpSession<boost::beast::tcp_stream>;
+using HttpsSession =
+    HttpSession<boost::beast::ssl_stream<boost::beast::tcp_stream>>;
 
 }  // namespace strata
 

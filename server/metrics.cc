@@ -124,6 +124,10 @@ Metrics::Metrics(const Options& options)
 
   requests_running_ =
       &AddGauge(r, "strata_requests_running", "Requests in the running batch");
+  http_tls_handshake_failures_ = &AddCounter(
+      r, "strata_http_tls_handshake_failures_total",
+      "HTTPS connections closed because their TLS handshake failed or timed "
+      "out (plaintext HTTP, no or an untrusted client certificate)");
   requests_waiting_ = &AddGauge(r, "strata_requests_waiting",
                                 "Requests queued, waiting for admission");
   kv_blocks_used_ = &AddGauge(r, "strata_kv_cache_used_blocks",
@@ -347,6 +351,9 @@ void Metrics::AddOpenHttpResponses(int delta) {
 
 void Metrics::SetEngineStalled(bool stalled) {
   engine_stalled_->Set(stalled ? 1 : 0);
+}
+void Metrics::RecordHttpTlsHandshakeFailure() {
+  http_tls_handshake_failures_->Increment();
 }
 
 }  // namespace strata

@@ -111,6 +111,10 @@ class Metrics : public StepObserver {
   // with it (written, failed or abandoned by the client).
   void AddOpenHttpResponses(int delta);
 
+  // An HTTPS connection whose TLS handshake failed or timed out (a client's
+  // mistake: counted here, never logged per connection).
+  void RecordHttpTlsHandshakeFailure();
+
   // Result of the readiness watchdog: 1 while the engine loop is stuck.
   void SetEngineStalled(bool stalled);
 
@@ -139,6 +143,7 @@ class Metrics : public StepObserver {
   prometheus::Gauge* engine_stalled_;
   prometheus::Family<prometheus::Counter>* api_requests_;
   prometheus::Gauge* http_responses_open_;
+  prometheus::Counter* http_tls_handshake_failures_;
 
   prometheus::Counter* prefix_queried_tokens_;
   prometheus::Counter* prefix_hit_tokens_;

@@ -45,6 +45,12 @@ constexpr int64_t kRequestOverheadBytes = 64 << 10;
 // After a connection's age GOAWAY: the client's PING ack and its leaving.
 constexpr absl::Duration kGoawaySettle = absl::Milliseconds(200);
 
+TlsFiles TlsFilesOf(const ServerOptions& options) {
+  return {.cert_file = options.tls_cert_file,
+          .key_file = options.tls_key_file,
+          .client_ca_file = options.tls_client_ca_file};
+}
+
 std::string JoinHostPort(const std::string& host, int32_t port) {
   if (absl::StrContains(host, ':') && !absl::StartsWith(host, "[")) {
     return absl::StrCat("[", host, "]:", port);  // IPv6 literal
@@ -121,12 +127,15 @@ absl::Status Server::Start() {
     STRATA_LOG(INFO) << api_keys_->num_keys() << " API keys loaded from "
                      << options_.api_keys_file;
   }
-  // TLS files are checked before the model loads (a typo fails fast).
+  // TLS files are checked before the model loads (a typo fails fast), and
+  // read once for both ports.
+  std::optional<TlsPem> tls_pem;
   if (!options_.tls_cert_file.empty()) {
+    absl::StatusOr<TlsPem> pem = LoadTlsFiles(TlsFilesOf(options_));
+    if (!pem.ok()) return pem.status();
+    tls_pem = *std::move(pem);
     absl::StatusOr<std::unique_ptr<TlsCredentials>> tls =
-        TlsCredentials::Create({.cert_file = options_.tls_cert_file,
-                                .key_file = options_.tls_key_file,
-                                .client_ca_file = options_.tls_client_ca_file});
+        TlsCredentials::Create(*tls_pem);
     if (!tls.ok()) return tls.status();
     tls_ = *std::move(tls);
   }
@@ -291,7 +300,11 @@ absl::Status Server::Start() {
   health->SetServingStatus("", false);
   health->SetServingStatus(kGenerationServiceName, false);
   if (absl::Status st = WarmUp(); !st.ok()) return st;
-  if (absl::Status st = StartHttp(config); !st.ok()) return st;
+  if (absl::Status st =
+          StartHttp(config, tls_pem.has_value() ? &*tls_pem : nullptr);
+      !st.ok()) {
+    return st;
+  }
   health->SetServingStatus("", true);
   health->SetServingStatus(kGenerationServiceName, true);
   serving_.store(true);
@@ -317,7 +330,7 @@ absl::Status Server::Start() {
   return absl::OkStatus();
 }
 
-absl::Status Server::StartHttp(const ModelConfig& config) {
+absl::Status Server::StartHttp(const ModelConfig& config, const TlsPem* tls) {
   if (options_.http_port == 0) return absl::OkStatus();
   auto api = std::make_unique<HttpApi>();
   api->tokenizer = tokenizer_.get();
@@ -352,7 +365,7 @@ absl::Status Server::StartHttp(const ModelConfig& config) {
       .request_timeout = options_.http_request_timeout,
       .write_timeout = options_.http_write_timeout};
   absl::StatusOr<std::unique_ptr<HttpServer>> http =
-      HttpServer::Start(std::move(api));
+      HttpServer::Start(std::move(api), tls);
   if (!http.ok()) return http.status();
   http_server_ = *std::move(http);
   return absl::OkStatus();
@@ -407,7 +420,15 @@ absl::Status Server::ReloadTls() {
     return absl::FailedPreconditionError(
         "TLS is off (start stratad with --tls_cert and --tls_key)");
   }
-  return tls_->Reload();
+  absl::StatusOr<TlsPem> pem = LoadTlsFiles(TlsFilesOf(options_));
+  if (!pem.ok()) return pem.status();
+  // The HTTP port's context is built first: should OpenSSL refuse what
+  // LoadTlsFiles passed, neither port changes.
+  if (http_server_ != nullptr) {
+    if (absl::Status st = http_server_->ReloadTls(*pem); !st.ok()) return st;
+  }
+  tls_->Update(*std::move(pem));
+  return absl::OkStatus();
 }
 
 bool Server::WaitForIdle(absl::Duration timeout) const {

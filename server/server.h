@@ -92,10 +92,11 @@ class Server {
   int32_t metrics_port() const { return metrics_->exposer_port(); }
   const ServerOptions& options() const { return options_; }
 
-  // Re-reads the TLS certificate, key and client CA (stratad: on SIGHUP).
-  // New connections get them; open ones keep theirs and are not dropped. An
-  // error (unreadable files, a key not of the certificate) changes nothing.
-  // FAILED_PRECONDITION when TLS is off.
+  // Re-reads the TLS certificate, key and client CA (stratad: on SIGHUP),
+  // for the gRPC port and the HTTP API's HTTPS together. New connections
+  // get them; open ones keep theirs and are not dropped. An error
+  // (unreadable files, a key not of the certificate) changes nothing on
+  // either port. FAILED_PRECONDITION when TLS is off.
   absl::Status ReloadTls();
 
  private:
@@ -113,8 +114,9 @@ class Server {
   absl::Status WarmUp();
   // Waits until the scheduler holds no request or `timeout` passes.
   bool WaitForIdle(absl::Duration timeout) const;
-  // Starts the OpenAI-compatible HTTP API when options_.http_port is set.
-  absl::Status StartHttp(const ModelConfig& config);
+  // Starts the OpenAI-compatible HTTP API when options_.http_port is set;
+  // HTTPS only with `tls` (the gRPC port's certificate), else plaintext.
+  absl::Status StartHttp(const ModelConfig& config, const TlsPem* tls);
   // Binds and listens on options_.host:options_.port (sets port_); the
   // accepted connections go to gRPC through acceptor_ (AcceptLoop).
   absl::Status Listen();

@@ -65,9 +65,10 @@ struct ServerOptions {
   // have left every connection before the server stops taking calls (see
   // Shutdown); keep it below the drain's grace.
   absl::Duration max_connection_age = absl::Seconds(2);
-  // TLS on the gRPC port (server/tls_credentials.h): PEM certificate chain
-  // and key, both or neither; with a client CA, mutual TLS (clients must
-  // present a certificate it signed). Empty: plaintext.
+  // TLS on the gRPC port (server/tls_credentials.h) and, when http_port is
+  // set, HTTPS on the HTTP API port (server/http_server.h): PEM certificate
+  // chain and key, both or neither; with a client CA, mutual TLS (clients
+  // must present a certificate it signed). Empty: plaintext.
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;

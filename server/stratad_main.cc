@@ -136,16 +136,17 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::Seconds(2),
           "reconnecting clients and a drain can move proxies off this "
           "replica without failing a call. A drain lasts at least 1.1x this.");
 ABSL_FLAG(std::string, tls_cert, "",
-          "TLS on the gRPC port: PEM certificate chain (leaf first); needs "
-          "--tls_key. Reloaded on SIGHUP (new connections get it, open ones "
-          "are kept). Empty = plaintext.");
+          "TLS on the gRPC port and on --http_port (which then serves HTTPS "
+          "only): PEM certificate chain (leaf first); needs --tls_key. "
+          "Reloaded on SIGHUP (new connections get it, open ones are kept). "
+          "Empty = plaintext on both.");
 ABSL_FLAG(std::string, tls_key, "",
           "TLS: PEM private key of --tls_cert (unencrypted). Reloaded on "
           "SIGHUP.");
 ABSL_FLAG(std::string, tls_client_ca, "",
-          "Mutual TLS: PEM CA bundle; every client must present a "
-          "certificate it signed. Reloaded on SIGHUP. Empty = no client "
-          "certificate asked.");
+          "Mutual TLS on the gRPC and HTTP API ports: PEM CA bundle; every "
+          "client must present a certificate it signed. Reloaded on SIGHUP. "
+          "Empty = no client certificate asked.");
 
 // Security and fairness (docs/security.md).
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1",
@@ -319,8 +320,9 @@ int Run(int argc, char** argv) {
       info.backend().c_str(), metrics.c_str(), (*server)->address().c_str());
   if ((*server)->http_port() != 0) {
     std::printf(
-        "  OpenAI-compatible HTTP API on http://%s:%d/v1 (model id \"%s\")\n",
-        options.host.c_str(), (*server)->http_port(),
+        "  OpenAI-compatible HTTP API on %s://%s:%d/v1 (model id \"%s\")\n",
+        options.tls_cert_file.empty() ? "http" : "https", options.host.c_str(),
+        (*server)->http_port(),
         options.served_model_name.empty() ? info.name().c_str()
                                           : options.served_model_name.c_str());
   }
@@ -344,8 +346,8 @@ int Run(int argc, char** argv) {
     if (options.tls_cert_file.empty()) {
       STRATA_LOG(INFO) << "received SIGHUP: nothing to reload (TLS is off)";
     } else if (absl::Status st = (*server)->ReloadTls(); st.ok()) {
-      STRATA_LOG(INFO) << "received SIGHUP: reloaded the TLS certificate; "
-                          "new connections use it";
+      STRATA_LOG(INFO) << "received SIGHUP: reloaded the TLS certificate "
+                          "(gRPC and HTTP API ports); new connections use it";
     } else {
       STRATA_LOG(ERROR) << "received SIGHUP: TLS reload failed, keeping the "
                            "current certificate: "

@@ -144,21 +144,15 @@ class CoreServerCredentials final : public grpc::ServerCredentials {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<TlsCredentials>> TlsCredentials::Create(
-    const TlsFiles& files) {
-  absl::StatusOr<TlsPem> pem = LoadTlsFiles(files);
-  if (!pem.ok()) return pem.status();
-  std::unique_ptr<TlsCredentials> tls(new TlsCredentials(files));
-  {
-    absl::MutexLock lock(&tls->mu_);
-    tls->pem_ = *std::move(pem);
-    tls->generation_ = 1;
-  }
+    TlsPem pem) {
+  std::unique_ptr<TlsCredentials> tls(new TlsCredentials());
+  const bool mutual = !pem.client_ca.empty();
+  tls->Update(std::move(pem));
   // With a client CA every client must present a certificate it signed.
   grpc_ssl_server_credentials_options* options =
       grpc_ssl_server_credentials_create_options_using_config_fetcher(
-          files.client_ca_file.empty()
-              ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY,
+          mutual ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                 : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
           &TlsCredentials::FetchConfig, tls.get());
   grpc_server_credentials* credentials =
       grpc_ssl_server_credentials_create_with_options(options);
@@ -171,13 +165,10 @@ absl::StatusOr<std::unique_ptr<TlsCredentials>> TlsCredentials::Create(
 
 TlsCredentials::~TlsCredentials() = default;
 
-absl::Status TlsCredentials::Reload() {
-  absl::StatusOr<TlsPem> pem = LoadTlsFiles(files_);
-  if (!pem.ok()) return pem.status();
+void TlsCredentials::Update(TlsPem pem) {
   absl::MutexLock lock(&mu_);
-  pem_ = *std::move(pem);
+  pem_ = std::move(pem);
   ++generation_;
-  return absl::OkStatus();
 }
 
 int64_t TlsCredentials::generation() const {

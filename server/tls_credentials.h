@@ -1,23 +1,26 @@
 // TlsCredentials: the gRPC port's TLS (and optional mutual TLS) server
 // credentials, whose certificate, key and client CA can be swapped while the
-// server runs (stratad reloads them on SIGHUP).
+// server runs (stratad reloads them on SIGHUP). LoadTlsFiles reads and
+// checks the files once for both ports (the HTTP API's HTTPS takes the same
+// TlsPem, server/http_server.h).
 //
-//   auto tls = TlsCredentials::Create({.cert_file = "server.pem",
-//                                      .key_file = "server.key"});
+//   TlsFiles files = {.cert_file = "server.pem", .key_file = "server.key"};
+//   auto tls = TlsCredentials::Create(*LoadTlsFiles(files));
 //   builder.AddExternalConnectionAcceptor(FROM_FD, (*tls)->server_credentials());
 //   ...
-//   (*tls)->Reload();  // on SIGHUP: new handshakes use the new files
+//   (*tls)->Update(*LoadTlsFiles(files));  // SIGHUP: for new handshakes
 //
 // How the swap works: gRPC's SSL server credentials take a "certificate
 // config fetcher" (grpc_ssl_server_credentials_create_options_using_config_
 // fetcher, in gRPC since 1.9 and in Debian's 1.51), a callback it runs before
-// every handshake. Reload() reads and checks the files, and the next
-// handshake's callback hands gRPC the new config. Connections already open
-// keep their TLS session and their streams: nothing is dropped. A reload
-// whose files are unreadable or do not match (key not of the certificate)
-// fails and leaves the current certificate in place.
+// every handshake. Update() stores the new PEM, and the next handshake's
+// callback hands gRPC the new config. Connections already open keep their
+// TLS session and their streams: nothing is dropped. Files that are
+// unreadable or do not match (key not of the certificate) fail
+// LoadTlsFiles, so the caller never gets as far as Update and the current
+// certificate stays in place.
 //
-// Thread-safe: Reload() from any thread; gRPC calls the fetcher on its own.
+// Thread-safe: Update() from any thread; gRPC calls the fetcher on its own.
 #ifndef STRATA_SERVER_TLS_CREDENTIALS_H_
 #define STRATA_SERVER_TLS_CREDENTIALS_H_
 
@@ -56,8 +59,9 @@ absl::StatusOr<TlsPem> LoadTlsFiles(const TlsFiles& files);
 
 class TlsCredentials {
  public:
-  static absl::StatusOr<std::unique_ptr<TlsCredentials>> Create(
-      const TlsFiles& files);
+  // `pem` as LoadTlsFiles returns it. Whether mutual TLS is on (a client CA
+  // given) is fixed here for the credentials' life.
+  static absl::StatusOr<std::unique_ptr<TlsCredentials>> Create(TlsPem pem);
   ~TlsCredentials();
 
   TlsCredentials(const TlsCredentials&) = delete;
@@ -70,23 +74,21 @@ class TlsCredentials {
     return credentials_;
   }
 
-  // Re-reads the same files. OK: handshakes from now on present the new
-  // certificate (and check clients against the new CA). An error: nothing
-  // changes. The paths are those given to Create, so whether mutual TLS is
-  // on does not change.
-  absl::Status Reload();
+  // Handshakes from now on present `pem`'s certificate (and check clients
+  // against its CA). `pem` comes from LoadTlsFiles with the same files as
+  // Create's, so whether mutual TLS is on does not change.
+  void Update(TlsPem pem);
 
-  // Successful loads so far (1 after Create).
+  // Certificates taken so far (1 after Create).
   int64_t generation() const;
 
  private:
-  explicit TlsCredentials(const TlsFiles& files) : files_(files) {}
+  TlsCredentials() = default;
 
   // gRPC's fetcher callback (grpc_ssl_server_certificate_config_callback).
   static grpc_ssl_certificate_config_reload_status FetchConfig(
       void* self, grpc_ssl_server_certificate_config** config);
 
-  const TlsFiles files_;
   mutable absl::Mutex mu_;
   TlsPem pem_ ABSL_GUARDED_BY(mu_);
   int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;

@@ -22,25 +22,13 @@
 namespace strata {
 namespace {
 
+using strata::testing::AwaitMetric;
 using strata::testing::StallHook;
 using strata::testing::StratadDaemon;
 using tcp = boost::asio::ip::tcp;
 
 double Metric(int port, const std::string& series) {
   return strata::testing::ScrapeMetric(port, series);
-}
-
-// Polls `series` until it equals `want` (bounded: a broken daemon fails the
-// test instead of hanging it).
-bool AwaitMetric(int port, const std::string& series, double want) {
-  const absl::Time until = absl::Now() + absl::Seconds(60);
-  while (absl::Now() < until) {
-    if (Metric(port, series) == want) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  ADD_FAILURE() << series << " never reached " << want << " (last "
-                << Metric(port, series) << ")";
-  return false;
 }
 
 TEST(HttpCancelTest, ClosedSocketCancelsBeforeTheNextEngineStep) {

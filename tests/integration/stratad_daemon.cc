@@ -12,6 +12,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "server/status_util.h"
+#include "tests/testing/net_util.h"
 
 namespace strata::testing {
 
@@ -83,6 +84,17 @@ absl::StatusOr<std::unique_ptr<StratadDaemon>> StratadDaemon::Start(
     }
     absl::SleepFor(absl::Milliseconds(20));
   }
+}
+
+bool AwaitMetric(int port, const std::string& series, double want) {
+  const absl::Time until = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < until) {
+    if (ScrapeMetric(port, series) == want) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ADD_FAILURE() << series << " never reached " << want << " (last "
+                << ScrapeMetric(port, series) << ")";
+  return false;
 }
 
 absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>

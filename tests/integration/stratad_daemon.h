@@ -86,6 +86,10 @@ inline v1::CompletionRequest GreedyCompletion(uint32_t max_tokens) {
   request.mutable_sampling()->set_ignore_eos(true);
   return request;
 }
+// Polls `series` in http://127.0.0.1:PORT/metrics until it equals `want`;
+// false (and a test failure naming the last value) after 60 s, so a broken
+// daemon fails the test instead of hanging it.
+bool AwaitMetric(int port, const std::string& series, double want);
 
 // Sets STRATA_TEST_STALL_FILE for daemons started while it lives (children
 // inherit the environment); the file itself is created and removed by the

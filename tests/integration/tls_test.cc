@@ -7,9 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "strata/v1/generation.grpc.pb.h"
+#include "tests/integration/pki.h"
 #include "tests/integration/stratad_daemon.h"
 #include "tests/integration/subprocess.h"
 
@@ -24,81 +23,10 @@ namespace strata {
 namespace {
 
 namespace fs = std::filesystem;
+using strata::testing::GrpcTlsCredentials;
+using strata::testing::Pki;
 using strata::testing::RunCommand;
 using strata::testing::StratadDaemon;
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream data;
-  data << in.rdbuf();
-  return data.str();
-}
-
-// A scratch folder with a CA ("ca"), a second, unrelated CA ("rogue-ca"),
-// and certificates signed by them, made with the openssl command.
-class Pki {
- public:
-  Pki() {
-    dir_ = fs::temp_directory_path() /
-           absl::StrCat("strata-tls-test-", getpid(), "-",
-                        absl::ToUnixNanos(absl::Now()));
-    fs::create_directories(dir_);
-    std::ofstream(dir_ / "server.ext")
-        << "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-           "extendedKeyUsage=serverAuth\n";
-    std::ofstream(dir_ / "client.ext") << "extendedKeyUsage=clientAuth\n";
-  }
-  ~Pki() { fs::remove_all(dir_); }
-
-  // NAME.key and NAME.pem: a self-signed CA.
-  void MakeCa(const std::string& name) {
-    Openssl({"req", "-x509", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
-             "/CN=" + name, "-keyout", Path(name + ".key"), "-out",
-             Path(name + ".pem")});
-  }
-
-  // NAME.key and NAME.pem signed by `ca`; `ext` is "server" or "client".
-  void MakeLeaf(const std::string& name, const std::string& ca,
-                const std::string& ext) {
-    Openssl({"req", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=" + name,
-             "-keyout", Path(name + ".key"), "-out", Path(name + ".csr")});
-    Openssl({"x509", "-req", "-in", Path(name + ".csr"), "-CA",
-             Path(ca + ".pem"), "-CAkey", Path(ca + ".key"), "-CAcreateserial",
-             "-days", "2", "-extfile", Path(ext + ".ext"), "-out",
-             Path(name + ".pem")});
-  }
-
-  std::string Path(const std::string& file) const { return dir_ / file; }
-  std::string Read(const std::string& file) const {
-    return ReadFile(dir_ / file);
-  }
-
- private:
-  void Openssl(std::vector<std::string> args) {
-    args.insert(args.begin(), "/usr/bin/openssl");
-    absl::StatusOr<strata::testing::CommandResult> result =
-        RunCommand(args, absl::Seconds(60));
-    ASSERT_TRUE(result.ok()) << result.status();
-    ASSERT_EQ(result->exit_status, 0) << result->err;
-  }
-
-  fs::path dir_;
-};
-
-// Channel credentials from PEM files (CA, optional client certificate).
-std::shared_ptr<grpc::ChannelCredentials> Tls(const Pki& pki,
-                                              const std::string& ca,
-                                              const std::string& client = "") {
-  grpc::SslCredentialsOptions ssl;
-  ssl.pem_root_certs = pki.Read(ca + ".pem");
-  if (!client.empty()) {
-    ssl.pem_cert_chain = pki.Read(client + ".pem");
-    ssl.pem_private_key = pki.Read(client + ".key");
-  }
-  return grpc::SslCredentials(ssl);
-}
 
 // A channel on a connection of its own (channels in one process otherwise
 // share connections to the same target).
@@ -130,31 +58,19 @@ grpc::Status Info(const std::shared_ptr<grpc::Channel>& channel,
   return status;
 }
 
-class TlsTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    pki_.MakeCa("ca");
-    pki_.MakeCa("rogue-ca");
-    pki_.MakeLeaf("server", "ca", "server");
-    pki_.MakeLeaf("server2", "ca", "server");
-    pki_.MakeLeaf("client", "ca", "client");
-    pki_.MakeLeaf("rogue-client", "rogue-ca", "client");
-  }
-
-  Pki pki_;
-};
+class TlsTest : public strata::testing::PkiTest {};
 
 TEST_F(TlsTest, TlsCallWorksAndPlaintextIsRefused) {
-  auto daemon = StratadDaemon::Start(
-      strata::testing::TinyLlamaDir(),
-      {"--tls_cert=" + pki_.Path("server.pem"),
-       "--tls_key=" + pki_.Path("server.key")},
-      Tls(pki_, "ca"));
+  auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                                     {"--tls_cert=" + pki_.Path("server.pem"),
+                                      "--tls_key=" + pki_.Path("server.key")},
+                                     GrpcTlsCredentials(pki_, "ca"));
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const std::string address = (*daemon)->address();
 
   std::string peer;
-  EXPECT_TRUE(Info(NewChannel(address, Tls(pki_, "ca")), &peer).ok());
+  EXPECT_TRUE(
+      Info(NewChannel(address, GrpcTlsCredentials(pki_, "ca")), &peer).ok());
   EXPECT_EQ(peer, pki_.Read("server.pem"));
 
   // Plaintext HTTP/2 on the TLS port: the handshake fails, the call too.
@@ -163,7 +79,8 @@ TEST_F(TlsTest, TlsCallWorksAndPlaintextIsRefused) {
   EXPECT_EQ(plaintext.error_code(), grpc::StatusCode::UNAVAILABLE)
       << plaintext.error_message();
   // A client that does not trust the server's CA refuses it.
-  EXPECT_FALSE(Info(NewChannel(address, Tls(pki_, "rogue-ca"))).ok());
+  EXPECT_FALSE(
+      Info(NewChannel(address, GrpcTlsCredentials(pki_, "rogue-ca"))).ok());
 
   // strata-cli speaks TLS with --tls_ca, and fails without it.
   auto cli = RunCommand({strata::testing::StrataCliPath(), "--addr=" + address,
@@ -183,41 +100,41 @@ TEST_F(TlsTest, TlsCallWorksAndPlaintextIsRefused) {
 }
 
 TEST_F(TlsTest, MutualTlsRequiresAClientCertificateFromTheCa) {
-  auto daemon = StratadDaemon::Start(
-      strata::testing::TinyLlamaDir(),
-      {"--tls_cert=" + pki_.Path("server.pem"),
-       "--tls_key=" + pki_.Path("server.key"),
-       "--tls_client_ca=" + pki_.Path("ca.pem")},
-      Tls(pki_, "ca", "client"));
+  auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                                     {"--tls_cert=" + pki_.Path("server.pem"),
+                                      "--tls_key=" + pki_.Path("server.key"),
+                                      "--tls_client_ca=" + pki_.Path("ca.pem")},
+                                     GrpcTlsCredentials(pki_, "ca", "client"));
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const std::string address = (*daemon)->address();
 
-  EXPECT_TRUE(Info(NewChannel(address, Tls(pki_, "ca", "client"))).ok());
-  const grpc::Status no_cert = Info(NewChannel(address, Tls(pki_, "ca")));
+  EXPECT_TRUE(
+      Info(NewChannel(address, GrpcTlsCredentials(pki_, "ca", "client"))).ok());
+  const grpc::Status no_cert =
+      Info(NewChannel(address, GrpcTlsCredentials(pki_, "ca")));
   EXPECT_EQ(no_cert.error_code(), grpc::StatusCode::UNAVAILABLE)
       << no_cert.error_message();
   const grpc::Status rogue =
-      Info(NewChannel(address, Tls(pki_, "ca", "rogue-client")));
+      Info(NewChannel(address, GrpcTlsCredentials(pki_, "ca", "rogue-client")));
   EXPECT_EQ(rogue.error_code(), grpc::StatusCode::UNAVAILABLE)
       << rogue.error_message();
 
   // strata-cli with a client certificate.
-  auto cli = RunCommand(
-      {strata::testing::StrataCliPath(), "--addr=" + address,
-       "--tls_ca=" + pki_.Path("ca.pem"), "--tls_cert=" + pki_.Path("client.pem"),
-       "--tls_key=" + pki_.Path("client.key"), "info"},
-      absl::Seconds(60));
+  auto cli = RunCommand({strata::testing::StrataCliPath(), "--addr=" + address,
+                         "--tls_ca=" + pki_.Path("ca.pem"),
+                         "--tls_cert=" + pki_.Path("client.pem"),
+                         "--tls_key=" + pki_.Path("client.key"), "info"},
+                        absl::Seconds(60));
   ASSERT_TRUE(cli.ok()) << cli.status();
   EXPECT_EQ(cli->exit_status, 0) << cli->err;
   EXPECT_TRUE((*daemon)->Alive());
 }
 
 TEST_F(TlsTest, BadFilesAreRefusedAtStartNamingTheFlag) {
-  auto daemon = StratadDaemon::Start(
-      strata::testing::TinyLlamaDir(),
-      {"--tls_cert=" + pki_.Path("server.pem"),
-       "--tls_key=" + pki_.Path("server2.key")},
-      Tls(pki_, "ca"));
+  auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                                     {"--tls_cert=" + pki_.Path("server.pem"),
+                                      "--tls_key=" + pki_.Path("server2.key")},
+                                     GrpcTlsCredentials(pki_, "ca"));
   ASSERT_FALSE(daemon.ok());
   EXPECT_NE(daemon.status().message().find("tls_key:"), std::string::npos)
       << daemon.status();
@@ -237,10 +154,11 @@ TEST_F(TlsTest, SighupSwapsTheCertificateWhileAnOpenStreamContinues) {
   fs::create_directories(live);
   fs::copy_file(pki_.Path("server.pem"), live / "cert.pem");
   fs::copy_file(pki_.Path("server.key"), live / "key.pem");
-  auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
-                                     {"--tls_cert=" + (live / "cert.pem").string(),
-                                      "--tls_key=" + (live / "key.pem").string()},
-                                     Tls(pki_, "ca"));
+  auto daemon =
+      StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                           {"--tls_cert=" + (live / "cert.pem").string(),
+                            "--tls_key=" + (live / "key.pem").string()},
+                           GrpcTlsCredentials(pki_, "ca"));
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   const std::string address = (*daemon)->address();
 
@@ -251,7 +169,7 @@ TEST_F(TlsTest, SighupSwapsTheCertificateWhileAnOpenStreamContinues) {
   slow_reader.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   slow_reader.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
   const std::shared_ptr<grpc::Channel> old_connection =
-      NewChannel(address, Tls(pki_, "ca"), slow_reader);
+      NewChannel(address, GrpcTlsCredentials(pki_, "ca"), slow_reader);
   auto stub = v1::Generation::NewStub(old_connection);
   grpc::ClientContext stream_context;
   stream_context.set_deadline(std::chrono::system_clock::now() +
@@ -277,8 +195,10 @@ TEST_F(TlsTest, SighupSwapsTheCertificateWhileAnOpenStreamContinues) {
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (peer != pki_.Read("server2.pem") && absl::Now() < give_up) {
     peer.clear();
-    ASSERT_TRUE(Info(NewChannel(address, Tls(pki_, "ca")), &peer).ok());
-    if (peer != pki_.Read("server2.pem")) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_TRUE(
+        Info(NewChannel(address, GrpcTlsCredentials(pki_, "ca")), &peer).ok());
+    if (peer != pki_.Read("server2.pem"))
+      absl::SleepFor(absl::Milliseconds(20));
   }
   EXPECT_EQ(peer, pki_.Read("server2.pem"));
 
@@ -306,7 +226,8 @@ TEST_F(TlsTest, SighupSwapsTheCertificateWhileAnOpenStreamContinues) {
   EXPECT_NE((*daemon)->process().ReadStderr().find("TLS reload failed"),
             std::string::npos);
   peer.clear();
-  EXPECT_TRUE(Info(NewChannel(address, Tls(pki_, "ca")), &peer).ok());
+  EXPECT_TRUE(
+      Info(NewChannel(address, GrpcTlsCredentials(pki_, "ca")), &peer).ok());
   EXPECT_EQ(peer, pki_.Read("server2.pem"));
   EXPECT_TRUE((*daemon)->Alive());
 }

@@ -2,6 +2,7 @@
 // reads its Prometheus metrics. STRATA_BIN_DIR names the build's bin/ (ctest
 // sets it); the model is the bundled trained one.
 import { spawn } from 'node:child_process';
+import https from 'node:https';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
@@ -23,7 +24,19 @@ async function freePort() {
   });
 }
 
-export async function startDaemon(extraFlags = []) {
+// GET /health over HTTPS trusting `ca` (PEM): its status code.
+function httpsHealth(url, ca) {
+  return new Promise((resolve, reject) => {
+    https.get(url, { ca }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    }).on('error', reject);
+  });
+}
+
+// `tls`: { ca } when extraFlags turn TLS on (--tls_cert): the API is then
+// https:// and the health check trusts `ca`.
+export async function startDaemon(extraFlags = [], tls = null) {
   const httpPort = await freePort();
   const metricsPort = await freePort();
   const child = spawn(path.join(binDir, 'stratad'), [
@@ -39,13 +52,15 @@ export async function startDaemon(extraFlags = []) {
   child.stdout.on('data', (d) => { log += d; });
   child.stderr.on('data', (d) => { log += d; });
   const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
-  const base = `http://127.0.0.1:${httpPort}`;
+  const base = `${tls ? 'https' : 'http'}://127.0.0.1:${httpPort}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`stratad exited: ${log}`);
     try {
-      const r = await fetch(`${base}/health`);
-      if (r.status === 200) break;
+      const status = tls
+        ? await httpsHealth(`${base}/health`, tls.ca)
+        : (await fetch(`${base}/health`)).status;
+      if (status === 200) break;
     } catch { /* not listening yet */ }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
