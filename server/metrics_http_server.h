@@ -48,6 +48,11 @@ class MetricsHttpServer {
   ~MetricsHttpServer();
 
   int port() const { return port_; }
+  // Connections being served now (accepted, not yet closed).
+  int num_serving() const {
+    absl::MutexLock lock(&mu_);
+    return num_serving_;
+  }
 
  private:
   MetricsHttpServer(int listen_fd, int port,
@@ -62,7 +67,7 @@ class MetricsHttpServer {
   std::atomic<bool> stop_{false};
   std::thread thread_;
   // Connection threads running; the destructor waits for 0.
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   int num_serving_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

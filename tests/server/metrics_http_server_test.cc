@@ -49,7 +49,12 @@ TEST(MetricsHttpServerTest, SilentClientsDoNotHoldAScrape) {
   ASSERT_NE(server, nullptr);
   std::vector<int> silent;
   for (int i = 0; i < 10; ++i) silent.push_back(Connect(server->port()));
-  absl::SleepFor(absl::Milliseconds(100));  // accepted before the scrape
+  // All ten are accepted and held by the server before the scrape connects.
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (server->num_serving() < 10 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(server->num_serving(), 10);
   const std::string response = HttpGet(server->port(), "/metrics");
   EXPECT_NE(response.find("up 1"), std::string::npos) << response;
   int closed = 0;
