@@ -1194,84 +1194,82 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 
+// Two requests on a 3-loop depth-wise scheduler, B submitted one step after
+// A (A has run loop 0 of its prompt), both with `exit_threshold`.
+struct StaggeredPair {
+  std::unique_ptr<Scheduler> scheduler;
+  SimExecutor executor{4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3}};
+  std::shared_ptr<RecordingSink> a_sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RecordingSink> b_sink = std::make_shared<RecordingSink>();
+  std::vector<TokenId> a_prompt = {1, 2, 3};
+  std::vector<TokenId> b_prompt = {4, 5};
+
+  explicit StaggeredPair(float exit_threshold) {
+    Scheduler::Options options = SmallOptions();
+    options.num_loops = 3;
+    scheduler = *Scheduler::Create(options);
+    RequestSpec a;
+    a.prompt = a_prompt;
+    a.max_tokens = 12;
+    a.exit.threshold = exit_threshold;  // < 1: the simulation exits at random
+    a.sink = a_sink;
+    RequestSpec b = a;
+    b.prompt = b_prompt;
+    b.sink = b_sink;
+    EXPECT_TRUE(scheduler->Submit(a).ok());
+    scheduler->Commit(executor.Execute(scheduler->Schedule()));
+    EXPECT_TRUE(scheduler->Submit(b).ok());
+  }
+  // Runs to the end, calling on_plan(plan) before each step.
+  template <typename F>
+  int Run(F on_plan) {
+    int steps = 0;
+    for (; steps < 200; ++steps) {
+      StepPlan plan = scheduler->Schedule();
+      ReleaseStates(*scheduler, executor);
+      if (plan.items.empty()) break;
+      on_plan(plan);
+      scheduler->Commit(executor.Execute(plan));
+    }
+    EXPECT_EQ(a_sink->tokens, Expected(a_prompt, 12));
+    EXPECT_EQ(b_sink->tokens, Expected(b_prompt, 12));
+    return steps;
+  }
+};
+
 // Depth-wise at full depth, a pass that would start while another is between
 // loops waits (at most num_loops - 1 steps) so that the passes run in phase:
 // from then on every step's items are at one loop, and the LM head runs for
 // all rows in one step out of num_loops instead of for a few rows in each.
 TEST(SchedulerLoopTest, FullDepthPassesFallIntoPhase) {
-  Scheduler::Options options = SmallOptions();
-  options.num_loops = 3;
-  auto scheduler = *Scheduler::Create(options);
-  SimExecutor executor(4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3});
-  RequestSpec a;
-  a.prompt = {1, 2, 3};
-  a.max_tokens = 12;
-  a.sink = std::make_shared<RecordingSink>();
-  RequestSpec b = a;
-  b.prompt = {4, 5};
-  b.sink = std::make_shared<RecordingSink>();
-  ASSERT_TRUE(scheduler->Submit(a).ok());
-  // A runs loop 0 of its prompt; B arrives one step behind.
-  scheduler->Commit(executor.Execute(scheduler->Schedule()));
-  ASSERT_TRUE(scheduler->Submit(b).ok());
+  StaggeredPair pair(/*exit_threshold=*/1.0f);
   int steps_with_both = 0;
   int mixed_steps_after_phase = 0;
   bool in_phase = false;
-  for (int step = 0; step < 200; ++step) {
-    StepPlan plan = scheduler->Schedule();
-    ReleaseStates(*scheduler, executor);
-    if (plan.items.empty()) break;
-    if (plan.items.size() == 2) {
-      ++steps_with_both;
-      if (plan.items[0].loop_begin == plan.items[1].loop_begin) {
-        in_phase = true;
-      } else if (in_phase) {
-        ++mixed_steps_after_phase;
-      }
+  pair.Run([&](const StepPlan& plan) {
+    if (plan.items.size() != 2) return;
+    ++steps_with_both;
+    if (plan.items[0].loop_begin == plan.items[1].loop_begin) {
+      in_phase = true;
+    } else if (in_phase) {
+      ++mixed_steps_after_phase;
     }
-    scheduler->Commit(executor.Execute(plan));
-  }
+  });
   EXPECT_TRUE(in_phase);
   EXPECT_EQ(mixed_steps_after_phase, 0);
   EXPECT_GT(steps_with_both, 20);
-  auto* a_sink = static_cast<RecordingSink*>(a.sink.get());
-  auto* b_sink = static_cast<RecordingSink*>(b.sink.get());
-  EXPECT_EQ(a_sink->tokens, Expected(a.prompt, 12));
-  EXPECT_EQ(b_sink->tokens, Expected(b.prompt, 12));
 }
 
 // A pass that may exit early never waits for phase: it runs in every step
 // from its admission to its end.
 TEST(SchedulerLoopTest, PassesThatMayExitDoNotWaitForPhase) {
-  Scheduler::Options options = SmallOptions();
-  options.num_loops = 3;
-  auto scheduler = *Scheduler::Create(options);
-  SimExecutor executor(4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3});
-  RequestSpec a;
-  a.prompt = {1, 2, 3};
-  a.max_tokens = 12;
-  a.exit.threshold = 0.5f;  // the simulated engine exits at random
-  a.sink = std::make_shared<RecordingSink>();
-  RequestSpec b = a;
-  b.prompt = {4, 5};
-  b.sink = std::make_shared<RecordingSink>();
-  ASSERT_TRUE(scheduler->Submit(a).ok());
-  scheduler->Commit(executor.Execute(scheduler->Schedule()));
-  ASSERT_TRUE(scheduler->Submit(b).ok());
-  auto* a_sink = static_cast<RecordingSink*>(a.sink.get());
-  auto* b_sink = static_cast<RecordingSink*>(b.sink.get());
-  int steps = 0;
-  for (; steps < 200; ++steps) {
-    StepPlan plan = scheduler->Schedule();
-    ReleaseStates(*scheduler, executor);
-    if (plan.items.empty()) break;
-    const size_t running = (a_sink->finishes == 0) + (b_sink->finishes == 0);
-    EXPECT_EQ(plan.items.size(), running) << "step " << steps;
-    scheduler->Commit(executor.Execute(plan));
-  }
+  StaggeredPair pair(/*exit_threshold=*/0.5f);
+  const int steps = pair.Run([&](const StepPlan& plan) {
+    const size_t running =
+        (pair.a_sink->finishes == 0) + (pair.b_sink->finishes == 0);
+    EXPECT_EQ(plan.items.size(), running);
+  });
   EXPECT_GT(steps, 12);
-  EXPECT_EQ(a_sink->tokens, Expected(a.prompt, 12));
-  EXPECT_EQ(b_sink->tokens, Expected(b.prompt, 12));
 }
 
 // ---- Fair admission across tenants (API keys) and per-key limits ----
