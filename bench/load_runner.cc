@@ -92,10 +92,6 @@ absl::StatusOr<std::unique_ptr<LoadRunner>> LoadRunner::Create(
       return absl::InvalidArgumentError(
           "protocol http needs http_target (stratad's --http_port)");
     }
-    if (options.tls.enabled()) {
-      return absl::InvalidArgumentError(
-          "TLS is for gRPC only; stratad's HTTP port is plaintext");
-    }
     if (options.http_threads < 1 || options.http_threads > 64) {
       return absl::InvalidArgumentError("http_threads must be in [1, 64]");
     }
@@ -104,8 +100,12 @@ absl::StatusOr<std::unique_ptr<LoadRunner>> LoadRunner::Create(
         !s.ok()) {
       return s;
     }
+    // The same TLS options as the gRPC channel: stratad serves both ports
+    // with one certificate and client CA.
     absl::StatusOr<std::unique_ptr<HttpTransport>> transport =
-        HttpTransport::Create(options.http_target, options.http_threads);
+        HttpTransport::Create({.target = options.http_target,
+                               .threads = options.http_threads,
+                               .tls = options.tls});
     if (!transport.ok()) return transport.status();
     http = *std::move(transport);
   }

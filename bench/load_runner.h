@@ -79,7 +79,8 @@ class LoadRunner {
     std::string api_key = "";
     // Log a progress line to stderr this often (0: never).
     absl::Duration progress_interval = absl::ZeroDuration();
-    // TLS or mutual TLS to the daemon (default: plaintext; gRPC only).
+    // TLS or mutual TLS to the daemon (default: plaintext), for both the
+    // gRPC channel and, with kHttp, HTTPS to http_target.
     ClientTlsOptions tls = {};
     // kHttp: generation requests go to http_target ("host:port" of
     // stratad --http_port), as POST /v1/completions or

@@ -43,13 +43,17 @@ ABSL_FLAG(int32_t, num_channels, 1,
           "gRPC connections to open (requests are spread round-robin).");
 ABSL_FLAG(std::string, tls_ca, "",
           "TLS: PEM CA bundle that signed stratad's certificate (turns TLS "
-          "on).");
+          "on). Applies to both protocols: gRPC to --target and, with "
+          "--protocol=http, HTTPS to --http_target.");
 ABSL_FLAG(std::string, tls_cert, "",
-          "Mutual TLS: the bench's PEM certificate chain (with --tls_key).");
-ABSL_FLAG(std::string, tls_key, "", "Mutual TLS: the bench's PEM key.");
+          "Mutual TLS: the bench's PEM certificate chain (with --tls_key); "
+          "both protocols.");
+ABSL_FLAG(std::string, tls_key, "",
+          "Mutual TLS: the bench's PEM key; both protocols.");
 ABSL_FLAG(std::string, tls_server_name, "",
           "TLS: name to check the server's certificate against instead of "
-          "the target's host.");
+          "the host of --target (and of --http_target with --protocol=http; "
+          "also sent as SNI there).");
 // Load shape.
 ABSL_FLAG(std::string, mode, "closed",
           "closed: --concurrency clients send back to back; open: requests "
