@@ -97,8 +97,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
     std::unique_ptr<HttpApi> api, const TlsPem* tls) {
   std::unique_ptr<HttpServer> server(new HttpServer(std::move(api)));
   if (tls != nullptr) {
-    server->tls_ = true;
-    if (absl::Status st = server->ReloadTls(*tls); !st.ok()) return st;
+    absl::StatusOr<std::shared_ptr<ssl::context>> context = NewTlsContext(*tls);
+    if (!context.ok()) return context.status();
+    absl::MutexLock lock(&server->tls_mu_);
+    server->tls_context_ = *std::move(context);
   }
   const HttpApiOptions& options = server->api_->options;
   const auto cannot_listen = [&](const std::string& why) {
@@ -136,7 +138,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
 HttpServer::~HttpServer() { Stop(absl::ZeroDuration()); }
 
 absl::Status HttpServer::ReloadTls(const TlsPem& pem) {
-  if (!tls_) {
+  // Whether the port speaks TLS is fixed at Start: a plaintext server's
+  // context stays null.
+  if (tls_context() == nullptr) {
     return absl::FailedPreconditionError("the HTTP port is plaintext");
   }
   absl::StatusOr<std::shared_ptr<ssl::context>> context = NewTlsContext(pem);

@@ -75,10 +75,9 @@ class HttpServer {
   std::shared_ptr<boost::asio::ssl::context> tls_context() const;
 
   std::unique_ptr<HttpApi> api_;
-  bool tls_ = false;  // set by Start before any thread runs
   mutable absl::Mutex tls_mu_;
-  // What new connections handshake with (null when plaintext); each session
-  // holds the one it was made with.
+  // What new connections handshake with (null when plaintext, for the
+  // server's life); each session holds the one it was made with.
   std::shared_ptr<boost::asio::ssl::context> tls_context_
       ABSL_GUARDED_BY(tls_mu_);
   boost::asio::io_context io_context_;

@@ -1,5 +1,6 @@
 #include "text/chat_template.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <optional>
 #include <span>
@@ -41,11 +42,8 @@ std::string_view JinjaTrim(std::string_view text) {
   }
   size_t end = text.size();
   while (end > begin) {
-    size_t start = end - 1;
-    while (start > begin &&
-           (static_cast<uint8_t>(text[start]) & 0xC0) == 0x80) {
-      --start;
-    }
+    const size_t start =
+        std::max(begin, Utf8BoundaryAtOrBefore(text, end - 1));
     size_t next = start;
     if (!IsPythonSpace(DecodeUtf8At(text, &next))) break;
     end = start;

@@ -546,12 +546,7 @@ absl::Status Tokenizer::EncodePlain(std::string_view plain, size_t max_tokens,
     std::string_view prefix = plain;
     if (!whole) {
       // Cut at a character boundary (the text is valid UTF-8).
-      size_t cut = window;
-      while (cut > 0 &&
-             (static_cast<unsigned char>(plain[cut]) & 0xC0) == 0x80) {
-        --cut;
-      }
-      prefix = plain.substr(0, cut);
+      prefix = plain.substr(0, Utf8BoundaryAtOrBefore(plain, window));
     }
     words.clear();
     *bytes_pre_tokenized += prefix.size();

@@ -51,6 +51,16 @@ char32_t DecodeUtf8At(std::string_view text, size_t* pos);
 // Unicode White_Space property (what Rust's char::is_whitespace tests).
 bool IsUnicodeWhiteSpace(char32_t c);
 
+// The largest character boundary <= pos in well-formed `text` (pos <=
+// text.size(); at most 3 bytes back).
+inline size_t Utf8BoundaryAtOrBefore(std::string_view text, size_t pos) {
+  while (pos > 0 && pos < text.size() &&
+         (static_cast<uint8_t>(text[pos]) & 0xC0) == 0x80) {
+    --pos;
+  }
+  return pos;
+}
+
 // Length in bytes of the sequence a lead byte starts (1 for ASCII and for
 // bytes that cannot lead; callers that need validity use the functions
 // above).
