@@ -18,7 +18,8 @@
 //
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
-//            [--dtype=bf16] [--quantization=int8] [--exit_cost]
+//            [--dtype=bf16] [--quantization=int8] [--int8_group_size=0]
+//            [--exit_cost]
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -49,6 +50,8 @@ ABSL_FLAG(std::string, dtype, "",
           "As stratad's --dtype (\"\" = the backend's default, bf16).");
 ABSL_FLAG(std::string, quantization, "none",
           "As stratad's --quantization (none, int8, llm.int8).");
+ABSL_FLAG(int32_t, int8_group_size, 0,
+          "As stratad's --int8_group_size (0 = per output channel).");
 ABSL_FLAG(bool, exit_cost, false,
           "Recursive models: measure the LM head and each exit measure's "
           "check in loops instead of the depth-wise comparison.");
@@ -126,6 +129,7 @@ int Main() {
     return 2;
   }
   options.backend = *std::move(backend);
+  options.backend.int8_group_size = absl::GetFlag(FLAGS_int8_group_size);
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.block_size = kBlockSize;
   const int32_t sequences = absl::GetFlag(FLAGS_sequences);
@@ -212,8 +216,7 @@ int Main() {
               r.backend().Description().c_str());
   decode(loops);  // warm-up
   if (absl::GetFlag(FLAGS_exit_cost) && loops > 1) {
-    return ExitCost(decode, loops, absl::GetFlag(FLAGS_rounds),
-                    &early_exits);
+    return ExitCost(decode, loops, absl::GetFlag(FLAGS_rounds), &early_exits);
   }
   double ratio_sum = 0.0;
   const int32_t rounds = absl::GetFlag(FLAGS_rounds);

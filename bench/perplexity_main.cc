@@ -1,6 +1,7 @@
 // strata-perplexity: the quality of a weight mode as the engine serves it.
-// For each --modes entry (a --quantization value on the CPU backend, or
-// "bf16" for --dtype=bf16) it
+// For each --modes entry (a --quantization value on the CPU backend, with
+// "/gN" for --int8_group_size=N, e.g. int8/g128; or "bf16" for --dtype=bf16)
+// it
 // runs the held-out text through the engine (ModelRunner) and reports,
 // side by side with the first mode (the logits of every position come from
 // ModelRunnerTestPeer::ComputeAllLogits, the tests' window into the runner:
@@ -19,7 +20,7 @@
 //    equal until the first divergence / all) and position-wise agreement.
 //
 // Usage: build/bin/strata-perplexity --model=DIR --text=FILE
-//            [--modes=none,int8] [--windows=16] [--window_len=128]
+//            [--modes=none,int8,int8/g128] [--windows=16] [--window_len=128]
 //            [--prompt_len=16] [--gen_tokens=32] [--threads=0]
 #include <algorithm>
 #include <cmath>
@@ -35,6 +36,8 @@
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/backends/backend_options.h"
 #include "engine/model_runner.h"
@@ -59,7 +62,7 @@ namespace {
 struct ModeResult {
   double nll = 0;
   int64_t scored = 0;
-  std::vector<int32_t> argmax;                // per scored position
+  std::vector<int32_t> argmax;               // per scored position
   std::vector<std::vector<TokenId>> greedy;  // per prompt
 };
 
@@ -70,8 +73,8 @@ int32_t Argmax(const std::vector<float>& row) {
 
 absl::StatusOr<std::vector<std::vector<float>>> Logits(
     ModelRunner& runner, const std::vector<TokenId>& tokens) {
-  std::vector<int32_t> table(
-      (tokens.size() + runner.block_size() - 1) / runner.block_size());
+  std::vector<int32_t> table((tokens.size() + runner.block_size() - 1) /
+                             runner.block_size());
   for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
   StepPlan plan;
   WorkItem& item = plan.items.emplace_back();
@@ -83,10 +86,21 @@ absl::StatusOr<std::vector<std::vector<float>>> Logits(
 absl::StatusOr<ModeResult> RunMode(
     const std::string& mode, const std::vector<std::vector<TokenId>>& windows) {
   // "bf16" is --dtype=bf16 (bf16 weights x bf16 activations); the rest
-  // are --quantization values.
-  absl::StatusOr<BackendOptions> backend = ParseBackendOptions(
-      "cpu", mode == "bf16" ? "bf16" : "", mode == "bf16" ? "none" : mode);
+  // are --quantization values, "/gN" adding --int8_group_size=N.
+  std::string quantization = mode == "bf16" ? "none" : mode;
+  int32_t group_size = 0;
+  if (const size_t slash = quantization.find("/g");
+      slash != std::string::npos) {
+    if (!absl::SimpleAtoi(quantization.substr(slash + 2), &group_size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--modes: bad group size in '", mode, "'"));
+    }
+    quantization.resize(slash);
+  }
+  absl::StatusOr<BackendOptions> backend =
+      ParseBackendOptions("cpu", mode == "bf16" ? "bf16" : "", quantization);
   if (!backend.ok()) return backend.status();
+  backend->int8_group_size = group_size;
   ModelRunner::Options options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.backend = *backend;
@@ -143,8 +157,8 @@ int Run() {
     std::fprintf(stderr, "%s\n", ids.status().ToString().c_str());
     return 1;
   }
-  const bool bos = (*tokenizer)->add_bos_token() &&
-                   (*tokenizer)->bos_token_id().has_value();
+  const bool bos =
+      (*tokenizer)->add_bos_token() && (*tokenizer)->bos_token_id().has_value();
   const int64_t len = absl::GetFlag(FLAGS_window_len) - (bos ? 1 : 0);
   const int64_t count = absl::GetFlag(FLAGS_windows);
   if (len < 2 || count < 1 || count * len > static_cast<int64_t>(ids->size())) {
@@ -173,12 +187,11 @@ int Run() {
     results.push_back(*std::move(r));
   }
   std::printf("%s: %lld windows x %lld tokens, greedy %d+%d\n",
-              absl::GetFlag(FLAGS_model).c_str(),
-              static_cast<long long>(count),
+              absl::GetFlag(FLAGS_model).c_str(), static_cast<long long>(count),
               static_cast<long long>(absl::GetFlag(FLAGS_window_len)),
               absl::GetFlag(FLAGS_prompt_len), absl::GetFlag(FLAGS_gen_tokens));
-  std::printf("%-10s %11s %8s %10s %14s %14s\n", "mode", "perplexity",
-              "ratio", "top1 agr", "greedy prefix", "greedy pos");
+  std::printf("%-14s %11s %8s %10s %14s %14s\n", "mode", "perplexity", "ratio",
+              "top1 agr", "greedy prefix", "greedy pos");
   const ModeResult& base = results[0];
   const double base_ppl = std::exp(base.nll / base.scored);
   for (size_t m = 0; m < modes.size(); ++m) {
@@ -197,7 +210,7 @@ int Run() {
         ++total;
       }
     }
-    std::printf("%-10s %11.4f %7.4fx %9.2f%% %13.2f%% %13.2f%%\n",
+    std::printf("%-14s %11.4f %7.4fx %9.2f%% %13.2f%% %13.2f%%\n",
                 modes[m].c_str(), ppl, ppl / base_ppl,
                 100.0 * top1 / static_cast<double>(r.argmax.size()),
                 100.0 * prefix / std::max<double>(1, total),

@@ -46,9 +46,12 @@ rounds=${ROUNDS:-3}
 per_client=${REQUESTS_PER_CLIENT:-3}  # requests per run: clients x this,
 min_requests=${MIN_REQUESTS:-24}      # and at least this many
 
-# h, the LM head in loops, from the engine alone.
+# h, the LM head in loops, from the engine alone, at the workload's mean
+# context during decoding (a loop's attention grows with it; the head's
+# cost does not).
 build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
-  --sequences=32 --tokens=24 >"$out/exit_cost.txt" 2>&1
+  --sequences=32 --context=$((input_len + output_len / 2)) --tokens=24 \
+  >"$out/exit_cost.txt" 2>&1
 cat "$out/exit_cost.txt" >&2
 
 bench() {  # bench NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)

@@ -4,11 +4,11 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -17,8 +17,8 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
 #include "engine/backends/backend_options.h"
@@ -97,6 +97,11 @@ ABSL_FLAG(std::string, quantization, "none",
           "int8; cpu: int8 weights x per-row int8 activations, "
           "docs/engine.md); a backend that cannot honour the value refuses "
           "to start.");
+ABSL_FLAG(int32_t, int8_group_size, 0,
+          "--quantization=int8/llm.int8 on the cpu backend: one weight scale "
+          "per group of this many inputs (a multiple of 4 up to 1024; 32-128 "
+          "are the usual choices) instead of one per output channel (0). "
+          "The cuda backend refuses it.");
 ABSL_FLAG(int32_t, device, 0, "CUDA backend: device ordinal.");
 ABSL_FLAG(float, llm_int8_threshold, 6.0f,
           "--quantization=llm.int8: activation columns with |x| >= this are "
@@ -260,6 +265,7 @@ int Run(int argc, char** argv) {
   options.backend.num_threads = absl::GetFlag(FLAGS_threads);
   options.backend.device = absl::GetFlag(FLAGS_device);
   options.backend.llm_int8_threshold = absl::GetFlag(FLAGS_llm_int8_threshold);
+  options.backend.int8_group_size = absl::GetFlag(FLAGS_int8_group_size);
   options.backend.gpu_memory_fraction =
       absl::GetFlag(FLAGS_gpu_memory_fraction);
   options.backend.step_graphs = absl::GetFlag(FLAGS_cuda_graphs);
@@ -288,9 +294,8 @@ int Run(int argc, char** argv) {
   options.http_port = absl::GetFlag(FLAGS_http_port);
   options.served_model_name = absl::GetFlag(FLAGS_served_model_name);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
-  options.http_max_body_bytes =
-      static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(
-                                                   FLAGS_http_max_body_bytes)));
+  options.http_max_body_bytes = static_cast<size_t>(
+      std::max<int64_t>(0, absl::GetFlag(FLAGS_http_max_body_bytes)));
   options.http_request_timeout = absl::GetFlag(FLAGS_http_request_timeout);
   options.http_write_timeout = absl::GetFlag(FLAGS_http_write_timeout);
 
@@ -314,8 +319,8 @@ int Run(int argc, char** argv) {
           ? ""
           : (options.tls_client_ca_file.empty() ? " with TLS"
                                                 : " with mutual TLS"),
-      options.model_dir.c_str(),
-      info.architecture().c_str(), info.num_layers(), info.context_length(),
+      options.model_dir.c_str(), info.architecture().c_str(), info.num_layers(),
+      info.context_length(),
       info.chat_template().empty() ? "none" : info.chat_template().c_str(),
       info.backend().c_str(), metrics.c_str(), (*server)->address().c_str());
   if ((*server)->http_port() != 0) {

@@ -26,7 +26,8 @@ std::string BackendOptions::DebugString() const {
       "BackendOptions{name=", name, " dtype=",
       std::string(dtype.has_value() ? ElementTypeName(*dtype) : "default"),
       " quantization=", std::string(QuantizationName(quantization)),
-      " llm_int8_threshold=", llm_int8_threshold, " device=", device,
+      " llm_int8_threshold=", llm_int8_threshold,
+      " int8_group_size=", int8_group_size, " device=", device,
       " step_graphs=", step_graphs,
       " gpu_memory_fraction=", gpu_memory_fraction,
       " num_threads=", num_threads, "}");

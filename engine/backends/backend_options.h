@@ -34,6 +34,9 @@ struct BackendOptions {
   Quantization quantization = Quantization::kNone;
   // LLM.int8() outlier threshold on |activation|.
   float llm_int8_threshold = 6.0f;
+  // int8 weight scales per group of this many inputs; 0 = per output
+  // channel (the only choice on CUDA).
+  int32_t int8_group_size = 0;
   // Device ordinal (device backends).
   int32_t device = 0;
   // Decode steps recorded and replayed as graphs (Backend::BeginStepGraph).

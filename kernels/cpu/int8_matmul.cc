@@ -33,11 +33,28 @@ constexpr int64_t kGroupBytes = kWidth * kGroup;
 struct Operands {
   const int8_t* xq;       // [n][kp]
   const float* x_scales;  // [n]
-  const int32_t* x_bias;  // [n] 128 * sum_p xq[i][p]
+  const int32_t* x_bias;  // [n][num_groups] 128 * sum_{p in group} xq[i][p]
   const uint8_t* wq;      // panels, wq + 128
-  const float* w_scales;  // [m_pad]
+  const float* w_scales;  // [panels][num_groups][16]
   float* out;             // [n][m]
   int64_t m, kp;
+  // Scale groups: lanes (4 inputs each) per group (all kp / 4 when there
+  // is one scale per channel), their number, and whether there are several.
+  int64_t group_lanes = 0;
+  int64_t num_groups = 1;
+  bool grouped = false;
+
+  // The lanes [begin, end) of scale group b.
+  int64_t LanesBegin(int64_t b) const { return b * group_lanes; }
+  int64_t LanesEnd(int64_t b) const {
+    return std::min(kp / kGroup, (b + 1) * group_lanes);
+  }
+  const float* GroupScales(int64_t b, int64_t panel) const {
+    return w_scales + (panel * num_groups + b) * kWidth;
+  }
+  int32_t Bias(int64_t row, int64_t b) const {
+    return x_bias[row * num_groups + b];
+  }
 };
 
 int32_t LoadI32(const int8_t* p) {
@@ -172,23 +189,54 @@ void StoreScalar(const Operands& o, int64_t row, int64_t panel,
   }
 }
 
-void BlockScalar(const Operands& o, const internal::PanelBlock& b) {
+// The exact sums of one row and panel over lanes [g0, g1).
+void SumsScalar(const int8_t* x, const uint8_t* w, int64_t g0, int64_t g1,
+                int32_t* sums) {
+  for (int64_t c = 0; c < kWidth; ++c) sums[c] = 0;
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t c = 0; c < kWidth; ++c) {
+      for (int64_t t = 0; t < kGroup; ++t) {
+        sums[c] +=
+            static_cast<int32_t>(x[g * kGroup + t]) *
+            (static_cast<int32_t>(w[g * kGroupBytes + c * kGroup + t]) - 128);
+      }
+    }
+  }
+}
+
+// Per-group scales: the fma chain over the groups, then x_scale.
+void BlockScalarGrouped(const Operands& o, const internal::PanelBlock& b) {
   const int64_t groups = o.kp / kGroup;
   for (int64_t i = b.row_begin; i < b.row_end; ++i) {
     const int8_t* x = o.xq + i * o.kp;
     for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
       const uint8_t* w = o.wq + pj * groups * kGroupBytes;
-      int32_t sums[kWidth] = {};
-      for (int64_t g = 0; g < groups; ++g) {
+      float acc[kWidth] = {};
+      for (int64_t g = 0; g < o.num_groups; ++g) {
+        int32_t sums[kWidth];
+        SumsScalar(x, w, o.LanesBegin(g), o.LanesEnd(g), sums);
+        const float* ws = o.GroupScales(g, pj);
         for (int64_t c = 0; c < kWidth; ++c) {
-          for (int64_t t = 0; t < kGroup; ++t) {
-            sums[c] +=
-                static_cast<int32_t>(x[g * kGroup + t]) *
-                (static_cast<int32_t>(w[g * kGroupBytes + c * kGroup + t]) -
-                 128);
-          }
+          acc[c] = std::fma(static_cast<float>(sums[c]), ws[c], acc[c]);
         }
       }
+      const int64_t cols = std::min(kWidth, o.m - pj * kWidth);
+      for (int64_t c = 0; c < cols; ++c) {
+        o.out[i * o.m + pj * kWidth + c] = acc[c] * o.x_scales[i];
+      }
+    }
+  }
+}
+
+void BlockScalar(const Operands& o, const internal::PanelBlock& b) {
+  if (o.grouped) return BlockScalarGrouped(o, b);
+  const int64_t groups = o.kp / kGroup;
+  for (int64_t i = b.row_begin; i < b.row_end; ++i) {
+    const int8_t* x = o.xq + i * o.kp;
+    for (int64_t pj = b.panel_begin; pj < b.panel_end; ++pj) {
+      const uint8_t* w = o.wq + pj * groups * kGroupBytes;
+      int32_t sums[kWidth];
+      SumsScalar(x, w, 0, groups, sums);
       StoreScalar(o, i, pj, sums);
     }
   }
@@ -200,7 +248,7 @@ void BlockScalar(const Operands& o, const internal::PanelBlock& b) {
 STRATA_TARGET_AVX2 inline void StoreAvx2(const Operands& o, int64_t row,
                                          int64_t panel, __m256i lo,
                                          __m256i hi) {
-  const __m256i bias = _mm256_set1_epi32(o.x_bias[row]);
+  const __m256i bias = _mm256_set1_epi32(o.Bias(row, 0));
   lo = _mm256_sub_epi32(lo, bias);
   hi = _mm256_sub_epi32(hi, bias);
   const __m256 xs = _mm256_set1_ps(o.x_scales[row]);
@@ -216,6 +264,32 @@ STRATA_TARGET_AVX2 inline void StoreAvx2(const Operands& o, int64_t row,
               static_cast<size_t>(cols) * sizeof(float));
 }
 
+// Per-group scales: adds group g's sums (biased, as StoreAvx2 takes them) times
+// its scales to the row's float accumulators.
+STRATA_TARGET_AVX2 inline void FoldGroupAvx2(const Operands& o, int64_t row,
+                                             int64_t panel, int64_t g,
+                                             __m256i lo, __m256i hi,
+                                             __m256& acc_lo, __m256& acc_hi) {
+  const __m256i bias = _mm256_set1_epi32(o.Bias(row, g));
+  const float* ws = o.GroupScales(g, panel);
+  acc_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(lo, bias)),
+                           _mm256_loadu_ps(ws), acc_lo);
+  acc_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(hi, bias)),
+                           _mm256_loadu_ps(ws + 8), acc_hi);
+}
+
+STRATA_TARGET_AVX2 inline void StoreGroupedAvx2(const Operands& o, int64_t row,
+                                                int64_t panel, __m256 acc_lo,
+                                                __m256 acc_hi) {
+  const __m256 xs = _mm256_set1_ps(o.x_scales[row]);
+  alignas(32) float tmp[kWidth];
+  _mm256_store_ps(tmp, _mm256_mul_ps(acc_lo, xs));
+  _mm256_store_ps(tmp + 8, _mm256_mul_ps(acc_hi, xs));
+  const int64_t cols = std::min(kWidth, o.m - panel * kWidth);
+  std::memcpy(o.out + row * o.m + panel * kWidth, tmp,
+              static_cast<size_t>(cols) * sizeof(float));
+}
+
 // AVX2 without VNNI: bytes widened to 16 bits, vpmaddwd adds the products of
 // adjacent pairs exactly into 32 bits (vpmaddubsw would saturate). Each
 // quarter q of a panel group (columns 4q..4q+3) gives 2 lanes per column,
@@ -225,31 +299,43 @@ STRATA_TARGET_AVX2 void TileAvx2(const Operands& o, int64_t row,
                                  int64_t panel) {
   const int64_t groups = o.kp / kGroup;
   const uint8_t* w = o.wq + panel * groups * kGroupBytes;
-  __m256i acc[R][4];
-  for (int r = 0; r < R; ++r) {
-    for (int q = 0; q < 4; ++q) acc[r][q] = _mm256_setzero_si256();
-  }
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256i wv[4];
-    for (int q = 0; q < 4; ++q) {
-      wv[q] = _mm256_cvtepu8_epi16(_mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(w + g * kGroupBytes + 16 * q)));
+  __m256 facc[R][2];
+  for (int r = 0; r < R; ++r) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < o.num_groups; ++b) {
+    __m256i acc[R][4];
+    for (int r = 0; r < R; ++r) {
+      for (int q = 0; q < 4; ++q) acc[r][q] = _mm256_setzero_si256();
+    }
+    for (int64_t g = o.LanesBegin(b); g < o.LanesEnd(b); ++g) {
+      __m256i wv[4];
+      for (int q = 0; q < 4; ++q) {
+        wv[q] = _mm256_cvtepu8_epi16(_mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(w + g * kGroupBytes + 16 * q)));
+      }
+      for (int r = 0; r < R; ++r) {
+        const __m256i xb = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(
+            _mm_cvtsi32_si128(LoadI32(o.xq + (row + r) * o.kp + g * kGroup))));
+        for (int q = 0; q < 4; ++q) {
+          acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(xb, wv[q]));
+        }
+      }
     }
     for (int r = 0; r < R; ++r) {
-      const __m256i xb = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(
-          _mm_cvtsi32_si128(LoadI32(o.xq + (row + r) * o.kp + g * kGroup))));
-      for (int q = 0; q < 4; ++q) {
-        acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(xb, wv[q]));
+      // hadd gives columns 0 1 4 5 | 2 3 6 7; the permute orders them.
+      const __m256i lo = _mm256_permute4x64_epi64(
+          _mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+      const __m256i hi = _mm256_permute4x64_epi64(
+          _mm256_hadd_epi32(acc[r][2], acc[r][3]), 0xD8);
+      if (o.grouped) {
+        FoldGroupAvx2(o, row + r, panel, b, lo, hi, facc[r][0], facc[r][1]);
+      } else {
+        StoreAvx2(o, row + r, panel, lo, hi);
       }
     }
   }
+  if (!o.grouped) return;
   for (int r = 0; r < R; ++r) {
-    // hadd gives columns 0 1 4 5 | 2 3 6 7; the permute orders them.
-    const __m256i lo =
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
-    const __m256i hi =
-        _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][2], acc[r][3]), 0xD8);
-    StoreAvx2(o, row + r, panel, lo, hi);
+    StoreGroupedAvx2(o, row + r, panel, facc[r][0], facc[r][1]);
   }
 }
 
@@ -260,24 +346,39 @@ STRATA_TARGET_AVX_VNNI void TileAvxVnni(const Operands& o, int64_t row,
                                         int64_t panel) {
   const int64_t groups = o.kp / kGroup;
   const uint8_t* w = o.wq + panel * groups * kGroupBytes;
-  __m256i lo[R], hi[R];
-  for (int r = 0; r < R; ++r) {
-    lo[r] = _mm256_setzero_si256();
-    hi[r] = _mm256_setzero_si256();
-  }
-  for (int64_t g = 0; g < groups; ++g) {
-    const __m256i wl = _mm256_loadu_si256(
-        reinterpret_cast<const __m256i*>(w + g * kGroupBytes));
-    const __m256i wh = _mm256_loadu_si256(
-        reinterpret_cast<const __m256i*>(w + g * kGroupBytes + 32));
+  __m256 facc[R][2];
+  for (int r = 0; r < R; ++r) facc[r][0] = facc[r][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < o.num_groups; ++b) {
+    __m256i lo[R], hi[R];
     for (int r = 0; r < R; ++r) {
-      const __m256i xb =
-          _mm256_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
-      lo[r] = _mm256_dpbusd_avx_epi32(lo[r], wl, xb);
-      hi[r] = _mm256_dpbusd_avx_epi32(hi[r], wh, xb);
+      lo[r] = _mm256_setzero_si256();
+      hi[r] = _mm256_setzero_si256();
+    }
+    for (int64_t g = o.LanesBegin(b); g < o.LanesEnd(b); ++g) {
+      const __m256i wl = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(w + g * kGroupBytes));
+      const __m256i wh = _mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(w + g * kGroupBytes + 32));
+      for (int r = 0; r < R; ++r) {
+        const __m256i xb =
+            _mm256_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
+        lo[r] = _mm256_dpbusd_avx_epi32(lo[r], wl, xb);
+        hi[r] = _mm256_dpbusd_avx_epi32(hi[r], wh, xb);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      if (o.grouped) {
+        FoldGroupAvx2(o, row + r, panel, b, lo[r], hi[r], facc[r][0],
+                      facc[r][1]);
+      } else {
+        StoreAvx2(o, row + r, panel, lo[r], hi[r]);
+      }
     }
   }
-  for (int r = 0; r < R; ++r) StoreAvx2(o, row + r, panel, lo[r], hi[r]);
+  if (!o.grouped) return;
+  for (int r = 0; r < R; ++r) {
+    StoreGroupedAvx2(o, row + r, panel, facc[r][0], facc[r][1]);
+  }
 }
 
 // acc += the 4-byte dot products of u (unsigned) and s (signed) per lane:
@@ -330,19 +431,124 @@ STRATA_TARGET_AVX512_VNNI void TileAvx512(const Operands& o, int64_t row,
     for (int r = 0; r < R; ++r) {
       const __m512 v =
           _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(
-                            acc[r][c], _mm512_set1_epi32(o.x_bias[row + r]))),
+                            acc[r][c], _mm512_set1_epi32(o.Bias(row + r, 0)))),
                         _mm512_mul_ps(_mm512_set1_ps(o.x_scales[row + r]), ws));
       _mm512_mask_storeu_ps(o.out + (row + r) * o.m + pj * kWidth, mask, v);
     }
   }
 }
 
-// The 8 x 3 tiles for internal::RunTiles8x3.
+// Per-group scales: adds lanes [g0, g1) of R rows x C panels to acc. kLanes
+// > 0: exactly that many lanes, unrolled (a loop that exits every few dozen
+// iterations cost 15-30% of the batch-1 speed in branch misses).
+template <int R, int C, int kLanes>
+STRATA_TARGET_AVX512_VNNI inline __attribute__((always_inline)) void
+GroupSumsAvx512(const Operands& o, const uint8_t* w, int64_t groups,
+                int64_t row, int64_t g0, int64_t g1, __m512i (&acc)[R][C]) {
+  const int64_t count = kLanes > 0 ? kLanes : g1 - g0;
+#pragma GCC unroll 32
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t g = g0 + t;
+    __m512i wv[C];
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      wv[c] = _mm512_loadu_si512(w + (c * groups + g) * kGroupBytes);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m512i xb =
+          _mm512_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = Dpbusd(acc[r][c], wv[c], xb);
+    }
+  }
+}
+
+// Per-group scales: R (<= 4) rows x C panels, the int32 accumulators
+// cleared per group and folded into R * C float ones (2 R C + C registers).
+// kLanes: the lanes of a whole group when it is one of the unrolled sizes
+// (see GroupSumsAvx512), else 0.
+template <int R, int C, int kLanes>
+STRATA_TARGET_AVX512_VNNI void TileAvx512Grouped(const Operands& o, int64_t row,
+                                                 int64_t panel) {
+  static_assert(R <= 4);
+  const int64_t groups = o.kp / kGroup;
+  const uint8_t* w = o.wq + panel * groups * kGroupBytes;
+  __m512 facc[R][C];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) facc[r][c] = _mm512_setzero_ps();
+  }
+  for (int64_t b = 0; b < o.num_groups; ++b) {
+    __m512i acc[R][C];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
+    }
+    const int64_t g0 = o.LanesBegin(b), g1 = o.LanesEnd(b);
+    if (kLanes > 0 && g1 - g0 == kLanes) {
+      GroupSumsAvx512<R, C, kLanes>(o, w, groups, row, g0, g1, acc);
+    } else {
+      GroupSumsAvx512<R, C, 0>(o, w, groups, row, g0, g1, acc);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const __m512 ws = _mm512_loadu_ps(o.GroupScales(b, panel + c));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        facc[r][c] = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                acc[r][c], _mm512_set1_epi32(o.Bias(row + r, b)))),
+            ws, facc[r][c]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) {
+    const int64_t pj = panel + c;
+    const __mmask16 mask =
+        internal::TailMaskAvx512(std::min(kWidth, o.m - pj * kWidth));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      _mm512_mask_storeu_ps(
+          o.out + (row + r) * o.m + pj * kWidth, mask,
+          _mm512_mul_ps(facc[r][c], _mm512_set1_ps(o.x_scales[row + r])));
+    }
+  }
+}
+
+// Per-group tiles of up to 4 rows, unrolled for groups of 32, 64 and 128.
+template <int R, int C>
+STRATA_TARGET_AVX512_VNNI void TileAvx512GroupedAnySize(const Operands& o,
+                                                        int64_t row,
+                                                        int64_t panel) {
+  switch (o.group_lanes) {
+    case 8:
+      return TileAvx512Grouped<R, C, 8>(o, row, panel);
+    case 16:
+      return TileAvx512Grouped<R, C, 16>(o, row, panel);
+    case 32:
+      return TileAvx512Grouped<R, C, 32>(o, row, panel);
+    default:
+      return TileAvx512Grouped<R, C, 0>(o, row, panel);
+  }
+}
+
+// The 8 x 3 tiles for internal::RunTiles8x3; with per-group scales, up to
+// two 4-row tiles.
 template <int R, int C>
 struct Avx512Tile {
   STRATA_TARGET_AVX512_VNNI static void Run(const Operands& o, int64_t row,
                                             int64_t panel) {
-    TileAvx512<R, C>(o, row, panel);
+    if (!o.grouped) return TileAvx512<R, C>(o, row, panel);
+    if constexpr (R > 4) {
+      TileAvx512GroupedAnySize<4, C>(o, row, panel);
+      TileAvx512GroupedAnySize<R - 4, C>(o, row + 4, panel);
+    } else {
+      TileAvx512GroupedAnySize<R, C>(o, row, panel);
+    }
   }
 };
 
@@ -393,13 +599,16 @@ void Multiply(const KernelContext& ctx, Int8Isa isa, const float* x,
               float* out) {
   if (n <= 0 || m <= 0) return;
   const int64_t kp = Int8PaddedK(k);
+  const bool grouped = w.group_size > 0;
+  const int64_t group_lanes = grouped ? w.group_size / kGroup : kp / kGroup;
+  const int64_t num_groups = Int8NumGroups(k, w.group_size);
   // The quantized rows live for the call on the issuing thread.
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> x_scales;
   thread_local std::vector<int32_t> x_bias;
   xq.resize(static_cast<size_t>(n * kp));
   x_scales.resize(static_cast<size_t>(n));
-  x_bias.resize(static_cast<size_t>(n));
+  x_bias.resize(static_cast<size_t>(n * num_groups));
   int8_t* xq_data = xq.data();
   float* xs_data = x_scales.data();
   int32_t* xb_data = x_bias.data();
@@ -408,11 +617,17 @@ void Multiply(const KernelContext& ctx, Int8Isa isa, const float* x,
   quantize_ctx.ParallelFor(n, [&](int64_t i) {
     int8_t* row = xq_data + i * kp;
     xs_data[i] = QuantizeRow(isa, x + i * k, k, row);
-    int32_t sum = 0;
-    for (int64_t p = 0; p < kp; ++p) sum += row[p];
-    xb_data[i] = 128 * sum;
+    for (int64_t g = 0; g < num_groups; ++g) {
+      int32_t sum = 0;
+      const int64_t end = std::min(kp, (g + 1) * group_lanes * kGroup);
+      for (int64_t p = g * group_lanes * kGroup; p < end; ++p) sum += row[p];
+      xb_data[i * num_groups + g] = 128 * sum;
+    }
   });
-  const Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
+  Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
+  o.group_lanes = group_lanes;
+  o.num_groups = num_groups;
+  o.grouped = grouped;
   const int64_t num_panels = Int8PaddedRows(m) / kWidth;
   internal::ForEachPanelBlock(
       ctx, n, num_panels, n * m * k / 4, [&](const internal::PanelBlock& b) {
@@ -509,26 +724,45 @@ int64_t Int8PackedBytes(int64_t m, int64_t k) {
   return Int8PaddedRows(m) * Int8PaddedK(k);
 }
 
+int64_t Int8NumGroups(int64_t k, int32_t group_size) {
+  return group_size > 0 ? (k + group_size - 1) / group_size : 1;
+}
+
+int64_t Int8ScaleCount(int64_t m, int64_t k, int32_t group_size) {
+  return Int8NumGroups(k, group_size) * Int8PaddedRows(m);
+}
+
+bool Int8GroupSizeValid(int32_t group_size) {
+  return group_size == 0 ||
+         (group_size > 0 && group_size <= 1024 && group_size % kGroup == 0);
+}
+
 void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, uint8_t* q,
-                        float* scales) {
+                        float* scales, int32_t group_size) {
   const int64_t m_pad = Int8PaddedRows(m), groups = Int8PaddedK(k) / kGroup;
+  const int64_t num_groups = Int8NumGroups(k, group_size);
+  const int64_t span = group_size > 0 ? group_size : k;  // inputs per group
   std::memset(q, 128, static_cast<size_t>(Int8PackedBytes(m, k)));  // zeros
-  for (int64_t j = 0; j < m_pad; ++j) {
-    scales[j] = 0.0f;
-    if (j >= m) continue;
+  std::fill(scales, scales + num_groups * m_pad, 0.0f);
+  for (int64_t j = 0; j < m; ++j) {
     const float* row = w + j * k;
-    float absmax = 0.0f;
-    for (int64_t p = 0; p < k; ++p)
-      absmax = std::max(absmax, std::fabs(row[p]));
-    if (absmax == 0.0f) continue;
-    scales[j] = absmax / 127.0f;
     uint8_t* panel = q + (j / kWidth) * groups * kGroupBytes;
     const int64_t c = j % kWidth;
-    for (int64_t p = 0; p < k; ++p) {
-      const float v =
-          std::clamp(std::nearbyint(row[p] / scales[j]), -127.0f, 127.0f);
-      panel[(p / kGroup) * kGroupBytes + c * kGroup + p % kGroup] =
-          static_cast<uint8_t>(static_cast<int32_t>(v) + 128);
+    for (int64_t g = 0; g < num_groups; ++g) {
+      const int64_t begin = g * span, end = std::min(k, begin + span);
+      float absmax = 0.0f;
+      for (int64_t p = begin; p < end; ++p) {
+        absmax = std::max(absmax, std::fabs(row[p]));
+      }
+      if (absmax == 0.0f) continue;
+      const float scale = absmax / 127.0f;
+      scales[((j / kWidth) * num_groups + g) * kWidth + c] = scale;
+      for (int64_t p = begin; p < end; ++p) {
+        const float v =
+            std::clamp(std::nearbyint(row[p] / scale), -127.0f, 127.0f);
+        panel[(p / kGroup) * kGroupBytes + c * kGroup + p % kGroup] =
+            static_cast<uint8_t>(static_cast<int32_t>(v) + 128);
+      }
     }
   }
 }
@@ -574,6 +808,7 @@ void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
   Multiply(ctx, isa, inliers.data(), w, n, m, k, out);
   if (!any) return;
   const int64_t groups = Int8PaddedK(k) / kGroup;
+  const int64_t num_groups = Int8NumGroups(k, w.group_size);
   // The workers have thread_locals of their own: hand them this thread's.
   const std::vector<int32_t>* row_columns = columns.data();
   ctx.ParallelFor(n, [&](int64_t i) {
@@ -584,12 +819,23 @@ void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
           w.q + (j / kWidth) * groups * kGroupBytes + (j % kWidth) * kGroup;
       float o = 0.0f;
       for (int32_t c : cols) {
-        const int32_t wq = static_cast<int32_t>(
-                               lane[(c / kGroup) * kGroupBytes + c % kGroup]) -
-                           128;
-        o = std::fma(x[i * k + c], static_cast<float>(wq), o);
+        const float wq = static_cast<float>(
+            static_cast<int32_t>(
+                lane[(c / kGroup) * kGroupBytes + c % kGroup]) -
+            128);
+        if (w.group_size > 0) {
+          const float d =
+              wq *
+              w.scales[((j / kWidth) * num_groups + c / w.group_size) * kWidth +
+                       j % kWidth];
+          o = std::fma(x[i * k + c], d, o);
+        } else {
+          o = std::fma(x[i * k + c], wq, o);
+        }
       }
-      out[i * m + j] = std::fma(o, w.scales[j], out[i * m + j]);
+      out[i * m + j] = w.group_size > 0
+                           ? out[i * m + j] + o
+                           : std::fma(o, w.scales[j], out[i * m + j]);
     }
   });
 }

@@ -75,6 +75,14 @@ TEST(CudaBackendOptions, ParsesNames) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseCudaOptions("bf16", "int4").status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Per-group int8 scales are CPU only: refused, naming the flag.
+  absl::StatusOr<BackendOptions> grouped =
+      ParseBackendOptions("cuda", "bf16", "int8");
+  ASSERT_TRUE(grouped.ok());
+  grouped->int8_group_size = 64;
+  const absl::Status status = CudaBackend::OptionsFrom(*grouped).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("--int8_group_size"), std::string::npos);
 }
 
 // Uploads host data as an f32 activation on both backends.

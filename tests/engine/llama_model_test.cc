@@ -271,10 +271,14 @@ TEST_F(LlamaModelTest, ChunkedPrefillMatchesWholePrefill) {
 // LLM.int8() with outliers forced by a low threshold, bf16 compute where
 // the CPU has it).
 TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
-  std::vector<CpuBackend::Options> modes(3);
+  std::vector<CpuBackend::Options> modes(5);
   modes[1].quantization = Quantization::kWeightInt8;
   modes[2].quantization = Quantization::kLlmInt8;
   modes[2].llm_int8_threshold = 1.0f;  // so that most rows have outliers
+  modes[3] = modes[1];
+  modes[3].int8_group_size = 32;  // per-group scales
+  modes[4] = modes[2];
+  modes[4].int8_group_size = 32;
   for (size_t mode = 0; mode < modes.size(); ++mode) {
     SCOPED_TRACE(testing::Message() << "mode " << mode);
     CheckBatchInvariance(dir_, modes[mode]);

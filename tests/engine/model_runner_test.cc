@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -182,14 +183,22 @@ TEST(ModelRunnerTest, CpuHonoursInt8Modes) {
   for (const auto& row : ref.prefill_logits) {
     for (float v : row) max_abs = std::max(max_abs, std::fabs(v));
   }
-  for (Quantization mode :
-       {Quantization::kWeightInt8, Quantization::kLlmInt8}) {
-    SCOPED_TRACE(QuantizationName(mode));
+  // Mean absolute logit error per mode: per-group scales must be honoured
+  // too (closer to the reference than per channel on this fixture).
+  std::map<std::pair<Quantization, int32_t>, double> mean_err;
+  for (const auto& [mode, group_size] :
+       std::vector<std::pair<Quantization, int32_t>>{
+           {Quantization::kWeightInt8, 0},
+           {Quantization::kLlmInt8, 0},
+           {Quantization::kWeightInt8, 32}}) {
+    SCOPED_TRACE(testing::Message()
+                 << QuantizationName(mode) << " groups of " << group_size);
     ModelRunner::Options options;
     options.model_dir = FixtureDir("tiny-llama");
     options.kv_cache_bytes = 4 << 20;
     options.backend.num_threads = 2;
     options.backend.quantization = mode;
+    options.backend.int8_group_size = group_size;
     absl::StatusOr<std::unique_ptr<ModelRunner>> runner =
         ModelRunner::Create(options);
     ASSERT_TRUE(runner.ok()) << runner.status();
@@ -225,7 +234,10 @@ TEST(ModelRunnerTest, CpuHonoursInt8Modes) {
     EXPECT_LT(max_err, 0.1f * max_abs);
     EXPECT_LT(sum_err / static_cast<double>(count), 0.02 * max_abs);
     EXPECT_GE(same_argmax * 4, static_cast<int64_t>(logits->size()) * 3);
+    mean_err[{mode, group_size}] = sum_err / static_cast<double>(count);
   }
+  EXPECT_LT((mean_err[{Quantization::kWeightInt8, 32}]),
+            (mean_err[{Quantization::kWeightInt8, 0}]));
 }
 
 TEST(ModelRunnerTest, BadPlanIsAnErrorAndTheRunnerStaysUsable) {

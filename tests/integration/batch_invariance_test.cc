@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "strata/v1/generation.grpc.pb.h"
@@ -77,7 +79,10 @@ absl::StatusOr<std::vector<int32_t>> Generate(grpc::Channel* channel,
 class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {
  protected:
   std::vector<std::string> Flags(std::vector<std::string> flags) const {
-    if (!GetParam().empty()) flags.push_back(GetParam());
+    for (absl::string_view flag :
+         absl::StrSplit(GetParam(), ' ', absl::SkipEmpty())) {
+      flags.emplace_back(flag);
+    }
     return flags;
   }
 };
@@ -133,16 +138,15 @@ TEST_P(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
   stall.Release();
   for (auto& thread : threads) thread.join();
   for (size_t i = 0; i < cases.size(); ++i) {
-    ASSERT_TRUE(together[i].ok()) << "request " << i << ": "
-                                  << together[i].status();
+    ASSERT_TRUE(together[i].ok())
+        << "request " << i << ": " << together[i].status();
     EXPECT_EQ(*together[i], solo[i]) << "request " << i << " differs";
   }
 
   const std::string metrics = strata::testing::HttpBody(
       strata::testing::HttpGet(metrics_port, "/metrics"));
-  EXPECT_GT(strata::testing::PrometheusValue(metrics,
-                                             "strata_preemptions_total"),
-            0)
+  EXPECT_GT(
+      strata::testing::PrometheusValue(metrics, "strata_preemptions_total"), 0)
       << "the pool was meant to force preemption:\n"
       << metrics;
   EXPECT_GT(strata::testing::PrometheusValue(
@@ -153,11 +157,15 @@ TEST_P(BatchInvarianceTest, ConcurrentGreedyOutputsEqualSoloOutputs) {
 
 INSTANTIATE_TEST_SUITE_P(
     WeightModes, BatchInvarianceTest,
-    ::testing::Values("", "--quantization=int8", "--quantization=llm.int8"),
+    ::testing::Values("", "--quantization=int8", "--quantization=llm.int8",
+                      "--quantization=int8 --int8_group_size=32"),
     [](const ::testing::TestParamInfo<std::string>& info) {
       if (info.param.empty()) return std::string("default");
-      return info.param == "--quantization=int8" ? std::string("int8")
-                                                 : std::string("llm_int8");
+      if (info.param == "--quantization=int8") return std::string("int8");
+      if (info.param == "--quantization=llm.int8") {
+        return std::string("llm_int8");
+      }
+      return std::string("int8_groups_of_32");
     });
 
 }  // namespace

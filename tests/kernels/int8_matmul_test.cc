@@ -26,15 +26,28 @@ using reference::Shape;
 struct Quantized {
   std::vector<uint8_t> q;
   std::vector<float> scales;
-  Int8Panels panels() const { return {q.data(), scales.data()}; }
+  int32_t group_size = 0;
+  Int8Panels panels() const { return {q.data(), scales.data(), group_size}; }
+  // w_scale of input p of output channel j (the documented layout).
+  float Scale(int64_t k, int64_t j, int64_t p) const {
+    const int64_t g = group_size > 0 ? p / group_size : 0;
+    return scales[((j / 16) * Int8NumGroups(k, group_size) + g) * 16 + j % 16];
+  }
 };
 
-Quantized Quantize(const std::vector<float>& w, int64_t m, int64_t k) {
+Quantized Quantize(const std::vector<float>& w, int64_t m, int64_t k,
+                   int32_t group_size = 0) {
   Quantized out{std::vector<uint8_t>(Int8PackedBytes(m, k), 99),
-                std::vector<float>(Int8PaddedRows(m), -1.0f)};
-  QuantizeWeightInt8(w.data(), m, k, out.q.data(), out.scales.data());
+                std::vector<float>(Int8ScaleCount(m, k, group_size), -1.0f),
+                group_size};
+  QuantizeWeightInt8(w.data(), m, k, out.q.data(), out.scales.data(),
+                     group_size);
   return out;
 }
+
+// The group sizes the tests cover: per channel, the smallest, and sizes that
+// leave a short last group for some k.
+constexpr int32_t kGroupSizes[] = {0, 4, 32, 128};
 
 // wq[j][p] read back from the documented layout (stored as wq + 128).
 int8_t At(const Quantized& w, int64_t k, int64_t j, int64_t p) {
@@ -77,6 +90,50 @@ TEST(QuantizeWeightInt8Test, LayoutScalesAndPadding) {
   EXPECT_EQ(At(q, k, 3, 2), 0);
 }
 
+// Groups of 32 over k = 70: two whole groups and a short one of 6. A group
+// of zeros gets scale 0; every other value is within half of its own group's
+// step; the scales sit per panel of 16 channels, group after group.
+TEST(QuantizeWeightInt8Test, GroupScalesAndPadding) {
+  const int64_t m = 18, k = 70;
+  const int32_t group_size = 32;
+  std::vector<float> w = Random(m * k, 2);
+  for (int64_t p = 32; p < 64; ++p) w[4 * k + p] = 0.0f;  // row 4, group 1
+  w[7 * k + 66] = 9.0f;  // a large value in row 7's short group
+  EXPECT_EQ(Int8NumGroups(k, group_size), 3);
+  EXPECT_EQ(Int8ScaleCount(m, k, group_size), 3 * 32);
+  const Quantized q = Quantize(w, m, k, group_size);
+  for (int64_t g = 0; g < 3; ++g) {
+    for (int64_t j = 0; j < 32; ++j) {
+      const float scale = q.scales[((j / 16) * 3 + g) * 16 + j % 16];
+      float absmax = 0.0f;
+      for (int64_t p = g * 32; j < m && p < std::min<int64_t>(k, g * 32 + 32);
+           ++p) {
+        absmax = std::max(absmax, std::fabs(w[j * k + p]));
+      }
+      ASSERT_EQ(scale, absmax / 127.0f) << g << " " << j;
+      for (int64_t p = g * 32; j < m && p < std::min<int64_t>(k, g * 32 + 32);
+           ++p) {
+        const int8_t v = At(q, k, j, p);
+        if (scale == 0.0f) {
+          ASSERT_EQ(v, 0);
+          continue;
+        }
+        ASSERT_LE(std::fabs(v * scale - w[j * k + p]), 0.5f * scale * 1.0001f)
+            << j << " " << p;
+      }
+    }
+  }
+  EXPECT_EQ(q.Scale(k, 4, 32), 0.0f);
+  EXPECT_EQ(q.Scale(k, 7, 64), 9.0f / 127.0f);
+  EXPECT_LT(q.Scale(k, 7, 0),
+            1.0f / 127.0f * 1.0001f);  // Random is in [-1, 1]
+  EXPECT_TRUE(Int8GroupSizeValid(0));
+  EXPECT_TRUE(Int8GroupSizeValid(64));
+  EXPECT_FALSE(Int8GroupSizeValid(30));
+  EXPECT_FALSE(Int8GroupSizeValid(-32));
+  EXPECT_FALSE(Int8GroupSizeValid(2048));
+}
+
 class Int8MatMulTest : public testing::TestWithParam<Int8Isa> {};
 
 TEST_P(Int8MatMulTest, QuantizeRowMatchesScalar) {
@@ -100,7 +157,8 @@ TEST_P(Int8MatMulTest, QuantizeRowMatchesScalar) {
         continue;
       }
       saw_127 = saw_127 || std::abs(b[p]) == 127;
-      ASSERT_EQ(b[p], static_cast<int8_t>(std::nearbyint(x[p] * (127.0f / absmax))));
+      ASSERT_EQ(b[p],
+                static_cast<int8_t>(std::nearbyint(x[p] * (127.0f / absmax))));
     }
     EXPECT_TRUE(saw_127) << k;
   }
@@ -113,10 +171,12 @@ TEST_P(Int8MatMulTest, QuantizeRowMatchesScalar) {
     std::vector<float> x = Random(40, 3);
     q.assign(40, 1);
     x[21] = bad;  // in the vector body
-    EXPECT_TRUE(std::isnan(QuantizeRowInt8(GetParam(), x.data(), 40, q.data())));
+    EXPECT_TRUE(
+        std::isnan(QuantizeRowInt8(GetParam(), x.data(), 40, q.data())));
     x[21] = 0.0f;
     x[39] = -bad;  // in the scalar tail
-    EXPECT_TRUE(std::isnan(QuantizeRowInt8(GetParam(), x.data(), 40, q.data())));
+    EXPECT_TRUE(
+        std::isnan(QuantizeRowInt8(GetParam(), x.data(), 40, q.data())));
   }
 }
 
@@ -127,8 +187,8 @@ TEST_P(Int8MatMulTest, MatchesScalarReferenceAndFloat64) {
   ThreadPool pool(2);
   const KernelContext ctx{Isa::kScalar, &pool};
   const Shape shapes[] = {
-      {1, 1, 1},    {1, 7, 3},     {2, 5, 15},   {3, 16, 16},   {4, 17, 17},
-      {5, 33, 31},  {7, 48, 64},   {9, 49, 100}, {13, 37, 100}, {37, 41, 129},
+      {1, 1, 1},    {1, 7, 3},     {2, 5, 15},    {3, 16, 16},   {4, 17, 17},
+      {5, 33, 31},  {7, 48, 64},   {9, 49, 100},  {13, 37, 100}, {37, 41, 129},
       {1, 300, 67}, {33, 19, 255}, {6, 70, 1000}, {70, 130, 40}};
   uint32_t seed = 10;
   for (const Shape& s : shapes) {
@@ -150,11 +210,10 @@ TEST_P(Int8MatMulTest, MatchesScalarReferenceAndFloat64) {
           exact += double{x[i * s.k + p]} * w[j * s.k + p];
           magnitude += std::fabs(double{x[i * s.k + p]} * w[j * s.k + p]);
         }
-        const float expected =
-            static_cast<float>(sum) * (xs * q.scales[j]);
+        const float expected = static_cast<float>(sum) * (xs * q.scales[j]);
         const float got = out[i * s.m + j];
-        ASSERT_EQ(got, expected) << "n=" << s.n << " m=" << s.m
-                                 << " k=" << s.k << " at " << i << "," << j;
+        ASSERT_EQ(got, expected) << "n=" << s.n << " m=" << s.m << " k=" << s.k
+                                 << " at " << i << "," << j;
         // Each factor is off by at most half a step (1/254 of its row's
         // absmax); the error is bounded by both steps over the row.
         double xmax = 0, wmax = 0, xsum = 0, wsum = 0;
@@ -164,10 +223,9 @@ TEST_P(Int8MatMulTest, MatchesScalarReferenceAndFloat64) {
           xsum += std::fabs(double{x[i * s.k + p]});
           wsum += std::fabs(double{w[j * s.k + p]});
         }
-        const double bound = (xmax / 254) * wsum * 1.01 +
-                             (wmax / 254) * xsum * 1.01 +
-                             s.k * (xmax / 254) * (wmax / 254) +
-                             1e-6 * magnitude;
+        const double bound =
+            (xmax / 254) * wsum * 1.01 + (wmax / 254) * xsum * 1.01 +
+            s.k * (xmax / 254) * (wmax / 254) + 1e-6 * magnitude;
         ASSERT_NEAR(got, exact, bound) << s.n << " " << s.m << " " << s.k;
       }
     }
@@ -177,43 +235,131 @@ TEST_P(Int8MatMulTest, MatchesScalarReferenceAndFloat64) {
 // Exact int32 sums and the same final roundings: same bits as scalar.
 TEST_P(Int8MatMulTest, BitIdenticalToScalarVariant) {
   const KernelContext ctx{Isa::kScalar, nullptr};
-  for (int64_t k : {1, 3, 4, 15, 16, 17, 63, 200, 1027}) {
-    for (int64_t n : {1, 2, 5, 8, 9, 11}) {
-      const int64_t m = 53;
-      std::vector<float> x = Random(n * k, 100 + k);
-      for (size_t p = 0; p < x.size(); p += 7) x[p] *= -9.0f;
-      const Quantized q = Quantize(Random(m * k, 200 + k), m, k);
-      std::vector<float> a(n * m), b(n * m);
-      Int8MatMul(ctx, GetParam(), x.data(), q.panels(), n, m, k, a.data());
-      Int8MatMul(ctx, Int8Isa::kScalar, x.data(), q.panels(), n, m, k,
-                 b.data());
-      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)))
-          << "n=" << n << " k=" << k;
+  for (int32_t group_size : kGroupSizes) {
+    for (int64_t k : {1, 3, 4, 15, 16, 17, 63, 200, 1027}) {
+      for (int64_t n : {1, 2, 5, 8, 9, 11}) {
+        const int64_t m = 53;
+        std::vector<float> x = Random(n * k, 100 + k);
+        for (size_t p = 0; p < x.size(); p += 7) x[p] *= -9.0f;
+        const Quantized q = Quantize(Random(m * k, 200 + k), m, k, group_size);
+        std::vector<float> a(n * m), b(n * m);
+        Int8MatMul(ctx, GetParam(), x.data(), q.panels(), n, m, k, a.data());
+        Int8MatMul(ctx, Int8Isa::kScalar, x.data(), q.panels(), n, m, k,
+                   b.data());
+        ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)))
+            << "n=" << n << " k=" << k << " group_size=" << group_size;
+      }
     }
   }
+}
+
+// Per-group scales: the documented formula computed here (an fma chain of
+// each group's exact sum times its scale, then x_scale) equals the kernel bit
+// for bit, within the same error bound as per channel (a group's step is at
+// most its channel's).
+TEST_P(Int8MatMulTest, GroupedMatchesScalarReferenceAndFloat64) {
+  ThreadPool pool(2);
+  const KernelContext ctx{Isa::kScalar, &pool};
+  const Shape shapes[] = {{1, 7, 3},     {3, 16, 16},   {5, 33, 31},
+                          {9, 49, 100},  {13, 37, 129}, {1, 300, 67},
+                          {33, 19, 255}, {6, 70, 1000}, {70, 130, 40}};
+  uint32_t seed = 300;
+  for (int32_t group_size : {4, 32, 64, 128}) {
+    for (const Shape& s : shapes) {
+      const std::vector<float> x = Random(s.n * s.k, seed++);
+      const std::vector<float> w = Random(s.m * s.k, seed++);
+      const Quantized q = Quantize(w, s.m, s.k, group_size);
+      std::vector<float> out(s.n * s.m, -1.0f);
+      Int8MatMul(ctx, GetParam(), x.data(), q.panels(), s.n, s.m, s.k,
+                 out.data());
+      for (int64_t i = 0; i < s.n; ++i) {
+        std::vector<int8_t> xq(Int8PaddedK(s.k));
+        const float xs = QuantizeRowInt8(Int8Isa::kScalar, x.data() + i * s.k,
+                                         s.k, xq.data());
+        for (int64_t j = 0; j < s.m; ++j) {
+          float acc = 0.0f;
+          double exact = 0.0, bound = 0.0;
+          double xmax = 0.0;
+          for (int64_t p = 0; p < s.k; ++p) {
+            xmax = std::max(xmax, std::fabs(double{x[i * s.k + p]}));
+          }
+          for (int64_t g0 = 0; g0 < s.k; g0 += group_size) {
+            int64_t sum = 0;
+            double wmax = 0.0, wsum = 0.0, xsum = 0.0;
+            for (int64_t p = g0; p < std::min(s.k, g0 + group_size); ++p) {
+              sum += int64_t{xq[p]} * At(q, s.k, j, p);
+              exact += double{x[i * s.k + p]} * w[j * s.k + p];
+              wmax = std::max(wmax, std::fabs(double{w[j * s.k + p]}));
+              wsum += std::fabs(double{w[j * s.k + p]});
+              xsum += std::fabs(double{x[i * s.k + p]});
+              bound +=
+                  1e-6 * std::fabs(double{x[i * s.k + p]} * w[j * s.k + p]);
+            }
+            acc = std::fma(static_cast<float>(sum), q.Scale(s.k, j, g0), acc);
+            bound += (xmax / 254) * wsum * 1.01 + (wmax / 254) * xsum * 1.01 +
+                     group_size * (xmax / 254) * (wmax / 254);
+          }
+          const float got = out[i * s.m + j];
+          ASSERT_EQ(got, acc * xs)
+              << "group_size=" << group_size << " n=" << s.n << " m=" << s.m
+              << " k=" << s.k << " at " << i << "," << j;
+          ASSERT_NEAR(got, exact, bound) << s.n << " " << s.m << " " << s.k;
+        }
+      }
+    }
+  }
+}
+
+// A weight column 50x the rest: per channel it sets every weight's step in
+// its rows; per group of 32 only its own group's. The product's error drops
+// accordingly: the coarse step now covers 31 weights of a row, not 1023, so
+// the (random-walk) error falls by about sqrt(1023 / 31) = 5.7. (x is 0 in
+// that column, so its own rounding adds nothing.)
+TEST_P(Int8MatMulTest, GroupScalesConfineALargeWeight) {
+  const KernelContext ctx{Isa::kScalar, nullptr};
+  const int64_t n = 4, m = 32, k = 1024;
+  std::vector<float> x = Random(n * k, 61);
+  std::vector<float> w = Random(m * k, 62);
+  for (int64_t j = 0; j < m; ++j) w[j * k + 5] = 50.0f;
+  for (int64_t i = 0; i < n; ++i) x[i * k + 5] = 0.0f;
+  double err[2] = {0, 0};
+  for (int g = 0; g < 2; ++g) {
+    const Quantized q = Quantize(w, m, k, g == 0 ? 0 : 32);
+    std::vector<float> out(n * m);
+    Int8MatMul(ctx, GetParam(), x.data(), q.panels(), n, m, k, out.data());
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < m; ++j) {
+        double exact = 0;
+        for (int64_t p = 0; p < k; ++p) {
+          exact += double{x[i * k + p]} * w[j * k + p];
+        }
+        err[g] += std::fabs(out[i * m + j] - exact);
+      }
+    }
+  }
+  EXPECT_LT(err[1] * 3, err[0])
+      << "per channel " << err[0] << ", per group " << err[1];
 }
 
 // Row i alone, in a batch of 33 (every position), with 1 or 2 threads: the
 // same bits; row 0 likewise for every batch size 1..37. A row of NaNs makes
 // its own outputs NaN and no other row's.
-TEST_P(Int8MatMulTest, BatchInvariant) {
+void ExpectBatchInvariant(Int8Isa isa, int32_t group_size) {
   ThreadPool pool(2);
   const KernelContext threaded{Isa::kScalar, &pool};
   const KernelContext single{Isa::kScalar, nullptr};
   const int64_t n = 33, m = 70, k = 77;
   std::vector<float> x = Random(n * k, 5);
   x[4 * k + 9] = std::numeric_limits<float>::quiet_NaN();
-  const Quantized q = Quantize(Random(m * k, 6), m, k);
+  const Quantized q = Quantize(Random(m * k, 6), m, k, group_size);
   std::vector<float> batch(n * m), batch_single(n * m);
-  Int8MatMul(threaded, GetParam(), x.data(), q.panels(), n, m, k,
-             batch.data());
-  Int8MatMul(single, GetParam(), x.data(), q.panels(), n, m, k,
-             batch_single.data());
+  Int8MatMul(threaded, isa, x.data(), q.panels(), n, m, k, batch.data());
+  Int8MatMul(single, isa, x.data(), q.panels(), n, m, k, batch_single.data());
   ASSERT_EQ(0, std::memcmp(batch.data(), batch_single.data(),
                            batch.size() * sizeof(float)));
   for (int64_t i = 0; i < n; ++i) {
     std::vector<float> alone(m);
-    Int8MatMul(threaded, GetParam(), x.data() + i * k, q.panels(), 1, m, k,
+    Int8MatMul(threaded, isa, x.data() + i * k, q.panels(), 1, m, k,
                alone.data());
     for (int64_t j = 0; j < m; ++j) {
       if (i == 4) {
@@ -227,13 +373,18 @@ TEST_P(Int8MatMulTest, BatchInvariant) {
   }
   const std::vector<float> x37 = Random(37 * k, 9);
   std::vector<float> first(m);
-  Int8MatMul(threaded, GetParam(), x37.data(), q.panels(), 1, m, k,
-             first.data());
+  Int8MatMul(threaded, isa, x37.data(), q.panels(), 1, m, k, first.data());
   for (int64_t rows = 2; rows <= 37; ++rows) {
     std::vector<float> out(rows * m);
-    Int8MatMul(threaded, GetParam(), x37.data(), q.panels(), rows, m, k,
-               out.data());
+    Int8MatMul(threaded, isa, x37.data(), q.panels(), rows, m, k, out.data());
     for (int64_t j = 0; j < m; ++j) ASSERT_EQ(out[j], first[j]) << rows;
+  }
+}
+
+TEST_P(Int8MatMulTest, BatchInvariant) {
+  for (int32_t group_size : kGroupSizes) {
+    SCOPED_TRACE(testing::Message() << "group_size " << group_size);
+    ExpectBatchInvariant(GetParam(), group_size);
   }
 }
 
@@ -266,7 +417,8 @@ TEST_P(Int8MatMulTest, OutliersPerRow) {
     std::vector<float> row(x.begin() + i * k, x.begin() + (i + 1) * k);
     for (int64_t c : outliers[i]) row[c] = 0.0f;
     std::vector<int8_t> xq(Int8PaddedK(k));
-    const float xs = QuantizeRowInt8(Int8Isa::kScalar, row.data(), k, xq.data());
+    const float xs =
+        QuantizeRowInt8(Int8Isa::kScalar, row.data(), k, xq.data());
     for (int64_t j = 0; j < m; ++j) {
       int32_t sum = 0;
       for (int64_t p = 0; p < k; ++p) sum += int32_t{xq[p]} * At(q, k, j, p);
@@ -298,11 +450,40 @@ TEST_P(Int8MatMulTest, OutliersPerRow) {
   // Each row alone: the same bits.
   for (int64_t i = 0; i < n; ++i) {
     std::vector<float> alone(m);
-    Int8MatMulWithOutliers(ctx, GetParam(), x.data() + i * k, q.panels(), 1,
-                           m, k, threshold, 2, alone.data());
-    ASSERT_EQ(0, std::memcmp(alone.data(), out.data() + i * m,
-                             m * sizeof(float)))
+    Int8MatMulWithOutliers(ctx, GetParam(), x.data() + i * k, q.panels(), 1, m,
+                           k, threshold, 2, alone.data());
+    ASSERT_EQ(0,
+              std::memcmp(alone.data(), out.data() + i * m, m * sizeof(float)))
         << "row " << i;
+  }
+}
+
+// LLM.int8() with per-group scales: an outlier column is added back against
+// its weight dequantized with its own group's scale.
+TEST_P(Int8MatMulTest, OutliersWithGroupScales) {
+  const KernelContext ctx{Isa::kScalar, nullptr};
+  const int64_t n = 3, m = 21, k = 100;
+  const int32_t group_size = 32;
+  std::vector<float> x = Random(n * k, 91);
+  x[0 * k + 40] = 20.0f;  // row 0: outliers in groups 1 and 3
+  x[0 * k + 97] = -8.0f;
+  const std::vector<float> w = Random(m * k, 92);
+  const Quantized q = Quantize(w, m, k, group_size);
+  std::vector<float> out(n * m), plain(n * m);
+  Int8MatMulWithOutliers(ctx, GetParam(), x.data(), q.panels(), n, m, k, 6.0f,
+                         8, out.data());
+  std::vector<float> inliers = x;
+  inliers[40] = inliers[97] = 0.0f;
+  Int8MatMul(ctx, GetParam(), inliers.data(), q.panels(), n, m, k,
+             plain.data());
+  for (int64_t j = 0; j < m; ++j) {
+    float o = 0.0f;
+    for (int64_t c : {40, 97}) {
+      const float d = static_cast<float>(At(q, k, j, c)) * q.Scale(k, j, c);
+      o = std::fma(x[c], d, o);
+    }
+    ASSERT_EQ(out[j], plain[j] + o) << j;
+    ASSERT_EQ(out[m + j], plain[m + j]) << j;  // no outliers
   }
 }
 

@@ -63,7 +63,8 @@ enum class PanelFormat {
 class PackedWeightStorage : public Tensor::Storage {
  public:
   struct Int8Params {
-    std::vector<float> scales;  // [Int8PaddedRows(m)]
+    std::vector<float> scales;  // [Int8ScaleCount(m, k, group_size)]
+    int32_t group_size = 0;
     // LLM.int8() outliers; max_outliers 0 = plain int8.
     float threshold = 0.0f;
     int32_t max_outliers = 0;
@@ -97,12 +98,11 @@ class PackedWeightStorage : public Tensor::Storage {
         return;
       case PanelFormat::kInt8: {
         const cpu::Int8Panels panels{static_cast<const uint8_t*>(packed_),
-                                     int8_.scales.data()};
+                                     int8_.scales.data(), int8_.group_size};
         const cpu::Int8Isa isa = cpu::Int8IsaFor(ctx.isa);
         if (int8_.max_outliers > 0) {
           cpu::Int8MatMulWithOutliers(ctx, isa, x, panels, n, m, k,
-                                      int8_.threshold, int8_.max_outliers,
-                                      out);
+                                      int8_.threshold, int8_.max_outliers, out);
         } else {
           cpu::Int8MatMul(ctx, isa, x, panels, n, m, k, out);
         }
@@ -192,6 +192,16 @@ absl::StatusOr<std::unique_ptr<CpuBackend>> CpuBackend::Create(
     return absl::InvalidArgumentError(
         "llm_int8_threshold and llm_int8_max_outliers must be positive");
   }
+  if (!cpu::Int8GroupSizeValid(options.int8_group_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--int8_group_size=", options.int8_group_size,
+        ": expected 0 (per output channel) or a multiple of 4 up to 1024"));
+  }
+  if (options.int8_group_size != 0 &&
+      options.quantization == Quantization::kNone) {
+    return absl::InvalidArgumentError(
+        "--int8_group_size needs --quantization=int8 or llm.int8");
+  }
   auto pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
   return std::unique_ptr<CpuBackend>(
       new CpuBackend(std::move(pool), isa, options));
@@ -224,6 +234,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CpuBackend::FromOptions(
   }
   cpu_options.quantization = options.quantization;
   cpu_options.llm_int8_threshold = options.llm_int8_threshold;
+  cpu_options.int8_group_size = options.int8_group_size;
   if (options.device != 0) return refuse("--device", "one host");
   if (options.step_graphs) return refuse("--cuda_graphs", "CUDA only");
   if (options.gpu_memory_fraction != 0.0) {
@@ -324,13 +335,14 @@ absl::StatusOr<Tensor> CpuBackend::UploadWeight(std::vector<float> host,
       cpu::PackWeightBf16(host.data(), m, k, static_cast<uint16_t*>(data));
       break;
     case PanelFormat::kBf16Pairs:
-      cpu::PackWeightBf16Pairs(host.data(), m, k,
-                               static_cast<uint16_t*>(data));
+      cpu::PackWeightBf16Pairs(host.data(), m, k, static_cast<uint16_t*>(data));
       break;
     case PanelFormat::kInt8:
-      int8.scales.resize(static_cast<size_t>(cpu::Int8PaddedRows(m)));
+      int8.group_size = options_.int8_group_size;
+      int8.scales.resize(
+          static_cast<size_t>(cpu::Int8ScaleCount(m, k, int8.group_size)));
       cpu::QuantizeWeightInt8(host.data(), m, k, static_cast<uint8_t*>(data),
-                              int8.scales.data());
+                              int8.scales.data(), int8.group_size);
       if (options_.quantization == Quantization::kLlmInt8) {
         int8.threshold = options_.llm_int8_threshold;
         int8.max_outliers = options_.llm_int8_max_outliers;
@@ -545,9 +557,8 @@ absl::Status CpuBackend::HiddenExitConfidences(
     const Tensor& state, std::span<const int32_t> rows, const Tensor& prev,
     const Tensor& classifier, std::span<const int32_t> loops,
     std::span<const ExitConfidence> kinds, float eps, std::span<float> out) {
-  if (absl::Status s = CheckHiddenExitConfidenceArgs(state, rows, prev,
-                                                     classifier, loops, kinds,
-                                                     out);
+  if (absl::Status s = CheckHiddenExitConfidenceArgs(
+          state, rows, prev, classifier, loops, kinds, out);
       !s.ok()) {
     return s;
   }

@@ -52,6 +52,9 @@ class CpuBackend : public Backend {
     // most this many such columns per row (the CUDA backend's defaults).
     float llm_int8_threshold = 6.0f;
     int32_t llm_int8_max_outliers = 128;
+    // int8 scales per group of this many inputs (a multiple of 4 up to
+    // 1024), 0 = one per output channel (cpu::Int8Panels).
+    int32_t int8_group_size = 0;
     // Whether tables' packed copies (the LM head, exit heads) follow
     // `quantization` (true) or keep f32/bf16 panels.
     bool quantize_tables = true;
@@ -62,9 +65,9 @@ class CpuBackend : public Backend {
   static absl::StatusOr<std::unique_ptr<CpuBackend>> Create(
       const Options& options);
   // The registry's entry (backend_registry.h): num_threads, quantization
-  // (none, int8, llm.int8) and its threshold from `options`; dtype bf16 is
-  // Compute::kBf16 (FAILED_PRECONDITION without AVX-512 BF16); what the CPU
-  // cannot honour (dtype f16, a device ordinal, step graphs, a GPU memory
+  // (none, int8, llm.int8), its threshold and group size from `options`; dtype
+  // bf16 is Compute::kBf16 (FAILED_PRECONDITION without AVX-512 BF16); what the
+  // CPU cannot honour (dtype f16, a device ordinal, step graphs, a GPU memory
   // fraction) is INVALID_ARGUMENT naming the flag.
   static absl::StatusOr<std::unique_ptr<Backend>> FromOptions(
       const BackendOptions& options);

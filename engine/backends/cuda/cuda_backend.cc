@@ -223,6 +223,11 @@ struct CudaBackend::Impl {
 
 absl::StatusOr<CudaBackend::Options> CudaBackend::OptionsFrom(
     const BackendOptions& from) {
+  if (from.int8_group_size != 0) {
+    return absl::InvalidArgumentError(
+        "--int8_group_size is not supported by the cuda backend (its int8 "
+        "weights have one scale per output channel)");
+  }
   Options options;
   options.dtype = from.dtype.value_or(ElementType::kBF16);
   options.quantization = from.quantization;

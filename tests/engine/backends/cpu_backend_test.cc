@@ -123,8 +123,7 @@ TEST(CpuBackendTest, Int8ModesMultiplyThroughTheInt8Kernels) {
   std::vector<float> scales(cpu::Int8PaddedRows(m));
   cpu::QuantizeWeightInt8(w.data(), m, k, q.data(), scales.data());
   const cpu::Int8Panels panels{q.data(), scales.data()};
-  for (auto mode : {Quantization::kWeightInt8,
-                    Quantization::kLlmInt8}) {
+  for (auto mode : {Quantization::kWeightInt8, Quantization::kLlmInt8}) {
     CpuBackend::Options options;
     options.quantization = mode;
     auto backend = MakeBackend(options);
@@ -138,9 +137,9 @@ TEST(CpuBackendTest, Int8ModesMultiplyThroughTheInt8Kernels) {
                                   expected.data());
     }
     ElementType type;
-    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear,
-                             &type),
-              expected);
+    EXPECT_EQ(
+        BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear, &type),
+        expected);
     EXPECT_EQ(type, ElementType::kI8);
     EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kTable),
               expected);
@@ -160,6 +159,30 @@ TEST(CpuBackendTest, Int8ModesMultiplyThroughTheInt8Kernels) {
     EXPECT_EQ(BackendProduct(*keep_tables, x, w, n, m, k, WeightRole::kTable),
               f32);
   }
+  // Per-group scales (--int8_group_size): the grouped kernels' results, in
+  // both modes, for Linear weights and the table's panels.
+  std::vector<float> grouped_scales(cpu::Int8ScaleCount(m, k, 32));
+  cpu::QuantizeWeightInt8(w.data(), m, k, q.data(), grouped_scales.data(), 32);
+  const cpu::Int8Panels grouped{q.data(), grouped_scales.data(), 32};
+  for (auto mode : {Quantization::kWeightInt8, Quantization::kLlmInt8}) {
+    CpuBackend::Options options;
+    options.quantization = mode;
+    options.int8_group_size = 32;
+    auto backend = MakeBackend(options);
+    const cpu::KernelContext ctx{backend->isa(), nullptr};
+    const cpu::Int8Isa isa = cpu::Int8IsaFor(backend->isa());
+    std::vector<float> expected(n * m);
+    if (mode == Quantization::kWeightInt8) {
+      cpu::Int8MatMul(ctx, isa, x.data(), grouped, n, m, k, expected.data());
+    } else {
+      cpu::Int8MatMulWithOutliers(ctx, isa, x.data(), grouped, n, m, k, 6.0f,
+                                  128, expected.data());
+    }
+    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear),
+              expected);
+    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kTable),
+              expected);
+  }
   // The plain int8 and LLM.int8() rows differ only where row 2's outlier is.
   auto int8 = MakeBackend(WithQuantization(Quantization::kWeightInt8));
   auto llm = MakeBackend(WithQuantization(Quantization::kLlmInt8));
@@ -168,8 +191,8 @@ TEST(CpuBackendTest, Int8ModesMultiplyThroughTheInt8Kernels) {
   const std::vector<float> b =
       BackendProduct(*llm, x, w, n, m, k, WeightRole::kLinear);
   for (int64_t i = 0; i < n; ++i) {
-    const bool same = std::memcmp(a.data() + i * m, b.data() + i * m,
-                                  m * sizeof(float)) == 0;
+    const bool same =
+        std::memcmp(a.data() + i * m, b.data() + i * m, m * sizeof(float)) == 0;
     EXPECT_EQ(same, i != 2) << "row " << i;
   }
 }
@@ -191,9 +214,9 @@ TEST(CpuBackendTest, Bf16ComputeRoundsWeightsToBf16) {
     cpu::Bf16MatMul(ctx, true, x.data(), pairs.data(), n, m, k,
                     expected.data());
     ElementType type;
-    EXPECT_EQ(BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear,
-                             &type),
-              expected);
+    EXPECT_EQ(
+        BackendProduct(*backend, x, w, n, m, k, WeightRole::kLinear, &type),
+        expected);
     EXPECT_EQ(type, ElementType::kBF16);
   }
 }
@@ -214,6 +237,14 @@ TEST(CpuBackendTest, FromOptionsHonoursOrRefuses) {
               std::string::npos)
         << (*backend)->Description();
   }
+  options.quantization = Quantization::kWeightInt8;
+  options.int8_group_size = 64;
+  absl::StatusOr<std::unique_ptr<Backend>> grouped =
+      CpuBackend::FromOptions(options);
+  ASSERT_TRUE(grouped.ok()) << grouped.status();
+  EXPECT_EQ(static_cast<const CpuBackend&>(**grouped).options().int8_group_size,
+            64);
+  options.int8_group_size = 0;
   options.quantization = Quantization::kNone;
   options.dtype = ElementType::kBF16;
   absl::StatusOr<std::unique_ptr<Backend>> bf16 =
@@ -235,6 +266,13 @@ TEST(CpuBackendTest, FromOptionsHonoursOrRefuses) {
          o.quantization = Quantization::kWeightInt8;
        },
        "--dtype"},
+      {[](BackendOptions& o) {
+         o.quantization = Quantization::kWeightInt8;
+         o.int8_group_size = 30;  // not a multiple of 4
+       },
+       "--int8_group_size"},
+      {[](BackendOptions& o) { o.int8_group_size = 64; },  // nothing to group
+       "--int8_group_size"},
       {[](BackendOptions& o) { o.device = 1; }, "--device"},
       {[](BackendOptions& o) { o.step_graphs = true; }, "--cuda_graphs"},
       {[](BackendOptions& o) { o.gpu_memory_fraction = 0.5; },
@@ -243,7 +281,8 @@ TEST(CpuBackendTest, FromOptionsHonoursOrRefuses) {
   for (const auto& c : refused) {
     BackendOptions bad;
     c.set(bad);
-    if (bad.quantization != Quantization::kNone && !cpu::Bf16DotSupported()) {
+    if (bad.dtype.has_value() && bad.quantization != Quantization::kNone &&
+        !cpu::Bf16DotSupported()) {
       continue;  // refused earlier, for the missing instructions
     }
     const absl::Status status = CpuBackend::FromOptions(bad).status();
@@ -377,8 +416,8 @@ TEST(CpuBackendTest, HiddenExitConfidences) {
   // h = [3, 4]: rms = sqrt(12.5 + eps), z = 3 / rms - 0.5.
   const float h[2] = {3.0f, 4.0f}, prev[2] = {4.0f, 3.0f};
   const float row[3] = {1.0f, 0.0f, -0.5f};
-  EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kSaturation, h,
-                                          prev, nullptr, 1e-5f),
+  EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kSaturation, h, prev,
+                                          nullptr, 1e-5f),
               24.0f / 25.0f, 1e-6f);
   const double z = 3.0 / std::sqrt(12.5 + 1e-5) - 0.5;
   EXPECT_NEAR(ComputeHiddenExitConfidence(ExitConfidence::kClassifier, h,
@@ -405,10 +444,10 @@ TEST(CpuBackendTest, HiddenExitConfidences) {
                                              ExitConfidence::kSaturation,
                                              ExitConfidence::kClassifier};
   std::vector<float> got(3), base(3);
-  ASSERT_TRUE(backend
-                  ->HiddenExitConfidences(*st, rows, *pv, *cl, loops, kinds,
-                                          1e-5f, got)
-                  .ok());
+  ASSERT_TRUE(
+      backend
+          ->HiddenExitConfidences(*st, rows, *pv, *cl, loops, kinds, 1e-5f, got)
+          .ok());
   ASSERT_TRUE(backend
                   ->Backend::HiddenExitConfidences(*st, rows, *pv, *cl, loops,
                                                    kinds, 1e-5f, base)
