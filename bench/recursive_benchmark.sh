@@ -14,13 +14,20 @@
 # head's cost in loops, measured by `strata-engine-bench --exit_cost` in the
 # same run (the head runs once per token whatever its depth, so skipping
 # loops saves at most this); and the fraction of it achieved:
-# (depth-wise with exits / sequence-wise full depth) / cap. Quality per point
+# (depth-wise with exits / sequence-wise full depth) / cap. The cap leaves
+# out what serving costs per token besides the model (sampling, scheduling,
+# streaming, the client on the same cores): F = 1 / (sequence-wise full-depth
+# tok/s) - (N L + H), with the engine's own loop L and head H per row
+# measured at the same batch size; the served cap (N L + H + F) / (n L + H
+# + F) is printed beside, with the fraction of it achieved. Quality per point
 # (held-out perplexity with exits, its increase over full depth, teacher-
 # forced mean loops) comes from tools/recursive/quality.py unless QUALITY=0.
 #
-# ROUNDS (default 3) alternates the two daemons that many times (sequence-
-# wise, depth-wise, sequence-wise, ...) and reports each row's median, so a
-# drift of the machine's speed during the run falls on both sides.
+# ROUNDS (default 3) repeats the whole run that many times and reports each
+# row's median (tok/s) and the median of each round's ratio. Within a round
+# every row runs on the sequence-wise daemon and then at once on the
+# depth-wise one (both are up, on PORT and PORT+1), so a drift of the
+# machine's speed falls on both sides.
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
 # Env: ROUNDS=3, REQUESTS_PER_CLIENT=3, MIN_REQUESTS=24, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
@@ -53,9 +60,16 @@ build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
   --sequences=32 --context=$((input_len + output_len / 2)) --tokens=24 \
   >"$out/exit_cost.txt" 2>&1
 cat "$out/exit_cost.txt" >&2
+# The engine's own cost per row of a loop and of the head at each
+# concurrency's batch size, for the served cap below.
+for c in $concurrency; do
+  build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=3 \
+    --sequences="$c" --context=$((input_len + output_len / 2)) --tokens=24 \
+    >"$out/exit_cost_c$c.txt" 2>&1
+done
 
-bench() {  # bench NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)
-  local name=$1 clients=$2 measure=$3 threshold=$4 round=$5
+bench() {  # bench PORT NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)
+  local port=$1 name=$2 clients=$3 measure=$4 threshold=$5 round=$6
   local requests=$((clients * per_client > min_requests ? clients * per_client : min_requests))
   local exit_flags=(--exit_confidence="$measure")
   if [[ "$threshold" != default ]]; then
@@ -70,25 +84,33 @@ bench() {  # bench NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": un
     >"$out/$name-c$clients-r$round.txt" 2>&1
 }
 
-serve() {  # serve MODE PREFIX ROUND: full depth, then every point of POINTS
-  local mode=$1 prefix=$2 round=$3
-  build/bin/stratad --model="$model" --port="$port" --loop_batching="$mode" \
+start() {  # start MODE PORT: a daemon in the background; prints its pid
+  build/bin/stratad --model="$model" --port="$2" --loop_batching="$1" \
     --kv_fill="$kv_fill" --enable_prefix_caching=false \
-    >"$out/stratad-$mode.log" 2>&1 &
-  local pid=$!
-  for c in $concurrency; do
-    bench "$prefix" "$c" max_prob 1 "$round"
-    for p in $points; do
-      bench "${prefix}_${p%%:*}_${p##*:}" "$c" "${p%%:*}" "${p##*:}" "$round"
-    done
-  done
-  kill -TERM $pid
-  wait $pid || true
+    >>"$out/stratad-$1.log" 2>&1 &
+  echo $!
 }
 
+# Both daemons run side by side (an idle one costs nothing: its threads
+# sleep), and each row runs on one and then the other, so the two figures of
+# a row are seconds apart: this VM's speed drifts by 20-30% from minute to
+# minute, which daemons run one after the other would fold into the ratio.
 for round in $(seq "$rounds"); do
-  serve sequencewise seqwise "$round"
-  serve depthwise depthwise "$round"
+  seq_pid=$(start sequencewise "$port")
+  depth_pid=$(start depthwise "$((port + 1))")
+  for c in $concurrency; do
+    rows=("seqwise max_prob 1")
+    for p in $points; do rows+=("_${p%%:*}_${p##*:} ${p%%:*} ${p##*:}"); done
+    for row in "${rows[@]}"; do
+      read -r suffix measure threshold <<<"$row"
+      [[ "$suffix" == seqwise ]] && suffix=""
+      bench "$port" "seqwise$suffix" "$c" "$measure" "$threshold" "$round"
+      bench "$((port + 1))" "depthwise$suffix" "$c" "$measure" "$threshold" \
+        "$round"
+    done
+  done
+  kill -TERM "$seq_pid" "$depth_pid"
+  wait "$seq_pid" "$depth_pid" || true
 done
 
 # Quality of every point (the threshold "default" resolved from config.json).
@@ -121,6 +143,12 @@ for line in cost.splitlines():
     if line.startswith("exit check"):
         print("  " + line)
 print()
+def engine_costs(c):
+    # (loop, head) per row in seconds at batch size c.
+    text = open(os.path.join(out, "exit_cost_c%s.txt" % c)).read()
+    m = re.search(r"loop ([0-9.]+) us, LM head and greedy sampling "
+                  r"(-?[0-9.]+) us", text)
+    return float(m.group(1)) * 1e-6, max(0.0, float(m.group(2)) * 1e-6)
 def runs(name, c):
     return [json.load(open(os.path.join(out, "%s-c%s-r%d.json" % (name, c, r))))
             for r in range(1, rounds + 1)]
@@ -152,11 +180,14 @@ if qual:
     print()
 print("| measure:threshold | clients | seqwise tok/s | seqwise+exit tok/s "
       "| depthwise+exit tok/s | served mean loops | cap (N+h)/(n+h) | "
-      "depthwise+exit / seqwise | of cap | depthwise full / seqwise |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+      "depthwise+exit / seqwise | of cap | depthwise full / seqwise "
+      "| F (loops) | served cap | of served cap |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for c in clients:
     base = median_tps("seqwise", c)
     depth_full = median_ratio("depthwise", "seqwise", c)
+    loop, head = engine_costs(c)
+    f = max(0.0, 1.0 / base - (n_loops * loop + head))
     for p in points:
         tag = p.replace(":", "_")
         seq_exit = median_tps("seqwise_" + tag, c)
@@ -164,8 +195,10 @@ for c in clients:
         n = statistics.median(run.get("mean_loops") or n_loops for run in dw)
         cap = (n_loops + h) / (n + h)
         gain = median_ratio("depthwise_" + tag, "seqwise", c)
+        served_cap = (n_loops * loop + head + f) / (n * loop + head + f)
         print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
-              "| %.2fx |" % (p, c, base, seq_exit,
-                             median_tps("depthwise_" + tag, c), n, cap, gain,
-                             100 * gain / cap, depth_full))
+              "| %.2fx | %.2f | %.2fx | %.0f%% |" % (
+                  p, c, base, seq_exit, median_tps("depthwise_" + tag, c), n,
+                  cap, gain, 100 * gain / cap, depth_full, f / loop,
+                  served_cap, 100 * gain / served_cap))
 PY
