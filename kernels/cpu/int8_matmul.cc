@@ -391,6 +391,44 @@ STRATA_TARGET_AVX512_VNNI inline __m512i Dpbusd(__m512i acc, __m512i u,
   return acc;
 }
 
+// acc[r][c] += the products of lane g (4 inputs) of row + r and panel + c.
+template <int R, int C>
+STRATA_TARGET_AVX512_VNNI inline __attribute__((always_inline)) void LaneAvx512(
+    const Operands& o, const uint8_t* w, int64_t groups, int64_t row, int64_t g,
+    __m512i (&acc)[R][C]) {
+  __m512i wv[C];
+#pragma GCC unroll 4
+  for (int c = 0; c < C; ++c) {
+    wv[c] = _mm512_loadu_si512(w + (c * groups + g) * kGroupBytes);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const __m512i xb =
+        _mm512_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) acc[r][c] = Dpbusd(acc[r][c], wv[c], xb);
+  }
+}
+
+// Adds lanes [g0, g1) of R rows x C panels to acc. kLanes > 0: exactly that
+// many lanes (a whole scale group), unrolled: a loop that exits every few
+// dozen iterations cost 15-30% of the batch-1 speed in branch misses.
+template <int R, int C, int kLanes>
+STRATA_TARGET_AVX512_VNNI inline __attribute__((always_inline)) void
+LaneSumsAvx512(const Operands& o, const uint8_t* w, int64_t groups, int64_t row,
+               int64_t g0, int64_t g1, __m512i (&acc)[R][C]) {
+  if constexpr (kLanes > 0) {
+#pragma GCC unroll 32
+    for (int64_t t = 0; t < kLanes; ++t) {
+      LaneAvx512<R, C>(o, w, groups, row, g0 + t, acc);
+    }
+  } else {
+#pragma GCC unroll 2
+    for (int64_t g = g0; g < g1; ++g)
+      LaneAvx512<R, C>(o, w, groups, row, g, acc);
+  }
+}
+
 // R rows x C panels of 16 columns: R * C accumulators (24 of 32 registers
 // at 8 x 3), so each weight load feeds R vpdpbusd.
 template <int R, int C>
@@ -404,23 +442,7 @@ STRATA_TARGET_AVX512_VNNI void TileAvx512(const Operands& o, int64_t row,
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_si512();
   }
-#pragma GCC unroll 2
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i wv[C];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      wv[c] = _mm512_loadu_si512(w + (c * groups + g) * kGroupBytes);
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512i xb =
-          _mm512_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        acc[r][c] = Dpbusd(acc[r][c], wv[c], xb);
-      }
-    }
-  }
+  LaneSumsAvx512<R, C, 0>(o, w, groups, row, 0, groups, acc);
 #pragma GCC unroll 4
   for (int c = 0; c < C; ++c) {
     const int64_t pj = panel + c;
@@ -438,36 +460,10 @@ STRATA_TARGET_AVX512_VNNI void TileAvx512(const Operands& o, int64_t row,
   }
 }
 
-// Per-group scales: adds lanes [g0, g1) of R rows x C panels to acc. kLanes
-// > 0: exactly that many lanes, unrolled (a loop that exits every few dozen
-// iterations cost 15-30% of the batch-1 speed in branch misses).
-template <int R, int C, int kLanes>
-STRATA_TARGET_AVX512_VNNI inline __attribute__((always_inline)) void
-GroupSumsAvx512(const Operands& o, const uint8_t* w, int64_t groups,
-                int64_t row, int64_t g0, int64_t g1, __m512i (&acc)[R][C]) {
-  const int64_t count = kLanes > 0 ? kLanes : g1 - g0;
-#pragma GCC unroll 32
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t g = g0 + t;
-    __m512i wv[C];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      wv[c] = _mm512_loadu_si512(w + (c * groups + g) * kGroupBytes);
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      const __m512i xb =
-          _mm512_set1_epi32(LoadI32(o.xq + (row + r) * o.kp + g * kGroup));
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) acc[r][c] = Dpbusd(acc[r][c], wv[c], xb);
-    }
-  }
-}
-
 // Per-group scales: R (<= 4) rows x C panels, the int32 accumulators
 // cleared per group and folded into R * C float ones (2 R C + C registers).
 // kLanes: the lanes of a whole group when it is one of the unrolled sizes
-// (see GroupSumsAvx512), else 0.
+// (see LaneSumsAvx512), else 0.
 template <int R, int C, int kLanes>
 STRATA_TARGET_AVX512_VNNI void TileAvx512Grouped(const Operands& o, int64_t row,
                                                  int64_t panel) {
@@ -489,9 +485,9 @@ STRATA_TARGET_AVX512_VNNI void TileAvx512Grouped(const Operands& o, int64_t row,
     }
     const int64_t g0 = o.LanesBegin(b), g1 = o.LanesEnd(b);
     if (kLanes > 0 && g1 - g0 == kLanes) {
-      GroupSumsAvx512<R, C, kLanes>(o, w, groups, row, g0, g1, acc);
+      LaneSumsAvx512<R, C, kLanes>(o, w, groups, row, g0, g1, acc);
     } else {
-      GroupSumsAvx512<R, C, 0>(o, w, groups, row, g0, g1, acc);
+      LaneSumsAvx512<R, C, 0>(o, w, groups, row, g0, g1, acc);
     }
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
