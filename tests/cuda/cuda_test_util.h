@@ -47,9 +47,11 @@ inline std::string ModelDir(const std::string& name = "strata-tiny") {
   return root + "/" + name;
 }
 
-inline std::unique_ptr<CpuBackend> MakeCpu() {
+inline std::unique_ptr<CpuBackend> MakeCpu(
+    Quantization quantization = Quantization::kNone) {
   CpuBackend::Options options;
   options.num_threads = 2;
+  options.quantization = quantization;
   return *CpuBackend::Create(options);
 }
 
