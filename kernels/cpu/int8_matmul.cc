@@ -412,7 +412,7 @@ STRATA_TARGET_AVX512_VNNI inline __attribute__((always_inline)) void LaneAvx512(
 
 // Adds lanes [g0, g1) of R rows x C panels to acc. kLanes > 0: exactly that
 // many lanes (a whole scale group), unrolled: a loop that exits every few
-// dozen iterations cost 15-30% of the batch-1 speed in branch misses.
+// dozen iterations was 15-30% slower at batch 1.
 template <int R, int C, int kLanes>
 STRATA_TARGET_AVX512_VNNI inline __attribute__((always_inline)) void
 LaneSumsAvx512(const Operands& o, const uint8_t* w, int64_t groups, int64_t row,
