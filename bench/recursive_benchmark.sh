@@ -61,8 +61,12 @@ build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=5 \
   >"$out/exit_cost.txt" 2>&1
 cat "$out/exit_cost.txt" >&2
 # The engine's own cost per row of a loop and of the head at each
-# concurrency's batch size, for the served cap below.
+# concurrency's batch size, for the served cap below (32 rows: the run above).
 for c in $concurrency; do
+  if [[ "$c" == 32 ]]; then
+    cp "$out/exit_cost.txt" "$out/exit_cost_c$c.txt"
+    continue
+  fi
   build/bin/strata-engine-bench --model="$model" --exit_cost --rounds=3 \
     --sequences="$c" --context=$((input_len + output_len / 2)) --tokens=24 \
     >"$out/exit_cost_c$c.txt" 2>&1

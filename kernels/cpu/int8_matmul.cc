@@ -29,6 +29,11 @@ constexpr int64_t kGroup = 4;   // inputs per 32-bit lane
 // Bytes of one group of a panel: 16 columns x 4 inputs.
 constexpr int64_t kGroupBytes = kWidth * kGroup;
 
+// Where w_scale[g][j] sits in Int8Panels::scales (the layout in the header).
+int64_t ScaleIndex(int64_t j, int64_t g, int64_t num_groups) {
+  return ((j / kWidth) * num_groups + g) * kWidth + j % kWidth;
+}
+
 // Everything a tile needs: the quantized rows of x and the panels.
 struct Operands {
   const int8_t* xq;       // [n][kp]
@@ -39,7 +44,8 @@ struct Operands {
   float* out;             // [n][m]
   int64_t m, kp;
   // Scale groups: lanes (4 inputs each) per group (all kp / 4 when there
-  // is one scale per channel), their number, and whether there are several.
+  // is one scale per channel), their number, and whether the scales are per
+  // group (the grouped formula, also when one group covers all of k).
   int64_t group_lanes = 0;
   int64_t num_groups = 1;
   bool grouped = false;
@@ -50,7 +56,7 @@ struct Operands {
     return std::min(kp / kGroup, (b + 1) * group_lanes);
   }
   const float* GroupScales(int64_t b, int64_t panel) const {
-    return w_scales + (panel * num_groups + b) * kWidth;
+    return w_scales + ScaleIndex(panel * kWidth, b, num_groups);
   }
   int32_t Bias(int64_t row, int64_t b) const {
     return x_bias[row * num_groups + b];
@@ -595,19 +601,21 @@ void Multiply(const KernelContext& ctx, Int8Isa isa, const float* x,
               float* out) {
   if (n <= 0 || m <= 0) return;
   const int64_t kp = Int8PaddedK(k);
-  const bool grouped = w.group_size > 0;
-  const int64_t group_lanes = grouped ? w.group_size / kGroup : kp / kGroup;
-  const int64_t num_groups = Int8NumGroups(k, w.group_size);
   // The quantized rows live for the call on the issuing thread.
   thread_local std::vector<int8_t> xq;
   thread_local std::vector<float> x_scales;
   thread_local std::vector<int32_t> x_bias;
+  const int64_t num_groups = Int8NumGroups(k, w.group_size);
   xq.resize(static_cast<size_t>(n * kp));
   x_scales.resize(static_cast<size_t>(n));
   x_bias.resize(static_cast<size_t>(n * num_groups));
   int8_t* xq_data = xq.data();
   float* xs_data = x_scales.data();
   int32_t* xb_data = x_bias.data();
+  Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
+  o.grouped = w.group_size > 0;
+  o.group_lanes = o.grouped ? w.group_size / kGroup : kp / kGroup;
+  o.num_groups = num_groups;
   const KernelContext quantize_ctx =
       n * k < (1 << 16) ? KernelContext{ctx.isa, nullptr} : ctx;
   quantize_ctx.ParallelFor(n, [&](int64_t i) {
@@ -615,15 +623,13 @@ void Multiply(const KernelContext& ctx, Int8Isa isa, const float* x,
     xs_data[i] = QuantizeRow(isa, x + i * k, k, row);
     for (int64_t g = 0; g < num_groups; ++g) {
       int32_t sum = 0;
-      const int64_t end = std::min(kp, (g + 1) * group_lanes * kGroup);
-      for (int64_t p = g * group_lanes * kGroup; p < end; ++p) sum += row[p];
+      for (int64_t p = o.LanesBegin(g) * kGroup; p < o.LanesEnd(g) * kGroup;
+           ++p) {
+        sum += row[p];
+      }
       xb_data[i * num_groups + g] = 128 * sum;
     }
   });
-  Operands o{xq_data, xs_data, xb_data, w.q, w.scales, out, m, kp};
-  o.group_lanes = group_lanes;
-  o.num_groups = num_groups;
-  o.grouped = grouped;
   const int64_t num_panels = Int8PaddedRows(m) / kWidth;
   internal::ForEachPanelBlock(
       ctx, n, num_panels, n * m * k / 4, [&](const internal::PanelBlock& b) {
@@ -752,7 +758,7 @@ void QuantizeWeightInt8(const float* w, int64_t m, int64_t k, uint8_t* q,
       }
       if (absmax == 0.0f) continue;
       const float scale = absmax / 127.0f;
-      scales[((j / kWidth) * num_groups + g) * kWidth + c] = scale;
+      scales[ScaleIndex(j, g, num_groups)] = scale;
       for (int64_t p = begin; p < end; ++p) {
         const float v =
             std::clamp(std::nearbyint(row[p] / scale), -127.0f, 127.0f);
@@ -821,9 +827,7 @@ void Int8MatMulWithOutliers(const KernelContext& ctx, Int8Isa isa,
             128);
         if (w.group_size > 0) {
           const float d =
-              wq *
-              w.scales[((j / kWidth) * num_groups + c / w.group_size) * kWidth +
-                       j % kWidth];
+              wq * w.scales[ScaleIndex(j, c / w.group_size, num_groups)];
           o = std::fma(x[i * k + c], d, o);
         } else {
           o = std::fma(x[i * k + c], wq, o);
