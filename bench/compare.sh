@@ -3,8 +3,9 @@
 #
 # Starts configuration A, runs strata-bench against it, stops it; then the
 # same for B, on the same port with the same workload; and repeats for
-# --rounds rounds (A B A B ...), so slow drifts of the machine (thermal,
-# background load) hit both sides alike. Finally prints every figure as the
+# --rounds rounds in the order A B, B A, A B, ..., so slow drifts of the
+# machine (thermal, background load) hit both sides alike and neither side
+# always runs second (on a warmer page cache, after the other's load). Finally prints every figure as the
 # mean over rounds for A and B, the spread, and the ratio B/A.
 #
 # Usage:
@@ -187,16 +188,26 @@ run_one() {
 }
 
 a_results=() b_results=() failures=0
-for round in $(seq 1 "${rounds}"); do
-  if run_one A "${a_bin}" "${a_flags}" "${round}"; then
-    a_results+=("${out}/A.${round}.json")
+run_side() {  # run_side A|B ROUND
+  if [[ "$1" == A ]]; then
+    if run_one A "${a_bin}" "${a_flags}" "$2"; then
+      a_results+=("${out}/A.$2.json")
+    else
+      failures=$((failures + 1))
+    fi
+  elif run_one B "${b_bin}" "${b_flags}" "$2"; then
+    b_results+=("${out}/B.$2.json")
   else
     failures=$((failures + 1))
   fi
-  if run_one B "${b_bin}" "${b_flags}" "${round}"; then
-    b_results+=("${out}/B.${round}.json")
+}
+for round in $(seq 1 "${rounds}"); do
+  if ((round % 2 == 1)); then
+    run_side A "${round}"
+    run_side B "${round}"
   else
-    failures=$((failures + 1))
+    run_side B "${round}"
+    run_side A "${round}"
   fi
 done
 

@@ -27,7 +27,8 @@
 # row's median (tok/s) and the median of each round's ratio. Within a round
 # every row runs on the sequence-wise daemon and then at once on the
 # depth-wise one (both are up, on PORT and PORT+1), so a drift of the
-# machine's speed falls on both sides.
+# machine's speed falls on both sides; even rounds run the depth-wise one
+# first, so neither always runs second.
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
 # Env: ROUNDS=3, REQUESTS_PER_CLIENT=3, MIN_REQUESTS=24, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
@@ -108,9 +109,14 @@ for round in $(seq "$rounds"); do
     for row in "${rows[@]}"; do
       read -r suffix measure threshold <<<"$row"
       [[ "$suffix" == seqwise ]] && suffix=""
-      bench "$port" "seqwise$suffix" "$c" "$measure" "$threshold" "$round"
+      if ((round % 2 == 1)); then
+        bench "$port" "seqwise$suffix" "$c" "$measure" "$threshold" "$round"
+      fi
       bench "$((port + 1))" "depthwise$suffix" "$c" "$measure" "$threshold" \
         "$round"
+      if ((round % 2 == 0)); then
+        bench "$port" "seqwise$suffix" "$c" "$measure" "$threshold" "$round"
+      fi
     done
   done
   kill -TERM "$seq_pid" "$depth_pid"
