@@ -142,6 +142,27 @@ struct Scheduler::Sequence {
   bool preempted = false;
 };
 
+namespace {
+
+// Whether any of `seqs` (unique_ptrs to sequences) is of a request that may
+// exit early.
+template <typename Seqs>
+bool AnyMayExit(const Seqs& seqs) {
+  return std::any_of(seqs.begin(), seqs.end(), [](const auto& seq) {
+    return seq->request->spec.exit.Enabled();
+  });
+}
+
+// Running-batch slots `seqs` hold or will (unforked siblings included).
+template <typename Seqs>
+int64_t CountSlots(const Seqs& seqs) {
+  int64_t slots = 0;
+  for (const auto& seq : seqs) slots += seq->num_slots();
+  return slots;
+}
+
+}  // namespace
+
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
     case FinishReason::kLength:
@@ -268,9 +289,8 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
       queued_tokens > submitted.max_queued_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
         "prompt: ", queued_tokens,
-        " prompt tokens can never be queued for API key \"",
-        submitted.tenant, "\" (its max_queued_tokens is ",
-        submitted.max_queued_tokens, ")"));
+        " prompt tokens can never be queued for API key \"", submitted.tenant,
+        "\" (its max_queued_tokens is ", submitted.max_queued_tokens, ")"));
   }
 
   absl::MutexLock lock(&mu_);
@@ -707,12 +727,12 @@ void Scheduler::PreemptForFairness() {
         }
       }
       if (most_over == 0) break;
-      const auto it = std::find_if(
-          running_.rbegin(), running_.rend(),
-          [&](const std::unique_ptr<Sequence>& s) {
-            return s->request->spec.tenant == victim;
-          });
-      STRATA_CHECK(it != running_.rend()) << "a tenant's slots without a sequence";
+      const auto it = std::find_if(running_.rbegin(), running_.rend(),
+                                   [&](const std::unique_ptr<Sequence>& s) {
+                                     return s->request->spec.tenant == victim;
+                                   });
+      STRATA_CHECK(it != running_.rend())
+          << "a tenant's slots without a sequence";
       const int32_t freed = (*it)->num_slots();
       std::unique_ptr<Sequence> preempted = std::move(*it);
       running_.erase(std::next(it).base());
@@ -749,14 +769,26 @@ StepPlan Scheduler::Schedule() {
   // pass waits (at most num_loops - 1 steps) until no pass is between
   // loops, and passes start together. A pass that may exit early does not
   // wait: exits end passes at every loop anyway.
-  const bool align_passes = options_.num_loops > 1 && options_.depthwise;
+  //
+  // And depth-wise steps (one loop per item) pay only while some pass may end
+  // early and another sequence could take the row it frees: an exit is what
+  // frees a row between loops for another's next loop or a new prompt.
+  // Otherwise (no running or waiting request may exit, or a lone sequence) a
+  // step runs whole passes as sequence-wise batching does, exits included (a
+  // pass between loops finishes its remaining loops), rather than up to N
+  // steps a token, each with its own scheduling, engine set-up and result
+  // handling.
+  const bool per_loop_steps = options_.num_loops > 1 && options_.depthwise &&
+                              (AnyMayExit(running_) || AnyMayExit(waiting_)) &&
+                              CountSlots(running_) + CountSlots(waiting_) > 1;
+  const bool align_passes = per_loop_steps;
   bool passes_between_loops = false;
   for (const auto& seq : running_) {
     // Only decode passes: a prompt's pass runs the head for one row at its
     // end whatever its phase, and waiting for it would stall every decoder.
-    passes_between_loops = passes_between_loops ||
-                           (seq->in_flight > 0 &&
-                            seq->num_computed >= seq->num_prompt);
+    passes_between_loops =
+        passes_between_loops ||
+        (seq->in_flight > 0 && seq->num_computed >= seq->num_prompt);
   }
   auto waits_for_phase = [&](Sequence& seq) {
     if (!align_passes || !passes_between_loops ||
@@ -855,7 +887,7 @@ StepPlan Scheduler::Schedule() {
   const bool recursive = options_.num_loops > 1;
   // Loops an item runs this step, past its first: -1 = to the last loop.
   auto loop_end = [&](int32_t loop_begin) {
-    return recursive && options_.depthwise ? loop_begin + 1 : -1;
+    return per_loop_steps ? loop_begin + 1 : -1;
   };
   // An item over `count` of the sequence's tokens from `start`.
   auto make_item = [](const Sequence& seq, int32_t start, int32_t count) {

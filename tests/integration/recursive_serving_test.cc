@@ -138,8 +138,10 @@ TEST(RecursiveServingTest, ThresholdRunMatchesReferenceExits) {
 
 // Depth-wise batching mixes requests at different loops in one step (and,
 // with exits, refills freed slots at once): each of 8 concurrent requests
-// gets exactly what it gets alone, for both KV fill policies. The exit
-// metrics count what the responses report.
+// gets exactly what it gets alone, for both KV fill policies. Every other
+// request asks for full depth: alone it runs whole passes, together it runs
+// one loop a step beside the others that may exit, and whole passes again
+// once they have ended. The exit metrics count what the responses report.
 TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
   for (const char* policy : {"propagate", "recompute"}) {
     SCOPED_TRACE(policy);
@@ -157,8 +159,10 @@ TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
     }
     std::vector<Output> solo;
     int64_t early = 0;
-    for (const auto& prompt : prompts) {
-      absl::StatusOr<Output> out = Complete(**daemon, prompt, 24, 0.6f);
+    auto threshold = [](size_t i) { return i % 2 == 0 ? 0.6f : 1.0f; };
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      absl::StatusOr<Output> out =
+          Complete(**daemon, prompts[i], 24, threshold(i));
       ASSERT_TRUE(out.ok()) << out.status();
       for (uint32_t loops : out->loops) early += loops < 3 ? 1 : 0;
       solo.push_back(*out);
@@ -167,8 +171,9 @@ TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
     std::vector<absl::StatusOr<Output>> together(prompts.size());
     std::vector<std::thread> threads;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      threads.emplace_back(
-          [&, i] { together[i] = Complete(**daemon, prompts[i], 24, 0.6f); });
+      threads.emplace_back([&, i] {
+        together[i] = Complete(**daemon, prompts[i], 24, threshold(i));
+      });
     }
     for (auto& thread : threads) thread.join();
     for (size_t i = 0; i < prompts.size(); ++i) {

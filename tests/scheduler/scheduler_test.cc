@@ -1193,18 +1193,24 @@ INSTANTIATE_TEST_SUITE_P(
                           std::get<2>(info.param) ? "recompute" : "propagate");
     });
 
-
 // Two requests on a 3-loop depth-wise scheduler, B submitted one step after
-// A (A has run loop 0 of its prompt), both with `exit_threshold`.
+// A (A has run loop 0 of its prompt), both with `exit_threshold`. With
+// `exit_companion`, a third request C, submitted with A, may exit (threshold
+// below 1) but never does (min_loops = all loops), and outlasts A and B.
 struct StaggeredPair {
   std::unique_ptr<Scheduler> scheduler;
   SimExecutor executor{4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3}};
   std::shared_ptr<RecordingSink> a_sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RecordingSink> b_sink = std::make_shared<RecordingSink>();
+  std::shared_ptr<RecordingSink> c_sink = std::make_shared<RecordingSink>();
   std::vector<TokenId> a_prompt = {1, 2, 3};
   std::vector<TokenId> b_prompt = {4, 5};
+  std::vector<TokenId> c_prompt = {6};
+  RequestId a_id = 0, b_id = 0;
+  bool companion = false;
 
-  explicit StaggeredPair(float exit_threshold) {
+  explicit StaggeredPair(float exit_threshold, bool exit_companion = false)
+      : companion(exit_companion) {
     Scheduler::Options options = SmallOptions();
     options.num_loops = 3;
     scheduler = *Scheduler::Create(options);
@@ -1216,15 +1222,24 @@ struct StaggeredPair {
     RequestSpec b = a;
     b.prompt = b_prompt;
     b.sink = b_sink;
-    EXPECT_TRUE(scheduler->Submit(a).ok());
+    a_id = *scheduler->Submit(a);
+    if (companion) {
+      RequestSpec c = a;
+      c.prompt = c_prompt;
+      c.max_tokens = 40;
+      c.exit.threshold = 0.5f;
+      c.exit.min_loops = 3;
+      c.sink = c_sink;
+      EXPECT_TRUE(scheduler->Submit(c).ok());
+    }
     scheduler->Commit(executor.Execute(scheduler->Schedule()));
-    EXPECT_TRUE(scheduler->Submit(b).ok());
+    b_id = *scheduler->Submit(b);
   }
   // Runs to the end, calling on_plan(plan) before each step.
   template <typename F>
   int Run(F on_plan) {
     int steps = 0;
-    for (; steps < 200; ++steps) {
+    for (; steps < 300; ++steps) {
       StepPlan plan = scheduler->Schedule();
       ReleaseStates(*scheduler, executor);
       if (plan.items.empty()) break;
@@ -1233,23 +1248,54 @@ struct StaggeredPair {
     }
     EXPECT_EQ(a_sink->tokens, Expected(a_prompt, 12));
     EXPECT_EQ(b_sink->tokens, Expected(b_prompt, 12));
+    if (companion) {
+      EXPECT_EQ(c_sink->tokens, Expected(c_prompt, 40));
+    }
     return steps;
   }
 };
 
-// Depth-wise at full depth, a pass that would start while another is between
-// loops waits (at most num_loops - 1 steps) so that the passes run in phase:
-// from then on every step's items are at one loop, and the LM head runs for
-// all rows in one step out of num_loops instead of for a few rows in each.
-TEST(SchedulerLoopTest, FullDepthPassesFallIntoPhase) {
+// Depth-wise with no request that may exit, every step runs whole passes,
+// as sequence-wise batching does: one step a token, not num_loops.
+TEST(SchedulerLoopTest, FullDepthRunsWholePasses) {
   StaggeredPair pair(/*exit_threshold=*/1.0f);
+  int items = 0;
+  const int steps = pair.Run([&](const StepPlan& plan) {
+    for (const WorkItem& item : plan.items) {
+      EXPECT_EQ(item.loop_begin, 0);
+      EXPECT_EQ(item.loop_end, -1);
+      ++items;
+    }
+  });
+  // A item a token (its first, the prompt's, ran in the constructor), and
+  // B's in the same steps as A's.
+  EXPECT_EQ(items, 11 + 12);
+  EXPECT_EQ(steps, 12);
+}
+
+// Beside a request that may exit (so steps run one loop per item), a
+// full-depth pass that would start while another is between loops waits (at
+// most num_loops - 1 steps) so that the full-depth passes run in phase: from
+// then on their items in a step are at one loop, and the LM head runs for
+// them in one step out of num_loops instead of for a few rows in each.
+TEST(SchedulerLoopTest, FullDepthPassesFallIntoPhase) {
+  StaggeredPair pair(/*exit_threshold=*/1.0f, /*exit_companion=*/true);
   int steps_with_both = 0;
   int mixed_steps_after_phase = 0;
   bool in_phase = false;
   pair.Run([&](const StepPlan& plan) {
-    if (plan.items.size() != 2) return;
+    const WorkItem* a = nullptr;
+    const WorkItem* b = nullptr;
+    for (const WorkItem& item : plan.items) {
+      if (item.request_id == pair.a_id) a = &item;
+      if (item.request_id == pair.b_id) b = &item;
+    }
+    if (a == nullptr || b == nullptr) return;
+    for (const WorkItem& item : plan.items) {
+      EXPECT_NE(item.loop_end, -1) << "a whole pass beside one that may exit";
+    }
     ++steps_with_both;
-    if (plan.items[0].loop_begin == plan.items[1].loop_begin) {
+    if (a->loop_begin == b->loop_begin) {
       in_phase = true;
     } else if (in_phase) {
       ++mixed_steps_after_phase;
@@ -1258,6 +1304,92 @@ TEST(SchedulerLoopTest, FullDepthPassesFallIntoPhase) {
   EXPECT_TRUE(in_phase);
   EXPECT_EQ(mixed_steps_after_phase, 0);
   EXPECT_GT(steps_with_both, 20);
+}
+
+// When the last request that may exit ends (here: is cancelled between
+// loops), a pass between loops finishes its remaining loops in one step,
+// and whole passes follow.
+TEST(SchedulerLoopTest, PassesBetweenLoopsFinishWholeWhenExitsEnd) {
+  Scheduler::Options options = SmallOptions();
+  options.num_loops = 3;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3});
+  auto full_sink = std::make_shared<RecordingSink>();
+  RequestSpec full;
+  full.prompt = {1, 2, 3};
+  full.max_tokens = 6;
+  full.sink = full_sink;
+  RequestSpec exits = full;
+  exits.prompt = {4};
+  exits.max_tokens = 20;
+  exits.exit.threshold = 0.5f;
+  exits.exit.min_loops = 3;  // may exit, but the simulation never does
+  exits.sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(scheduler->Submit(full).ok());
+  const RequestId exits_id = *scheduler->Submit(exits);
+  // Two steps of one loop each: both prompts' passes are between loops.
+  for (int step = 0; step < 2; ++step) {
+    StepPlan plan = scheduler->Schedule();
+    ASSERT_EQ(plan.items.size(), 2u);
+    for (const WorkItem& item : plan.items) {
+      EXPECT_EQ(item.loop_begin, step);
+      EXPECT_EQ(item.loop_end, step + 1);
+    }
+    scheduler->Commit(executor.Execute(plan));
+  }
+  scheduler->Cancel(exits_id);
+  StepPlan plan = scheduler->Schedule();
+  ReleaseStates(*scheduler, executor);
+  ASSERT_EQ(plan.items.size(), 1u);
+  EXPECT_EQ(plan.items[0].loop_begin, 2);
+  EXPECT_EQ(plan.items[0].loop_end, -1);
+  scheduler->Commit(executor.Execute(plan));
+  int whole_steps = 0;
+  for (int step = 0; step < 40; ++step) {
+    plan = scheduler->Schedule();
+    ReleaseStates(*scheduler, executor);
+    if (plan.items.empty()) break;
+    for (const WorkItem& item : plan.items) {
+      EXPECT_EQ(item.loop_begin, 0);
+      EXPECT_EQ(item.loop_end, -1);
+    }
+    ++whole_steps;
+    scheduler->Commit(executor.Execute(plan));
+  }
+  EXPECT_EQ(whole_steps, 5);  // one a token after the prompt's
+  EXPECT_EQ(full_sink->tokens, Expected(full.prompt, 6));
+}
+
+// A lone sequence has nobody to share a step with: it runs whole passes,
+// its exits included, whatever its exit rule.
+TEST(SchedulerLoopTest, LoneSequenceRunsWholePassesWithExits) {
+  Scheduler::Options options = SmallOptions();
+  options.num_loops = 3;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3});
+  auto sink = std::make_shared<RecordingSink>();
+  RequestSpec spec;
+  spec.prompt = {1, 2, 3};
+  spec.max_tokens = 12;
+  spec.exit.threshold = 0.5f;  // the simulation exits at random
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  int steps = 0;
+  int with_exit = 0;
+  for (; steps < 40; ++steps) {
+    StepPlan plan = scheduler->Schedule();
+    ReleaseStates(*scheduler, executor);
+    if (plan.items.empty()) break;
+    ASSERT_EQ(plan.items.size(), 1u);
+    EXPECT_EQ(plan.items[0].loop_begin, 0);
+    EXPECT_EQ(plan.items[0].loop_end, -1);
+    with_exit += plan.items[0].exit != nullptr;
+    scheduler->Commit(executor.Execute(plan));
+  }
+  EXPECT_EQ(steps, 12);
+  EXPECT_EQ(with_exit, 11);  // every decode token, not the prompt
+  EXPECT_EQ(sink->tokens, Expected(spec.prompt, 12));
+  EXPECT_GT(executor.exits(), 0);
 }
 
 // A pass that may exit early never waits for phase: it runs in every step
@@ -1347,7 +1479,7 @@ TEST(SchedulerFairnessTest, ATenantWithinItsShareTakesSlotsFromABurst) {
   const StepPlan plan = Step(*scheduler, executor);
   EXPECT_THAT(fair::Ids(plan), ::testing::Contains(small));
   EXPECT_EQ(scheduler->num_preemptions(), 1);
-  EXPECT_EQ(small_sink->finishes, 1);  // its one token, in that step
+  EXPECT_EQ(small_sink->finishes, 1);      // its one token, in that step
   EXPECT_EQ(scheduler->num_running(), 3);  // the burst, less the preempted
   RunToIdle(*scheduler, executor);
   EXPECT_TRUE(scheduler->CheckConsistency().ok());
