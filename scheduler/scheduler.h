@@ -51,12 +51,12 @@ class Scheduler {
     bool static_batching = false;
     // Recursive models (docs/recursive-models.md): the model's num_loops
     // (1 = a plain model) and how a token's loops are batched. Depth-wise:
-    // while some request may exit early, every item runs one loop per step,
-    // so a step mixes items at different loops and a slot freed by an early
-    // exit or a finished sequence is refilled at the next step; a token's
-    // hidden state stays in the engine between steps. With no such request
-    // a step runs whole passes. Sequence-wise: an item runs all its loops in
-    // one step.
+    // while some request may exit early and more than one sequence runs or
+    // waits, every item runs one loop per step, so a step mixes items at
+    // different loops and a slot freed by an early exit or a finished
+    // sequence is refilled at the next step; a token's hidden state stays in
+    // the engine between steps. Otherwise a step runs whole passes.
+    // Sequence-wise: an item runs all its loops in one step.
     int32_t num_loops = 1;
     bool depthwise = true;
   };

@@ -79,11 +79,11 @@ ABSL_FLAG(bool, static_batching, false,
           "Admit a new batch only when the running one has finished (a "
           "baseline for benchmarks; continuous batching is the default).");
 ABSL_FLAG(std::string, loop_batching, "depthwise",
-          "Recursive models: depthwise (while some request may exit early, "
-          "each step runs one loop of every item, so items at different "
-          "loops share a step and a slot freed by an early exit is refilled "
-          "at once; with none, whole passes) or sequencewise (each step "
-          "runs all loops of its items).");
+          "Recursive models: depthwise (while some request may exit early "
+          "and more than one sequence runs, each step runs one loop of every "
+          "item, so items at different loops share a step and a slot freed "
+          "by an early exit is refilled at once; otherwise whole passes) or "
+          "sequencewise (each step runs all loops of its items).");
 ABSL_FLAG(std::string, kv_fill, "propagate",
           "Recursive models: K/V of the loops an early-exiting token skips: "
           "propagate (computed from its exit state, cheap, approximate) or "
