@@ -89,11 +89,12 @@ bench() {  # bench PORT NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default
     >"$out/$name-c$clients-r$round.txt" 2>&1
 }
 
-start() {  # start MODE PORT: a daemon in the background; prints its pid
+start() {  # start MODE PORT: a daemon in the background, a child of this
+  # shell (not of a $(...) subshell), so that `wait` below waits for it to
+  # exit before the next round binds the same ports; its pid is in $!.
   build/bin/stratad --model="$model" --port="$2" --loop_batching="$1" \
     --kv_fill="$kv_fill" --enable_prefix_caching=false \
     >>"$out/stratad-$1.log" 2>&1 &
-  echo $!
 }
 
 # Both daemons run side by side (an idle one costs nothing: its threads
@@ -101,8 +102,10 @@ start() {  # start MODE PORT: a daemon in the background; prints its pid
 # a row are seconds apart: this VM's speed drifts by 20-30% from minute to
 # minute, which daemons run one after the other would fold into the ratio.
 for round in $(seq "$rounds"); do
-  seq_pid=$(start sequencewise "$port")
-  depth_pid=$(start depthwise "$((port + 1))")
+  start sequencewise "$port"
+  seq_pid=$!
+  start depthwise "$((port + 1))"
+  depth_pid=$!
   for c in $concurrency; do
     rows=("seqwise max_prob 1")
     for p in $points; do rows+=("_${p%%:*}_${p##*:} ${p%%:*} ${p##*:}"); done
