@@ -1193,13 +1193,34 @@ INSTANTIATE_TEST_SUITE_P(
                           std::get<2>(info.param) ? "recompute" : "propagate");
     });
 
+// A 3-loop depth-wise scheduler (SmallOptions) and its simulated engine.
+struct ThreeLoops {
+  std::unique_ptr<Scheduler> scheduler = [] {
+    Scheduler::Options options = SmallOptions();
+    options.num_loops = 3;
+    return *Scheduler::Create(options);
+  }();
+  SimExecutor executor{4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3}};
+};
+
+// A request for `max_tokens` after `prompt`, reporting to `sink`, full depth.
+RequestSpec LoopSpec(std::vector<TokenId> prompt, int32_t max_tokens,
+                     std::shared_ptr<RecordingSink> sink) {
+  RequestSpec spec;
+  spec.prompt = std::move(prompt);
+  spec.max_tokens = max_tokens;
+  spec.sink = std::move(sink);
+  return spec;
+}
+
 // Two requests on a 3-loop depth-wise scheduler, B submitted one step after
 // A (A has run loop 0 of its prompt), both with `exit_threshold`. With
 // `exit_companion`, a third request C, submitted with A, may exit (threshold
 // below 1) but never does (min_loops = all loops), and outlasts A and B.
 struct StaggeredPair {
-  std::unique_ptr<Scheduler> scheduler;
-  SimExecutor executor{4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3}};
+  ThreeLoops loops;
+  std::unique_ptr<Scheduler>& scheduler = loops.scheduler;
+  SimExecutor& executor = loops.executor;
   std::shared_ptr<RecordingSink> a_sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RecordingSink> b_sink = std::make_shared<RecordingSink>();
   std::shared_ptr<RecordingSink> c_sink = std::make_shared<RecordingSink>();
@@ -1211,9 +1232,6 @@ struct StaggeredPair {
 
   explicit StaggeredPair(float exit_threshold, bool exit_companion = false)
       : companion(exit_companion) {
-    Scheduler::Options options = SmallOptions();
-    options.num_loops = 3;
-    scheduler = *Scheduler::Create(options);
     RequestSpec a;
     a.prompt = a_prompt;
     a.max_tokens = 12;
@@ -1310,21 +1328,14 @@ TEST(SchedulerLoopTest, FullDepthPassesFallIntoPhase) {
 // loops), a pass between loops finishes its remaining loops in one step,
 // and whole passes follow.
 TEST(SchedulerLoopTest, PassesBetweenLoopsFinishWholeWhenExitsEnd) {
-  Scheduler::Options options = SmallOptions();
-  options.num_loops = 3;
-  auto scheduler = *Scheduler::Create(options);
-  SimExecutor executor(4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3});
+  ThreeLoops loops;
+  Scheduler* scheduler = loops.scheduler.get();
+  SimExecutor& executor = loops.executor;
   auto full_sink = std::make_shared<RecordingSink>();
-  RequestSpec full;
-  full.prompt = {1, 2, 3};
-  full.max_tokens = 6;
-  full.sink = full_sink;
-  RequestSpec exits = full;
-  exits.prompt = {4};
-  exits.max_tokens = 20;
+  const RequestSpec full = LoopSpec({1, 2, 3}, 6, full_sink);
+  RequestSpec exits = LoopSpec({4}, 20, std::make_shared<RecordingSink>());
   exits.exit.threshold = 0.5f;
   exits.exit.min_loops = 3;  // may exit, but the simulation never does
-  exits.sink = std::make_shared<RecordingSink>();
   ASSERT_TRUE(scheduler->Submit(full).ok());
   const RequestId exits_id = *scheduler->Submit(exits);
   // Two steps of one loop each: both prompts' passes are between loops.
@@ -1363,16 +1374,12 @@ TEST(SchedulerLoopTest, PassesBetweenLoopsFinishWholeWhenExitsEnd) {
 // A lone sequence has nobody to share a step with: it runs whole passes,
 // its exits included, whatever its exit rule.
 TEST(SchedulerLoopTest, LoneSequenceRunsWholePassesWithExits) {
-  Scheduler::Options options = SmallOptions();
-  options.num_loops = 3;
-  auto scheduler = *Scheduler::Create(options);
-  SimExecutor executor(4, 64, 32, 8, SimExecutor::Loops{.num_loops = 3});
+  ThreeLoops loops;
+  Scheduler* scheduler = loops.scheduler.get();
+  SimExecutor& executor = loops.executor;
   auto sink = std::make_shared<RecordingSink>();
-  RequestSpec spec;
-  spec.prompt = {1, 2, 3};
-  spec.max_tokens = 12;
+  RequestSpec spec = LoopSpec({1, 2, 3}, 12, sink);
   spec.exit.threshold = 0.5f;  // the simulation exits at random
-  spec.sink = sink;
   ASSERT_TRUE(scheduler->Submit(spec).ok());
   int steps = 0;
   int with_exit = 0;
