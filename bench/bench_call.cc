@@ -1,5 +1,6 @@
 #include "bench/bench_call.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,7 +29,9 @@ void BenchCall::End(RequestRecord record, BenchClock::time_point now) {
   }
   state->records.push_back(std::move(record));
   --state->in_flight;
-  state->last_end = now;
+  // The latest end, not the last to take the lock: calls end on several
+  // threads, and one that read its clock earlier may lock later.
+  state->last_end = std::max(state->last_end, now);
   auto it = state->live.find(this);
   STRATA_CHECK(it != state->live.end());
   state->finished.push_back(std::move(it->second));
