@@ -5,8 +5,9 @@
 # same for B, on the same port with the same workload; and repeats for
 # --rounds rounds in the order A B, B A, A B, ..., so slow drifts of the
 # machine (thermal, background load) hit both sides alike and neither side
-# always runs second (on a warmer page cache, after the other's load). Finally prints every figure as the
-# mean over rounds for A and B, the spread, and the ratio B/A.
+# always runs second (on a warmer page cache, after the other's load).
+# Finally prints every figure as the mean over rounds for A and B, the
+# spread, and the ratio B/A.
 #
 # Usage:
 #   bench/compare.sh --a="--kv_cache_mb=256" --b="--kv_cache_mb=1024" \

@@ -761,27 +761,28 @@ StepPlan Scheduler::Schedule() {
   StepPlan plan;
   int32_t budget = options_.max_tokens_per_step;
   bool preempted = false;
-  // Depth-wise, a pass that starts while others are between loops stays out
-  // of phase with them for good at full depth: their last loops then fall
-  // in different steps, and every step runs the LM head for a few rows,
-  // reading all of its weights each time (on the bundled model that made
-  // served depth-wise 0.72x sequence-wise at 8 clients). So a full-depth
-  // pass waits (at most num_loops - 1 steps) until no pass is between
-  // loops, and passes start together. A pass that may exit early does not
-  // wait: exits end passes at every loop anyway.
+  // Under per-loop steps (see per_loop_steps below), a pass that starts
+  // while others are between loops stays out of phase with them for good
+  // at full depth: their last loops then fall in different steps, and every
+  // step runs the LM head for a few rows, reading all of its weights each time
+  // (on the bundled model that made served depth-wise 0.72x sequence-wise at 8
+  // clients). So a full-depth pass waits (at most num_loops - 1 steps) until no
+  // pass is between loops, and passes start together. A pass that may exit
+  // early does not wait: exits end passes at every loop anyway.
   //
   // And depth-wise steps (one loop per item) pay only while some pass may end
   // early and another sequence could take the row it frees: an exit is what
   // frees a row between loops for another's next loop or a new prompt.
-  // Otherwise (no running or waiting request may exit, or a lone sequence) a
-  // step runs whole passes as sequence-wise batching does, exits included (a
-  // pass between loops finishes its remaining loops), rather than up to N
-  // steps a token, each with its own scheduling, engine set-up and result
-  // handling.
-  const bool per_loop_steps = options_.num_loops > 1 && options_.depthwise &&
-                              (AnyMayExit(running_) || AnyMayExit(waiting_)) &&
-                              CountSlots(running_) + CountSlots(waiting_) > 1;
-  const bool align_passes = per_loop_steps;
+  // Otherwise (no running or waiting request may exit, a lone sequence, or
+  // a batch that holds one) a step runs whole passes as sequence-wise
+  // batching does, exits included (a pass between loops finishes its
+  // remaining loops), rather than up to N steps a token, each with its own
+  // scheduling, engine set-up and result handling.
+  const bool per_loop_steps =
+      options_.num_loops > 1 && options_.depthwise &&
+      (AnyMayExit(running_) || AnyMayExit(waiting_)) &&
+      std::min<int64_t>(CountSlots(running_) + CountSlots(waiting_),
+                        options_.max_num_seqs) > 1;
   bool passes_between_loops = false;
   for (const auto& seq : running_) {
     // Only decode passes: a prompt's pass runs the head for one row at its
@@ -791,7 +792,7 @@ StepPlan Scheduler::Schedule() {
         (seq->in_flight > 0 && seq->num_computed >= seq->num_prompt);
   }
   auto waits_for_phase = [&](Sequence& seq) {
-    if (!align_passes || !passes_between_loops ||
+    if (!per_loop_steps || !passes_between_loops ||
         seq.request->spec.exit.Enabled() ||
         seq.phase_waits >= options_.num_loops - 1) {
       seq.phase_waits = 0;
@@ -844,8 +845,7 @@ StepPlan Scheduler::Schedule() {
   // 2. Admit waiting sequences into what is left; not in a step that had to
   // preempt, since the pool is known to be short. A sequence that will fork
   // is admitted only with room for all its siblings.
-  int32_t slots = 0;
-  for (const auto& seq : running_) slots += seq->num_slots();
+  int64_t slots = CountSlots(running_);
   const bool admit =
       !preempted && (!options_.static_batching || running_.empty());
   while (admit && !waiting_.empty() && budget > 0) {

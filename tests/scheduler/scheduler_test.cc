@@ -1371,6 +1371,29 @@ TEST(SchedulerLoopTest, PassesBetweenLoopsFinishWholeWhenExitsEnd) {
   EXPECT_EQ(full_sink->tokens, Expected(full.prompt, 6));
 }
 
+// Runs `scheduler` to idle (at most 40 steps), expecting every step to be
+// one item that is a whole pass; counts the steps and the items with exits.
+struct WholePassRun {
+  int steps = 0;
+  int with_exit = 0;
+};
+WholePassRun RunWholePasses(Scheduler& scheduler, SimExecutor& executor) {
+  WholePassRun run;
+  for (; run.steps < 40; ++run.steps) {
+    StepPlan plan = scheduler.Schedule();
+    ReleaseStates(scheduler, executor);
+    if (plan.items.empty()) break;
+    EXPECT_EQ(plan.items.size(), 1u);
+    for (const WorkItem& item : plan.items) {
+      EXPECT_EQ(item.loop_begin, 0);
+      EXPECT_EQ(item.loop_end, -1);
+      run.with_exit += item.exit != nullptr;
+    }
+    scheduler.Commit(executor.Execute(plan));
+  }
+  return run;
+}
+
 // A lone sequence has nobody to share a step with: it runs whole passes,
 // its exits included, whatever its exit rule.
 TEST(SchedulerLoopTest, LoneSequenceRunsWholePassesWithExits) {
@@ -1381,22 +1404,32 @@ TEST(SchedulerLoopTest, LoneSequenceRunsWholePassesWithExits) {
   RequestSpec spec = LoopSpec({1, 2, 3}, 12, sink);
   spec.exit.threshold = 0.5f;  // the simulation exits at random
   ASSERT_TRUE(scheduler->Submit(spec).ok());
-  int steps = 0;
-  int with_exit = 0;
-  for (; steps < 40; ++steps) {
-    StepPlan plan = scheduler->Schedule();
-    ReleaseStates(*scheduler, executor);
-    if (plan.items.empty()) break;
-    ASSERT_EQ(plan.items.size(), 1u);
-    EXPECT_EQ(plan.items[0].loop_begin, 0);
-    EXPECT_EQ(plan.items[0].loop_end, -1);
-    with_exit += plan.items[0].exit != nullptr;
-    scheduler->Commit(executor.Execute(plan));
-  }
-  EXPECT_EQ(steps, 12);
-  EXPECT_EQ(with_exit, 11);  // every decode token, not the prompt
+  const WholePassRun run = RunWholePasses(*scheduler, executor);
+  EXPECT_EQ(run.steps, 12);
+  EXPECT_EQ(run.with_exit, 11);  // every decode token, not the prompt
   EXPECT_EQ(sink->tokens, Expected(spec.prompt, 12));
   EXPECT_GT(executor.exits(), 0);
+}
+
+// A batch that holds one sequence (max_num_seqs 1) has nobody to share a
+// step with either, however many requests wait: whole passes.
+TEST(SchedulerLoopTest, OneSequenceBatchRunsWholePasses) {
+  Scheduler::Options options = SmallOptions();
+  options.num_loops = 3;
+  options.max_num_seqs = 1;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 1, SimExecutor::Loops{.num_loops = 3});
+  std::vector<std::shared_ptr<RecordingSink>> sinks;
+  for (int i = 0; i < 3; ++i) {
+    sinks.push_back(std::make_shared<RecordingSink>());
+    RequestSpec spec = LoopSpec({static_cast<TokenId>(1 + i)}, 4, sinks[i]);
+    spec.exit.threshold = 0.5f;
+    ASSERT_TRUE(scheduler->Submit(spec).ok());
+  }
+  EXPECT_EQ(RunWholePasses(*scheduler, executor).steps, 12);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(sinks[i]->tokens, Expected({static_cast<TokenId>(1 + i)}, 4));
+  }
 }
 
 // A pass that may exit early never waits for phase: it runs in every step
