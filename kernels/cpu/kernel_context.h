@@ -17,6 +17,14 @@ struct KernelContext {
 
   int num_threads() const { return pool == nullptr ? 1 : pool->num_threads(); }
 
+  // This context for work of `macs` multiply-adds, or the calling thread
+  // alone below kMinParallelMacs: handing so little to a worker costs more
+  // than it saves (the result is the same either way).
+  static constexpr int64_t kMinParallelMacs = 1 << 18;
+  KernelContext ForMacs(int64_t macs) const {
+    return macs < kMinParallelMacs ? KernelContext{isa, nullptr} : *this;
+  }
+
   // Runs task(i) for i in [0, num_tasks), on the pool when there is one.
   void ParallelFor(int64_t num_tasks,
                    absl::FunctionRef<void(int64_t)> task) const {

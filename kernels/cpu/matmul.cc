@@ -191,9 +191,6 @@ STRATA_TARGET_AVX512 void BlockAvx512(const float* x, const float* w, int64_t m,
 constexpr int64_t kWeightBlockBytes = 256 << 10;
 // Rows of x per task: bounds the x slice a task re-reads per column tile.
 constexpr int64_t kRowBlock = 64;
-// Below this many multiply-adds a product runs on the calling thread: waking
-// workers would cost more than it saves (the result is the same either way).
-constexpr int64_t kMinParallelMacs = 1 << 18;
 
 }  // namespace
 
@@ -216,8 +213,7 @@ void MatMul(const KernelContext& ctx, const float* x, const float* w, int64_t n,
   }
   const int64_t num_col_blocks = (m + col_block - 1) / col_block;
   const Isa isa = ctx.isa;
-  const KernelContext run_ctx =
-      n * m * k < kMinParallelMacs ? KernelContext{isa, nullptr} : ctx;
+  const KernelContext run_ctx = ctx.ForMacs(n * m * k);
   run_ctx.ParallelFor(num_row_blocks * num_col_blocks, [&](int64_t task) {
     const int64_t rb = task / num_col_blocks;
     const int64_t cb = task % num_col_blocks;

@@ -20,14 +20,13 @@ struct PanelBlock {
 };
 
 // Runs block(b) over a cover of n rows by num_panels panels. `macs` (the
-// product's multiply-adds) below a threshold keeps it on the calling thread.
-inline void ForEachPanelBlock(const KernelContext& ctx, int64_t n,
-                              int64_t num_panels, int64_t macs,
-                              absl::FunctionRef<void(const PanelBlock&)> block) {
+// product's multiply-adds) below KernelContext::kMinParallelMacs keeps it on
+// the calling thread.
+inline void ForEachPanelBlock(
+    const KernelContext& ctx, int64_t n, int64_t num_panels, int64_t macs,
+    absl::FunctionRef<void(const PanelBlock&)> block) {
   // Rows per task: bounds the slice of x a task keeps in cache.
   constexpr int64_t kRowBlock = 64;
-  // Below this many multiply-adds a product runs on the calling thread.
-  constexpr int64_t kMinParallelMacs = 1 << 18;
   const int64_t row_block = std::min(n, kRowBlock);
   const int64_t num_row_blocks = (n + row_block - 1) / row_block;
   // Panels per task: a multiple of the AVX-512 tiles' 3, shrunk until there
@@ -40,8 +39,7 @@ inline void ForEachPanelBlock(const KernelContext& ctx, int64_t n,
     panel_block -= 3;
   }
   const int64_t num_panel_blocks = (num_panels + panel_block - 1) / panel_block;
-  const KernelContext run_ctx =
-      macs < kMinParallelMacs ? KernelContext{ctx.isa, nullptr} : ctx;
+  const KernelContext run_ctx = ctx.ForMacs(macs);
   run_ctx.ParallelFor(num_row_blocks * num_panel_blocks, [&](int64_t task) {
     const int64_t rb = task / num_panel_blocks;
     const int64_t pb = task % num_panel_blocks;

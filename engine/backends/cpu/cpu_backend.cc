@@ -404,6 +404,7 @@ bool CpuBackend::AddLowRank(const Tensor& x,
   };
   std::vector<Task> tasks;
   constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
+  int64_t macs = 0;
   for (const LowRankSegment& seg : segments) {
     // Packed (kAdapter) and plain f32 factors alike, as the CUDA backend
     // accepts both: the op must not depend on how a test or loader uploaded
@@ -413,35 +414,40 @@ bool CpuBackend::AddLowRank(const Tensor& x,
     STRATA_CHECK(Cols(*seg.a) == k && Rows(*seg.b) == m &&
                  Cols(*seg.b) == Rows(*seg.a));
     STRATA_CHECK(seg.first_row >= 0 && seg.first_row + seg.num_rows <= Rows(x));
+    macs += int64_t{seg.num_rows} * Rows(*seg.a) * (k + m);
     for (int64_t r = 0; r < seg.num_rows; r += kRowsPerTask) {
       tasks.push_back(
           {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
     }
   }
   const cpu::KernelContext inline_ctx{context_.isa, nullptr};
-  context_.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t i) {
-    const Task& t = tasks[i];
-    const int64_t rank = Rows(*t.segment->a);
-    thread_local std::vector<float> low, update;
-    low.resize(static_cast<size_t>(t.num_rows * rank));
-    update.resize(static_cast<size_t>(t.num_rows * m));
-    // in [rows, cols] times w^T -> [rows, w rows], as MatMul computes it.
-    auto multiply = [&](const Tensor& w, const float* in, int64_t rows,
-                        int64_t cols, float* product) {
-      if (const auto* packed =
-              dynamic_cast<const PackedWeightStorage*>(w.storage());
-          packed != nullptr) {
-        packed->Multiply(inline_ctx, in, rows, Rows(w), cols, product);
-      } else {
-        cpu::MatMul(inline_ctx, in, F32(w), rows, Rows(w), cols, product);
-      }
-    };
-    multiply(*t.segment->a, F32(x) + t.first_row * k, t.num_rows, k,
-             low.data());
-    multiply(*t.segment->b, low.data(), t.num_rows, rank, update.data());
-    cpu::Add(inline_ctx, update.data(), t.num_rows * m,
-             F32(*out) + t.first_row * m);
-  });
+  // A rank-r update of a decode step's few rows is a few thousand
+  // multiply-adds a row: on the pool its hand-off would cost more than the
+  // work (a depth-wise step runs one per projection and loop).
+  context_.ForMacs(macs).ParallelFor(
+      static_cast<int64_t>(tasks.size()), [&](int64_t i) {
+        const Task& t = tasks[i];
+        const int64_t rank = Rows(*t.segment->a);
+        thread_local std::vector<float> low, update;
+        low.resize(static_cast<size_t>(t.num_rows * rank));
+        update.resize(static_cast<size_t>(t.num_rows * m));
+        // in [rows, cols] times w^T -> [rows, w rows], as MatMul computes it.
+        auto multiply = [&](const Tensor& w, const float* in, int64_t rows,
+                            int64_t cols, float* product) {
+          if (const auto* packed =
+                  dynamic_cast<const PackedWeightStorage*>(w.storage());
+              packed != nullptr) {
+            packed->Multiply(inline_ctx, in, rows, Rows(w), cols, product);
+          } else {
+            cpu::MatMul(inline_ctx, in, F32(w), rows, Rows(w), cols, product);
+          }
+        };
+        multiply(*t.segment->a, F32(x) + t.first_row * k, t.num_rows, k,
+                 low.data());
+        multiply(*t.segment->b, low.data(), t.num_rows, rank, update.data());
+        cpu::Add(inline_ctx, update.data(), t.num_rows * m,
+                 F32(*out) + t.first_row * m);
+      });
   return true;
 }
 
