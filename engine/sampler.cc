@@ -155,12 +155,21 @@ void TopPCut(float top_p, double total, float max_z, Scratch& scratch) {
   p.resize(kept);
 }
 
+// The first index holding `max`, the largest value of z (z holds no NaN, so
+// the first occurrence of its maximum is the lowest id among the best).
+TokenId FirstIndexOf(const std::vector<float>& z, float max) {
+  return static_cast<TokenId>(std::find(z.begin(), z.end(), max) - z.begin());
+}
+
 TokenId ArgMax(const std::vector<float>& z) {
-  TokenId best = 0;
-  for (size_t i = 1; i < z.size(); ++i) {
-    if (z[i] > z[best]) best = static_cast<TokenId>(i);
-  }
-  return best;
+  return FirstIndexOf(z, *std::max_element(z.begin(), z.end()));
+}
+
+// ArgMax(z) given the maximum a backend computed; a value z does not hold
+// (which no backend should report) falls back to the scan.
+TokenId ArgMax(const std::vector<float>& z, float max) {
+  const TokenId first = FirstIndexOf(z, max);
+  return first < static_cast<TokenId>(z.size()) ? first : ArgMax(z);
 }
 
 }  // namespace
@@ -208,10 +217,10 @@ SampledToken Sampler::Sample(const Backend& backend,
       result.top_logprobs.emplace_back(ids[i], raw_logprob(ids[i]));
     }
   }
-  if (params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
-      params.frequency_penalty != 0.0f) {
-    ApplyPenalties(params, prompt_tokens, output_tokens, z);
-  }
+  const bool penalised = params.repetition_penalty != 1.0f ||
+                         params.presence_penalty != 0.0f ||
+                         params.frequency_penalty != 0.0f;
+  if (penalised) ApplyPenalties(params, prompt_tokens, output_tokens, z);
   // z is modified from here on; the reported logprob reads the input.
   auto finish = [&](TokenId token) {
     result.token = token;
@@ -224,7 +233,10 @@ SampledToken Sampler::Sample(const Backend& backend,
   // overflow the scaled logits.
   constexpr float kMinTemperature = 1e-5f;
   if (params.temperature < kMinTemperature || params.top_k == 1) {
-    return finish(ArgMax(z));
+    // Unpenalised, z's maximum is the backend's (vectorised) raw_max, and
+    // only the scan to its first occurrence remains: a comparison loop over
+    // the vocabulary was most of a greedy token's sampling time.
+    return finish(penalised ? ArgMax(z) : ArgMax(z, raw_max));
   }
 
   // Candidate ids and their scaled logits; a top-k cut keeps the k best.

@@ -78,6 +78,48 @@ TEST(SamplerTest, GreedyIsArgmaxWithLowestIdOnTies) {
   EXPECT_EQ(Sample({0.1f, 3.0f, -1.0f}, p).token, 1);
 }
 
+// Greedy over real vocabulary sizes, where the backend's vectorised maximum
+// decides (and, with a penalty, the sampler's own scan): ties between copies
+// of the maximum in different vector lanes and blocks, signed zeros and
+// infinities still give the lowest id among the best.
+TEST(SamplerTest, GreedyOverLargeVocabulariesTakesTheFirstMaximum) {
+  const float inf = std::numeric_limits<float>::infinity();
+  auto first_max = [](const std::vector<float>& z) {
+    TokenId best = 0;
+    for (size_t i = 1; i < z.size(); ++i) {
+      if (z[i] > z[best]) best = static_cast<TokenId>(i);
+    }
+    return best;
+  };
+  SamplingParams penalised = Greedy();
+  penalised.presence_penalty = 0.5f;
+  uint64_t state = 7;
+  auto next = [&state] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  for (const int vocab : {15, 16, 17, 33, 4112, 32000}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      // Coarse values, so that the maximum repeats.
+      std::vector<float> logits(vocab);
+      for (float& x : logits) x = static_cast<float>(next() % 64) * 0.25f;
+      if (trial % 4 == 1) logits[next() % vocab] = inf;
+      if (trial % 4 == 2) {
+        for (float& x : logits) x = -static_cast<float>(next() % 64);
+        logits[next() % vocab] = 0.0f;
+        logits[next() % vocab] = -0.0f;
+      }
+      if (trial % 4 == 3) std::fill(logits.begin(), logits.end(), -inf);
+      const TokenId want = first_max(logits);
+      SCOPED_TRACE(testing::Message()
+                   << "vocab " << vocab << " trial " << trial);
+      EXPECT_EQ(Sample(logits, Greedy()).token, want);
+      // The penalty only touches the (absent) output tokens' logits here.
+      EXPECT_EQ(Sample(logits, penalised).token, want);
+    }
+  }
+}
+
 TEST(SamplerTest, TopKOneEqualsGreedy) {
   std::vector<float> logits = {0.5f, 2.0f, 2.0f, 1.9f, -3.0f};
   for (uint64_t seed = 0; seed < 50; ++seed) {
