@@ -14,7 +14,10 @@
 // threshold no row reaches (so every row runs every loop); each the best of
 // --rounds. h = (head and greedy sampling, paid once per token) / loop; a
 // measure's check cost = (its step - the step with the head) per row and
-// early boundary, in loops. Rows that exited anyway are printed.
+// early boundary, in loops: the median over rounds of each round's paired
+// difference (a difference of two best-of-rounds minima swung by several
+// percent of a loop between runs), with the rounds' range. Rows that exited
+// anyway are printed.
 //
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
@@ -76,26 +79,32 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
     params[k].confidence = kinds[k];
     params[k].threshold = 0.999999f;
   }
-  // Seconds per token (one row) of each configuration, the best round's (on
-  // a shared machine the minimum is the least disturbed measurement).
+  // Seconds per token (one row) of the plain steps, the best round's (on a
+  // shared machine the minimum is the least disturbed measurement).
   constexpr double kUnset = 1e30;
   double no_head = kUnset, head = kUnset;
-  double check[4] = {kUnset, kUnset, kUnset, kUnset};
+  // Per measure, each round's check cost in loops, against that round's
+  // own steps without and with the head (run just before it).
+  std::vector<double> per_check[4];
+  bool measured[4] = {true, true, true, true};
   int64_t exits[4] = {0, 0, 0, 0};
   for (int32_t round = 0; round < rounds; ++round) {
-    no_head = std::min(no_head, 1.0 / decode(loops, false, nullptr));
-    head = std::min(head, 1.0 / decode(loops, true, nullptr));
+    const double round_no_head = 1.0 / decode(loops, false, nullptr);
+    const double round_head = 1.0 / decode(loops, true, nullptr);
+    no_head = std::min(no_head, round_no_head);
+    head = std::min(head, round_head);
     for (int k = 0; k < 4; ++k) {
-      if (check[k] < 0) continue;
+      if (!measured[k]) continue;
       const int64_t before = *early_exits;
       const double tps = decode(loops, true, &params[k]);
       if (tps < 0) {
         std::printf("%s: not measured (the model has no classifier?)\n",
                     std::string(ExitConfidenceName(kinds[k])).c_str());
-        check[k] = -1;
+        measured[k] = false;
         continue;
       }
-      check[k] = std::min(check[k], 1.0 / tps);
+      per_check[k].push_back((1.0 / tps - round_head) / (loops - 1) /
+                             (round_no_head / loops));
       exits[k] += *early_exits - before;
     }
   }
@@ -106,13 +115,17 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
       "sampling %.2f us: h = %.3f loops\n",
       rounds, loop * 1e6, (head - no_head) * 1e6, h);
   for (int k = 0; k < 4; ++k) {
-    if (check[k] < 0) continue;
-    const double per_check = (check[k] - head) / (loops - 1) / loop;
+    if (!measured[k]) continue;
+    std::vector<double>& costs = per_check[k];
+    std::sort(costs.begin(), costs.end());
+    const size_t m = costs.size();
+    const double median =
+        m % 2 == 1 ? costs[m / 2] : (costs[m / 2 - 1] + costs[m / 2]) / 2;
     std::printf(
         "exit check %-10s: %.4f loops per row and boundary (%.1f%% of a "
-        "loop)%s\n",
-        std::string(ExitConfidenceName(kinds[k])).c_str(), per_check,
-        100 * per_check,
+        "loop; rounds %.1f%% to %.1f%%)%s\n",
+        std::string(ExitConfidenceName(kinds[k])).c_str(), median, 100 * median,
+        100 * costs.front(), 100 * costs.back(),
         exits[k] > 0 ? absl::StrCat(" [", exits[k], " rows exited]").c_str()
                      : "");
   }
