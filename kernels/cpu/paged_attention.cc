@@ -33,7 +33,8 @@ struct AttendArgs {
 
 // The largest of s[0, n), n >= 1, and x[j] *= scale over x[0, n): the
 // plain forms, which a body may replace with vector ones of the same
-// results (MaxAvx512, ScaleAvx512).
+// results (internal::MaxAvx512, ScaleAvx512; the scalar max is a chain of
+// dependent maxss, a visible part of the wide body).
 using MaxFn = float (*)(const float*, int64_t);
 using ScaleFn = void (*)(float*, int64_t, float);
 inline float MaxScalar(const float* s, int64_t n) {
@@ -153,26 +154,6 @@ STRATA_TARGET_AVX512 inline __m512 HorizontalSums16(const __m512 acc[16]) {
   const __m512i order =
       _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return _mm512_permutexvar_ps(order, t);
-}
-
-// MaxScalar's value, 16 lanes at a time (the scalar pass is a chain of
-// dependent maxss, a visible part of the wide body). A maximum is the same
-// value in any order; std::max_element lets a NaN win only from s[0]
-// (every later comparison with it is false), and max_ps(x, m) returns m
-// when x is NaN, so later NaNs are passed over here too. (Of the zeros -0
-// and +0 either may come out, which changes no exp(s - max).)
-STRATA_TARGET_AVX512 inline float MaxAvx512(const float* s, int64_t n) {
-  if (std::isnan(s[0])) return s[0];
-  __m512 vmax = _mm512_set1_ps(s[0]);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    vmax = _mm512_max_ps(_mm512_loadu_ps(s + j), vmax);
-  }
-  float max = _mm512_reduce_max_ps(vmax);
-  for (; j < n; ++j) {
-    if (max < s[j]) max = s[j];
-  }
-  return max;
 }
 
 // ScaleScalar with the same products, 16 at a time.
@@ -305,8 +286,8 @@ STRATA_TARGET_AVX512 void AttendWideAvx512(const AttendArgs& a) {
                       a.scores + h * n + j0);
     }
   }
-  SoftmaxRows<internal::ExpShiftSumAvx512, MaxAvx512, ScaleAvx512>(a.scores,
-                                                                   group, n);
+  SoftmaxRows<internal::ExpShiftSumAvx512, internal::MaxAvx512, ScaleAvx512>(
+      a.scores, group, n);
   WeightedValuesAllHeadsAvx512<V>(a, group);
 }
 

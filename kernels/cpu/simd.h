@@ -10,6 +10,7 @@
 #ifndef STRATA_KERNELS_CPU_SIMD_H_
 #define STRATA_KERNELS_CPU_SIMD_H_
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -110,6 +111,25 @@ STRATA_TARGET_AVX512 inline float HorizontalSumAvx512(__m512 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
   return _mm_cvtss_f32(s);
+}
+
+// The largest of x[0, n), n >= 1, with std::max_element's value: a maximum
+// is the same in any order, so the lanes may meet in any order. A NaN wins
+// only from x[0] there (every later comparison with it is false), and
+// max_ps(v, m) returns m when v is NaN, so later NaNs are passed over here
+// too. (Of -0 and +0 either may come out.)
+STRATA_TARGET_AVX512 inline float MaxAvx512(const float* x, int64_t n) {
+  if (std::isnan(x[0])) return x[0];
+  __m512 vmax = _mm512_set1_ps(x[0]);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    vmax = _mm512_max_ps(_mm512_loadu_ps(x + j), vmax);
+  }
+  float max = _mm512_reduce_max_ps(vmax);
+  for (; j < n; ++j) {
+    if (max < x[j]) max = x[j];
+  }
+  return max;
 }
 
 STRATA_TARGET_AVX512 inline float DotAvx512(const float* a, const float* b,

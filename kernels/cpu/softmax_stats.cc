@@ -49,17 +49,10 @@ STRATA_TARGET_AVX2 SoftmaxStats StatsAvx2(const float* x, int64_t m) {
 }
 
 STRATA_TARGET_AVX512 SoftmaxStats StatsAvx512(const float* x, int64_t m) {
-  __m512 vmax = _mm512_set1_ps(x[0]);
-  int64_t j = 0;
-  for (; j + 16 <= m; j += 16) {
-    vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + j));
-  }
-  float max = _mm512_reduce_max_ps(vmax);  // exact in any order
-  for (; j < m; ++j) max = std::max(max, x[j]);
-
+  const float max = internal::MaxAvx512(x, m);
   const __m512 vm = _mm512_set1_ps(max);
   __m512 acc = _mm512_setzero_ps();
-  j = 0;
+  int64_t j = 0;
   for (; j + 16 <= m; j += 16) {
     acc = _mm512_add_ps(
         acc, internal::ExpAvx512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vm)));
