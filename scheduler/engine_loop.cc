@@ -7,6 +7,7 @@
 
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "common/thread_name.h"
 
 namespace strata {
 
@@ -48,6 +49,7 @@ void EngineLoop::ReportStateChange() {
 }
 
 void EngineLoop::Run() {
+  SetCurrentThreadName(kEngineThreadName);
   Scheduler& scheduler = *options_.scheduler;
   StepExecutor& executor = *options_.executor;
   // Test-only fault hook: while the file named by STRATA_TEST_STALL_FILE

@@ -19,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "common/thread_name.h"
 #include "server/http_session.h"
 
 namespace strata {
@@ -127,6 +128,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(
   const int num_threads = std::max(1, options.num_threads);
   for (int i = 0; i < num_threads; ++i) {
     server->threads_.emplace_back([s = server.get()] {
+      SetCurrentThreadName("strata-http");
       // Runs until Stop: the acceptor (or the guard) keeps it busy.
       auto guard = net::make_work_guard(s->io_context_);
       s->io_context_.run();

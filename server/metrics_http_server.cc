@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/thread_name.h"
 
 namespace strata {
 namespace {
@@ -118,6 +119,7 @@ MetricsHttpServer::~MetricsHttpServer() {
 }
 
 void MetricsHttpServer::Run() {
+  SetCurrentThreadName("strata-metrics");
   while (!stop_.load()) {
     // Wake up regularly to notice stop_.
     pollfd pfd{listen_fd_, POLLIN, 0};

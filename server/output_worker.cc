@@ -3,6 +3,8 @@
 #include <functional>
 #include <utility>
 
+#include "common/thread_name.h"
+
 namespace strata {
 
 OutputWorker::OutputWorker() : thread_([this] { Run(); }) {}
@@ -34,6 +36,7 @@ int64_t OutputWorker::num_done() const {
 }
 
 void OutputWorker::Run() {
+  SetCurrentThreadName("strata-output");
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !tasks_.empty() || stopping_;
   };

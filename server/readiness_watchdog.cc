@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/time/clock.h"
+#include "common/thread_name.h"
 
 namespace strata {
 
@@ -22,6 +23,7 @@ ReadinessWatchdog::~ReadinessWatchdog() {
 }
 
 void ReadinessWatchdog::Run() {
+  SetCurrentThreadName("strata-watchdog");
   int64_t last_steps = options_.loop->num_steps();
   // The last time the engine showed progress: a completed step, or an idle
   // moment (nothing pending means nothing can be late).

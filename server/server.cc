@@ -18,6 +18,7 @@
 #include <iterator>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 
@@ -26,7 +27,9 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
+#include "common/thread_name.h"
 #include "engine/exit_defaults.h"
+#include "server/io_priority.h"
 #include "server/message_codec.h"
 #include "text/chat_template.h"
 
@@ -305,6 +308,9 @@ absl::Status Server::Start() {
       !st.ok()) {
     return st;
   }
+  // Before SERVING, once the server's threads exist (the watchdog's, started
+  // below from this thread, inherits the priority).
+  LowerIoPriority();
   health->SetServingStatus("", true);
   health->SetServingStatus(kGenerationServiceName, true);
   serving_.store(true);
@@ -487,7 +493,25 @@ absl::Status Server::Listen() {
   return absl::OkStatus();
 }
 
+void Server::LowerIoPriority() {
+  if (options_.io_nice == 0) return;
+  constexpr std::string_view kComputeThreads[] = {kEngineThreadName,
+                                                  kKernelThreadName};
+  absl::StatusOr<IoPriorityReport> report =
+      LowerIoThreadPriority(options_.io_nice, kComputeThreads);
+  if (!report.ok()) {
+    STRATA_LOG(WARNING) << "io_nice: " << report.status()
+                        << "; the I/O threads keep the engine's priority";
+    return;
+  }
+  STRATA_LOG(INFO) << "io_nice: " << report->io_threads
+                   << " I/O threads at nice " << report->io_nice << ", "
+                   << report->compute_threads << " compute threads at "
+                   << report->compute_nice;
+}
+
 void Server::AcceptLoop() {
+  SetCurrentThreadName("strata-accept");
   while (!stop_accepting_.load()) {
     const int fd =
         accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);

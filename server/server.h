@@ -120,6 +120,9 @@ class Server {
   // Binds and listens on options_.host:options_.port (sets port_); the
   // accepted connections go to gRPC through acceptor_ (AcceptLoop).
   absl::Status Listen();
+  // options_.io_nice > 0: the I/O threads below the compute threads
+  // (server/io_priority.h); a failure is logged, not fatal.
+  void LowerIoPriority();
   void AcceptLoop();
   // Stops taking connections without resetting one a client has already
   // opened (see server.cc), and closes the listening socket.

@@ -65,6 +65,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         absl::StrCat("max_model_len: must be >= 0 (0 = default), got ",
                      options.max_model_len));
   }
+  if (options.io_nice < 0 || options.io_nice > 19) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("io_nice: must be in [0, 19], got ", options.io_nice));
+  }
   if (options.backend.num_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "threads: must be >= 0, got ", options.backend.num_threads));

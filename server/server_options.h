@@ -82,12 +82,17 @@ struct ServerOptions {
   // The model id of /v1/models and of the "model" field; "" = the model
   // folder's name.
   std::string served_model_name;
+  // Once serving, every thread but the engine's compute threads runs this
+  // much nicer than they do (server/io_priority.h), 0 to 19; 0 = off.
+  // stratad's --io_nice defaults to 10; in-process servers (tests) leave
+  // their process's threads alone unless asked.
+  int32_t io_nice = 0;
 };
 
 // INVALID_ARGUMENT naming the option for a value no model could make valid:
 // ports out of range, a non-positive block size, KV budget, sequence or
 // token budget, a negative max_model_len, an unknown chat template, a
-// max_connection_age under 1ms, a TLS certificate without its key (or the
+// max_connection_age under 1ms, an io_nice outside [0, 19], a TLS certificate without its key (or the
 // reverse), a client CA without a certificate. Checks that need the model (max_model_len
 // against the model's context) come after it loads.
 // One HTTP thread per 4 cores, 1 to 8. Connections mostly wait; every

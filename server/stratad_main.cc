@@ -62,6 +62,12 @@ ABSL_FLAG(std::string, backend, "cpu",
           "Compute backend: cpu (cuda when built with CUDA and a GPU is "
           "present).");
 ABSL_FLAG(int32_t, threads, 0, "Kernel worker threads; 0 = one per core.");
+ABSL_FLAG(int32_t, io_nice, 10,
+          "Once serving, every thread but the engine thread and the kernel "
+          "workers (gRPC, HTTP, output, metrics) runs this much nicer, 0-19, "
+          "so that on busy cores streaming yields to the engine rather than "
+          "preempting it mid-step; 0 = all at one priority. See "
+          "docs/serving.md.");
 ABSL_FLAG(int64_t, kv_cache_mb, 256,
           "Memory for the paged KV cache, in MiB; bounds how many tokens all "
           "running requests hold together.");
@@ -302,6 +308,7 @@ int Run(int argc, char** argv) {
   options.http_port = absl::GetFlag(FLAGS_http_port);
   options.served_model_name = absl::GetFlag(FLAGS_served_model_name);
   options.http_threads = absl::GetFlag(FLAGS_http_threads);
+  options.io_nice = absl::GetFlag(FLAGS_io_nice);
   options.http_max_body_bytes = static_cast<size_t>(
       std::max<int64_t>(0, absl::GetFlag(FLAGS_http_max_body_bytes)));
   options.http_request_timeout = absl::GetFlag(FLAGS_http_request_timeout);

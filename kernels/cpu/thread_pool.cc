@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <thread>
 
+#include "common/thread_name.h"
+
 namespace strata::cpu {
 namespace {
 
@@ -63,6 +65,7 @@ void ThreadPool::RunTasks(uint32_t generation) {
 }
 
 void ThreadPool::WorkerLoop() {
+  SetCurrentThreadName(kKernelThreadName);
   uint32_t seen = 0;
   for (;;) {
     uint32_t current = generation_.load(std::memory_order_acquire);

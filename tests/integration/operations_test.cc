@@ -11,11 +11,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -270,6 +273,71 @@ TEST(OperationsTest, SecondSigtermExitsAtOnce) {
   ASSERT_TRUE(exit_status.has_value()) << "a second SIGTERM must exit at once";
   EXPECT_NE(*exit_status, 0);
   client.join();
+}
+
+// name -> nice of every thread of process `pid` (/proc/<pid>/task/*/comm and
+// field 19 of stat); several threads of one name must agree (else -100).
+std::map<std::string, int> ThreadNices(pid_t pid) {
+  std::map<std::string, int> nices;
+  for (const auto& task : std::filesystem::directory_iterator(
+           absl::StrCat("/proc/", pid, "/task"))) {
+    std::ifstream comm_file(task.path() / "comm");
+    std::ifstream stat_file(task.path() / "stat");
+    std::string name, stat;
+    if (!std::getline(comm_file, name) || !std::getline(stat_file, stat)) {
+      continue;  // exited meanwhile
+    }
+    // Fields after the ")" that ends the name: state is field 3, nice 19.
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i <= 19 && fields >> field; ++i) {
+    }
+    const int nice = std::stoi(field);
+    auto [it, inserted] = nices.emplace(name, nice);
+    if (!inserted && it->second != nice) it->second = -100;
+  }
+  return nices;
+}
+
+TEST(OperationsTest, IoThreadsRunNicerThanTheEngine) {
+  auto daemon = StratadDaemon::Start(
+      strata::testing::TinyLlamaDir(),
+      {"--threads=2",
+       absl::StrCat("--http_port=", strata::testing::FreePort())});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  // A generation first: gRPC starts some of its threads on demand, from
+  // threads that are already nicer.
+  auto stub = v1::Generation::NewStub((*daemon)->channel());
+  grpc::ClientContext context;
+  v1::CompletionResponse response;
+  ASSERT_TRUE(stub->Complete(&context, GreedyCompletion(4), &response).ok());
+  const std::map<std::string, int> nices =
+      ThreadNices((*daemon)->process().pid());
+  ASSERT_TRUE(nices.contains("strata-engine"));
+  ASSERT_TRUE(nices.contains("strata-kernel"));  // --threads=2: one worker
+  const int compute = nices.at("strata-engine");
+  EXPECT_EQ(nices.at("strata-kernel"), compute);
+  const int io = std::min(19, compute + 10);  // --io_nice's default
+  for (const char* name : {"strata-output", "strata-accept", "strata-http",
+                           "strata-watchdog", "stratad"}) {
+    ASSERT_TRUE(nices.contains(name)) << name;
+    EXPECT_EQ(nices.at(name), io) << name;
+  }
+  int others = 0;  // gRPC's own threads, whatever their names
+  for (const auto& [name, nice] : nices) {
+    if (name == "strata-engine" || name == "strata-kernel") continue;
+    EXPECT_EQ(nice, io) << name;
+    ++others;
+  }
+  EXPECT_GE(others, 6);
+
+  // --io_nice=0: one priority for all.
+  auto flat = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
+                                   {"--threads=2", "--io_nice=0"});
+  ASSERT_TRUE(flat.ok()) << flat.status();
+  for (const auto& [name, nice] : ThreadNices((*flat)->process().pid())) {
+    EXPECT_EQ(nice, compute) << name;
+  }
 }
 
 }  // namespace
