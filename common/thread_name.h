@@ -10,10 +10,13 @@
 
 namespace strata {
 
-// The engine's compute threads: the engine loop's and the CPU kernels' pool
-// workers. server/io_priority.h tells them from the I/O threads by name.
+// The engine's compute threads (the engine loop's and the CPU kernels' pool
+// workers) and the metrics listener's: the threads that keep the process's
+// priority when stratad lowers the others' (server/io_priority.h tells them
+// apart by name).
 inline constexpr std::string_view kEngineThreadName = "strata-engine";
 inline constexpr std::string_view kKernelThreadName = "strata-kernel";
+inline constexpr std::string_view kMetricsThreadName = "strata-metrics";
 
 // Names the calling thread; Linux keeps at most 15 bytes, longer names are
 // cut there.

@@ -119,7 +119,7 @@ MetricsHttpServer::~MetricsHttpServer() {
 }
 
 void MetricsHttpServer::Run() {
-  SetCurrentThreadName("strata-metrics");
+  SetCurrentThreadName(kMetricsThreadName);
   while (!stop_.load()) {
     // Wake up regularly to notice stop_.
     pollfd pfd{listen_fd_, POLLIN, 0};

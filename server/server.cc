@@ -495,8 +495,12 @@ absl::Status Server::Listen() {
 
 void Server::LowerIoPriority() {
   if (options_.io_nice == 0) return;
-  constexpr std::string_view kComputeThreads[] = {kEngineThreadName,
-                                                  kKernelThreadName};
+  // The metrics listener keeps the engine's priority too: it runs a few
+  // milliseconds per scrape, and a scrape under load must be answered
+  // promptly and read the state as it is (a low-priority reader runs mostly
+  // while the engine is idle, and would see the idle moments).
+  constexpr std::string_view kComputeThreads[] = {
+      kEngineThreadName, kKernelThreadName, kMetricsThreadName};
   absl::StatusOr<IoPriorityReport> report =
       LowerIoThreadPriority(options_.io_nice, kComputeThreads);
   if (!report.ok()) {
@@ -505,8 +509,9 @@ void Server::LowerIoPriority() {
     return;
   }
   STRATA_LOG(INFO) << "io_nice: " << report->io_threads
-                   << " I/O threads at nice " << report->io_nice << ", "
-                   << report->compute_threads << " compute threads at "
+                   << " I/O threads at nice " << report->io_nice << "; "
+                   << report->compute_threads
+                   << " engine, kernel and metrics threads at "
                    << report->compute_nice;
 }
 

@@ -82,8 +82,9 @@ struct ServerOptions {
   // The model id of /v1/models and of the "model" field; "" = the model
   // folder's name.
   std::string served_model_name;
-  // Once serving, every thread but the engine's compute threads runs this
-  // much nicer than they do (server/io_priority.h), 0 to 19; 0 = off.
+  // Once serving, every thread but the engine's compute threads and the
+  // metrics listener runs this much nicer than they do
+  // (server/io_priority.h), 0 to 19; 0 = off.
   // stratad's --io_nice defaults to 10; in-process servers (tests) leave
   // their process's threads alone unless asked.
   int32_t io_nice = 0;

@@ -63,8 +63,9 @@ ABSL_FLAG(std::string, backend, "cpu",
           "present).");
 ABSL_FLAG(int32_t, threads, 0, "Kernel worker threads; 0 = one per core.");
 ABSL_FLAG(int32_t, io_nice, 10,
-          "Once serving, every thread but the engine thread and the kernel "
-          "workers (gRPC, HTTP, output, metrics) runs this much nicer, 0-19, "
+          "Once serving, every thread but the engine thread, the kernel "
+          "workers and the metrics listener (so gRPC, HTTP, output) runs "
+          "this much nicer, 0-19, "
           "so that on busy cores streaming yields to the engine rather than "
           "preempting it mid-step; 0 = all at one priority. See "
           "docs/serving.md.");

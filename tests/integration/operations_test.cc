@@ -303,7 +303,8 @@ TEST(OperationsTest, IoThreadsRunNicerThanTheEngine) {
   auto daemon = StratadDaemon::Start(
       strata::testing::TinyLlamaDir(),
       {"--threads=2",
-       absl::StrCat("--http_port=", strata::testing::FreePort())});
+       absl::StrCat("--http_port=", strata::testing::FreePort()),
+       absl::StrCat("--metrics_port=", strata::testing::FreePort())});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   // A generation first: gRPC starts some of its threads on demand, from
   // threads that are already nicer.
@@ -317,6 +318,9 @@ TEST(OperationsTest, IoThreadsRunNicerThanTheEngine) {
   ASSERT_TRUE(nices.contains("strata-kernel"));  // --threads=2: one worker
   const int compute = nices.at("strata-engine");
   EXPECT_EQ(nices.at("strata-kernel"), compute);
+  // The metrics listener answers scrapes at the engine's priority.
+  ASSERT_TRUE(nices.contains("strata-metrics"));
+  EXPECT_EQ(nices.at("strata-metrics"), compute);
   const int io = std::min(19, compute + 10);  // --io_nice's default
   for (const char* name : {"strata-output", "strata-accept", "strata-http",
                            "strata-watchdog", "stratad"}) {
@@ -325,7 +329,10 @@ TEST(OperationsTest, IoThreadsRunNicerThanTheEngine) {
   }
   int others = 0;  // gRPC's own threads, whatever their names
   for (const auto& [name, nice] : nices) {
-    if (name == "strata-engine" || name == "strata-kernel") continue;
+    if (name == "strata-engine" || name == "strata-kernel" ||
+        name == "strata-metrics") {
+      continue;
+    }
     EXPECT_EQ(nice, io) << name;
     ++others;
   }
