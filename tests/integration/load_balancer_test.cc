@@ -46,9 +46,14 @@ namespace {
 using ::strata::testing::StratadDaemon;
 using ::strata::testing::Subprocess;
 
-constexpr int kClients = 6;             // concurrent client threads
-constexpr int kRequestsPerClient = 20;  // 120 calls in all
-constexpr uint32_t kTokens = 32;        // per call, greedy, EOS ignored
+constexpr int kClients = 6;  // concurrent client threads
+// The load runs until this many calls have completed after replica A's
+// SIGTERM (so SIGTERM is mid-load by construction, however late the poll
+// below sees both replicas busy), each client making at most
+// kMaxRequestsPerClient calls.
+constexpr int kCallsAfterSigterm = 60;
+constexpr int kMaxRequestsPerClient = 100;
+constexpr uint32_t kTokens = 32;  // per call, greedy, EOS ignored
 // Between a client's calls: spreads the load over a few seconds, past the
 // replicas' connection age, however fast the machine generates.
 constexpr absl::Duration kPause = absl::Milliseconds(75);
@@ -308,6 +313,7 @@ TEST(LoadBalancerTest, SigtermOneReplicaMidLoadFailsNoCall) {
   // making sequential calls, unary and streaming in turn.
   std::vector<std::vector<CallResult>> results(kClients);
   std::atomic<int> num_done{0};
+  std::atomic<bool> stop{false};
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) {
     clients.emplace_back([&, c] {
@@ -315,7 +321,7 @@ TEST(LoadBalancerTest, SigtermOneReplicaMidLoadFailsNoCall) {
       args.SetInt("strata.test.client", c);  // a connection per client
       auto stub = v1::Generation::NewStub(grpc::CreateCustomChannel(
           lb_address, grpc::InsecureChannelCredentials(), args));
-      for (int i = 0; i < kRequestsPerClient; ++i) {
+      for (int i = 0; i < kMaxRequestsPerClient && !stop.load(); ++i) {
         results[c].push_back(Call(*stub, (c + i) % 2 == 1, c * 100 + i));
         num_done.fetch_add(1);
         absl::SleepFor(kPause);
@@ -324,15 +330,15 @@ TEST(LoadBalancerTest, SigtermOneReplicaMidLoadFailsNoCall) {
   }
 
   // SIGTERM replica A once both replicas have completed calls, while A has
-  // calls in flight and most of the load is still to come.
-  constexpr int kTotal = kClients * kRequestsPerClient;
+  // calls in flight; then kCallsAfterSigterm more calls.
+  constexpr int kMaxTotal = kClients * kMaxRequestsPerClient;
   double ok_a_at_sigterm = -1;
   double ok_b_at_sigterm = -1;
   double running_a_at_sigterm = -1;
   int done_at_sigterm = -1;
   absl::Time sigterm_time;
   const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (absl::Now() < deadline && num_done.load() < kTotal) {
+  while (absl::Now() < deadline && num_done.load() < kMaxTotal) {
     const double ok_a = RequestsOk(metrics_a);
     const double ok_b = RequestsOk(metrics_b);
     const double running_a = Metric(metrics_a, "strata_requests_running");
@@ -347,13 +353,21 @@ TEST(LoadBalancerTest, SigtermOneReplicaMidLoadFailsNoCall) {
     }
     absl::SleepFor(absl::Milliseconds(5));
   }
+  while (done_at_sigterm >= 0 && absl::Now() < deadline &&
+         num_done.load() < done_at_sigterm + kCallsAfterSigterm &&
+         num_done.load() < kMaxTotal) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  stop.store(true);
   for (std::thread& client : clients) client.join();
   const absl::Duration load_after_sigterm = absl::Now() - sigterm_time;
+  const int total = num_done.load();
   ASSERT_GT(done_at_sigterm, -1)
       << "both replicas never served a call while the load ran (A: "
       << RequestsOk(metrics_a) << ", B: " << RequestsOk(metrics_b) << ")";
-  ASSERT_LT(done_at_sigterm, kTotal / 2)
-      << "SIGTERM came too late to be mid-load";
+  ASSERT_GE(total - done_at_sigterm, kCallsAfterSigterm)
+      << "the load did not run on after SIGTERM (" << total << " calls, "
+      << done_at_sigterm << " before it)";
 
   // Every call succeeded in full, whichever replica served it.
   int failed = 0;
@@ -392,7 +406,7 @@ TEST(LoadBalancerTest, SigtermOneReplicaMidLoadFailsNoCall) {
        at = error_log.find("(111: Connection refused)", at + 1)) {
     ++refused;
   }
-  std::cout << "[          ] " << kTotal << " calls, " << failed
+  std::cout << "[          ] " << total << " calls, " << failed
             << " failed; nginx retried " << refused
             << " refused connections; SIGTERM to A after " << done_at_sigterm
             << " calls (A ok " << ok_a_at_sigterm << ", running "
