@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -64,7 +63,8 @@ absl::StatusOr<IoPriorityReport> LowerIoThreadPriority(
   }
   if (!compute_nice.has_value()) {
     return absl::FailedPreconditionError(
-        "no compute thread (engine or kernel worker) found in /proc/self/task");
+        "none of the threads that keep their priority (engine, kernel "
+        "workers, metrics) found in /proc/self/task");
   }
   report.compute_nice = *compute_nice;
   report.io_nice = std::min(19, *compute_nice + std::max(0, nice_delta));

@@ -7,12 +7,12 @@
 // token and preempt the engine thread or a kernel worker mid-step; the step
 // then waits for the preempted worker's task, and the engine's token rate
 // falls by more than those threads' own share. On the 2-core VM of
-// docs/serving.md ("I/O thread priority") the engine thread waited in the
-// run queue for a quarter of the time at 8 clients; with the I/O threads at
-// nice +10 the bundled model served 15% more tokens at 8 clients and 10% more
-// at 32, and the same at 1 client. A thread at nice +10 has a tenth of a
-// nice-0 thread's weight, so it still runs whenever a core is free, and
-// output that waits is merged into fewer, larger chunks (the stream
+// docs/serving.md ("Threads and CPU priority") the engine thread waited in
+// the run queue for a quarter of the time at 8 clients; with the I/O threads
+// at nice +10 the bundled model served 13-16% more tokens at 8 clients and
+// 3-6% more at 32, and a 155M Llama the same as before. A thread at nice +10
+// has a tenth of a nice-0 thread's weight, so it still runs whenever a core is
+// free, and output that waits is merged into fewer, larger chunks (the stream
 // reactors), so only latency under saturation moves.
 //
 // How: every thread of the process whose name is none of `compute_names`
