@@ -31,9 +31,7 @@ void ReadinessWatchdog::Run() {
   while (!stop_.load()) {
     absl::SleepFor(options_.poll_interval);
     const absl::Time now = absl::Now();
-    const bool pending =
-        options_.scheduler->num_waiting() + options_.scheduler->num_running() >
-        0;
+    const bool pending = options_.scheduler->num_requests() > 0;
     const int64_t steps = options_.loop->num_steps();
     if (!pending || steps != last_steps) {
       progress = now;

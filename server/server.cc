@@ -439,7 +439,7 @@ absl::Status Server::ReloadTls() {
 
 bool Server::WaitForIdle(absl::Duration timeout) const {
   const absl::Time deadline = absl::Now() + timeout;
-  while (scheduler_->num_waiting() + scheduler_->num_running() > 0) {
+  while (scheduler_->num_requests() > 0) {
     if (absl::Now() >= deadline) return false;
     absl::SleepFor(absl::Milliseconds(5));
   }
@@ -613,9 +613,7 @@ void Server::Shutdown(absl::Duration grace) {
                            "proxies may still send calls when it ends";
   }
   const auto num_requests = [this] {
-    return scheduler_ == nullptr
-               ? 0
-               : scheduler_->num_waiting() + scheduler_->num_running();
+    return scheduler_ == nullptr ? 0 : scheduler_->num_requests();
   };
   while (absl::Now() < deadline &&
          (absl::Now() < connections_aged || num_requests() > 0)) {

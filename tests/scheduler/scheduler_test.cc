@@ -457,6 +457,74 @@ TEST(SchedulerTest, AdmissionControlRejectsWithTheLimitNamed) {
   EXPECT_EQ(tokens.status().code(), absl::StatusCode::kResourceExhausted);
 }
 
+// num_requests() counts a request from Submit until its sink's OnFinish
+// has run, through admission (where num_waiting() drops before
+// num_running() rises), preemption-free decoding, n > 1 and cancellation;
+// a refused Submit never counts. A drain waits on it.
+TEST(SchedulerTest, NumRequestsCountsEveryRequestUntilItsFinish) {
+  Scheduler::Options options = SmallOptions();
+  options.max_waiting_requests = 3;
+  auto scheduler = *Scheduler::Create(options);
+  SimExecutor executor(4, 64, 32, 8);
+  // Records num_requests() as the sink hears its tokens and its finish.
+  class CountingSink : public RecordingSink {
+   public:
+    explicit CountingSink(const Scheduler* scheduler) : scheduler_(scheduler) {}
+    bool OnToken(const TokenEvent& event) override {
+      min_during = std::min(min_during, scheduler_->num_requests());
+      return RecordingSink::OnToken(event);
+    }
+    void OnFinish(const FinishInfo& info) override {
+      at_finish = scheduler_->num_requests();
+      RecordingSink::OnFinish(info);
+    }
+    int32_t min_during = 1 << 30;
+    int32_t at_finish = -1;
+
+   private:
+    const Scheduler* scheduler_;
+  };
+  std::vector<std::shared_ptr<CountingSink>> sinks;
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 3; ++i) {
+    sinks.push_back(std::make_shared<CountingSink>(scheduler.get()));
+    RequestSpec spec;
+    spec.prompt = {1, 2, 3, static_cast<TokenId>(4 + i)};
+    spec.max_tokens = 3 + 2 * i;
+    spec.n = i == 1 ? 2 : 1;
+    spec.sink = sinks.back();
+    absl::StatusOr<RequestId> id = scheduler->Submit(spec);
+    ASSERT_TRUE(id.ok()) << id.status();
+    ids.push_back(*id);
+  }
+  EXPECT_EQ(scheduler->num_requests(), 3);
+  RequestSpec refused;
+  refused.prompt = {9};
+  refused.sink = std::make_shared<RecordingSink>();
+  EXPECT_FALSE(scheduler->Submit(refused).ok());  // the queue is full
+  EXPECT_EQ(scheduler->num_requests(), 3);
+
+  // The first step admits all three: none waits, all count.
+  StepPlan plan = scheduler->Schedule();
+  ReleaseStates(*scheduler, executor);
+  EXPECT_EQ(scheduler->num_waiting(), 0);
+  EXPECT_EQ(scheduler->num_requests(), 3);
+  scheduler->Commit(executor.Execute(plan));
+  EXPECT_EQ(scheduler->num_requests(), 3);
+  scheduler->Cancel(ids[2]);
+  RunToIdle(*scheduler, executor);
+  EXPECT_EQ(scheduler->num_requests(), 0);
+  // Each still counts as its finish runs, and the count falls by one per
+  // finished request: 3, 2, 1 in the order they ended.
+  std::vector<int32_t> at_finish;
+  for (const auto& sink : sinks) at_finish.push_back(sink->at_finish);
+  std::sort(at_finish.begin(), at_finish.end());
+  EXPECT_EQ(at_finish, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(sinks[2]->finish.reason, FinishReason::kCancelled);
+  EXPECT_EQ(sinks[1]->choice_tokens.size(), 2u);
+  for (const auto& sink : sinks) EXPECT_GE(sink->min_during, 1);
+}
+
 TEST(SchedulerTest, RejectsPromptsThatFillTheContextAndWhenStopped) {
   auto scheduler = *Scheduler::Create(SmallOptions());
   RequestSpec spec;
