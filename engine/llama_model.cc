@@ -37,6 +37,46 @@ absl::StatusOr<Tensor> UploadWeight(Backend* backend, std::vector<float> host,
   return backend->UploadWeight(std::move(host), std::move(shape), role);
 }
 
+// A part of a fused weight: its host rows [rows, cols] (consumed), its
+// name for errors, and where its slice of the fused weight goes.
+struct FusedPart {
+  std::vector<float>* host;
+  int64_t rows;
+  std::string name;
+  Tensor* slice;
+};
+
+// Uploads the parts' rows, in order, as one [sum of rows, cols] weight and
+// sets each part's slice of it (Backend::WeightRows).
+absl::Status UploadFused(Backend* backend, std::vector<FusedPart> parts,
+                         int64_t cols, Tensor* fused) {
+  int64_t total_rows = 0;
+  for (const FusedPart& part : parts) {
+    if (static_cast<int64_t>(part.host->size()) != part.rows * cols) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight ", part.name, " has ", part.host->size(),
+                       " elements but the config implies ", part.rows * cols));
+    }
+    total_rows += part.rows;
+  }
+  std::vector<float> host;
+  host.reserve(static_cast<size_t>(total_rows * cols));
+  for (const FusedPart& part : parts) {
+    host.insert(host.end(), part.host->begin(), part.host->end());
+    std::vector<float>().swap(*part.host);
+  }
+  ASSIGN_OR_RETURN(*fused,
+                   backend->UploadWeight(std::move(host), {total_rows, cols},
+                                         WeightRole::kLinear));
+  int64_t begin = 0;
+  for (const FusedPart& part : parts) {
+    ASSIGN_OR_RETURN(*part.slice,
+                     backend->WeightRows(*fused, begin, part.rows));
+    begin += part.rows;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<float>> LlamaModel::RopeInverseFrequencies(
@@ -166,6 +206,13 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   ASSIGN_OR_RETURN(model->kv_cache_,
                    PagedKvCache::Create(backend, config, options.block_size,
                                         options.num_blocks));
+  // One weight for q, k and v and one for gate and up where the backend can
+  // slice them back (Backend::WeightRowAlignment): each part's rows must
+  // start on its alignment.
+  const int64_t align =
+      options.fuse_projections ? backend->WeightRowAlignment() : 0;
+  const bool fuse_qkv = align > 0 && q_dim % align == 0 && kv_dim % align == 0;
+  const bool fuse_gate_up = align > 0 && inter % align == 0;
   model->layers_.resize(config.num_hidden_layers);
   for (int32_t i = 0; i < config.num_hidden_layers; ++i) {
     LayerWeights& w = weights.layers[i];
@@ -175,15 +222,24 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         t.input_norm,
         UploadWeight(backend, std::move(w.input_norm), {hidden},
                      prefix + "input_layernorm.weight", WeightRole::kVector));
-    ASSIGN_OR_RETURN(t.q_proj,
-                     UploadWeight(backend, std::move(w.q_proj), {q_dim, hidden},
-                                  prefix + "self_attn.q_proj.weight"));
-    ASSIGN_OR_RETURN(
-        t.k_proj, UploadWeight(backend, std::move(w.k_proj), {kv_dim, hidden},
-                               prefix + "self_attn.k_proj.weight"));
-    ASSIGN_OR_RETURN(
-        t.v_proj, UploadWeight(backend, std::move(w.v_proj), {kv_dim, hidden},
-                               prefix + "self_attn.v_proj.weight"));
+    if (fuse_qkv) {
+      RETURN_IF_ERROR(UploadFused(
+          backend,
+          {{&w.q_proj, q_dim, prefix + "self_attn.q_proj.weight", &t.q_proj},
+           {&w.k_proj, kv_dim, prefix + "self_attn.k_proj.weight", &t.k_proj},
+           {&w.v_proj, kv_dim, prefix + "self_attn.v_proj.weight", &t.v_proj}},
+          hidden, &t.qkv_proj));
+    } else {
+      ASSIGN_OR_RETURN(
+          t.q_proj, UploadWeight(backend, std::move(w.q_proj), {q_dim, hidden},
+                                 prefix + "self_attn.q_proj.weight"));
+      ASSIGN_OR_RETURN(
+          t.k_proj, UploadWeight(backend, std::move(w.k_proj), {kv_dim, hidden},
+                                 prefix + "self_attn.k_proj.weight"));
+      ASSIGN_OR_RETURN(
+          t.v_proj, UploadWeight(backend, std::move(w.v_proj), {kv_dim, hidden},
+                                 prefix + "self_attn.v_proj.weight"));
+    }
     if (config.attention_bias) {
       ASSIGN_OR_RETURN(
           t.q_bias,
@@ -206,13 +262,21 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
         UploadWeight(backend, std::move(w.post_attention_norm), {hidden},
                      prefix + "post_attention_layernorm.weight",
                      WeightRole::kVector));
-    ASSIGN_OR_RETURN(
-        t.gate_proj,
-        UploadWeight(backend, std::move(w.gate_proj), {inter, hidden},
-                     prefix + "mlp.gate_proj.weight"));
-    ASSIGN_OR_RETURN(
-        t.up_proj, UploadWeight(backend, std::move(w.up_proj), {inter, hidden},
-                                prefix + "mlp.up_proj.weight"));
+    if (fuse_gate_up) {
+      RETURN_IF_ERROR(UploadFused(
+          backend,
+          {{&w.gate_proj, inter, prefix + "mlp.gate_proj.weight", &t.gate_proj},
+           {&w.up_proj, inter, prefix + "mlp.up_proj.weight", &t.up_proj}},
+          hidden, &t.gate_up_proj));
+    } else {
+      ASSIGN_OR_RETURN(
+          t.gate_proj,
+          UploadWeight(backend, std::move(w.gate_proj), {inter, hidden},
+                       prefix + "mlp.gate_proj.weight"));
+      ASSIGN_OR_RETURN(t.up_proj, UploadWeight(backend, std::move(w.up_proj),
+                                               {inter, hidden},
+                                               prefix + "mlp.up_proj.weight"));
+    }
     ASSIGN_OR_RETURN(
         t.down_proj,
         UploadWeight(backend, std::move(w.down_proj), {hidden, inter},
@@ -226,6 +290,34 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
   for (size_t i = 0; i < weights.lora.size(); ++i) {
     const int32_t loop = static_cast<int32_t>(i) / config.num_hidden_layers;
     const int32_t layer = static_cast<int32_t>(i) % config.num_hidden_layers;
+    // The stacked A of the fused groups, before the parts are consumed.
+    auto stack = [&](std::initializer_list<LoraProj> projs,
+                     Tensor* stacked) -> absl::Status {
+      std::vector<float> host;
+      for (LoraProj proj : projs) {
+        const std::vector<float>& a = weights.lora[i].a[static_cast<int>(proj)];
+        if (static_cast<int64_t>(a.size()) != config.lora_rank * hidden) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("LoRA of ", LoraTensorName(loop, layer, proj, false),
+                           " has the wrong size"));
+        }
+        host.insert(host.end(), a.begin(), a.end());
+      }
+      const int64_t rows =
+          static_cast<int64_t>(projs.size()) * config.lora_rank;
+      ASSIGN_OR_RETURN(*stacked,
+                       backend->UploadWeight(std::move(host), {rows, hidden},
+                                             WeightRole::kAdapter));
+      return absl::OkStatus();
+    };
+    if (fuse_qkv) {
+      RETURN_IF_ERROR(stack({LoraProj::kQ, LoraProj::kK, LoraProj::kV},
+                            &model->lora_[i].a_qkv));
+    }
+    if (fuse_gate_up) {
+      RETURN_IF_ERROR(
+          stack({LoraProj::kGate, LoraProj::kUp}, &model->lora_[i].a_gate_up));
+    }
     for (LoraProj proj : kAllLoraProjs) {
       const int p = static_cast<int>(proj);
       const auto [out, in] = LoraProjDims(config, proj);
@@ -357,9 +449,15 @@ absl::Status LlamaModel::Project(const Tensor& x, const Tensor& w,
                                  int32_t layer, LoraProj proj,
                                  std::span<const LoopSegment> segments,
                                  Tensor* out) {
-  Backend& b = *backend_;
-  b.MatMul(x, w, out);
+  backend_->MatMul(x, w, out);
+  return AddLora(x, layer, proj, segments, out);
+}
+
+absl::Status LlamaModel::AddLora(const Tensor& x, int32_t layer, LoraProj proj,
+                                 std::span<const LoopSegment> segments,
+                                 Tensor* out) {
   if (lora_.empty()) return absl::OkStatus();
+  Backend& b = *backend_;
   // The segmented low-rank product, one segment (loop) at a time in row
   // order: y_seg += (x_seg A^T) (s B)^T. Row-wise ops only, so a row's
   // result does not depend on the other rows (batch invariance).
@@ -383,6 +481,35 @@ absl::Status LlamaModel::Project(const Tensor& x, const Tensor& w,
     b.MatMul(t, lora.scaled_b[p], &u);
     Tensor y = out->Rows(seg.first_row, seg.num_rows);
     b.Add(u, &y);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::AddLoraGroup(const Tensor& x, int32_t layer,
+                                      std::span<const LoraProj> projs,
+                                      Tensor LayerLoraTensors::*stacked,
+                                      std::span<const LoopSegment> segments,
+                                      std::span<Tensor* const> outs) {
+  if (lora_.empty()) return absl::OkStatus();
+  low_rank_groups_.clear();
+  bool stacked_everywhere = true;
+  for (const LoopSegment& seg : segments) {
+    const LayerLoraTensors& pair =
+        lora_[static_cast<size_t>(seg.loop) * config_.num_hidden_layers +
+              layer];
+    stacked_everywhere = stacked_everywhere && !(pair.*stacked).empty();
+    LowRankGroupSegment group{seg.first_row, seg.num_rows, &(pair.*stacked)};
+    for (size_t p = 0; p < projs.size(); ++p) {
+      group.b[p] = &pair.scaled_b[static_cast<int>(projs[p])];
+    }
+    low_rank_groups_.push_back(group);
+  }
+  if (stacked_everywhere &&
+      backend_->AddLowRankGroup(x, low_rank_groups_, outs)) {
+    return absl::OkStatus();
+  }
+  for (size_t p = 0; p < projs.size(); ++p) {
+    RETURN_IF_ERROR(AddLora(x, layer, projs[p], segments, outs[p]));
   }
   return absl::OkStatus();
 }
@@ -415,9 +542,23 @@ absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
     LayerTensors& layer = layers_[l];
     const int32_t li = static_cast<int32_t>(l);
     // Attention block (normed = input_norm(x) here).
-    RETURN_IF_ERROR(Project(normed, layer.q_proj, li, LoraProj::kQ, segs, &q));
-    RETURN_IF_ERROR(Project(normed, layer.k_proj, li, LoraProj::kK, segs, &k));
-    RETURN_IF_ERROR(Project(normed, layer.v_proj, li, LoraProj::kV, segs, &v));
+    if (!layer.qkv_proj.empty()) {
+      ASSIGN_OR_RETURN(Tensor qkv, Rows(qkv_, n, q_dim + 2 * kv_dim));
+      b.MatMul(normed, layer.qkv_proj, &qkv);
+      Tensor* const parts[] = {&q, &k, &v};
+      b.SplitColumns(qkv, parts);
+      static constexpr LoraProj kQkv[] = {LoraProj::kQ, LoraProj::kK,
+                                          LoraProj::kV};
+      RETURN_IF_ERROR(AddLoraGroup(normed, li, kQkv, &LayerLoraTensors::a_qkv,
+                                   segs, parts));
+    } else {
+      RETURN_IF_ERROR(
+          Project(normed, layer.q_proj, li, LoraProj::kQ, segs, &q));
+      RETURN_IF_ERROR(
+          Project(normed, layer.k_proj, li, LoraProj::kK, segs, &k));
+      RETURN_IF_ERROR(
+          Project(normed, layer.v_proj, li, LoraProj::kV, segs, &v));
+    }
     if (!layer.q_bias.empty()) {
       b.AddBias(layer.q_bias, &q);
       b.AddBias(layer.k_bias, &k);
@@ -432,10 +573,20 @@ absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
     RETURN_IF_ERROR(Project(attn, layer.o_proj, li, LoraProj::kO, segs, &proj));
     b.AddRmsNorm(proj, layer.post_attention_norm, eps, x, &normed);
     // MLP block (SwiGLU).
-    RETURN_IF_ERROR(
-        Project(normed, layer.gate_proj, li, LoraProj::kGate, segs, &gate));
-    RETURN_IF_ERROR(
-        Project(normed, layer.up_proj, li, LoraProj::kUp, segs, &up));
+    if (!layer.gate_up_proj.empty()) {
+      ASSIGN_OR_RETURN(Tensor gate_up, Rows(gate_up_, n, 2 * inter));
+      b.MatMul(normed, layer.gate_up_proj, &gate_up);
+      Tensor* const parts[] = {&gate, &up};
+      b.SplitColumns(gate_up, parts);
+      static constexpr LoraProj kGateUp[] = {LoraProj::kGate, LoraProj::kUp};
+      RETURN_IF_ERROR(AddLoraGroup(normed, li, kGateUp,
+                                   &LayerLoraTensors::a_gate_up, segs, parts));
+    } else {
+      RETURN_IF_ERROR(
+          Project(normed, layer.gate_proj, li, LoraProj::kGate, segs, &gate));
+      RETURN_IF_ERROR(
+          Project(normed, layer.up_proj, li, LoraProj::kUp, segs, &up));
+    }
     b.SiluMul(gate, up, &gate);
     RETURN_IF_ERROR(
         Project(gate, layer.down_proj, li, LoraProj::kDown, segs, &proj));

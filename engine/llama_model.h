@@ -57,6 +57,9 @@ class LlamaModel {
     // [num_loops - 1, hidden + 1] row-major; empty = none (a kClassifier
     // exit is then INVALID_ARGUMENT).
     std::vector<float> exit_classifier = {};
+    // Fuse q/k/v and gate/up into one weight each where the backend can
+    // (LayerTensors::qkv_proj); off only to compare the two in tests.
+    bool fuse_projections = true;
   };
 
   // What one item did in a step (recursive models; ItemResult's fields).
@@ -128,7 +131,11 @@ class LlamaModel {
   friend class ModelRunnerTestPeer;
 
   struct LayerTensors {
-    Tensor input_norm;           // [hidden]
+    Tensor input_norm;  // [hidden]
+    // q, k and v's rows in one weight, [q_dim + 2 kv_dim, hidden], where the
+    // backend slices weights (Backend::WeightRowAlignment); q/k/v_proj are
+    // then its slices. Empty otherwise.
+    Tensor qkv_proj;
     Tensor q_proj;               // [q_dim, hidden]
     Tensor k_proj;               // [kv_dim, hidden]
     Tensor v_proj;               // [kv_dim, hidden]
@@ -137,6 +144,9 @@ class LlamaModel {
     Tensor v_bias;               // [kv_dim]
     Tensor o_proj;               // [hidden, q_dim]
     Tensor post_attention_norm;  // [hidden]
+    // gate's and up's rows in one weight, [2 intermediate, hidden], like
+    // qkv_proj; empty otherwise.
+    Tensor gate_up_proj;
     Tensor gate_proj;            // [intermediate, hidden]
     Tensor up_proj;              // [intermediate, hidden]
     Tensor down_proj;            // [hidden, intermediate]
@@ -204,6 +214,18 @@ class LlamaModel {
   absl::Status Project(const Tensor& x, const Tensor& w, int32_t layer,
                        LoraProj proj, std::span<const LoopSegment> segments,
                        Tensor* out);
+  // out += per segment, that loop's LoRA of (layer, proj) of x (nothing
+  // without LoRA).
+  absl::Status AddLora(const Tensor& x, int32_t layer, LoraProj proj,
+                       std::span<const LoopSegment> segments, Tensor* out);
+  // AddLora for each of projs (one input: q/k/v or gate/up) into outs, with
+  // one A-product per segment from the stacked A where the backend can
+  // (Backend::AddLowRankGroup; the same values).
+  absl::Status AddLoraGroup(const Tensor& x, int32_t layer,
+                            std::span<const LoraProj> projs,
+                            Tensor LayerLoraTensors::*stacked,
+                            std::span<const LoopSegment> segments,
+                            std::span<Tensor* const> outs);
   // out = lm_head(RmsNorm(x)) for the rows `rows` of x. out: [rows, vocab]
   absl::Status Head(const Tensor& x, std::span<const int32_t> rows,
                     Tensor* out);
@@ -232,6 +254,9 @@ class LlamaModel {
 
   // Activations, [num_tokens, width] each.
   Workspace x_, normed_, q_, k_, v_, attn_, proj_, gate_, up_;
+  // The fused products before SplitColumns (LayerTensors::qkv_proj,
+  // gate_up_proj).
+  Workspace qkv_, gate_up_;
   // Final rows and their logits, [num_logit_rows, hidden|vocab].
   Workspace selected_, logits_;
   Tensor logits_view_;  // [r, vocab] view into logits_ from the last call
@@ -242,6 +267,7 @@ class LlamaModel {
   FlatWorkspace lora_u_;  // [rows, out_features of the projection]
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;
+  std::vector<LowRankGroupSegment> low_rank_groups_;  // AddLoraGroup()'s
 };
 
 }  // namespace strata

@@ -23,6 +23,11 @@ namespace strata {
 struct LayerLoraTensors {
   std::array<Tensor, kNumLoraProjs> a;         // [r, in_features]
   std::array<Tensor, kNumLoraProjs> scaled_b;  // [out_features, r], * alpha/r
+  // Where the model fuses the projections (LlamaModel::LayerTensors::
+  // qkv_proj, gate_up_proj): the A of q, k and v stacked, [3 r, hidden],
+  // and of gate and up, [2 r, hidden], for one A-product per group
+  // (Backend::AddLowRankGroup). Empty otherwise.
+  Tensor a_qkv, a_gate_up;
 };
 
 // A run of consecutive rows of a batch that are all at one loop.

@@ -88,6 +88,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
   model_options.block_size = options.block_size;
   model_options.num_blocks = num_blocks;
   model_options.kv_fill = options.kv_fill;
+  model_options.fuse_projections = options.fuse_projections;
   if (config->num_loops > 1) {
     absl::StatusOr<ExitDefaults> exit_defaults =
         LoadExitDefaults(options.model_dir, *config);

@@ -42,6 +42,8 @@ class ModelRunner : public StepExecutor {
     // Recursive models: K/V of the loops an early exit skipped (see
     // KvFillPolicy and WorkItem::kv_fill).
     KvFillPolicy kv_fill = KvFillPolicy::kPropagate;
+    // LlamaModel::Options::fuse_projections (off only in tests).
+    bool fuse_projections = true;
   };
 
   // Loads config.json and the weights (loader errors pass through, naming the

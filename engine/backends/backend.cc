@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/logging.h"
 
 namespace strata {
 
@@ -28,6 +29,11 @@ absl::Status Backend::CheckExitConfidenceArgs(
                      kinds.size(), " kinds and ", out.size(), " outputs"));
   }
   return absl::OkStatus();
+}
+
+void Backend::SplitColumns(const Tensor& x, std::span<Tensor* const> parts) {
+  STRATA_CHECK(false)
+      << name() << " reports no WeightRowAlignment: nothing fused to split";
 }
 
 SoftmaxStats Backend::RowSoftmaxStats(std::span<const float> row) const {

@@ -20,6 +20,7 @@
 #ifndef STRATA_ENGINE_BACKENDS_BACKEND_H_
 #define STRATA_ENGINE_BACKENDS_BACKEND_H_
 
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -137,6 +138,16 @@ struct LowRankSegment {
   const Tensor* b = nullptr;  // [m, r] (already scaled), kAdapter
 };
 
+// A run of rows at one loop whose low-rank pairs of several projections of
+// one input (q, k and v; gate and up) share one A: the parts' A stacked,
+// rows [p r, (p + 1) r) part p's. Backend::AddLowRankGroup.
+struct LowRankGroupSegment {
+  int32_t first_row = 0;
+  int32_t num_rows = 0;
+  const Tensor* a = nullptr;            // [parts * r, k], kAdapter
+  std::array<const Tensor*, 3> b = {};  // part p's [m_p, r] (scaled)
+};
+
 // One sequence's new tokens in the flattened batch, for attention.
 struct SequenceSlice {
   int32_t first_row = 0;       // row of its first new token
@@ -218,6 +229,28 @@ class Backend {
   // out = x * w^T. x: [n, k] f32, w: [m, k] (HF Linear layout; f32, or
   // what UploadWeight made of it), out: [n, m] f32
   virtual void MatMul(const Tensor& x, const Tensor& w, Tensor* out) = 0;
+  // ---- Fused projections ----
+  // Where a backend can slice a weight's rows (WeightRowAlignment() > 0),
+  // the model uploads q, k and v (and gate and up) as one weight each,
+  // multiplies it in one MatMul and splits the product with SplitColumns:
+  // on the CPU one hand-off to the kernel threads and one pass over the
+  // rows instead of two or three, with the same values.
+  //
+  // The row multiple WeightRows slices at; 0 (the default) = it cannot.
+  virtual int64_t WeightRowAlignment() const { return 0; }
+  // Rows [begin, begin + count) of w, a [m, k] weight from UploadWeight
+  // (role kLinear), as a weight that shares w's memory (valid while w
+  // lives): MatMul with it gives what MatMul with those rows uploaded alone
+  // gives. begin is a multiple of WeightRowAlignment(), and so is count
+  // unless the slice ends at m.
+  virtual absl::StatusOr<Tensor> WeightRows(const Tensor& w, int64_t begin,
+                                            int64_t count) const {
+    return absl::UnimplementedError("this backend does not slice weights");
+  }
+  // Copies x's columns, left to right, into the parts. x: [n, sum of the
+  // parts' widths], parts[i]: [n, width_i]. Required of a backend whose
+  // WeightRowAlignment() > 0 (the default fails).
+  virtual void SplitColumns(const Tensor& x, std::span<Tensor* const> parts);
   // x[i] += bias. bias: [m], x: [n, m]
   virtual void AddBias(const Tensor& bias, Tensor* x) = 0;
   // x += y (residual). x, y: same shape
@@ -230,6 +263,16 @@ class Backend {
   virtual bool AddLowRank(const Tensor& x,
                           std::span<const LowRankSegment> segments,
                           Tensor* out) {
+    return false;
+  }
+  // AddLowRank for the parts of a group at once: for every segment and part
+  // p, outs[p][rows] += (x[rows] a_p^T) b_p^T, with a_p part p's rows of the
+  // stacked a: one A-product for all parts. Returns false, doing nothing,
+  // where the backend lacks it; the caller then runs AddLowRank per part,
+  // which must give the same result. outs.size() parts (at most 3).
+  virtual bool AddLowRankGroup(const Tensor& x,
+                               std::span<const LowRankGroupSegment> segments,
+                               std::span<Tensor* const> outs) {
     return false;
   }
   // Llama RMSNorm. x, out: [n, h] (may be the same tensor), weight: [h]

@@ -77,7 +77,8 @@ struct Loaded {
 
 Loaded Load(const std::string& model_dir, cpu::Isa isa, int32_t num_threads,
             int32_t block_size, int32_t num_blocks,
-            CpuBackend::Options backend_options = {}) {
+            CpuBackend::Options backend_options = {},
+            bool fuse_projections = true) {
   Loaded loaded;
   absl::StatusOr<ModelConfig> config =
       ModelConfig::FromFile(model_dir + "/config.json");
@@ -97,7 +98,9 @@ Loaded Load(const std::string& model_dir, cpu::Isa isa, int32_t num_threads,
   loaded.backend = *std::move(backend);
   absl::StatusOr<std::unique_ptr<LlamaModel>> model =
       LlamaModel::Create(*config, *std::move(weights), loaded.backend.get(),
-                         {.block_size = block_size, .num_blocks = num_blocks});
+                         {.block_size = block_size,
+                          .num_blocks = num_blocks,
+                          .fuse_projections = fuse_projections});
   EXPECT_TRUE(model.ok()) << model.status();
   loaded.model = *std::move(model);
   return loaded;
@@ -269,7 +272,8 @@ TEST_F(LlamaModelTest, ChunkedPrefillMatchesWholePrefill) {
 // bit-identical logits to each run alone, and so does a different thread
 // count; in every weight mode of the CPU backend (f32 compute, int8,
 // LLM.int8() with outliers forced by a low threshold, bf16 compute where
-// the CPU has it).
+// the CPU has it), and so do q/k/v and gate/up multiplied apart instead of
+// as one fused weight each.
 TEST_F(LlamaModelTest, BatchInvariantThroughTheModel) {
   std::vector<CpuBackend::Options> modes(5);
   modes[1].quantization = Quantization::kWeightInt8;
@@ -352,6 +356,18 @@ void LlamaModelTest::CheckBatchInvariance(const std::string& dir,
   run_alone(*single.model, &single_a, &single_b);
   EXPECT_EQ(single_a, alone_a);
   EXPECT_EQ(single_b, alone_b);
+
+  // q/k/v and gate/up as separate products instead of one each (the
+  // backend's fused weights): identical bits.
+  ASSERT_GT(m.backend->WeightRowAlignment(), 0);
+  Loaded unfused = Load(dir, cpu::DefaultIsa(), 2, kBlockSize, kNumBlocks,
+                        options, /*fuse_projections=*/false);
+  EXPECT_TRUE(LlamaModelTestPeer(*m.model).FusedProjections());
+  EXPECT_FALSE(LlamaModelTestPeer(*unfused.model).FusedProjections());
+  std::vector<float> unfused_a, unfused_b;
+  run_alone(*unfused.model, &unfused_a, &unfused_b);
+  EXPECT_EQ(unfused_a, alone_a);
+  EXPECT_EQ(unfused_b, alone_b);
 }
 
 TEST_F(LlamaModelTest, RejectsBadPlans) {

@@ -101,8 +101,10 @@ std::vector<int32_t> ShuffledBlocks(int32_t count, uint32_t seed) {
 
 std::unique_ptr<ModelRunner> MakeRunner(const std::string& kv_fill,
                                         int32_t num_threads = 2,
-                                        const std::string& model_dir = "") {
+                                        const std::string& model_dir = "",
+                                        bool fuse_projections = true) {
   ModelRunner::Options options;
+  options.fuse_projections = fuse_projections;
   options.model_dir = model_dir.empty() ? FixtureDir() : model_dir;
   options.block_size = kBlockSize;
   // 2 (K, V) * 6 kv layers * 4 tokens * 2 kv heads * 16 * 4 bytes = 6144.
@@ -1092,6 +1094,98 @@ TEST(RecursiveModelTest, ExitsInAMixedBatchMatchAlone) {
   EXPECT_EQ(b_passes, static_cast<int32_t>(ref.steps.size()) / kNumLoops);
   runner->ReleaseState(2);
   EXPECT_EQ(runner->num_kept_states(), 0u);
+}
+
+// q/k/v and gate/up multiplied as one fused weight each (the default on the
+// CPU) and apart give the same bits through depth-wise steps: rows of two
+// loops in one step (two LoRA segments), forced exits and the K/V they
+// propagate to the skipped loops.
+TEST(RecursiveModelTest, FusedProjectionsMatchUnfusedBitForBit) {
+  const ExitFixture fixture = LoadExitFixture();
+  const ExitRun& ref = fixture.policies.at("propagate");
+  const SamplingParams greedy = Greedy();
+  const std::vector<int32_t> table_a = ShuffledBlocks(12, 41);
+  std::vector<int32_t> table_b;
+  for (int32_t b = 0; table_b.size() < 4; ++b) {
+    if (std::find(table_a.begin(), table_a.end(), b) == table_a.end()) {
+      table_b.push_back(b);
+    }
+  }
+  const std::vector<TokenId> prompt_b = {100, 200, 300, 400, 500};
+  std::vector<ExitParams> exits(ref.steps.size());
+  for (size_t s = 0; s < ref.steps.size(); ++s) {
+    auto it = fixture.forced.find(static_cast<int32_t>(s + 1));
+    exits[s].forced_exit_loop = it == fixture.forced.end() ? -1 : it->second;
+  }
+
+  // Every step's logits (both items), exit loops, then A's K/V of every
+  // kv layer at every position.
+  struct Run {
+    std::vector<std::vector<float>> logits;
+    std::vector<int32_t> exit_loops;
+    std::vector<std::vector<float>> kv;
+  };
+  auto run = [&](bool fuse) {
+    Run out;
+    std::unique_ptr<ModelRunner> runner = MakeRunner("propagate", 2, "", fuse);
+    EXPECT_NE(runner, nullptr);
+    if (runner == nullptr) return out;
+    StepPlan prefill;
+    WorkItem a = Item(1, fixture.prompt, 0, table_a);
+    a.sample = true;
+    a.sampling = &greedy;
+    prefill.items.push_back(a);
+    absl::StatusOr<StepResult> r = runner->Execute(prefill);
+    EXPECT_TRUE(r.ok()) << r.status();
+    for (size_t s = 0; s < ref.steps.size(); ++s) {
+      const int32_t b_loop = static_cast<int32_t>(s) % kNumLoops;
+      StepPlan plan;
+      WorkItem b = Item(2, prompt_b, 0, table_b, b_loop, b_loop + 1);
+      b.sample = true;
+      b.sampling = &greedy;
+      plan.items.push_back(b);
+      WorkItem step_a =
+          Item(1, ref.steps[s].input_ids, ref.steps[s].start_position, table_a);
+      step_a.sample = true;
+      step_a.sampling = &greedy;
+      step_a.exit = &exits[s];
+      plan.items.push_back(step_a);
+      std::vector<std::vector<float>> logits;
+      r = ModelRunnerTestPeer(*runner).ExecuteWithLogits(plan, &logits);
+      EXPECT_TRUE(r.ok()) << r.status() << " step " << s + 1;
+      if (!r.ok()) return out;
+      out.exit_loops.push_back(r->items[1].exit_loop);
+      for (std::vector<float>& row : logits) {
+        out.logits.push_back(std::move(row));
+      }
+    }
+    const int32_t positions = ref.steps.back().start_position + 1;
+    for (int32_t kv_layer = 0; kv_layer < kNumLoops * 2; ++kv_layer) {
+      for (int32_t pos = 0; pos < positions; ++pos) {
+        std::vector<float> k, v;
+        EXPECT_TRUE(ModelRunnerTestPeer(*runner)
+                        .ReadKv(kv_layer, table_a, pos, &k, &v)
+                        .ok());
+        out.kv.push_back(std::move(k));
+        out.kv.push_back(std::move(v));
+      }
+    }
+    return out;
+  };
+  const Run fused = run(true);
+  const Run apart = run(false);
+  ASSERT_EQ(fused.logits.size(), 2 * ref.steps.size());
+  EXPECT_EQ(fused.exit_loops, apart.exit_loops);
+  // The fixture forces some early exits, so propagated K/V is compared too.
+  EXPECT_GT(
+      std::count_if(fused.exit_loops.begin(), fused.exit_loops.end(),
+                    [](int32_t l) { return l >= 0 && l < kNumLoops - 1; }),
+      0);
+  ASSERT_EQ(fused.logits.size(), apart.logits.size());
+  for (size_t i = 0; i < fused.logits.size(); ++i) {
+    EXPECT_EQ(fused.logits[i], apart.logits[i]) << "logits row " << i;
+  }
+  EXPECT_EQ(fused.kv, apart.kv);
 }
 
 // A block copy (copy-on-write) copies every loop's K/V of the block.

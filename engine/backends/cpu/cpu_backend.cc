@@ -60,6 +60,8 @@ enum class PanelFormat {
 // (embeddings, possibly tied to the LM head) also keeps its row-major f32
 // copy, which the tensor's data points at, for the embedding gather; a
 // Linear weight is only ever multiplied, so its tensor points at the panels.
+// A slice (CpuBackend::WeightRows) points into another weight's panels and
+// scales and owns nothing.
 class PackedWeightStorage : public Tensor::Storage {
  public:
   struct Int8Params {
@@ -74,11 +76,23 @@ class PackedWeightStorage : public Tensor::Storage {
                       std::vector<float> rows)
       : format_(format),
         packed_(packed),
+        owns_packed_(true),
         int8_(std::move(int8)),
+        scales_(int8_.scales.data()),
         rows_(std::move(rows)) {}
-  ~PackedWeightStorage() override { std::free(packed_); }
+  ~PackedWeightStorage() override {
+    if (owns_packed_) std::free(packed_);
+  }
 
+  PanelFormat format() const { return format_; }
+  const void* packed() const { return packed_; }
   float* rows() { return rows_.data(); }
+  bool is_table() const { return !rows_.empty(); }
+
+  // The rows from `begin` (a multiple of the panels' 16 rows) of this
+  // [m, k] weight: the panels from begin / 16 and their scales, which are
+  // stored panel after panel in every format.
+  std::unique_ptr<PackedWeightStorage> Slice(int64_t begin, int64_t k) const;
 
   // out = x * W^T. x: [n, k], out: [n, m]
   void Multiply(const cpu::KernelContext& ctx, const float* x, int64_t n,
@@ -98,7 +112,7 @@ class PackedWeightStorage : public Tensor::Storage {
         return;
       case PanelFormat::kInt8: {
         const cpu::Int8Panels panels{static_cast<const uint8_t*>(packed_),
-                                     int8_.scales.data(), int8_.group_size};
+                                     scales_, int8_.group_size};
         const cpu::Int8Isa isa = cpu::Int8IsaFor(ctx.isa);
         if (int8_.max_outliers > 0) {
           cpu::Int8MatMulWithOutliers(ctx, isa, x, panels, n, m, k,
@@ -112,9 +126,20 @@ class PackedWeightStorage : public Tensor::Storage {
   }
 
  private:
+  // A slice's storage (Slice).
+  PackedWeightStorage(PanelFormat format, void* packed, const float* scales,
+                      const Int8Params& int8)
+      : format_(format), packed_(packed), owns_packed_(false), scales_(scales) {
+    int8_.group_size = int8.group_size;
+    int8_.threshold = int8.threshold;
+    int8_.max_outliers = int8.max_outliers;
+  }
+
   PanelFormat format_;
   void* packed_;
-  Int8Params int8_;
+  bool owns_packed_;
+  Int8Params int8_;  // a slice keeps its scales in the whole's
+  const float* scales_;
   std::vector<float> rows_;  // empty for a Linear weight
 };
 
@@ -133,6 +158,17 @@ size_t PanelBytes(PanelFormat format, int64_t m, int64_t k) {
       return static_cast<size_t>(cpu::Int8PackedBytes(m, k));
   }
   return 0;
+}
+
+std::unique_ptr<PackedWeightStorage> PackedWeightStorage::Slice(
+    int64_t begin, int64_t k) const {
+  const float* scales =
+      format_ == PanelFormat::kInt8
+          ? scales_ + cpu::Int8ScaleCount(begin, k, int8_.group_size)
+          : nullptr;
+  return std::unique_ptr<PackedWeightStorage>(new PackedWeightStorage(
+      format_, static_cast<char*>(packed_) + PanelBytes(format_, begin, k),
+      scales, int8_));
 }
 
 ElementType PanelType(PanelFormat format) {
@@ -161,6 +197,20 @@ int64_t Rows(const Tensor& t) { return t.rank() == 0 ? 1 : t.dim(0); }
 int64_t Cols(const Tensor& t) {
   const int64_t rows = Rows(t);
   return rows == 0 ? 0 : t.num_elements() / rows;
+}
+
+// in [rows, cols] times w^T -> [rows, w rows] on the calling thread, as
+// MatMul computes it (packed or plain f32 w).
+void MultiplyInline(const cpu::KernelContext& inline_ctx, const Tensor& w,
+                    const float* in, int64_t rows, int64_t cols,
+                    float* product) {
+  if (const auto* packed =
+          dynamic_cast<const PackedWeightStorage*>(w.storage());
+      packed != nullptr) {
+    packed->Multiply(inline_ctx, in, rows, Rows(w), cols, product);
+  } else {
+    cpu::MatMul(inline_ctx, in, F32(w), rows, Rows(w), cols, product);
+  }
 }
 
 cpu::AttentionGeometry Geometry(const AttentionShape& s) {
@@ -394,6 +444,49 @@ void CpuBackend::MatMul(const Tensor& x, const Tensor& w, Tensor* out) {
   }
 }
 
+int64_t CpuBackend::WeightRowAlignment() const { return cpu::kPanelWidth; }
+
+absl::StatusOr<Tensor> CpuBackend::WeightRows(const Tensor& w, int64_t begin,
+                                              int64_t count) const {
+  const auto* packed = dynamic_cast<const PackedWeightStorage*>(w.storage());
+  if (packed == nullptr || packed->is_table() || w.rank() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "WeightRows slices a Linear weight from UploadWeight, not ",
+        w.DebugString()));
+  }
+  const int64_t m = w.dim(0), k = w.dim(1);
+  const int64_t align = WeightRowAlignment();
+  if (begin < 0 || count <= 0 || begin + count > m || begin % align != 0 ||
+      (count % align != 0 && begin + count != m)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("WeightRows [", begin, ", ", begin + count, ") of ", m,
+                     " rows: the slice must start and end on a ", align,
+                     "-row panel (or at the end)"));
+  }
+  std::unique_ptr<PackedWeightStorage> slice = packed->Slice(begin, k);
+  void* data = const_cast<void*>(slice->packed());
+  return Tensor(data, w.type(), {count, k}, std::move(slice));
+}
+
+void CpuBackend::SplitColumns(const Tensor& x, std::span<Tensor* const> parts) {
+  const int64_t n = Rows(x), width = Cols(x);
+  int64_t total = 0;
+  for (const Tensor* part : parts) {
+    STRATA_CHECK(Rows(*part) == n);
+    total += Cols(*part);
+  }
+  STRATA_CHECK(total == width);
+  const float* src = F32(x);
+  for (int64_t i = 0; i < n; ++i) {
+    for (Tensor* part : parts) {
+      const int64_t w = Cols(*part);
+      std::memcpy(F32(*part) + i * w, src,
+                  static_cast<size_t>(w) * sizeof(float));
+      src += w;
+    }
+  }
+}
+
 bool CpuBackend::AddLowRank(const Tensor& x,
                             std::span<const LowRankSegment> segments,
                             Tensor* out) {
@@ -431,22 +524,73 @@ bool CpuBackend::AddLowRank(const Tensor& x,
         thread_local std::vector<float> low, update;
         low.resize(static_cast<size_t>(t.num_rows * rank));
         update.resize(static_cast<size_t>(t.num_rows * m));
-        // in [rows, cols] times w^T -> [rows, w rows], as MatMul computes it.
-        auto multiply = [&](const Tensor& w, const float* in, int64_t rows,
-                            int64_t cols, float* product) {
-          if (const auto* packed =
-                  dynamic_cast<const PackedWeightStorage*>(w.storage());
-              packed != nullptr) {
-            packed->Multiply(inline_ctx, in, rows, Rows(w), cols, product);
-          } else {
-            cpu::MatMul(inline_ctx, in, F32(w), rows, Rows(w), cols, product);
-          }
-        };
-        multiply(*t.segment->a, F32(x) + t.first_row * k, t.num_rows, k,
-                 low.data());
-        multiply(*t.segment->b, low.data(), t.num_rows, rank, update.data());
+        MultiplyInline(inline_ctx, *t.segment->a, F32(x) + t.first_row * k,
+                       t.num_rows, k, low.data());
+        MultiplyInline(inline_ctx, *t.segment->b, low.data(), t.num_rows, rank,
+                       update.data());
         cpu::Add(inline_ctx, update.data(), t.num_rows * m,
                  F32(*out) + t.first_row * m);
+      });
+  return true;
+}
+
+bool CpuBackend::AddLowRankGroup(const Tensor& x,
+                                 std::span<const LowRankGroupSegment> segments,
+                                 std::span<Tensor* const> outs) {
+  const int64_t k = Cols(x);
+  const int64_t parts = static_cast<int64_t>(outs.size());
+  STRATA_CHECK(parts >= 1 && parts <= 3);
+  struct Task {
+    const LowRankGroupSegment* segment;
+    int64_t first_row, num_rows;
+  };
+  std::vector<Task> tasks;
+  constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
+  int64_t macs = 0;
+  for (const LowRankGroupSegment& seg : segments) {
+    STRATA_CHECK(seg.a->type() == ElementType::kF32 && Cols(*seg.a) == k &&
+                 Rows(*seg.a) % parts == 0);
+    const int64_t rank = Rows(*seg.a) / parts;
+    int64_t width = 0;
+    for (int64_t p = 0; p < parts; ++p) {
+      STRATA_CHECK(
+          seg.b[p] != nullptr && seg.b[p]->type() == ElementType::kF32 &&
+          Cols(*seg.b[p]) == rank && Rows(*seg.b[p]) == Cols(*outs[p]));
+      width += Rows(*seg.b[p]);
+    }
+    STRATA_CHECK(seg.first_row >= 0 && seg.first_row + seg.num_rows <= Rows(x));
+    macs += int64_t{seg.num_rows} * rank * (parts * k + width);
+    for (int64_t r = 0; r < seg.num_rows; r += kRowsPerTask) {
+      tasks.push_back(
+          {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
+    }
+  }
+  const cpu::KernelContext inline_ctx{context_.isa, nullptr};
+  context_.ForMacs(macs).ParallelFor(
+      static_cast<int64_t>(tasks.size()), [&](int64_t i) {
+        const Task& t = tasks[i];
+        const int64_t stacked = Rows(*t.segment->a);
+        const int64_t rank = stacked / parts;
+        thread_local std::vector<float> low, part_low, update;
+        low.resize(static_cast<size_t>(t.num_rows * stacked));
+        part_low.resize(static_cast<size_t>(t.num_rows * rank));
+        MultiplyInline(inline_ctx, *t.segment->a, F32(x) + t.first_row * k,
+                       t.num_rows, k, low.data());
+        for (int64_t p = 0; p < parts; ++p) {
+          // Part p's columns of the stacked product, as its own A gave them.
+          for (int64_t r = 0; r < t.num_rows; ++r) {
+            std::memcpy(part_low.data() + r * rank,
+                        low.data() + r * stacked + p * rank,
+                        static_cast<size_t>(rank) * sizeof(float));
+          }
+          const Tensor& b = *t.segment->b[p];
+          const int64_t m = Rows(b);
+          update.resize(static_cast<size_t>(t.num_rows * m));
+          MultiplyInline(inline_ctx, b, part_low.data(), t.num_rows, rank,
+                         update.data());
+          cpu::Add(inline_ctx, update.data(), t.num_rows * m,
+                   F32(*outs[p]) + t.first_row * m);
+        }
       });
   return true;
 }

@@ -98,6 +98,12 @@ class CpuBackend : public Backend {
   // Bf16MatMul, Int8MatMul or Int8MatMulWithOutliers), others through
   // cpu::MatMul; all are batch invariant (kernels/cpu/).
   void MatMul(const Tensor& x, const Tensor& w, Tensor* out) override;
+  // Packed weights slice at their 16-row panels (any format: f32, bf16,
+  // bf16 pairs, int8 with or without groups and outliers).
+  int64_t WeightRowAlignment() const override;
+  absl::StatusOr<Tensor> WeightRows(const Tensor& w, int64_t begin,
+                                    int64_t count) const override;
+  void SplitColumns(const Tensor& x, std::span<Tensor* const> parts) override;
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;
   // One thread-pool job for all segments (tasks of up to 8 rows of one
@@ -106,6 +112,11 @@ class CpuBackend : public Backend {
   // the per-segment calls. Never declines.
   bool AddLowRank(const Tensor& x, std::span<const LowRankSegment> segments,
                   Tensor* out) override;
+  // Like AddLowRank (tasks of up to 8 rows of one segment), with one
+  // A-product per task for all parts; never declines.
+  bool AddLowRankGroup(const Tensor& x,
+                       std::span<const LowRankGroupSegment> segments,
+                       std::span<Tensor* const> outs) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps,
                Tensor* out) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) override;

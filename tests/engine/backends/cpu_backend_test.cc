@@ -295,6 +295,95 @@ TEST(CpuBackendTest, FromOptionsHonoursOrRefuses) {
 // The gathered op against MatMul, MatMul, Add per segment, which it must
 // equal bit for bit. `packed`: factors uploaded as kAdapter (packed) or as
 // plain f32 tensors (Upload); the op accepts both, as the CUDA backend does.
+// A slice of a weight (WeightRows) multiplies to the bits of those rows
+// uploaded alone, in every panel format (f32, bf16, bf16 compute, int8 per
+// channel and per group, LLM.int8() with outliers), for 1 to 9 rows;
+// SplitColumns hands each part its columns of a fused product.
+TEST(CpuBackendTest, WeightRowsMultiplyLikeTheRowsAlone) {
+  const int64_t k = 72;
+  const std::vector<int64_t> parts = {48, 16, 21};  // the last ends the weight
+  const int64_t m = 48 + 16 + 21;
+  std::vector<CpuBackend::Options> modes(6);
+  modes[2] = WithQuantization(Quantization::kWeightInt8);
+  modes[3] = modes[2];
+  modes[3].int8_group_size = 32;
+  modes[4] = WithQuantization(Quantization::kLlmInt8);
+  modes[4].llm_int8_threshold = 1.5f;  // outliers in most rows
+  if (cpu::Bf16DotSupported()) modes[5] = Bf16Compute();
+  for (size_t mode = 0; mode < modes.size(); ++mode) {
+    SCOPED_TRACE(testing::Message() << "mode " << mode);
+    auto backend = MakeBackend(modes[mode]);
+    ASSERT_EQ(backend->WeightRowAlignment(), 16);
+    // Mode 1 uploads bf16-exact values (bf16 panels); mode 0 f32 ones.
+    const std::vector<float> w =
+        mode == 0 ? Random(m * k, 7) : Bf16Values(Random(m * k, 7));
+    auto whole = backend->UploadWeight(w, {m, k}, WeightRole::kLinear);
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    for (int64_t n : {1, 3, 9}) {
+      const std::vector<float> x = Random(n * k, 8 + n);
+      auto xt = backend->Upload(x, {n, k});
+      auto fused = backend->Allocate(ElementType::kF32, {n, m});
+      ASSERT_TRUE(xt.ok() && fused.ok());
+      backend->MatMul(*xt, *whole, &*fused);
+      std::vector<Tensor> outs;
+      std::vector<Tensor*> out_ptrs;
+      int64_t begin = 0;
+      for (int64_t rows : parts) {
+        auto slice = backend->WeightRows(*whole, begin, rows);
+        ASSERT_TRUE(slice.ok()) << slice.status();
+        EXPECT_EQ(slice->shape(), (std::vector<int64_t>{rows, k}));
+        auto out = backend->Allocate(ElementType::kF32, {n, rows});
+        ASSERT_TRUE(out.ok());
+        backend->MatMul(*xt, *slice, &*out);
+        // The rows uploaded alone.
+        const std::vector<float> alone =
+            BackendProduct(*backend, x,
+                           std::vector<float>(w.begin() + begin * k,
+                                              w.begin() + (begin + rows) * k),
+                           n, rows, k, WeightRole::kLinear);
+        EXPECT_EQ(Host(*backend, *out), alone) << "rows from " << begin;
+        outs.push_back(*std::move(out));
+        begin += rows;
+      }
+      // SplitColumns of the fused product gives each part the same bits.
+      std::vector<Tensor> split;
+      for (int64_t rows : parts) {
+        auto t = backend->Allocate(ElementType::kF32, {n, rows});
+        ASSERT_TRUE(t.ok());
+        split.push_back(*std::move(t));
+      }
+      for (Tensor& t : split) out_ptrs.push_back(&t);
+      backend->SplitColumns(*fused, out_ptrs);
+      for (size_t p = 0; p < parts.size(); ++p) {
+        EXPECT_EQ(Host(*backend, split[p]), Host(*backend, outs[p]))
+            << "part " << p;
+      }
+    }
+  }
+}
+
+TEST(CpuBackendTest, WeightRowsRefusesSlicesOffThePanels) {
+  auto backend = MakeBackend();
+  const int64_t m = 40, k = 8;
+  auto w = backend->UploadWeight(Random(m * k, 1), {m, k}, WeightRole::kLinear);
+  auto table =
+      backend->UploadWeight(Random(m * k, 1), {m, k}, WeightRole::kTable);
+  auto plain = backend->Upload(Random(m * k, 1), {m, k});
+  ASSERT_TRUE(w.ok() && table.ok() && plain.ok());
+  EXPECT_TRUE(backend->WeightRows(*w, 16, 24).ok());  // to the end
+  EXPECT_TRUE(backend->WeightRows(*w, 0, 32).ok());
+  for (auto [begin, count] : std::vector<std::pair<int64_t, int64_t>>{
+           {8, 16}, {0, 20}, {16, 25}, {-16, 16}, {0, 0}}) {
+    const absl::StatusOr<Tensor> slice = backend->WeightRows(*w, begin, count);
+    EXPECT_EQ(slice.status().code(), absl::StatusCode::kInvalidArgument)
+        << begin << " " << count;
+  }
+  EXPECT_EQ(backend->WeightRows(*table, 0, 16).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend->WeightRows(*plain, 0, 16).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 void ExpectLowRankEqualsPerSegment(
     int64_t n, int64_t k, int64_t m, int64_t rank,
     const std::vector<std::pair<int, int>>& spans, bool packed) {
@@ -361,6 +450,70 @@ void ExpectLowRankEqualsPerSegment(
 TEST(CpuBackendTest, GatheredLowRankEqualsPerSegmentProducts) {
   ExpectLowRankEqualsPerSegment(23, 40, 33, 4, {{0, 11}, {11, 3}, {14, 9}},
                                 /*packed=*/true);
+}
+
+// A group's stacked A (AddLowRankGroup) adds to every part the bits that
+// AddLowRank with the part's own A gives: three parts of different widths,
+// segments over and under the 8-row task size and a row no segment covers.
+TEST(CpuBackendTest, LowRankGroupEqualsAddLowRankPerPart) {
+  auto backend = MakeBackend();
+  const int64_t n = 24, k = 40, rank = 8;
+  const std::vector<int64_t> widths = {48, 16, 21};
+  const std::vector<std::pair<int, int>> spans = {{0, 11}, {11, 3}, {15, 9}};
+  auto x = backend->Upload(Random(n * k, 3), {n, k});
+  ASSERT_TRUE(x.ok());
+  std::vector<Tensor> stacked, as, bs;  // as, bs: [segment * 3 + part]
+  for (size_t s = 0; s < spans.size(); ++s) {
+    std::vector<float> stacked_host;
+    for (size_t p = 0; p < widths.size(); ++p) {
+      const std::vector<float> a_host = Random(rank * k, 10 + 3 * s + p);
+      stacked_host.insert(stacked_host.end(), a_host.begin(), a_host.end());
+      auto a = backend->UploadWeight(a_host, {rank, k}, WeightRole::kAdapter);
+      auto b = backend->UploadWeight(Random(widths[p] * rank, 30 + 3 * s + p),
+                                     {widths[p], rank}, WeightRole::kAdapter);
+      ASSERT_TRUE(a.ok() && b.ok());
+      as.push_back(*std::move(a));
+      bs.push_back(*std::move(b));
+    }
+    auto st = backend->UploadWeight(std::move(stacked_host), {3 * rank, k},
+                                    WeightRole::kAdapter);
+    ASSERT_TRUE(st.ok());
+    stacked.push_back(*std::move(st));
+  }
+  std::vector<LowRankGroupSegment> groups;
+  for (size_t s = 0; s < spans.size(); ++s) {
+    groups.push_back({spans[s].first,
+                      spans[s].second,
+                      &stacked[s],
+                      {&bs[3 * s], &bs[3 * s + 1], &bs[3 * s + 2]}});
+  }
+  std::vector<std::vector<float>> bases;
+  std::vector<Tensor> grouped, apart;
+  for (size_t p = 0; p < widths.size(); ++p) {
+    bases.push_back(Random(n * widths[p], 50 + p));
+    auto g = backend->Upload(bases[p], {n, widths[p]});
+    auto a = backend->Upload(bases[p], {n, widths[p]});
+    ASSERT_TRUE(g.ok() && a.ok());
+    grouped.push_back(*std::move(g));
+    apart.push_back(*std::move(a));
+  }
+  Tensor* const outs[] = {&grouped[0], &grouped[1], &grouped[2]};
+  ASSERT_TRUE(backend->AddLowRankGroup(*x, groups, outs));
+  for (size_t p = 0; p < widths.size(); ++p) {
+    std::vector<LowRankSegment> segments;
+    for (size_t s = 0; s < spans.size(); ++s) {
+      segments.push_back(
+          {spans[s].first, spans[s].second, &as[3 * s + p], &bs[3 * s + p]});
+    }
+    ASSERT_TRUE(backend->AddLowRank(*x, segments, &apart[p]));
+    const std::vector<float> got = Host(*backend, grouped[p]);
+    EXPECT_EQ(got, Host(*backend, apart[p])) << "part " << p;
+    EXPECT_NE(got, bases[p]) << "part " << p;
+    // Row 14 is in no segment.
+    for (int64_t j = 0; j < widths[p]; ++j) {
+      EXPECT_EQ(got[14 * widths[p] + j], bases[p][14 * widths[p] + j]);
+    }
+  }
 }
 
 // The shape of CudaOpsTest.AddLowRankMatchesCpu (odd k and m, three segments

@@ -29,6 +29,15 @@ class LlamaModelTestPeer {
     return model_.Forward(items, logit_rows);
   }
 
+  // Whether every layer multiplies q/k/v and gate/up as one fused weight
+  // each (LlamaModel::LayerTensors::qkv_proj, gate_up_proj).
+  bool FusedProjections() const {
+    for (const LlamaModel::LayerTensors& layer : model_.layers_) {
+      if (layer.qkv_proj.empty() || layer.gate_up_proj.empty()) return false;
+    }
+    return true;
+  }
+
  private:
   LlamaModel& model_;
 };
