@@ -229,6 +229,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
            {&w.k_proj, kv_dim, prefix + "self_attn.k_proj.weight", &t.k_proj},
            {&w.v_proj, kv_dim, prefix + "self_attn.v_proj.weight", &t.v_proj}},
           hidden, &t.qkv_proj));
+      ASSIGN_OR_RETURN(t.kv_proj,
+                       backend->WeightRows(t.qkv_proj, q_dim, 2 * kv_dim));
     } else {
       ASSIGN_OR_RETURN(
           t.q_proj, UploadWeight(backend, std::move(w.q_proj), {q_dim, hidden},

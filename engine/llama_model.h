@@ -136,6 +136,7 @@ class LlamaModel {
     // backend slices weights (Backend::WeightRowAlignment); q/k/v_proj are
     // then its slices. Empty otherwise.
     Tensor qkv_proj;
+    Tensor kv_proj;  // its k and v rows, [2 kv_dim, hidden] (propagated K/V)
     Tensor q_proj;               // [q_dim, hidden]
     Tensor k_proj;               // [kv_dim, hidden]
     Tensor v_proj;               // [kv_dim, hidden]
@@ -263,7 +264,7 @@ class LlamaModel {
   // Recursive models: the second state buffer (row reorders), LoRA
   // intermediates, exit checks and propagated KV.
   Workspace x2_, exit_logits_, exit_prev_, fill_state_, fill_normed_,
-      fill_rows_, fill_k_, fill_v_, lora_t_;
+      fill_rows_, fill_k_, fill_v_, fill_kv_, lora_t_;
   FlatWorkspace lora_u_;  // [rows, out_features of the projection]
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;

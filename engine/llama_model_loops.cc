@@ -527,10 +527,22 @@ absl::Status LlamaModel::PropagateKv(const LoopPlanner& planner,
     // x = RMSNorm(h_e) * input_norm_k, then K/V with each loop's weights.
     b.RmsNorm(*h, layer.input_norm, config_.rms_norm_eps, &*h_normed);
     b.GatherRows(*h_normed, pair_src, &*f);
-    RETURN_IF_ERROR(
-        Project(*f, layer.k_proj, layer_index, LoraProj::kK, segments, &*k));
-    RETURN_IF_ERROR(
-        Project(*f, layer.v_proj, layer_index, LoraProj::kV, segments, &*v));
+    if (!layer.kv_proj.empty()) {
+      // K and V in one product (the fused weight's slice), then each its
+      // loop's LoRA.
+      absl::StatusOr<Tensor> kv = Rows(fill_kv_, p, 2 * kv_dim);
+      if (!kv.ok()) return kv.status();
+      b.MatMul(*f, layer.kv_proj, &*kv);
+      Tensor* const parts[] = {&*k, &*v};
+      b.SplitColumns(*kv, parts);
+      RETURN_IF_ERROR(AddLora(*f, layer_index, LoraProj::kK, segments, &*k));
+      RETURN_IF_ERROR(AddLora(*f, layer_index, LoraProj::kV, segments, &*v));
+    } else {
+      RETURN_IF_ERROR(
+          Project(*f, layer.k_proj, layer_index, LoraProj::kK, segments, &*k));
+      RETURN_IF_ERROR(
+          Project(*f, layer.v_proj, layer_index, LoraProj::kV, segments, &*v));
+    }
     if (!layer.k_bias.empty()) {
       b.AddBias(layer.k_bias, &*k);
       b.AddBias(layer.v_bias, &*v);
