@@ -1006,6 +1006,18 @@ TEST(RecursiveModelTest, ItemsAtDifferentLoopsMatchEachAlone) {
   }
 }
 
+// The first `count` block ids not in `table`, ascending.
+std::vector<int32_t> BlocksOutside(const std::vector<int32_t>& table,
+                                   size_t count) {
+  std::vector<int32_t> blocks;
+  for (int32_t b = 0; blocks.size() < count; ++b) {
+    if (std::find(table.begin(), table.end(), b) == table.end()) {
+      blocks.push_back(b);
+    }
+  }
+  return blocks;
+}
+
 // Exits inside a mixed batch: a forced-exit request decoding sequence-wise
 // shares every step with another request's prompt run one loop per step; the
 // first gets the fixture's logits, exit loops and tokens, the second the
@@ -1015,12 +1027,7 @@ TEST(RecursiveModelTest, ExitsInAMixedBatchMatchAlone) {
   const ExitRun& ref = fixture.policies.at("propagate");
   const SamplingParams greedy = Greedy();
   const std::vector<int32_t> table_a = ShuffledBlocks(12, 40);
-  std::vector<int32_t> table_b;
-  for (int32_t b = 0; table_b.size() < 4; ++b) {
-    if (std::find(table_a.begin(), table_a.end(), b) == table_a.end()) {
-      table_b.push_back(b);
-    }
-  }
+  const std::vector<int32_t> table_b = BlocksOutside(table_a, 4);
   const std::vector<TokenId> prompt_b = {100, 200, 300, 400, 500};
   auto item_b = [&](int32_t loop) {
     WorkItem b = Item(2, prompt_b, 0, table_b, loop, loop + 1);
@@ -1105,12 +1112,7 @@ TEST(RecursiveModelTest, FusedProjectionsMatchUnfusedBitForBit) {
   const ExitRun& ref = fixture.policies.at("propagate");
   const SamplingParams greedy = Greedy();
   const std::vector<int32_t> table_a = ShuffledBlocks(12, 41);
-  std::vector<int32_t> table_b;
-  for (int32_t b = 0; table_b.size() < 4; ++b) {
-    if (std::find(table_a.begin(), table_a.end(), b) == table_a.end()) {
-      table_b.push_back(b);
-    }
-  }
+  const std::vector<int32_t> table_b = BlocksOutside(table_a, 4);
   const std::vector<TokenId> prompt_b = {100, 200, 300, 400, 500};
   std::vector<ExitParams> exits(ref.steps.size());
   for (size_t s = 0; s < ref.steps.size(); ++s) {

@@ -490,48 +490,16 @@ void CpuBackend::SplitColumns(const Tensor& x, std::span<Tensor* const> parts) {
 bool CpuBackend::AddLowRank(const Tensor& x,
                             std::span<const LowRankSegment> segments,
                             Tensor* out) {
-  const int64_t k = Cols(x), m = Cols(*out);
-  struct Task {
-    const LowRankSegment* segment;
-    int64_t first_row, num_rows;
-  };
-  std::vector<Task> tasks;
-  constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
-  int64_t macs = 0;
+  // A group of one part. Packed (kAdapter) and plain f32 factors alike, as
+  // the CUDA backend accepts both: the op must not depend on how a test or
+  // loader uploaded its pair.
+  std::vector<LowRankGroupSegment> groups;
+  groups.reserve(segments.size());
   for (const LowRankSegment& seg : segments) {
-    // Packed (kAdapter) and plain f32 factors alike, as the CUDA backend
-    // accepts both: the op must not depend on how a test or loader uploaded
-    // its pair.
-    STRATA_CHECK(seg.a->type() == ElementType::kF32 &&
-                 seg.b->type() == ElementType::kF32);
-    STRATA_CHECK(Cols(*seg.a) == k && Rows(*seg.b) == m &&
-                 Cols(*seg.b) == Rows(*seg.a));
-    STRATA_CHECK(seg.first_row >= 0 && seg.first_row + seg.num_rows <= Rows(x));
-    macs += int64_t{seg.num_rows} * Rows(*seg.a) * (k + m);
-    for (int64_t r = 0; r < seg.num_rows; r += kRowsPerTask) {
-      tasks.push_back(
-          {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
-    }
+    groups.push_back({seg.first_row, seg.num_rows, seg.a, {seg.b}});
   }
-  const cpu::KernelContext inline_ctx{context_.isa, nullptr};
-  // A rank-r update of a decode step's few rows is a few thousand
-  // multiply-adds a row: on the pool its hand-off would cost more than the
-  // work (a depth-wise step runs one per projection and loop).
-  context_.ForMacs(macs).ParallelFor(
-      static_cast<int64_t>(tasks.size()), [&](int64_t i) {
-        const Task& t = tasks[i];
-        const int64_t rank = Rows(*t.segment->a);
-        thread_local std::vector<float> low, update;
-        low.resize(static_cast<size_t>(t.num_rows * rank));
-        update.resize(static_cast<size_t>(t.num_rows * m));
-        MultiplyInline(inline_ctx, *t.segment->a, F32(x) + t.first_row * k,
-                       t.num_rows, k, low.data());
-        MultiplyInline(inline_ctx, *t.segment->b, low.data(), t.num_rows, rank,
-                       update.data());
-        cpu::Add(inline_ctx, update.data(), t.num_rows * m,
-                 F32(*out) + t.first_row * m);
-      });
-  return true;
+  Tensor* const outs[] = {out};
+  return AddLowRankGroup(x, groups, outs);
 }
 
 bool CpuBackend::AddLowRankGroup(const Tensor& x,
@@ -566,6 +534,9 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
     }
   }
   const cpu::KernelContext inline_ctx{context_.isa, nullptr};
+  // A rank-r update of a decode step's few rows is a few thousand
+  // multiply-adds a row: on the pool its hand-off would cost more than the
+  // work (a depth-wise step runs one per projection group and loop).
   context_.ForMacs(macs).ParallelFor(
       static_cast<int64_t>(tasks.size()), [&](int64_t i) {
         const Task& t = tasks[i];
@@ -578,16 +549,19 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
                        t.num_rows, k, low.data());
         for (int64_t p = 0; p < parts; ++p) {
           // Part p's columns of the stacked product, as its own A gave them.
-          for (int64_t r = 0; r < t.num_rows; ++r) {
-            std::memcpy(part_low.data() + r * rank,
-                        low.data() + r * stacked + p * rank,
-                        static_cast<size_t>(rank) * sizeof(float));
+          const float* in = low.data();
+          if (parts > 1) {
+            for (int64_t r = 0; r < t.num_rows; ++r) {
+              std::memcpy(part_low.data() + r * rank,
+                          low.data() + r * stacked + p * rank,
+                          static_cast<size_t>(rank) * sizeof(float));
+            }
+            in = part_low.data();
           }
           const Tensor& b = *t.segment->b[p];
           const int64_t m = Rows(b);
           update.resize(static_cast<size_t>(t.num_rows * m));
-          MultiplyInline(inline_ctx, b, part_low.data(), t.num_rows, rank,
-                         update.data());
+          MultiplyInline(inline_ctx, b, in, t.num_rows, rank, update.data());
           cpu::Add(inline_ctx, update.data(), t.num_rows * m,
                    F32(*outs[p]) + t.first_row * m);
         }

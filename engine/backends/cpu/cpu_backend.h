@@ -106,14 +106,14 @@ class CpuBackend : public Backend {
   void SplitColumns(const Tensor& x, std::span<Tensor* const> parts) override;
   void AddBias(const Tensor& bias, Tensor* x) override;
   void Add(const Tensor& y, Tensor* x) override;
-  // One thread-pool job for all segments (tasks of up to 8 rows of one
-  // segment): MatMul, MatMul and Add per task on the worker (packed or plain
-  // f32 factors, like MatMul), which are row-wise, so the bits equal those of
-  // the per-segment calls. Never declines.
+  // AddLowRankGroup with one part.
   bool AddLowRank(const Tensor& x, std::span<const LowRankSegment> segments,
                   Tensor* out) override;
-  // Like AddLowRank (tasks of up to 8 rows of one segment), with one
-  // A-product per task for all parts; never declines.
+  // One thread-pool job for all segments (tasks of up to 8 rows of one
+  // segment; on the calling thread below kMinParallelMacs): per task the
+  // stacked A-product, then per part its B-product and Add (packed or plain
+  // f32 factors, like MatMul), which are row-wise, so the bits equal those
+  // of the per-segment calls. Never declines.
   bool AddLowRankGroup(const Tensor& x,
                        std::span<const LowRankGroupSegment> segments,
                        std::span<Tensor* const> outs) override;
