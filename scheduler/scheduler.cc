@@ -329,7 +329,6 @@ absl::StatusOr<RequestId> Scheduler::Submit(RequestSpec spec) {
   for (auto& seq : arrival.sequences) {
     seq->item_id = seq->index == 0 ? id : next_id_.fetch_add(1);
   }
-  num_requests_.fetch_add(1);
   num_waiting_.fetch_add(num_sequences);
   waiting_tokens_.fetch_add(queued_tokens);
   ++tenant.requests;
@@ -370,7 +369,14 @@ bool Scheduler::WaitForWork(absl::Duration timeout) {
 
 int32_t Scheduler::num_waiting() const { return num_waiting_.load(); }
 int32_t Scheduler::num_running() const { return num_running_.load(); }
-int32_t Scheduler::num_requests() const { return num_requests_.load(); }
+int32_t Scheduler::num_requests() const {
+  // Each tenant's count rises in Submit and falls after the request's
+  // OnFinish, both under mu_.
+  absl::MutexLock lock(&mu_);
+  int32_t requests = 0;
+  for (const auto& [name, counts] : tenants_) requests += counts.requests;
+  return requests;
+}
 int32_t Scheduler::num_blocks_used() const { return num_blocks_used_.load(); }
 
 void Scheduler::DrainInbox() {
@@ -484,7 +490,6 @@ void Scheduler::EndSequence(Sequence& seq, FinishReason reason) {
     }
   }
   requests_.erase(request.id);  // `request` and seq.request dangle now
-  num_requests_.fetch_sub(1);   // after OnFinish: its output is queued
 }
 
 // Ends the sequences of cancelled, failed and expired requests in `list`,

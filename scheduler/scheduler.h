@@ -110,10 +110,10 @@ class Scheduler {
   // Requests with at least one sequence in the running batch.
   int32_t num_running() const;
   // Requests accepted (Submit) and not yet finished (their sink's OnFinish
-  // has run), waiting or running. One counter, so unlike num_waiting() +
-  // num_running(), which a reader can catch at 0 between an admission's two
-  // updates, it never reads 0 while a request is in flight: what a drain
-  // waits on.
+  // has run), waiting or running: the tenants' counts, read under one lock.
+  // Unlike num_waiting() + num_running(), which a reader can catch at 0
+  // between an admission's two updates, it never reads 0 while a request is
+  // in flight: what a drain waits on.
   int32_t num_requests() const;
   int32_t num_blocks_used() const;
   // Engine thread only.
@@ -219,7 +219,6 @@ class Scheduler {
   std::atomic<RequestId> next_id_{1};
   std::atomic<int32_t> num_waiting_{0};
   std::atomic<int32_t> num_running_{0};
-  std::atomic<int32_t> num_requests_{0};  // num_requests()
   std::atomic<int64_t> waiting_tokens_{0};
   std::atomic<int32_t> num_blocks_used_{0};
 

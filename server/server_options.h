@@ -93,9 +93,10 @@ struct ServerOptions {
 // INVALID_ARGUMENT naming the option for a value no model could make valid:
 // ports out of range, a non-positive block size, KV budget, sequence or
 // token budget, a negative max_model_len, an unknown chat template, a
-// max_connection_age under 1ms, an io_nice outside [0, 19], a TLS certificate without its key (or the
-// reverse), a client CA without a certificate. Checks that need the model (max_model_len
-// against the model's context) come after it loads.
+// max_connection_age under 1ms, an io_nice outside [0, 19], a TLS
+// certificate without its key (or the reverse), a client CA without a
+// certificate. Checks that need the model (max_model_len against the
+// model's context) come after it loads.
 // One HTTP thread per 4 cores, 1 to 8. Connections mostly wait; every
 // thread beyond what the sockets need competes with the engine's threads
 // for the cores (on 2 cores a second one cost 5% of output tok/s at 64

@@ -84,7 +84,6 @@ class PackedWeightStorage : public Tensor::Storage {
     if (owns_packed_) std::free(packed_);
   }
 
-  PanelFormat format() const { return format_; }
   const void* packed() const { return packed_; }
   float* rows() { return rows_.data(); }
   bool is_table() const { return !rows_.empty(); }
@@ -493,8 +492,8 @@ bool CpuBackend::AddLowRank(const Tensor& x,
   // A group of one part. Packed (kAdapter) and plain f32 factors alike, as
   // the CUDA backend accepts both: the op must not depend on how a test or
   // loader uploaded its pair.
-  std::vector<LowRankGroupSegment> groups;
-  groups.reserve(segments.size());
+  thread_local std::vector<LowRankGroupSegment> groups;  // reused per call
+  groups.clear();
   for (const LowRankSegment& seg : segments) {
     groups.push_back({seg.first_row, seg.num_rows, seg.a, {seg.b}});
   }
