@@ -16,8 +16,13 @@
 // measure's check cost = (its step - the step with the head) per row and
 // early boundary, in loops: the median over rounds of each round's paired
 // difference (a difference of two best-of-rounds minima swung by several
-// percent of a loop between runs), with the rounds' range. Rows that exited
-// anyway are printed.
+// percent of a loop between runs), with the rounds' range. Beside it, the
+// check timed inside the steps (ModelRunner::exit_check_time: the checks'
+// planning, confidences and decisions, the exit logits for max_prob and
+// margin) per row and boundary, over the round's loop per row: a ratio of
+// two timings of the same run rather than a small difference of two large
+// ones, so it holds to a few percent of itself where the difference swings
+// by several percent of a loop. Rows that exited anyway are printed.
 //
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
@@ -64,10 +69,17 @@ namespace {
 
 constexpr int32_t kBlockSize = 16;
 
+// Sorts `v` (not empty) and returns its median.
+double SortedMedian(std::vector<double>& v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size();
+  return m % 2 == 1 ? v[m / 2] : (v[m / 2 - 1] + v[m / 2]) / 2;
+}
+
 // --exit_cost: decode(loop_step, sample, exit) returns tokens/s.
 template <typename Decode>
-int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
-             int64_t* early_exits) {
+int ExitCost(Decode& decode, const ModelRunner& runner, int32_t loops,
+             int32_t rounds, int64_t* early_exits) {
   const ExitConfidence kinds[] = {
       ExitConfidence::kMaxProb, ExitConfidence::kMargin,
       ExitConfidence::kSaturation, ExitConfidence::kClassifier};
@@ -86,6 +98,8 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
   // Per measure, each round's check cost in loops, against that round's
   // own steps without and with the head (run just before it).
   std::vector<double> per_check[4];
+  // Per measure, each round's check as timed inside its steps, in loops.
+  std::vector<double> timed_check[4];
   bool measured[4] = {true, true, true, true};
   int64_t exits[4] = {0, 0, 0, 0};
   for (int32_t round = 0; round < rounds; ++round) {
@@ -96,6 +110,7 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
     for (int k = 0; k < 4; ++k) {
       if (!measured[k]) continue;
       const int64_t before = *early_exits;
+      const ExitCheckTime timed_before = runner.exit_check_time();
       const double tps = decode(loops, true, &params[k]);
       if (tps < 0) {
         std::printf("%s: not measured (the model has no classifier?)\n",
@@ -105,6 +120,14 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
       }
       per_check[k].push_back((1.0 / tps - round_head) / (loops - 1) /
                              (round_no_head / loops));
+      const ExitCheckTime timed = runner.exit_check_time();
+      const int64_t row_checks = timed.row_checks - timed_before.row_checks;
+      if (row_checks > 0) {
+        timed_check[k].push_back(
+            1e-9 *
+            static_cast<double>(timed.nanoseconds - timed_before.nanoseconds) /
+            static_cast<double>(row_checks) / (round_no_head / loops));
+      }
       exits[k] += *early_exits - before;
     }
   }
@@ -116,18 +139,23 @@ int ExitCost(Decode& decode, int32_t loops, int32_t rounds,
       rounds, loop * 1e6, (head - no_head) * 1e6, h);
   for (int k = 0; k < 4; ++k) {
     if (!measured[k]) continue;
-    std::vector<double>& costs = per_check[k];
-    std::sort(costs.begin(), costs.end());
-    const size_t m = costs.size();
-    const double median =
-        m % 2 == 1 ? costs[m / 2] : (costs[m / 2 - 1] + costs[m / 2]) / 2;
+    const double median = SortedMedian(per_check[k]);
     std::printf(
         "exit check %-10s: %.4f loops per row and boundary (%.1f%% of a "
         "loop; rounds %.1f%% to %.1f%%)%s\n",
         std::string(ExitConfidenceName(kinds[k])).c_str(), median, 100 * median,
-        100 * costs.front(), 100 * costs.back(),
+        100 * per_check[k].front(), 100 * per_check[k].back(),
         exits[k] > 0 ? absl::StrCat(" [", exits[k], " rows exited]").c_str()
                      : "");
+  }
+  for (int k = 0; k < 4; ++k) {
+    if (!measured[k] || timed_check[k].empty()) continue;
+    const double median = SortedMedian(timed_check[k]);
+    std::printf(
+        "exit check %-10s timed in the step: %.4f loops per row and boundary "
+        "(%.2f%% of a loop; rounds %.2f%% to %.2f%%)\n",
+        std::string(ExitConfidenceName(kinds[k])).c_str(), median, 100 * median,
+        100 * timed_check[k].front(), 100 * timed_check[k].back());
   }
   return 0;
 }
@@ -229,7 +257,8 @@ int Main() {
               r.backend().Description().c_str());
   decode(loops);  // warm-up
   if (absl::GetFlag(FLAGS_exit_cost) && loops > 1) {
-    return ExitCost(decode, loops, absl::GetFlag(FLAGS_rounds), &early_exits);
+    return ExitCost(decode, r, loops, absl::GetFlag(FLAGS_rounds),
+                    &early_exits);
   }
   double ratio_sum = 0.0;
   const int32_t rounds = absl::GetFlag(FLAGS_rounds);

@@ -124,6 +124,9 @@ class LlamaModel {
 
   Backend* backend() const { return backend_; }
 
+  // What deciding early exits has cost the steps so far (ExitCheckTime).
+  ExitCheckTime exit_check_time() const { return exit_check_time_; }
+
  private:
   // Tests reach the forward pass of arbitrary rows and the cache contents
   // through their peers (tests/engine/testing/), not public methods.
@@ -269,6 +272,7 @@ class LlamaModel {
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;
   std::vector<LowRankGroupSegment> low_rank_groups_;  // AddLoraGroup()'s
+  ExitCheckTime exit_check_time_;
 };
 
 }  // namespace strata

@@ -21,6 +21,7 @@
 // store traffic: the same ops in the same order as a non-recursive forward.
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cstdint>
 #include <numeric>
 #include <optional>
@@ -328,7 +329,10 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       std::swap(state, other);
     }
     // Which items the exit rule sees after this round, and for saturation
-    // their states before it.
+    // their states before it. check_start..check_end and decide_start on
+    // time the exit decision (exit_check_time()).
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point check_start = Clock::now();
     checks.Plan(items, round, planner, num_loops);
     Tensor prev;
     if (!checks.saturation_slots.empty()) {
@@ -340,10 +344,13 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       Tensor dst = prev.Rows(0, static_cast<int64_t>(checks.saturation_slots.size()));
       b.GatherRows(state, checks.saturation_slots, &dst);
     }
+    const Clock::time_point check_end = Clock::now();
     Tensor x = state.Rows(0, round.num_rows);
     RETURN_IF_ERROR(RunBlock(round, &x));
     planner.FinishRound(round);
     if (checks.empty()) continue;
+    Clock::duration check_time = check_end - check_start;
+    Clock::time_point decide_start = Clock::now();
 
     auto decide = [&](int32_t i, float confidence) {
       ItemProgress& progress = out->items[i];
@@ -375,30 +382,40 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
         out->items[i].logits_row = next_logit++;
       }
       if (!checks.head_rows.empty()) {
+        // The exiting rows' LM head is the token's, not the decision's.
+        check_time += Clock::now() - decide_start;
         const int64_t e = static_cast<int64_t>(checks.head_rows.size());
         Tensor dst = logits_out.Rows(next_logit - e, e);
         RETURN_IF_ERROR(Head(state, checks.head_rows, &dst));
+        decide_start = Clock::now();
       }
     }
 
     // Softmax measures: the exit logits of every checked row.
-    if (checks.logit_items.empty()) continue;
-    const int64_t c = static_cast<int64_t>(checks.logit_items.size());
-    absl::StatusOr<Tensor> ex = Rows(exit_logits_, c, vocab);
-    if (!ex.ok()) return ex.status();
-    RETURN_IF_ERROR(Head(state, checks.logit_rows, &*ex));
-    checks.confidences.resize(static_cast<size_t>(c));
-    RETURN_IF_ERROR(
-        b.ExitConfidences(*ex, checks.logit_kinds, checks.confidences));
-    for (int64_t j = 0; j < c; ++j) {
-      const int32_t i = checks.logit_items[j];
-      if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
-      Tensor dst = logits_out.Rows(next_logit, 1);
-      const int32_t src[1] = {static_cast<int32_t>(j)};
-      b.GatherRows(*ex, src, &dst);
-      out->logit_items.push_back(i);
-      out->items[i].logits_row = next_logit++;
+    if (!checks.logit_items.empty()) {
+      const int64_t c = static_cast<int64_t>(checks.logit_items.size());
+      absl::StatusOr<Tensor> ex = Rows(exit_logits_, c, vocab);
+      if (!ex.ok()) return ex.status();
+      RETURN_IF_ERROR(Head(state, checks.logit_rows, &*ex));
+      checks.confidences.resize(static_cast<size_t>(c));
+      RETURN_IF_ERROR(
+          b.ExitConfidences(*ex, checks.logit_kinds, checks.confidences));
+      for (int64_t j = 0; j < c; ++j) {
+        const int32_t i = checks.logit_items[j];
+        if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
+        Tensor dst = logits_out.Rows(next_logit, 1);
+        const int32_t src[1] = {static_cast<int32_t>(j)};
+        b.GatherRows(*ex, src, &dst);
+        out->logit_items.push_back(i);
+        out->items[i].logits_row = next_logit++;
+      }
     }
+    check_time += Clock::now() - decide_start;
+    exit_check_time_.nanoseconds +=
+        std::chrono::duration_cast<std::chrono::nanoseconds>(check_time)
+            .count();
+    exit_check_time_.row_checks += static_cast<int64_t>(
+        checks.hidden_items.size() + checks.logit_items.size());
   }
 
   for (size_t i = 0; i < items.size(); ++i) {

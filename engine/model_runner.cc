@@ -193,4 +193,8 @@ size_t ModelRunner::num_kept_states() const {
   return model_->state_store().size();
 }
 
+ExitCheckTime ModelRunner::exit_check_time() const {
+  return model_->exit_check_time();
+}
+
 }  // namespace strata

@@ -74,6 +74,8 @@ class ModelRunner : public StepExecutor {
   void ReleaseState(RequestId request) override;
   // Hidden states kept between steps (recursive models; 0 otherwise).
   size_t num_kept_states() const;
+  // What deciding early exits has cost the steps so far (ExitCheckTime).
+  ExitCheckTime exit_check_time() const;
 
  private:
   // Tests reach the logits and the cache through their peer

@@ -847,6 +847,52 @@ TEST(RecursiveModelTest, HiddenMeasureRunsMatchReference) {
   }
 }
 
+// exit_check_time() counts one row check per loop boundary a token's exit
+// rule evaluated (after every loop it ran but the last), for every measure
+// and both step shapes, and none for full-depth or prefill rows; the time is
+// what strata-engine-bench divides by those checks.
+TEST(RecursiveModelTest, ExitCheckTimeCountsEveryEvaluatedBoundary) {
+  const nlohmann::json json = ReadJson(FixtureDir() + "/hidden_exits.json");
+  const std::vector<TokenId> prompt =
+      json["prompt_ids"].get<std::vector<TokenId>>();
+  const std::string dir = FixtureWithClassifier();
+  for (const auto& [name, kind] :
+       {std::pair{"saturation", ExitConfidence::kSaturation},
+        std::pair{"classifier", ExitConfidence::kClassifier},
+        std::pair{"max_prob", ExitConfidence::kMaxProb}}) {
+    for (bool depth_wise : {false, true}) {
+      SCOPED_TRACE(std::string(name) + (depth_wise ? " depth-wise" : ""));
+      std::unique_ptr<ModelRunner> runner = MakeRunner("propagate", 2, dir);
+      ASSERT_NE(runner, nullptr);
+      const std::vector<int32_t> table = ShuffledBlocks(12, 41);
+      DecodeOptions opts;
+      opts.depth_wise = depth_wise;
+      opts.confidence = kind;
+      opts.threshold = 1.0f;  // full depth: the rule never evaluates
+      TokenId first = 0;
+      Decode(*runner, prompt, 3, opts, table, &first);
+      EXPECT_EQ(runner->exit_check_time().row_checks, 0);
+      EXPECT_EQ(runner->exit_check_time().nanoseconds, 0);
+
+      // A threshold between 0 and 1 makes some tokens exit and others run
+      // to the last loop (checked at every boundary but the last).
+      opts.threshold = kind == ExitConfidence::kMaxProb
+                           ? 0.2f
+                           : json["runs"][name]["threshold"].get<float>();
+      std::unique_ptr<ModelRunner> exiting = MakeRunner("propagate", 2, dir);
+      ASSERT_NE(exiting, nullptr);
+      const std::vector<DecodeStep> steps =
+          Decode(*exiting, prompt, 6, opts, table, &first);
+      int64_t want = 0;
+      for (const DecodeStep& step : steps) {
+        want += std::min(step.exit_loop + 1, kNumLoops - 1);
+      }
+      EXPECT_EQ(exiting->exit_check_time().row_checks, want);
+      EXPECT_GT(exiting->exit_check_time().nanoseconds, 0);
+    }
+  }
+}
+
 // A classifier exit on a model without one is refused, naming it.
 TEST(RecursiveModelTest, ClassifierExitNeedsAClassifier) {
   std::unique_ptr<ModelRunner> runner = MakeRunner("propagate");
