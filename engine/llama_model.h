@@ -267,7 +267,7 @@ class LlamaModel {
   // Recursive models: the second state buffer (row reorders), LoRA
   // intermediates, exit checks and propagated KV.
   Workspace x2_, exit_logits_, exit_prev_, fill_state_, fill_normed_,
-      fill_rows_, fill_k_, fill_v_, fill_kv_, lora_t_;
+      fill_rows_, fill_k_, fill_v_, fill_kv_, fill_kv_exit_, lora_t_;
   FlatWorkspace lora_u_;  // [rows, out_features of the projection]
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;

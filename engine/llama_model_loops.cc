@@ -546,10 +546,20 @@ absl::Status LlamaModel::PropagateKv(const LoopPlanner& planner,
     b.GatherRows(*h_normed, pair_src, &*f);
     if (!layer.kv_proj.empty()) {
       // K and V in one product (the fused weight's slice), then each its
-      // loop's LoRA.
+      // loop's LoRA. The loops share the base weight, so a row that skipped
+      // several loops has the same product in each: it is computed once
+      // per exited row and copied to the row's pairs (the kernels compute
+      // every row alike, so the bits are those of a product per pair).
       absl::StatusOr<Tensor> kv = Rows(fill_kv_, p, 2 * kv_dim);
       if (!kv.ok()) return kv.status();
-      b.MatMul(*f, layer.kv_proj, &*kv);
+      if (p == e) {  // one skipped loop per row: pair j is exited row j
+        b.MatMul(*f, layer.kv_proj, &*kv);
+      } else {
+        absl::StatusOr<Tensor> kv_exit = Rows(fill_kv_exit_, e, 2 * kv_dim);
+        if (!kv_exit.ok()) return kv_exit.status();
+        b.MatMul(*h_normed, layer.kv_proj, &*kv_exit);
+        b.GatherRows(*kv_exit, pair_src, &*kv);
+      }
       Tensor* const parts[] = {&*k, &*v};
       b.SplitColumns(*kv, parts);
       RETURN_IF_ERROR(AddLora(*f, layer_index, LoraProj::kK, segments, &*k));

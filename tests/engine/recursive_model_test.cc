@@ -1236,6 +1236,82 @@ TEST(RecursiveModelTest, FusedProjectionsMatchUnfusedBitForBit) {
   EXPECT_EQ(fused.kv, apart.kv);
 }
 
+// Several rows exiting in one step, after different loops: the K/V
+// propagated to every skipped loop (the base product once per exited row,
+// copied to its skipped loops) and the logits are those of each row exiting
+// alone, bit for bit.
+TEST(RecursiveModelTest, PropagatedKvOfSeveralExitsMatchEachAlone) {
+  const SamplingParams greedy = Greedy();
+  const std::vector<std::vector<TokenId>> prompts = {
+      {11, 12, 13}, {200, 201, 202, 203, 204}, {300, 7, 301, 9}};
+  const std::vector<int32_t> exit_loops = {0, 1, 0};  // 2, 1 and 2 skipped
+  std::vector<std::vector<int32_t>> tables = {ShuffledBlocks(2, 7)};
+  tables.push_back(BlocksOutside(tables[0], 2));
+  std::vector<int32_t> both = tables[0];
+  both.insert(both.end(), tables[1].begin(), tables[1].end());
+  tables.push_back(BlocksOutside(both, 2));
+  std::vector<ExitParams> exits(3);
+  for (size_t j = 0; j < 3; ++j) exits[j].forced_exit_loop = exit_loops[j];
+  const std::vector<TokenId> token = {42};
+
+  struct Out {
+    std::vector<float> logits;
+    std::vector<std::vector<float>> kv;  // every kv layer's K, V
+  };
+  // Prefills `which` (each in a step of its own), then decodes one token of
+  // each in one step, and reads back what the step wrote.
+  auto run = [&](const std::vector<size_t>& which) {
+    std::vector<Out> out(which.size());
+    std::unique_ptr<ModelRunner> runner = MakeRunner("propagate");
+    EXPECT_NE(runner, nullptr);
+    if (runner == nullptr) return out;
+    StepPlan decode;
+    for (size_t j : which) {
+      StepPlan prefill;
+      prefill.items.push_back(
+          Item(static_cast<RequestId>(j + 1), prompts[j], 0, tables[j]));
+      EXPECT_TRUE(runner->Execute(prefill).ok());
+      WorkItem item = Item(static_cast<RequestId>(j + 1), token,
+                           static_cast<int32_t>(prompts[j].size()), tables[j]);
+      item.sample = true;
+      item.sampling = &greedy;
+      item.exit = &exits[j];
+      decode.items.push_back(item);
+    }
+    std::vector<std::vector<float>> logits;
+    absl::StatusOr<StepResult> r =
+        ModelRunnerTestPeer(*runner).ExecuteWithLogits(decode, &logits);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return out;
+    for (size_t a = 0; a < which.size(); ++a) {
+      const size_t j = which[a];
+      EXPECT_EQ(r->items[a].exit_loop, exit_loops[j]);
+      out[a].logits = logits[a];
+      for (int32_t kv_layer = 0; kv_layer < kNumLoops * 2; ++kv_layer) {
+        std::vector<float> k, v;
+        EXPECT_TRUE(ModelRunnerTestPeer(*runner)
+                        .ReadKv(kv_layer, tables[j],
+                                static_cast<int32_t>(prompts[j].size()), &k, &v)
+                        .ok());
+        out[a].kv.push_back(std::move(k));
+        out[a].kv.push_back(std::move(v));
+      }
+    }
+    return out;
+  };
+  const std::vector<Out> together = run({0, 1, 2});
+  ASSERT_EQ(together.size(), 3u);
+  for (size_t j = 0; j < 3; ++j) {
+    SCOPED_TRACE("row " + std::to_string(j));
+    const std::vector<Out> alone = run({j});
+    ASSERT_EQ(alone.size(), 1u);
+    EXPECT_EQ(together[j].logits, alone[0].logits);
+    EXPECT_EQ(together[j].kv, alone[0].kv);
+  }
+  // The rows differ, so a copy to the wrong row could not pass unseen.
+  EXPECT_NE(together[0].kv, together[2].kv);
+}
+
 // A block copy (copy-on-write) copies every loop's K/V of the block.
 TEST(RecursiveModelTest, BlockCopyCopiesEveryLoop) {
   std::unique_ptr<ModelRunner> runner = MakeRunner("propagate");
