@@ -22,6 +22,9 @@ struct Operands {
   const W* packed;
   float* out;
   int64_t m, k;
+  // Store out + sum rather than sum (PackedMatMulAdd): the sum is the same
+  // chain from 0, so the result is PackedMatMul's plus out, bit for bit.
+  bool accumulate = false;
 };
 
 inline float ToFloat(float w) { return w; }
@@ -44,7 +47,8 @@ void BlockScalar(const Operands<W>& o, const Block& b) {
         for (int64_t p = 0; p < o.k; ++p) {
           acc = std::fma(xi[p], ToFloat(panel[p * kPanelWidth + c]), acc);
         }
-        o.out[i * o.m + pj * kPanelWidth + c] = acc;
+        float& dst = o.out[i * o.m + pj * kPanelWidth + c];
+        dst = o.accumulate ? dst + acc : acc;
       }
     }
   }
@@ -123,6 +127,11 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
     float* dst = o.out + (row + r) * o.m + panel * kPanelWidth;
 #pragma GCC unroll 4
     for (int c = 0; c < C; ++c) {
+      const __mmask16 mask = c + 1 < C ? __mmask16{0xffff} : last_mask;
+      if (o.accumulate) {
+        acc[r][c] = _mm512_add_ps(
+            _mm512_maskz_loadu_ps(mask, dst + c * kPanelWidth), acc[r][c]);
+      }
       if (c + 1 < C) {
         _mm512_storeu_ps(dst + c * kPanelWidth, acc[r][c]);
       } else {
@@ -175,13 +184,19 @@ STRATA_TARGET_AVX2 inline void TileAvx2(const Operands<W>& o, int64_t row,
   for (int r = 0; r < R; ++r) {
     float* dst = o.out + (row + r) * o.m + panel * kPanelWidth;
     if (cols == kPanelWidth) {
+      if (o.accumulate) {
+        lo[r] = _mm256_add_ps(_mm256_loadu_ps(dst), lo[r]);
+        hi[r] = _mm256_add_ps(_mm256_loadu_ps(dst + 8), hi[r]);
+      }
       _mm256_storeu_ps(dst, lo[r]);
       _mm256_storeu_ps(dst + 8, hi[r]);
     } else {
       alignas(32) float tmp[kPanelWidth];
       _mm256_store_ps(tmp, lo[r]);
       _mm256_store_ps(tmp + 8, hi[r]);
-      std::memcpy(dst, tmp, static_cast<size_t>(cols) * sizeof(float));
+      for (int64_t c = 0; c < cols; ++c) {
+        dst[c] = o.accumulate ? dst[c] + tmp[c] : tmp[c];
+      }
     }
   }
 }
@@ -240,14 +255,15 @@ uint32_t Bits(float f) {
 
 template <typename W>
 void Multiply(const KernelContext& ctx, const float* x, const W* packed,
-              int64_t n, int64_t m, int64_t k, float* out) {
+              int64_t n, int64_t m, int64_t k, float* out,
+              bool accumulate = false) {
   if (n <= 0 || m <= 0) return;
   if (k <= 0) {
-    std::fill(out, out + n * m, 0.0f);
+    if (!accumulate) std::fill(out, out + n * m, 0.0f);
     return;
   }
   const int64_t num_panels = (m + kPanelWidth - 1) / kPanelWidth;
-  const Operands<W> operands{x, packed, out, m, k};
+  const Operands<W> operands{x, packed, out, m, k, accumulate};
   const Isa isa = ctx.isa;
   internal::ForEachPanelBlock(ctx, n, num_panels, n * m * k, [&](const Block& b) {
     switch (isa) {
@@ -297,6 +313,12 @@ void PackedMatMul(const KernelContext& ctx, const float* x,
                   const uint16_t* packed, int64_t n, int64_t m, int64_t k,
                   float* out) {
   Multiply(ctx, x, packed, n, m, k, out);
+}
+
+void PackedMatMulAdd(const KernelContext& ctx, const float* x,
+                     const float* packed, int64_t n, int64_t m, int64_t k,
+                     float* out) {
+  Multiply(ctx, x, packed, n, m, k, out, /*accumulate=*/true);
 }
 
 }  // namespace strata::cpu

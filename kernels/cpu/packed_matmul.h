@@ -40,6 +40,15 @@ void PackWeight(const float* w, int64_t m, int64_t k, float* packed);
 void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
                   int64_t n, int64_t m, int64_t k, float* out);
 
+// out[i][j] += sum_p x[i][p] * w[j][p]: the sum exactly as PackedMatMul
+// computes it, then one addition to out, so the bits are those of
+// PackedMatMul into a temporary added to out afterwards, without the
+// temporary's writes and reads (a LoRA update adds a small product to a
+// projection's output; engine/lora.h).
+void PackedMatMulAdd(const KernelContext& ctx, const float* x,
+                     const float* packed, int64_t n, int64_t m, int64_t k,
+                     float* out);
+
 // bfloat16 panels, for weights that are bfloat16 values (most checkpoints):
 // half the memory and half the bytes a memory-bound decode step reads. The
 // kernels widen each element to the float it is exactly, so the results

@@ -120,6 +120,34 @@ TEST_P(PackedMatMulTest, BatchInvariant) {
   }
 }
 
+// PackedMatMulAdd is PackedMatMul into a temporary, then out + temporary:
+// bit for bit on every ISA, with partial panels, row tails (1-9 rows, the
+// 8-row tiles and AVX2's 6) and threads; an empty reduction leaves out.
+TEST_P(PackedMatMulTest, AddEqualsProductThenAddBitForBit) {
+  ThreadPool pool(2);
+  for (const KernelContext ctx :
+       {KernelContext{GetParam(), nullptr}, KernelContext{GetParam(), &pool}}) {
+    for (int64_t m : {5, 16, 37, 70}) {
+      for (int64_t n = 1; n <= 9; ++n) {
+        const int64_t k = 8 + n;
+        const std::vector<float> x = Random(n * k, 300 + n);
+        const std::vector<float> packed = Pack(Random(m * k, 400 + m), m, k);
+        const std::vector<float> before = Random(n * m, 500 + n + m);
+        std::vector<float> product(n * m), want = before, got = before;
+        PackedMatMul(ctx, x.data(), packed.data(), n, m, k, product.data());
+        for (int64_t i = 0; i < n * m; ++i) want[i] = before[i] + product[i];
+        PackedMatMulAdd(ctx, x.data(), packed.data(), n, m, k, got.data());
+        ASSERT_EQ(got, want) << "n=" << n << " m=" << m;
+      }
+    }
+  }
+  const KernelContext ctx{GetParam(), nullptr};
+  std::vector<float> out(3 * 5, 1.5f);
+  const std::vector<float> empty(PackedWeightSize(5, 0));
+  PackedMatMulAdd(ctx, nullptr, empty.data(), 3, 5, 0, out.data());
+  EXPECT_EQ(out, std::vector<float>(15, 1.5f));
+}
+
 TEST_P(PackedMatMulTest, EmptyReductionGivesZeros) {
   const KernelContext ctx{GetParam(), nullptr};
   std::vector<float> out(3 * 5, 1.0f);

@@ -93,6 +93,16 @@ class PackedWeightStorage : public Tensor::Storage {
   // stored panel after panel in every format.
   std::unique_ptr<PackedWeightStorage> Slice(int64_t begin, int64_t k) const;
 
+  // Whether MultiplyAdd takes this weight: f32 panels (LoRA factors).
+  bool adds() const { return format_ == PanelFormat::kF32; }
+  // out += x * W^T, the product's bits as Multiply gives them (adds() only).
+  void MultiplyAdd(const cpu::KernelContext& ctx, const float* x, int64_t n,
+                   int64_t m, int64_t k, float* out) const {
+    STRATA_CHECK(adds());
+    cpu::PackedMatMulAdd(ctx, x, static_cast<const float*>(packed_), n, m, k,
+                         out);
+  }
+
   // out = x * W^T. x: [n, k], out: [n, m]
   void Multiply(const cpu::KernelContext& ctx, const float* x, int64_t n,
                 int64_t m, int64_t k, float* out) const {
@@ -210,6 +220,23 @@ void MultiplyInline(const cpu::KernelContext& inline_ctx, const Tensor& w,
   } else {
     cpu::MatMul(inline_ctx, in, F32(w), rows, Rows(w), cols, product);
   }
+}
+
+// out [rows, w rows] += in times w^T, as MultiplyInline's product added to
+// out; f32 panels add in the kernel's epilogue, other weights through
+// `scratch`.
+void MultiplyAddInline(const cpu::KernelContext& inline_ctx, const Tensor& w,
+                       const float* in, int64_t rows, int64_t cols, float* out,
+                       std::vector<float>& scratch) {
+  if (const auto* packed =
+          dynamic_cast<const PackedWeightStorage*>(w.storage());
+      packed != nullptr && packed->adds()) {
+    packed->MultiplyAdd(inline_ctx, in, rows, Rows(w), cols, out);
+    return;
+  }
+  scratch.resize(static_cast<size_t>(rows * Rows(w)));
+  MultiplyInline(inline_ctx, w, in, rows, cols, scratch.data());
+  cpu::Add(inline_ctx, scratch.data(), rows * Rows(w), out);
 }
 
 cpu::AttentionGeometry Geometry(const AttentionShape& s) {
@@ -541,7 +568,7 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
         const Task& t = tasks[i];
         const int64_t stacked = Rows(*t.segment->a);
         const int64_t rank = stacked / parts;
-        thread_local std::vector<float> low, part_low, update;
+        thread_local std::vector<float> low, part_low, scratch;
         low.resize(static_cast<size_t>(t.num_rows * stacked));
         part_low.resize(static_cast<size_t>(t.num_rows * rank));
         MultiplyInline(inline_ctx, *t.segment->a, F32(x) + t.first_row * k,
@@ -558,11 +585,8 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
             in = part_low.data();
           }
           const Tensor& b = *t.segment->b[p];
-          const int64_t m = Rows(b);
-          update.resize(static_cast<size_t>(t.num_rows * m));
-          MultiplyInline(inline_ctx, b, in, t.num_rows, rank, update.data());
-          cpu::Add(inline_ctx, update.data(), t.num_rows * m,
-                   F32(*outs[p]) + t.first_row * m);
+          MultiplyAddInline(inline_ctx, b, in, t.num_rows, rank,
+                            F32(*outs[p]) + t.first_row * Rows(b), scratch);
         }
       });
   return true;
