@@ -17,12 +17,16 @@
 // early boundary, in loops: the median over rounds of each round's paired
 // difference (a difference of two best-of-rounds minima swung by several
 // percent of a loop between runs), with the rounds' range. Beside it, the
-// check timed inside the steps (ModelRunner::exit_check_time: the checks'
+// check timed inside the steps (ModelRunner::step_timings: the checks'
 // planning, confidences and decisions, the exit logits for max_prob and
-// margin) per row and boundary, over the round's loop per row: a ratio of
+// margin) per row and boundary, over the loop per row of the same steps: a
+// ratio of
 // two timings of the same run rather than a small difference of two large
 // ones, so it holds to a few percent of itself where the difference swings
-// by several percent of a loop. Rows that exited anyway are printed.
+// by several percent of a loop. Likewise h timed in the steps: the head and
+// sampling per row over the loop per row of the same full-depth steps
+// (ModelRunner::step_timings), the median of the rounds. Rows that exited
+// anyway are printed.
 //
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
@@ -98,19 +102,31 @@ int ExitCost(Decode& decode, const ModelRunner& runner, int32_t loops,
   // Per measure, each round's check cost in loops, against that round's
   // own steps without and with the head (run just before it).
   std::vector<double> per_check[4];
-  // Per measure, each round's check as timed inside its steps, in loops.
+  // Per measure, each round's check as timed inside its steps, over the
+  // loop per row timed in the same steps.
   std::vector<double> timed_check[4];
+  // Each round's loop, head and sampling per row (ns) and h, timed inside
+  // the full-depth steps with the head.
+  std::vector<double> timed_loop, timed_head, timed_sampling, timed_h;
   bool measured[4] = {true, true, true, true};
   int64_t exits[4] = {0, 0, 0, 0};
   for (int32_t round = 0; round < rounds; ++round) {
     const double round_no_head = 1.0 / decode(loops, false, nullptr);
+    const StepTimings head_before = runner.step_timings();
     const double round_head = 1.0 / decode(loops, true, nullptr);
+    const StepTimings head_after = runner.step_timings();
+    timed_loop.push_back(head_after.loops.PerRowSince(head_before.loops));
+    timed_head.push_back(head_after.head.PerRowSince(head_before.head));
+    timed_sampling.push_back(
+        head_after.sampling.PerRowSince(head_before.sampling));
+    timed_h.push_back((timed_head.back() + timed_sampling.back()) /
+                      timed_loop.back());
     no_head = std::min(no_head, round_no_head);
     head = std::min(head, round_head);
     for (int k = 0; k < 4; ++k) {
       if (!measured[k]) continue;
       const int64_t before = *early_exits;
-      const ExitCheckTime timed_before = runner.exit_check_time();
+      const StepTimings timed_before = runner.step_timings();
       const double tps = decode(loops, true, &params[k]);
       if (tps < 0) {
         std::printf("%s: not measured (the model has no classifier?)\n",
@@ -120,14 +136,11 @@ int ExitCost(Decode& decode, const ModelRunner& runner, int32_t loops,
       }
       per_check[k].push_back((1.0 / tps - round_head) / (loops - 1) /
                              (round_no_head / loops));
-      const ExitCheckTime timed = runner.exit_check_time();
-      const int64_t row_checks = timed.row_checks - timed_before.row_checks;
-      if (row_checks > 0) {
-        timed_check[k].push_back(
-            1e-9 *
-            static_cast<double>(timed.nanoseconds - timed_before.nanoseconds) /
-            static_cast<double>(row_checks) / (round_no_head / loops));
-      }
+      const StepTimings timed = runner.step_timings();
+      const double check =
+          timed.exit_checks.PerRowSince(timed_before.exit_checks);
+      const double loop = timed.loops.PerRowSince(timed_before.loops);
+      if (check > 0 && loop > 0) timed_check[k].push_back(check / loop);
       exits[k] += *early_exits - before;
     }
   }
@@ -137,6 +150,14 @@ int ExitCost(Decode& decode, const ModelRunner& runner, int32_t loops,
       "per row (best of %d rounds): loop %.2f us, LM head and greedy "
       "sampling %.2f us: h = %.3f loops\n",
       rounds, loop * 1e6, (head - no_head) * 1e6, h);
+  // Medians of the rounds; h's own median (not the ratio of the medians).
+  const double h_timed = SortedMedian(timed_h);
+  std::printf(
+      "timed in the steps (median of %d rounds): loop %.2f us, LM head %.2f "
+      "us, sampling %.2f us per row: h = %.3f loops (rounds %.3f to %.3f)\n",
+      rounds, SortedMedian(timed_loop) * 1e-3, SortedMedian(timed_head) * 1e-3,
+      SortedMedian(timed_sampling) * 1e-3, h_timed, timed_h.front(),
+      timed_h.back());
   for (int k = 0; k < 4; ++k) {
     if (!measured[k]) continue;
     const double median = SortedMedian(per_check[k]);

@@ -11,11 +11,12 @@
 #
 # Besides tokens/s it prints the cap an exit point can reach at the mean
 # loops n it ran: cap = (N + h) / (n + h), N the model's loops and h the LM
-# head's cost in loops, measured by `strata-engine-bench --exit_cost` in the
-# same run (the head runs once per token whatever its depth, so skipping
+# head's cost in loops (with greedy sampling), measured by
+# `strata-engine-bench --exit_cost` in the same run, timed inside the steps
+# (the head runs once per token whatever its depth, so skipping
 # loops saves at most this); and the fraction of it achieved:
 # (depth-wise with exits / sequence-wise full depth) / cap. The cap leaves
-# out what serving costs per token besides the model (sampling, scheduling,
+# out what serving costs per token besides the model (scheduling, results,
 # streaming, the client on the same cores): F = 1 / (sequence-wise full-depth
 # tok/s) - (N L + H), with the engine's own loop L and head H per row
 # measured at the same batch size; the served cap (N L + H + F) / (n L + H
@@ -148,20 +149,26 @@ rounds = int(sys.argv[5])
 n_loops = json.load(open(os.path.join(model, "config.json"))).get(
     "num_loops", 1)
 cost = open(os.path.join(out, "exit_cost.txt")).read()
-h = float(re.search(r"h = ([0-9.]+) loops", cost).group(1))
-print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost); "
-      "tok/s: median of %d alternating rounds, ratios: median of the rounds' "
-      "ratios" % (n_loops, h, rounds))
+# h as timed inside the steps (the head and sampling over the loop of the
+# same steps); the difference of best-of-rounds step times is printed too.
+h = float(re.search(r"timed in the steps.*h = ([0-9.]+) loops", cost).group(1))
+h_diff = float(re.search(r"best of .*h = (-?[0-9.]+) loops", cost).group(1))
+print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost, timed "
+      "in the steps; %.3f from best-of-rounds step times); tok/s: median of "
+      "%d alternating rounds, ratios: median of the rounds' ratios"
+      % (n_loops, h, h_diff, rounds))
 for line in cost.splitlines():
-    if line.startswith("exit check"):
+    if line.startswith("exit check") or line.startswith("timed in the steps"):
         print("  " + line)
 print()
 def engine_costs(c):
-    # (loop, head) per row in seconds at batch size c.
+    # (loop, head with sampling) per row in seconds at batch size c, timed
+    # inside the engine's steps.
     text = open(os.path.join(out, "exit_cost_c%s.txt" % c)).read()
-    m = re.search(r"loop ([0-9.]+) us, LM head and greedy sampling "
-                  r"(-?[0-9.]+) us", text)
-    return float(m.group(1)) * 1e-6, max(0.0, float(m.group(2)) * 1e-6)
+    m = re.search(r"timed in the steps.*loop ([0-9.]+) us, LM head ([0-9.]+) "
+                  r"us, sampling ([0-9.]+) us", text)
+    return (float(m.group(1)) * 1e-6,
+            (float(m.group(2)) + float(m.group(3))) * 1e-6)
 def runs(name, c):
     return [json.load(open(os.path.join(out, "%s-c%s-r%d.json" % (name, c, r))))
             for r in range(1, rounds + 1)]

@@ -39,20 +39,6 @@ absl::StatusOr<ExitConfidence> ParseExitConfidence(std::string_view name);
 // exit logits.
 bool IsHiddenExitConfidence(ExitConfidence kind);
 
-// What deciding early exits has cost a model's steps
-// (LlamaModel::exit_check_time), for strata-engine-bench to state a check
-// in loops from inside the step: a difference of two step timings swings by
-// more than a hidden-state check costs. It covers planning the checks,
-// saturation's copy of the states before a loop, the confidences and the
-// decisions, and for max_prob and margin the exit logits' LM head; not the
-// LM head of the rows that exit, which every token pays once at whatever
-// depth. On a device backend the confidences wait for the queued loop, so
-// there it times the loop too.
-struct ExitCheckTime {
-  int64_t nanoseconds = 0;
-  int64_t row_checks = 0;  // rows checked, summed over loop boundaries
-};
-
 // Per-request early-exit parameters (WorkItem::exit). Plain data; the
 // scheduler owns it and keeps it alive for the step.
 struct ExitParams {

@@ -43,6 +43,7 @@
 #include "engine/loop_planner.h"
 #include "engine/lora.h"
 #include "engine/step.h"
+#include "engine/step_timings.h"
 
 namespace strata {
 
@@ -124,8 +125,9 @@ class LlamaModel {
 
   Backend* backend() const { return backend_; }
 
-  // What deciding early exits has cost the steps so far (ExitCheckTime).
-  ExitCheckTime exit_check_time() const { return exit_check_time_; }
+  // Where the steps so far spent their time (engine/step_timings.h; the
+  // sampling part is ModelRunner's).
+  const StepTimings& step_timings() const { return timings_; }
 
  private:
   // Tests reach the forward pass of arbitrary rows and the cache contents
@@ -272,7 +274,7 @@ class LlamaModel {
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;
   std::vector<LowRankGroupSegment> low_rank_groups_;  // AddLoraGroup()'s
-  ExitCheckTime exit_check_time_;
+  StepTimings timings_;
 };
 
 }  // namespace strata

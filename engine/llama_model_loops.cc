@@ -39,6 +39,13 @@
 namespace strata {
 namespace {
 
+// Nanoseconds since `start` (StepTimings).
+int64_t Elapsed(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now() - start)
+      .count();
+}
+
 std::vector<int32_t> Iota(int32_t begin, int32_t count) {
   std::vector<int32_t> v(count);
   std::iota(v.begin(), v.end(), begin);
@@ -330,7 +337,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     }
     // Which items the exit rule sees after this round, and for saturation
     // their states before it. check_start..check_end and decide_start on
-    // time the exit decision (exit_check_time()).
+    // time the exit decision (StepTimings::exit_checks).
     using Clock = std::chrono::steady_clock;
     const Clock::time_point check_start = Clock::now();
     checks.Plan(items, round, planner, num_loops);
@@ -347,6 +354,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     const Clock::time_point check_end = Clock::now();
     Tensor x = state.Rows(0, round.num_rows);
     RETURN_IF_ERROR(RunBlock(round, &x));
+    timings_.loops += {Elapsed(check_end), round.num_rows};
     planner.FinishRound(round);
     if (checks.empty()) continue;
     Clock::duration check_time = check_end - check_start;
@@ -383,10 +391,12 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       }
       if (!checks.head_rows.empty()) {
         // The exiting rows' LM head is the token's, not the decision's.
-        check_time += Clock::now() - decide_start;
+        const Clock::time_point head_start = Clock::now();
+        check_time += head_start - decide_start;
         const int64_t e = static_cast<int64_t>(checks.head_rows.size());
         Tensor dst = logits_out.Rows(next_logit - e, e);
         RETURN_IF_ERROR(Head(state, checks.head_rows, &dst));
+        timings_.head += {Elapsed(head_start), e};
         decide_start = Clock::now();
       }
     }
@@ -411,11 +421,11 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       }
     }
     check_time += Clock::now() - decide_start;
-    exit_check_time_.nanoseconds +=
-        std::chrono::duration_cast<std::chrono::nanoseconds>(check_time)
-            .count();
-    exit_check_time_.row_checks += static_cast<int64_t>(
-        checks.hidden_items.size() + checks.logit_items.size());
+    timings_.exit_checks +=
+        {std::chrono::duration_cast<std::chrono::nanoseconds>(check_time)
+             .count(),
+         static_cast<int64_t>(checks.hidden_items.size() +
+                              checks.logit_items.size())};
   }
 
   for (size_t i = 0; i < items.size(); ++i) {
@@ -443,8 +453,10 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       out->items[i].logits_row = next_logit++;
     }
     if (!rows.empty()) {
+      const auto head_start = std::chrono::steady_clock::now();
       Tensor dst = logits_out.Rows(first, static_cast<int64_t>(rows.size()));
       RETURN_IF_ERROR(Head(state, rows, &dst));
+      timings_.head += {Elapsed(head_start), static_cast<int64_t>(rows.size())};
     }
     if (next_logit > 0) {
       logits_view_ = logits_out.Rows(0, next_logit);

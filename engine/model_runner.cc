@@ -1,6 +1,7 @@
 #include "engine/model_runner.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -165,6 +166,7 @@ absl::StatusOr<StepResult> ModelRunner::Run(
     }
     return result;
   }
+  const auto sampling_start = std::chrono::steady_clock::now();
   const size_t vocab = static_cast<size_t>(config_.vocab_size);
   std::vector<float> logits(logit_items.size() * vocab);
   if (absl::Status status = backend_->CopyToHost(*step->logits, logits);
@@ -182,6 +184,10 @@ absl::StatusOr<StepResult> ModelRunner::Run(
         Sampler::Sample(*backend_, row_logits, *item.sampling,
                         item.prompt_tokens, item.output_tokens);
   }
+  sampling_ += {std::chrono::duration_cast<std::chrono::nanoseconds>(
+                    std::chrono::steady_clock::now() - sampling_start)
+                    .count(),
+                static_cast<int64_t>(logit_items.size())};
   return result;
 }
 
@@ -193,8 +199,10 @@ size_t ModelRunner::num_kept_states() const {
   return model_->state_store().size();
 }
 
-ExitCheckTime ModelRunner::exit_check_time() const {
-  return model_->exit_check_time();
+StepTimings ModelRunner::step_timings() const {
+  StepTimings timings = model_->step_timings();
+  timings.sampling = sampling_;
+  return timings;
 }
 
 }  // namespace strata

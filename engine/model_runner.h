@@ -19,6 +19,7 @@
 #include "engine/exit_policy.h"
 #include "engine/loader/model_config.h"
 #include "engine/step.h"
+#include "engine/step_timings.h"
 
 namespace strata {
 
@@ -74,8 +75,8 @@ class ModelRunner : public StepExecutor {
   void ReleaseState(RequestId request) override;
   // Hidden states kept between steps (recursive models; 0 otherwise).
   size_t num_kept_states() const;
-  // What deciding early exits has cost the steps so far (ExitCheckTime).
-  ExitCheckTime exit_check_time() const;
+  // Where the steps so far spent their time (engine/step_timings.h).
+  StepTimings step_timings() const;
 
  private:
   // Tests reach the logits and the cache through their peer
@@ -96,6 +97,7 @@ class ModelRunner : public StepExecutor {
   std::unique_ptr<LlamaModel> model_;
   int32_t block_size_;
   int32_t num_blocks_;
+  StepTimings::Part sampling_;  // StepTimings::sampling
 };
 
 }  // namespace strata

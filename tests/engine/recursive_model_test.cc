@@ -783,7 +783,7 @@ std::string FixtureWithClassifier() {
 // hidden_exits.json: the same exits, tokens and confidences, sequence-wise
 // and depth-wise, with the LM head run only for the rows that exit.
 // Exit-rule evaluations a decode run made: after every loop a token ran
-// but the last (ModelRunner::exit_check_time's row checks).
+// but the last (the rows of ModelRunner::step_timings().exit_checks).
 int64_t ExpectedChecks(const std::vector<DecodeStep>& steps) {
   int64_t checks = 0;
   for (const DecodeStep& step : steps) {
@@ -831,8 +831,8 @@ TEST(RecursiveModelTest, HiddenMeasureRunsMatchReference) {
             << "step " << s + 1;
       }
       EXPECT_EQ(got_exits, want_exits);
-      EXPECT_EQ(runner->exit_check_time().row_checks, ExpectedChecks(steps));
-      EXPECT_GT(runner->exit_check_time().nanoseconds, 0);
+      EXPECT_EQ(runner->step_timings().exit_checks.rows, ExpectedChecks(steps));
+      EXPECT_GT(runner->step_timings().exit_checks.nanoseconds, 0);
 
       // The logits of an exit through the hidden-measure path (LM head on
       // the exiting rows only) are those of the same exit forced through
@@ -859,11 +859,12 @@ TEST(RecursiveModelTest, HiddenMeasureRunsMatchReference) {
   }
 }
 
-// exit_check_time() counts one row check per loop boundary a token's exit
+// step_timings() counts one exit check per loop boundary a token's exit
 // rule evaluated (after every loop it ran but the last) and none for
-// full-depth or prefill rows; the time is what strata-engine-bench divides
-// by those checks. (The hidden measures: HiddenMeasureRunsMatchReference.)
-TEST(RecursiveModelTest, ExitCheckTimeCountsSoftmaxChecksAndNoneAtFullDepth) {
+// full-depth or prefill rows, and the loops, LM head rows and sampled
+// tokens the steps ran: the counts strata-engine-bench divides the times
+// by. (The hidden measures' checks: HiddenMeasureRunsMatchReference.)
+TEST(RecursiveModelTest, StepTimingsCountSoftmaxChecksAndNoneAtFullDepth) {
   const nlohmann::json json = ReadJson(FixtureDir() + "/hidden_exits.json");
   const std::vector<TokenId> prompt =
       json["prompt_ids"].get<std::vector<TokenId>>();
@@ -880,10 +881,23 @@ TEST(RecursiveModelTest, ExitCheckTimeCountsSoftmaxChecksAndNoneAtFullDepth) {
       TokenId first = 0;
       const std::vector<DecodeStep> steps =
           Decode(*runner, prompt, 6, opts, table, &first);
-      const ExitCheckTime checks = runner->exit_check_time();
-      EXPECT_EQ(checks.row_checks,
+      const StepTimings timings = runner->step_timings();
+      EXPECT_EQ(timings.exit_checks.rows,
                 threshold < 1.0f ? ExpectedChecks(steps) : 0);
-      EXPECT_EQ(checks.nanoseconds > 0, threshold < 1.0f);
+      EXPECT_EQ(timings.exit_checks.nanoseconds > 0, threshold < 1.0f);
+      // The loops count a row per loop it ran (the prompt's rows every
+      // loop); the LM head a row per token that finished at the last loop
+      // (an exit's logits are its check's); sampling every token (on the
+      // host: the test peer asks for the logits).
+      int64_t row_loops = static_cast<int64_t>(prompt.size()) * kNumLoops;
+      int64_t heads = 1;  // the prefill's
+      for (const DecodeStep& step : steps) {
+        row_loops += step.exit_loop + 1;
+        heads += step.exit_loop == kNumLoops - 1 ? 1 : 0;
+      }
+      EXPECT_EQ(timings.loops.rows, row_loops);
+      EXPECT_EQ(timings.head.rows, heads);
+      EXPECT_EQ(timings.sampling.rows, 1 + static_cast<int64_t>(steps.size()));
     }
   }
 }
