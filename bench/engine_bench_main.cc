@@ -20,11 +20,10 @@
 // check timed inside the steps (ModelRunner::step_timings: the checks'
 // planning, confidences and decisions, the exit logits for max_prob and
 // margin) per row and boundary, over the loop per row of the same steps: a
-// ratio of
-// two timings of the same run rather than a small difference of two large
-// ones, so it holds to a few percent of itself where the difference swings
-// by several percent of a loop. Likewise h timed in the steps: the head and
-// sampling per row over the loop per row of the same full-depth steps
+// ratio of two timings of the same run rather than a small difference of
+// two large ones, so it holds to a few percent of itself where the difference
+// swings by several percent of a loop. Likewise h timed in the steps: the head
+// and sampling per row over the loop per row of the same full-depth steps
 // (ModelRunner::step_timings), the median of the rounds. Rows that exited
 // anyway are printed.
 //
@@ -45,6 +44,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "bench/stats.h"
 #include "engine/backends/backend.h"
 #include "engine/backends/backend_options.h"
 #include "engine/exit_policy.h"
@@ -73,11 +73,11 @@ namespace {
 
 constexpr int32_t kBlockSize = 16;
 
-// Sorts `v` (not empty) and returns its median.
+// Sorts `v` (not empty) and returns its median (the benchmark's own
+// percentile, which at 50 averages the middle two of an even count).
 double SortedMedian(std::vector<double>& v) {
   std::sort(v.begin(), v.end());
-  const size_t m = v.size();
-  return m % 2 == 1 ? v[m / 2] : (v[m / 2 - 1] + v[m / 2]) / 2;
+  return bench::Percentile(v, 50);
 }
 
 // --exit_cost: decode(loop_step, sample, exit) returns tokens/s.

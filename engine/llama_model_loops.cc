@@ -39,13 +39,6 @@
 namespace strata {
 namespace {
 
-// Nanoseconds since `start` (StepTimings).
-int64_t Elapsed(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now() - start)
-      .count();
-}
-
 std::vector<int32_t> Iota(int32_t begin, int32_t count) {
   std::vector<int32_t> v(count);
   std::iota(v.begin(), v.end(), begin);
@@ -354,7 +347,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     const Clock::time_point check_end = Clock::now();
     Tensor x = state.Rows(0, round.num_rows);
     RETURN_IF_ERROR(RunBlock(round, &x));
-    timings_.loops += {Elapsed(check_end), round.num_rows};
+    timings_.loops +=
+        {StepTimings::NanosecondsSince(check_end), round.num_rows};
     planner.FinishRound(round);
     if (checks.empty()) continue;
     Clock::duration check_time = check_end - check_start;
@@ -396,7 +390,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
         const int64_t e = static_cast<int64_t>(checks.head_rows.size());
         Tensor dst = logits_out.Rows(next_logit - e, e);
         RETURN_IF_ERROR(Head(state, checks.head_rows, &dst));
-        timings_.head += {Elapsed(head_start), e};
+        timings_.head += {StepTimings::NanosecondsSince(head_start), e};
         decide_start = Clock::now();
       }
     }
@@ -456,7 +450,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       const auto head_start = std::chrono::steady_clock::now();
       Tensor dst = logits_out.Rows(first, static_cast<int64_t>(rows.size()));
       RETURN_IF_ERROR(Head(state, rows, &dst));
-      timings_.head += {Elapsed(head_start), static_cast<int64_t>(rows.size())};
+      timings_.head += {StepTimings::NanosecondsSince(head_start),
+                        static_cast<int64_t>(rows.size())};
     }
     if (next_logit > 0) {
       logits_view_ = logits_out.Rows(0, next_logit);

@@ -184,9 +184,7 @@ absl::StatusOr<StepResult> ModelRunner::Run(
         Sampler::Sample(*backend_, row_logits, *item.sampling,
                         item.prompt_tokens, item.output_tokens);
   }
-  sampling_ += {std::chrono::duration_cast<std::chrono::nanoseconds>(
-                    std::chrono::steady_clock::now() - sampling_start)
-                    .count(),
+  sampling_ += {StepTimings::NanosecondsSince(sampling_start),
                 static_cast<int64_t>(logit_items.size())};
   return result;
 }

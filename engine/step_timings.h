@@ -13,11 +13,19 @@
 #ifndef STRATA_ENGINE_STEP_TIMINGS_H_
 #define STRATA_ENGINE_STEP_TIMINGS_H_
 
+#include <chrono>
 #include <cstdint>
 
 namespace strata {
 
 struct StepTimings {
+  // Nanoseconds from `start` to now: a part's time.
+  static int64_t NanosecondsSince(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now() - start)
+        .count();
+  }
+
   struct Part {
     int64_t nanoseconds = 0;
     int64_t rows = 0;
