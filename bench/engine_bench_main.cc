@@ -27,15 +27,24 @@
 // (ModelRunner::step_timings), the median of the rounds. Rows that exited
 // anyway are printed.
 //
+// --exits=MEASURE[:THRESHOLD] (recursive models): decoding with early exits
+// in per-loop steps, as served depth-wise batching runs it, against full
+// depth in alternating rounds; prints the speed-up, the mean loops n, the
+// cap (N + h) / (n + h) with h timed in the same round's full-depth steps,
+// and the fraction of the cap the engine alone reaches (ExitRun below).
+// The served figure (bench/recursive_benchmark.sh) set beside it says what
+// the scheduler, the output path and the client cost on top.
+//
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
 //            [--dtype=bf16] [--quantization=int8] [--int8_group_size=0]
-//            [--exit_cost]
+//            [--exit_cost | --exits=classifier[:0.75]]
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -43,10 +52,14 @@
 #include "absl/flags/parse.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/stats.h"
 #include "engine/backends/backend.h"
 #include "engine/backends/backend_options.h"
+#include "engine/exit_defaults.h"
 #include "engine/exit_policy.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
@@ -67,6 +80,12 @@ ABSL_FLAG(int32_t, int8_group_size, 0,
 ABSL_FLAG(bool, exit_cost, false,
           "Recursive models: measure the LM head and each exit measure's "
           "check in loops instead of the depth-wise comparison.");
+ABSL_FLAG(std::string, exits, "",
+          "Recursive models: MEASURE or MEASURE:THRESHOLD (the threshold "
+          "defaults to the model's calibrated one). Decodes with early exits "
+          "in per-loop steps, as the served depth-wise batching does, against "
+          "full-depth steps in alternating rounds, and prints the engine's "
+          "fraction of the cap (N + h) / (n + h).");
 
 namespace strata {
 namespace {
@@ -181,6 +200,156 @@ int ExitCost(Decode& decode, const ModelRunner& runner, int32_t loops,
   return 0;
 }
 
+// What --exits needs of Main's set-up.
+struct ExitRunSetup {
+  ModelRunner* runner;
+  std::span<const std::vector<int32_t>> tables;  // per sequence
+  int32_t context;                               // prompt tokens
+  int32_t tokens;                                // per sequence and round
+  const SamplingParams* sampling;
+};
+
+// "loops A, head B, checks C, sampling D, propagated K/V E, rest F":
+// microseconds per token of each timed part between `before` and `after`,
+// and of the rest of the wall time (set-up, gathers, result handling).
+std::string PerTokenParts(const StepTimings& before, const StepTimings& after,
+                          int64_t tokens, double seconds) {
+  const double us = 1e-3 / static_cast<double>(tokens);  // ns to us a token
+  const double loops =
+      (after.loops.nanoseconds - before.loops.nanoseconds) * us;
+  const double head = (after.head.nanoseconds - before.head.nanoseconds) * us;
+  const double checks =
+      (after.exit_checks.nanoseconds - before.exit_checks.nanoseconds) * us;
+  const double sampling =
+      (after.sampling.nanoseconds - before.sampling.nanoseconds) * us;
+  const double propagation =
+      (after.propagation.nanoseconds - before.propagation.nanoseconds) * us;
+  const double wall = seconds * 1e6 / static_cast<double>(tokens);
+  return absl::StrFormat(
+      "loops %.2f, head %.2f, checks %.2f, sampling %.2f, propagated K/V "
+      "%.2f, rest %.2f",
+      loops, head, checks, sampling, propagation,
+      wall - loops - head - checks - sampling - propagation);
+}
+
+// --exits: each round decodes sequences x tokens tokens at full depth
+// (decode(N): whole passes) and then with early exits in per-loop steps, as
+// the served depth-wise batching runs them: every step runs one loop of
+// every sequence, a sequence whose token exits (or reaches the last loop)
+// starts its next token at loop 0 in the next step, and the runner
+// propagates the skipped loops' K/V. A sequence that has decoded `tokens`
+// tokens starts again after the prompt (overwriting its cache entries, as
+// the full-depth rounds do), so every step has every sequence in it. The
+// speed-up over full depth is set against the cap (N + h) / (n + h) of the
+// same round: n the mean loops its tokens ran, h the head and sampling per
+// row over the loop per row of its full-depth steps (step timings). This is
+// the engine alone: no scheduler, no output path, no client.
+template <typename Decode>
+int ExitRun(Decode& decode, const ExitRunSetup& setup, const ExitParams& params,
+            int32_t rounds) {
+  ModelRunner& r = *setup.runner;
+  const int32_t loops = r.config().num_loops;
+  const int32_t sequences = static_cast<int32_t>(setup.tables.size());
+  const int64_t target = int64_t{sequences} * setup.tokens;
+  struct Position {
+    int32_t decoded = 0;  // tokens this sequence finished
+    int32_t loops_done = 0;
+    TokenId input = 0;  // the token this sequence runs next
+  };
+  // Each round's figures.
+  std::vector<double> ratios, caps, fractions, mean_loops, loop_ratio;
+  for (int32_t round = 0; round < rounds; ++round) {
+    const StepTimings full_before = r.step_timings();
+    const double full = decode(loops, true, nullptr);
+    const StepTimings full_after = r.step_timings();
+    const int64_t full_tokens = target;  // decode() runs sequences x tokens
+    if (full < 0) return 1;
+    const double full_loop = full_after.loops.PerRowSince(full_before.loops);
+    const double h = (full_after.head.PerRowSince(full_before.head) +
+                      full_after.sampling.PerRowSince(full_before.sampling)) /
+                     full_loop;
+
+    std::vector<Position> at(sequences);
+    for (int32_t s = 0; s < sequences; ++s) at[s].input = 11 + s;
+    int64_t finished = 0, loops_run = 0;
+    const StepTimings exits_before = r.step_timings();
+    const auto start = std::chrono::steady_clock::now();
+    while (finished < target) {
+      StepPlan plan;
+      std::vector<TokenId> inputs(sequences);  // the items' spans read these
+      for (int32_t s = 0; s < sequences; ++s) inputs[s] = at[s].input;
+      for (int32_t s = 0; s < sequences; ++s) {
+        WorkItem item;
+        item.request_id = s + 1;
+        item.tokens = std::span<const TokenId>(&inputs[s], 1);
+        item.start_position = setup.context + at[s].decoded;
+        item.block_table = setup.tables[s];
+        item.loop_begin = at[s].loops_done;
+        item.loop_end = at[s].loops_done + 1;
+        item.sample = true;
+        item.sampling = setup.sampling;
+        item.exit = &params;
+        plan.items.push_back(item);
+      }
+      absl::StatusOr<StepResult> done = r.Execute(plan);
+      if (!done.ok()) {
+        std::fprintf(stderr, "%s\n", done.status().ToString().c_str());
+        return 1;
+      }
+      for (int32_t s = 0; s < sequences; ++s) {
+        const ItemResult& item = done->items[s];
+        Position& p = at[s];
+        if (item.exit_loop < 0) {  // between loops
+          p.loops_done = item.loops_done;
+          continue;
+        }
+        ++finished;
+        loops_run += item.exit_loop + 1;
+        p.loops_done = 0;
+        p.input = item.sampled.has_value() ? item.sampled->token : p.input;
+        if (++p.decoded == setup.tokens) p.decoded = 0;
+      }
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    const StepTimings exits_after = r.step_timings();
+    const double with_exits = static_cast<double>(finished) / seconds;
+    const double n = static_cast<double>(loops_run) / finished;
+    const double cap = (loops + h) / (n + h);
+    ratios.push_back(with_exits / full);
+    caps.push_back(cap);
+    fractions.push_back(ratios.back() / cap);
+    mean_loops.push_back(n);
+    loop_ratio.push_back(exits_after.loops.PerRowSince(exits_before.loops) /
+                         full_loop);
+    std::printf(
+        "round %d: full depth %.0f tok/s, exits %.0f tok/s (%.3fx) at %.3f "
+        "loops; h = %.3f, cap %.3fx: %.1f%% of the cap; a loop per row costs "
+        "%.3fx full depth's\n",
+        round, full, with_exits, ratios.back(), n, h, cap,
+        100 * fractions.back(), loop_ratio.back());
+    std::printf(
+        "  us per token: full depth: %s; exits: %s\n",
+        PerTokenParts(full_before, full_after, full_tokens,
+                      static_cast<double>(full_tokens) / full)
+            .c_str(),
+        PerTokenParts(exits_before, exits_after, finished, seconds).c_str());
+  }
+  // Each median sorts its rounds, so the range below is the sorted ends.
+  const double ratio = SortedMedian(ratios), n = SortedMedian(mean_loops),
+               cap = SortedMedian(caps), fraction = SortedMedian(fractions),
+               loop = SortedMedian(loop_ratio);
+  std::printf(
+      "exits %s at %.4g, engine alone (median of %d rounds): %.3fx full "
+      "depth at %.3f loops, cap %.3fx: %.1f%% of the cap (rounds %.1f%% to "
+      "%.1f%%); a loop per row costs %.3fx full depth's\n",
+      std::string(ExitConfidenceName(params.confidence)).c_str(),
+      params.threshold, rounds, ratio, n, cap, 100 * fraction,
+      100 * fractions.front(), 100 * fractions.back(), loop);
+  return 0;
+}
+
 int Main() {
   ModelRunner::Options options;
   options.model_dir = absl::GetFlag(FLAGS_model);
@@ -217,11 +386,14 @@ int Main() {
       tables[s].push_back(s * blocks_per_seq + b);
     }
   }
+  // A different prompt per sequence, so that with --exits their tokens,
+  // and so their exits, differ as served requests' do (the other modes
+  // decode a fixed token, for which the prompt hardly matters).
   std::vector<TokenId> prompt(context);
-  for (int32_t i = 0; i < context; ++i) {
-    prompt[i] = (i * 37 + 11) % r.config().vocab_size;
-  }
   for (int32_t s = 0; s < sequences; ++s) {  // prefill once, full depth
+    for (int32_t i = 0; i < context; ++i) {
+      prompt[i] = (i * 37 + s * 101 + 11) % r.config().vocab_size;
+    }
     StepPlan plan;
     WorkItem item;
     item.request_id = s + 1;
@@ -277,6 +449,31 @@ int Main() {
               options.model_dir.c_str(), loops, sequences, tokens, context,
               r.backend().Description().c_str());
   decode(loops);  // warm-up
+  if (const std::string exits = absl::GetFlag(FLAGS_exits);
+      !exits.empty() && loops > 1) {
+    const std::vector<std::string> parts = absl::StrSplit(exits, ':');
+    absl::StatusOr<ExitConfidence> kind = ParseExitConfidence(parts[0]);
+    absl::StatusOr<ExitDefaults> defaults =
+        LoadExitDefaults(options.model_dir, r.config());
+    ExitParams params;
+    if (!kind.ok() || !defaults.ok() || parts.size() > 2 ||
+        (parts.size() == 2 && !absl::SimpleAtof(parts[1], &params.threshold))) {
+      std::fprintf(stderr, "--exits=%s: %s\n", exits.c_str(),
+                   !kind.ok()       ? kind.status().ToString().c_str()
+                   : !defaults.ok() ? defaults.status().ToString().c_str()
+                                    : "expected MEASURE or MEASURE:THRESHOLD");
+      return 2;
+    }
+    params.confidence = *kind;
+    if (parts.size() == 1) params.threshold = defaults->DefaultThreshold(*kind);
+    if (absl::Status valid = ValidateExitParams(params, loops); !valid.ok()) {
+      std::fprintf(stderr, "--exits=%s: %s\n", exits.c_str(),
+                   valid.ToString().c_str());
+      return 2;
+    }
+    const ExitRunSetup setup{&r, tables, context, tokens, &greedy};
+    return ExitRun(decode, setup, params, absl::GetFlag(FLAGS_rounds));
+  }
   if (absl::GetFlag(FLAGS_exit_cost) && loops > 1) {
     return ExitCost(decode, r, loops, absl::GetFlag(FLAGS_rounds),
                     &early_exits);

@@ -20,7 +20,11 @@
 # streaming, the client on the same cores): F = 1 / (sequence-wise full-depth
 # tok/s) - (N L + H), with the engine's own loop L and head H per row
 # measured at the same batch size; the served cap (N L + H + F) / (n L + H
-# + F) is printed beside, with the fraction of it achieved. Quality per point
+# + F) is printed beside, with the fraction of it achieved. The last column
+# is the engine alone with the point's exits at the concurrency's batch size
+# (`strata-engine-bench --exits`, per-loop steps against full depth over the
+# workload's positions, its own n and h): what is left of the cap before
+# scheduling, streaming and the client take their share. Quality per point
 # (held-out perplexity with exits, its increase over full depth, teacher-
 # forced mean loops) comes from tools/recursive/quality.py unless QUALITY=0.
 #
@@ -73,6 +77,24 @@ for c in $concurrency; do
     --sequences="$c" --context=$((input_len + output_len / 2)) --tokens=24 \
     >"$out/exit_cost_c$c.txt" 2>&1
 done
+
+# The engine alone with each point's exits at each concurrency's batch size
+# (strata-engine-bench --exits: per-loop steps against full depth, the
+# served workload's positions), for the "engine alone" column: what the
+# engine reaches of the cap before scheduling, streaming and the client.
+# It propagates skipped loops' K/V, so only for KV_FILL=propagate.
+if [[ "$kv_fill" == propagate ]]; then
+  for c in $concurrency; do
+    for p in $points; do
+      m=${p%%:*} t=${p##*:}
+      exits_flag=$m
+      [[ "$t" != default ]] && exits_flag="$m:$t"
+      build/bin/strata-engine-bench --model="$model" --exits="$exits_flag" \
+        --rounds=7 --sequences="$c" --context="$input_len" \
+        --tokens="$output_len" >"$out/engine_exits_${m}_${t}_c$c.txt" 2>&1
+    done
+  done
+fi
 
 bench() {  # bench PORT NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)
   local port=$1 name=$2 clients=$3 measure=$4 threshold=$5 round=$6
@@ -201,8 +223,16 @@ if qual:
 print("| measure:threshold | clients | seqwise tok/s | seqwise+exit tok/s "
       "| depthwise+exit tok/s | served mean loops | cap (N+h)/(n+h) | "
       "depthwise+exit / seqwise | of cap | depthwise full / seqwise "
-      "| F (loops) | served cap | of served cap |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+      "| F (loops) | served cap | of served cap | engine alone: of cap |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def engine_alone(tag, c):
+    # strata-engine-bench --exits's fraction of its own cap, or "-".
+    path = os.path.join(out, "engine_exits_%s_c%s.txt" % (tag, c))
+    if not os.path.exists(path):
+        return "-"
+    m = re.search(r"engine alone \(median.*?at ([0-9.]+) loops, cap "
+                  r"[0-9.]+x: ([0-9.]+)% of the cap", open(path).read())
+    return "%s%% (%s loops)" % (m.group(2), m.group(1)) if m else "-"
 for c in clients:
     base = median_tps("seqwise", c)
     depth_full = median_ratio("depthwise", "seqwise", c)
@@ -217,8 +247,8 @@ for c in clients:
         gain = median_ratio("depthwise_" + tag, "seqwise", c)
         served_cap = (n_loops * loop + head + f) / (n * loop + head + f)
         print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
-              "| %.2fx | %.2f | %.2fx | %.0f%% |" % (
+              "| %.2fx | %.2f | %.2fx | %.0f%% | %s |" % (
                   p, c, base, seq_exit, median_tps("depthwise_" + tag, c), n,
                   cap, gain, 100 * gain / cap, depth_full, f / loop,
-                  served_cap, 100 * gain / served_cap))
+                  served_cap, 100 * gain / served_cap, engine_alone(tag, c)))
 PY

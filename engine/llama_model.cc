@@ -315,6 +315,8 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     if (fuse_qkv) {
       RETURN_IF_ERROR(stack({LoraProj::kQ, LoraProj::kK, LoraProj::kV},
                             &model->lora_[i].a_qkv));
+      RETURN_IF_ERROR(
+          stack({LoraProj::kK, LoraProj::kV}, &model->lora_[i].a_kv));
     }
     if (fuse_gate_up) {
       RETURN_IF_ERROR(

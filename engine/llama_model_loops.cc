@@ -432,7 +432,10 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
 
   // 3. Propagated K/V of the skipped loops.
   if (options_.kv_fill == KvFillPolicy::kPropagate && !exited.empty()) {
+    const auto propagation_start = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(PropagateKv(planner, exited, exit_loops, state));
+    timings_.propagation += {StepTimings::NanosecondsSince(propagation_start),
+                             static_cast<int64_t>(exited.size())};
   }
 
   // 4. Logits.
@@ -569,8 +572,11 @@ absl::Status LlamaModel::PropagateKv(const LoopPlanner& planner,
       }
       Tensor* const parts[] = {&*k, &*v};
       b.SplitColumns(*kv, parts);
-      RETURN_IF_ERROR(AddLora(*f, layer_index, LoraProj::kK, segments, &*k));
-      RETURN_IF_ERROR(AddLora(*f, layer_index, LoraProj::kV, segments, &*v));
+      // Both LoRA updates from one A-product per loop (the stacked A of k
+      // and v), as the block's q, k and v take theirs.
+      static constexpr LoraProj kKv[] = {LoraProj::kK, LoraProj::kV};
+      RETURN_IF_ERROR(AddLoraGroup(*f, layer_index, kKv,
+                                   &LayerLoraTensors::a_kv, segments, parts));
     } else {
       RETURN_IF_ERROR(
           Project(*f, layer.k_proj, layer_index, LoraProj::kK, segments, &*k));

@@ -26,8 +26,10 @@ struct LayerLoraTensors {
   // Where the model fuses the projections (LlamaModel::LayerTensors::
   // qkv_proj, gate_up_proj): the A of q, k and v stacked, [3 r, hidden],
   // and of gate and up, [2 r, hidden], for one A-product per group
-  // (Backend::AddLowRankGroup). Empty otherwise.
-  Tensor a_qkv, a_gate_up;
+  // (Backend::AddLowRankGroup); with q, k and v fused, also the A of k and
+  // v stacked, [2 r, hidden], for the K/V that LlamaModel::PropagateKv
+  // writes for the loops an exit skipped. Empty otherwise.
+  Tensor a_qkv, a_gate_up, a_kv;
 };
 
 // A run of consecutive rows of a batch that are all at one loop.

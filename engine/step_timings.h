@@ -57,6 +57,9 @@ struct StepTimings {
   // ModelRunner: the logits' copy to the host and host sampling; rows:
   // sampled tokens (device sampling is not timed).
   Part sampling;
+  // The K/V of the loops early exits skipped, propagated from the exit
+  // states (KvFillPolicy::kPropagate); rows: exited rows.
+  Part propagation;
 };
 
 }  // namespace strata
