@@ -214,16 +214,16 @@ struct ExitRunSetup {
 // and of the rest of the wall time (set-up, gathers, result handling).
 std::string PerTokenParts(const StepTimings& before, const StepTimings& after,
                           int64_t tokens, double seconds) {
-  const double us = 1e-3 / static_cast<double>(tokens);  // ns to us a token
-  const double loops =
-      (after.loops.nanoseconds - before.loops.nanoseconds) * us;
-  const double head = (after.head.nanoseconds - before.head.nanoseconds) * us;
-  const double checks =
-      (after.exit_checks.nanoseconds - before.exit_checks.nanoseconds) * us;
-  const double sampling =
-      (after.sampling.nanoseconds - before.sampling.nanoseconds) * us;
-  const double propagation =
-      (after.propagation.nanoseconds - before.propagation.nanoseconds) * us;
+  // A part's microseconds per token between `before` and `after`.
+  auto us = [&](StepTimings::Part StepTimings::*part) {
+    return static_cast<double>((after.*part).nanoseconds -
+                               (before.*part).nanoseconds) *
+           1e-3 / static_cast<double>(tokens);
+  };
+  const double loops = us(&StepTimings::loops), head = us(&StepTimings::head),
+               checks = us(&StepTimings::exit_checks),
+               sampling = us(&StepTimings::sampling),
+               propagation = us(&StepTimings::propagation);
   const double wall = seconds * 1e6 / static_cast<double>(tokens);
   return absl::StrFormat(
       "loops %.2f, head %.2f, checks %.2f, sampling %.2f, propagated K/V "
