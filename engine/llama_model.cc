@@ -127,7 +127,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, Backend* backend,
   attention_.scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
 }
 
-LlamaModel::~LlamaModel() = default;
+LlamaModel::~LlamaModel() { FinishStep().IgnoreError(); }
 
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Create(
     const ModelConfig& config, ModelWeights weights, Backend* backend,
@@ -433,10 +433,9 @@ absl::StatusOr<Tensor> LlamaModel::Scratch(FlatWorkspace& workspace,
 absl::StatusOr<const Tensor*> LlamaModel::ForwardToDevice(
     std::span<const WorkItem> items, std::span<const int32_t> logit_rows) {
   StepOutput out;
-  if (absl::Status status = RunStep(items, logit_rows, false, &out);
-      !status.ok()) {
-    return status;
-  }
+  RETURN_IF_ERROR(RunStep(items, logit_rows, false, &out));
+  // The test peers read the cache after a forward pass: no task outlives it.
+  RETURN_IF_ERROR(FinishStep());
   return out.logits;
 }
 
@@ -609,8 +608,13 @@ absl::Status LlamaModel::Head(const Tensor& x, std::span<const int32_t> rows,
   ASSIGN_OR_RETURN(Tensor selected, Rows(selected_, r, config_.hidden_size));
   Backend& b = *backend_;
   b.GatherRows(x, rows, &selected);
-  b.RmsNorm(selected, final_norm_, config_.rms_norm_eps, &selected);
-  b.MatMul(selected, lm_head_.empty() ? embed_tokens_ : lm_head_, out);
+  return HeadOfStates(std::move(selected), out);
+}
+
+absl::Status LlamaModel::HeadOfStates(Tensor states, Tensor* out) {
+  Backend& b = *backend_;
+  b.RmsNorm(states, final_norm_, config_.rms_norm_eps, &states);
+  b.MatMul(states, lm_head_.empty() ? embed_tokens_ : lm_head_, out);
   return absl::OkStatus();
 }
 

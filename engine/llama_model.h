@@ -111,7 +111,14 @@ class LlamaModel {
   // ranges, early exits, KV fill, state store), returning each item's
   // progress and, on the backend, the logits to sample from: one row per
   // sample item whose tokens finished this step.
+  //
+  // The K/V that early exits' skipped loops take from their exit states may
+  // still be being written when Step returns (on the CPU, by a pool worker
+  // beside the caller's sampling: Backend::StartHostTask). FinishStep()
+  // waits for them and returns their error; call it before anything reads or
+  // frees the step's blocks. Every other call into the model runs it first.
   absl::StatusOr<StepOutput> Step(std::span<const WorkItem> items);
+  absl::Status FinishStep();
 
   // Drops the kept hidden states of `request` (StepExecutor::ReleaseState).
   void ReleaseState(RequestId request) { store_.Release(request); }
@@ -120,6 +127,7 @@ class LlamaModel {
   // Copy-on-write (StepPlan::block_copies), before a step's forward pass
   // (PagedKvCache::CopyBlocks).
   absl::Status CopyBlocks(std::span<const BlockCopy> copies) {
+    if (absl::Status status = FinishStep(); !status.ok()) return status;
     return kv_cache_.CopyBlocks(copies);
   }
 
@@ -235,12 +243,18 @@ class LlamaModel {
   // out = lm_head(RmsNorm(x)) for the rows `rows` of x. out: [rows, vocab]
   absl::Status Head(const Tensor& x, std::span<const int32_t> rows,
                     Tensor* out);
+  // out = lm_head(RmsNorm(states)), the norm in place. out: [rows, vocab]
+  absl::Status HeadOfStates(Tensor states, Tensor* out);
   // Propagate policy: K/V of the skipped loops of exited items from their
-  // exit states (state: the step's state buffer).
-  absl::Status PropagateKv(const LoopPlanner& planner,
-                           std::span<const int32_t> exited,
-                           std::span<const int32_t> exit_loops,
-                           const Tensor& state);
+  // exit states (state: the step's state buffer). Plans the rows and
+  // allocates their tensors; RunStep starts PropagateKv as a host task once
+  // the step succeeded, and FinishStep() joins it.
+  absl::Status PlanPropagation(const LoopPlanner& planner,
+                               std::span<const int32_t> exited,
+                               std::span<const int32_t> exit_loops,
+                               const Tensor& state);
+  // The ops of the propagation that PlanPropagation planned.
+  absl::Status PropagateKv();
 
   ModelConfig config_;
   Backend* backend_;  // not owned
@@ -263,8 +277,9 @@ class LlamaModel {
   // The fused products before SplitColumns (LayerTensors::qkv_proj,
   // gate_up_proj).
   Workspace qkv_, gate_up_;
-  // Final rows and their logits, [num_logit_rows, hidden|vocab].
-  Workspace selected_, logits_;
+  // Final rows and their logits, [num_logit_rows, hidden|vocab]; in sample
+  // mode the finished rows' states wait in finished_ for one head per step.
+  Workspace selected_, logits_, finished_;
   Tensor logits_view_;  // [r, vocab] view into logits_ from the last call
   // Recursive models: the second state buffer (row reorders), LoRA
   // intermediates, exit checks and propagated KV.
@@ -275,6 +290,22 @@ class LlamaModel {
   std::vector<LowRankSegment> low_rank_segments_;
   std::vector<LowRankGroupSegment> low_rank_groups_;  // AddLoraGroup()'s
   StepTimings timings_;
+
+  // The propagated K/V's rows and tensors (PlanPropagation), kept to reuse
+  // their memory; while propagation_pending_ the host task owns them.
+  struct Propagation {
+    Tensor state;                    // the step's state buffer
+    std::vector<int32_t> exit_rows;  // state row of each exited item
+    // Per (exited item, skipped loop) pair: its exited item's index, its
+    // position and its K/V slot; segments: the pairs grouped by loop.
+    std::vector<int32_t> pair_src, pair_pos, pair_slot;
+    std::vector<LoopSegment> segments;
+    Tensor h, h_normed, f, k, v, kv, kv_exit;
+  };
+  Propagation propagation_;
+  bool propagation_planned_ = false;  // by this step, not yet started
+  bool propagation_pending_ = false;  // started, not yet joined
+  absl::Status propagation_status_;   // written by the task
 };
 
 }  // namespace strata

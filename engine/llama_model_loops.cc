@@ -236,11 +236,29 @@ std::optional<StepGraphKey> LlamaModel::GraphKeyOf(
 absl::Status LlamaModel::RunStep(std::span<const WorkItem> items,
                                  std::span<const int32_t> logit_rows,
                                  bool sample_mode, StepOutput* out) {
+  // The previous step's propagated K/V, before this step reads the cache.
+  RETURN_IF_ERROR(FinishStep());
   bool rerun = false;
   absl::Status status =
       RunStepOnce(items, logit_rows, sample_mode, true, &rerun, out);
-  if (!rerun) return status;
-  return RunStepOnce(items, logit_rows, sample_mode, false, &rerun, out);
+  if (rerun) {
+    status = RunStepOnce(items, logit_rows, sample_mode, false, &rerun, out);
+  }
+  if (!status.ok() || !propagation_planned_) {
+    propagation_planned_ = false;
+    return status;
+  }
+  // The propagated K/V last, as a host task (Backend::StartHostTask;
+  // FinishStep() joins it): the step's own ops ran with every thread, and
+  // the task's time overlaps the runner's sampling. Until then nothing
+  // reads or writes the skipped loops' K/V or the task's tensors, and the
+  // task only reads the state buffer.
+  const auto start = std::chrono::steady_clock::now();
+  propagation_planned_ = false;
+  propagation_pending_ = true;
+  backend_->StartHostTask([this] { propagation_status_ = PropagateKv(); });
+  timings_.propagation.nanoseconds += StepTimings::NanosecondsSince(start);
+  return absl::OkStatus();
 }
 
 absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
@@ -248,6 +266,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
                                      bool sample_mode, bool allow_graph,
                                      bool* rerun, StepOutput* out) {
   *rerun = false;
+  propagation_planned_ = false;
   RETURN_IF_ERROR(Validate(items));
   const int32_t num_loops = config_.num_loops;
   LoopPlanner planner(items, num_loops, options_.block_size);
@@ -307,12 +326,32 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   int32_t num_sample = 0;
   for (const WorkItem& item : items) num_sample += item.sample ? 1 : 0;
   Tensor logits_out;
+  // The states of finished rows, by logits row: one LM head over
+  // [head_first, next_logit) when the step ends (or before a softmax exit
+  // takes the next logits row), not one per round with exits and another
+  // for the last loop's rows. Rows are computed alike in any batch, so the
+  // bits are those of separate heads, and the weights are read once.
+  Tensor finished;
   if (sample_mode && num_sample > 0) {
     absl::StatusOr<Tensor> t = Rows(logits_, num_sample, vocab);
     if (!t.ok()) return t.status();
     logits_out = *std::move(t);
+    absl::StatusOr<Tensor> f = Rows(finished_, num_sample, hidden);
+    if (!f.ok()) return f.status();
+    finished = *std::move(f);
   }
   int32_t next_logit = 0;
+  int32_t head_first = 0;
+  auto finish_head = [&]() -> absl::Status {
+    const int64_t r = next_logit - head_first;
+    if (r == 0) return absl::OkStatus();
+    const auto head_start = std::chrono::steady_clock::now();
+    Tensor dst = logits_out.Rows(head_first, r);
+    RETURN_IF_ERROR(HeadOfStates(finished.Rows(head_first, r), &dst));
+    timings_.head += {StepTimings::NanosecondsSince(head_start), r};
+    head_first = next_logit;
+    return absl::OkStatus();
+  };
   std::vector<int32_t> exited, exit_loops;  // early exits of this step
 
   // 2. Rounds.
@@ -384,13 +423,14 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
         out->items[i].logits_row = next_logit++;
       }
       if (!checks.head_rows.empty()) {
-        // The exiting rows' LM head is the token's, not the decision's.
+        // The exiting rows' LM head is the token's, not the decision's: their
+        // states wait in `finished` for the step's head.
         const Clock::time_point head_start = Clock::now();
         check_time += head_start - decide_start;
         const int64_t e = static_cast<int64_t>(checks.head_rows.size());
-        Tensor dst = logits_out.Rows(next_logit - e, e);
-        RETURN_IF_ERROR(Head(state, checks.head_rows, &dst));
-        timings_.head += {StepTimings::NanosecondsSince(head_start), e};
+        Tensor dst = finished.Rows(next_logit - e, e);
+        b.GatherRows(state, checks.head_rows, &dst);
+        timings_.head += {StepTimings::NanosecondsSince(head_start), 0};
         decide_start = Clock::now();
       }
     }
@@ -407,6 +447,11 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       for (int64_t j = 0; j < c; ++j) {
         const int32_t i = checks.logit_items[j];
         if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
+        // The rows waiting for the head come first: theirs stay contiguous.
+        const Clock::time_point head_start = Clock::now();
+        RETURN_IF_ERROR(finish_head());
+        decide_start += Clock::now() - head_start;
+        head_first = next_logit + 1;
         Tensor dst = logits_out.Rows(next_logit, 1);
         const int32_t src[1] = {static_cast<int32_t>(j)};
         b.GatherRows(*ex, src, &dst);
@@ -430,10 +475,11 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     }
   }
 
-  // 3. Propagated K/V of the skipped loops.
+  // 3. Propagated K/V of the skipped loops: planned here, run by RunStep
+  // once the step is done, beside the runner's sampling.
   if (options_.kv_fill == KvFillPolicy::kPropagate && !exited.empty()) {
     const auto propagation_start = std::chrono::steady_clock::now();
-    RETURN_IF_ERROR(PropagateKv(planner, exited, exit_loops, state));
+    RETURN_IF_ERROR(PlanPropagation(planner, exited, exit_loops, state));
     timings_.propagation += {StepTimings::NanosecondsSince(propagation_start),
                              static_cast<int64_t>(exited.size())};
   }
@@ -451,11 +497,11 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     }
     if (!rows.empty()) {
       const auto head_start = std::chrono::steady_clock::now();
-      Tensor dst = logits_out.Rows(first, static_cast<int64_t>(rows.size()));
-      RETURN_IF_ERROR(Head(state, rows, &dst));
-      timings_.head += {StepTimings::NanosecondsSince(head_start),
-                        static_cast<int64_t>(rows.size())};
+      Tensor dst = finished.Rows(first, static_cast<int64_t>(rows.size()));
+      b.GatherRows(state, rows, &dst);
+      timings_.head += {StepTimings::NanosecondsSince(head_start), 0};
     }
+    RETURN_IF_ERROR(finish_head());
     if (next_logit > 0) {
       logits_view_ = logits_out.Rows(0, next_logit);
       out->logits = &logits_view_;
@@ -503,95 +549,125 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::PropagateKv(const LoopPlanner& planner,
-                                     std::span<const int32_t> exited,
-                                     std::span<const int32_t> exit_loops,
-                                     const Tensor& state) {
+absl::Status LlamaModel::PlanPropagation(const LoopPlanner& planner,
+                                         std::span<const int32_t> exited,
+                                         std::span<const int32_t> exit_loops,
+                                         const Tensor& state) {
   const int32_t num_loops = config_.num_loops;
   const int64_t hidden = config_.hidden_size;
   const int64_t kv_dim =
       static_cast<int64_t>(config_.num_key_value_heads) * config_.head_dim;
   const int64_t e = static_cast<int64_t>(exited.size());
+  Propagation& job = propagation_;
 
   // The exit states h_e, one row per exited item (a single token each).
-  std::vector<int32_t> exit_rows;
-  for (int32_t i : exited) exit_rows.push_back(planner.item(i).slot);
+  job.exit_rows.clear();
+  for (int32_t i : exited) job.exit_rows.push_back(planner.item(i).slot);
   // One row per (exited item, skipped loop), grouped by loop for the LoRA.
-  std::vector<int32_t> pair_src, pair_pos, pair_slot;
-  std::vector<LoopSegment> segments;
+  job.pair_src.clear();
+  job.pair_pos.clear();
+  job.pair_slot.clear();
+  job.segments.clear();
   for (int32_t l = 1; l < num_loops; ++l) {
     for (int64_t j = 0; j < e; ++j) {
       if (exit_loops[j] >= l) continue;
       const LoopPlanner::ItemState& s = planner.item(exited[j]);
-      if (segments.empty() || segments.back().loop != l) {
-        segments.push_back({l, static_cast<int32_t>(pair_src.size()), 0});
+      if (job.segments.empty() || job.segments.back().loop != l) {
+        job.segments.push_back(
+            {l, static_cast<int32_t>(job.pair_src.size()), 0});
       }
-      ++segments.back().num_rows;
-      pair_src.push_back(static_cast<int32_t>(j));
-      pair_pos.push_back(s.start_position);
-      pair_slot.push_back(planner.KvSlot(s.block_table, l, s.start_position));
+      ++job.segments.back().num_rows;
+      job.pair_src.push_back(static_cast<int32_t>(j));
+      job.pair_pos.push_back(s.start_position);
+      job.pair_slot.push_back(
+          planner.KvSlot(s.block_table, l, s.start_position));
     }
   }
-  const int64_t p = static_cast<int64_t>(pair_src.size());
+  const int64_t p = static_cast<int64_t>(job.pair_src.size());
   if (p == 0) return absl::OkStatus();
 
-  absl::StatusOr<Tensor> h = Rows(fill_state_, e, hidden);
-  if (!h.ok()) return h.status();
-  absl::StatusOr<Tensor> h_normed = Rows(fill_normed_, e, hidden);
-  if (!h_normed.ok()) return h_normed.status();
-  absl::StatusOr<Tensor> f = Rows(fill_rows_, p, hidden);
-  if (!f.ok()) return f.status();
-  absl::StatusOr<Tensor> k = Rows(fill_k_, p, kv_dim);
-  if (!k.ok()) return k.status();
-  absl::StatusOr<Tensor> v = Rows(fill_v_, p, kv_dim);
-  if (!v.ok()) return v.status();
+  // Every tensor the ops write, allocated here: the task must not grow a
+  // workspace while the engine thread allocates its own.
+  ASSIGN_OR_RETURN(job.h, Rows(fill_state_, e, hidden));
+  ASSIGN_OR_RETURN(job.h_normed, Rows(fill_normed_, e, hidden));
+  ASSIGN_OR_RETURN(job.f, Rows(fill_rows_, p, hidden));
+  ASSIGN_OR_RETURN(job.k, Rows(fill_k_, p, kv_dim));
+  ASSIGN_OR_RETURN(job.v, Rows(fill_v_, p, kv_dim));
+  const bool fused = !layers_.front().kv_proj.empty();
+  if (fused) {
+    ASSIGN_OR_RETURN(job.kv, Rows(fill_kv_, p, 2 * kv_dim));
+    if (p != e) {
+      ASSIGN_OR_RETURN(job.kv_exit, Rows(fill_kv_exit_, e, 2 * kv_dim));
+    }
+  }
+  if (!lora_.empty() && (!fused || lora_.front().a_kv.empty())) {
+    // AddLora's intermediates (without a stacked A): sized for the largest
+    // segment now, so that the task's Rows() calls only take views.
+    ASSIGN_OR_RETURN(Tensor t, Rows(lora_t_, p, config_.lora_rank));
+    ASSIGN_OR_RETURN(Tensor u, Scratch(lora_u_, p, kv_dim));
+  }
+  job.state = state.Rows(0, state.dim(0));  // a view
+  propagation_planned_ = true;
+  return absl::OkStatus();
+}
 
+absl::Status LlamaModel::PropagateKv() {
+  Propagation& job = propagation_;
+  const bool gathered = job.pair_src.size() != job.exit_rows.size();
   Backend& b = *backend_;
-  b.GatherRows(state, exit_rows, &*h);
+  b.GatherRows(job.state, job.exit_rows, &job.h);
   for (size_t li = 0; li < layers_.size(); ++li) {
     LayerTensors& layer = layers_[li];
     const int32_t layer_index = static_cast<int32_t>(li);
     // x = RMSNorm(h_e) * input_norm_k, then K/V with each loop's weights.
-    b.RmsNorm(*h, layer.input_norm, config_.rms_norm_eps, &*h_normed);
-    b.GatherRows(*h_normed, pair_src, &*f);
+    b.RmsNorm(job.h, layer.input_norm, config_.rms_norm_eps, &job.h_normed);
+    b.GatherRows(job.h_normed, job.pair_src, &job.f);
     if (!layer.kv_proj.empty()) {
       // K and V in one product (the fused weight's slice), then each its
       // loop's LoRA. The loops share the base weight, so a row that skipped
       // several loops has the same product in each: it is computed once
       // per exited row and copied to the row's pairs (the kernels compute
       // every row alike, so the bits are those of a product per pair).
-      absl::StatusOr<Tensor> kv = Rows(fill_kv_, p, 2 * kv_dim);
-      if (!kv.ok()) return kv.status();
-      if (p == e) {  // one skipped loop per row: pair j is exited row j
-        b.MatMul(*f, layer.kv_proj, &*kv);
+      if (!gathered) {  // one skipped loop per row: pair j is exited row j
+        b.MatMul(job.f, layer.kv_proj, &job.kv);
       } else {
-        absl::StatusOr<Tensor> kv_exit = Rows(fill_kv_exit_, e, 2 * kv_dim);
-        if (!kv_exit.ok()) return kv_exit.status();
-        b.MatMul(*h_normed, layer.kv_proj, &*kv_exit);
-        b.GatherRows(*kv_exit, pair_src, &*kv);
+        b.MatMul(job.h_normed, layer.kv_proj, &job.kv_exit);
+        b.GatherRows(job.kv_exit, job.pair_src, &job.kv);
       }
-      Tensor* const parts[] = {&*k, &*v};
-      b.SplitColumns(*kv, parts);
+      Tensor* const parts[] = {&job.k, &job.v};
+      b.SplitColumns(job.kv, parts);
       // Both LoRA updates from one A-product per loop (the stacked A of k
       // and v), as the block's q, k and v take theirs.
       static constexpr LoraProj kKv[] = {LoraProj::kK, LoraProj::kV};
-      RETURN_IF_ERROR(AddLoraGroup(*f, layer_index, kKv,
-                                   &LayerLoraTensors::a_kv, segments, parts));
+      RETURN_IF_ERROR(AddLoraGroup(job.f, layer_index, kKv,
+                                   &LayerLoraTensors::a_kv, job.segments,
+                                   parts));
     } else {
-      RETURN_IF_ERROR(
-          Project(*f, layer.k_proj, layer_index, LoraProj::kK, segments, &*k));
-      RETURN_IF_ERROR(
-          Project(*f, layer.v_proj, layer_index, LoraProj::kV, segments, &*v));
+      RETURN_IF_ERROR(Project(job.f, layer.k_proj, layer_index, LoraProj::kK,
+                              job.segments, &job.k));
+      RETURN_IF_ERROR(Project(job.f, layer.v_proj, layer_index, LoraProj::kV,
+                              job.segments, &job.v));
     }
     if (!layer.k_bias.empty()) {
-      b.AddBias(layer.k_bias, &*k);
-      b.AddBias(layer.v_bias, &*v);
+      b.AddBias(layer.k_bias, &job.k);
+      b.AddBias(layer.v_bias, &job.v);
     }
-    b.Rope(rope_table_, pair_pos, config_.head_dim, &*k);
+    b.Rope(rope_table_, job.pair_pos, config_.head_dim, &job.k);
     PagedKvCache::Layer& cache = kv_cache_.layer(layer_index);
-    b.WriteKv(*k, *v, pair_slot, attention_, &cache.k_view, &cache.v_view);
+    b.WriteKv(job.k, job.v, job.pair_slot, attention_, &cache.k_view,
+              &cache.v_view);
   }
   return absl::OkStatus();
+}
+
+absl::Status LlamaModel::FinishStep() {
+  if (!propagation_pending_) return absl::OkStatus();
+  const auto wait_start = std::chrono::steady_clock::now();
+  backend_->WaitHostTask();
+  timings_.propagation.nanoseconds += StepTimings::NanosecondsSince(wait_start);
+  propagation_pending_ = false;
+  propagation_.state = Tensor();
+  return std::exchange(propagation_status_, absl::OkStatus());
 }
 
 }  // namespace strata

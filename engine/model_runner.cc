@@ -26,6 +26,71 @@
 
 namespace strata {
 
+namespace {
+
+// The step's results and sampled tokens: ModelRunner::Run's second half,
+// which runs while the model may still write the step's propagated K/V.
+// sampling: StepTimings::sampling, for host sampling.
+absl::StatusOr<StepResult> SampleStep(
+    Backend& backend, int32_t vocab_size, const StepPlan& plan,
+    const LlamaModel::StepOutput& step, bool device_sampling,
+    std::vector<std::vector<float>>* sampled_logits,
+    StepTimings::Part* sampling) {
+  StepResult result;
+  result.items.resize(plan.items.size());
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const LlamaModel::ItemProgress& progress = step.items[i];
+    ItemResult& out = result.items[i];
+    out.request_id = plan.items[i].request_id;
+    out.loops_done = progress.loops_done;
+    out.exit_loop = progress.exit_loop;
+    out.exit_confidence = progress.exit_confidence;
+    out.needs_kv_fill = progress.needs_kv_fill;
+  }
+  if (step.logits == nullptr) return result;
+
+  const std::vector<int32_t>& logit_items = step.logit_items;
+  if (device_sampling) {
+    std::vector<SampleRow> sample_rows;
+    sample_rows.reserve(logit_items.size());
+    for (int32_t i : logit_items) {
+      const WorkItem& item = plan.items[i];
+      sample_rows.push_back(
+          {item.sampling, item.prompt_tokens, item.output_tokens});
+    }
+    absl::StatusOr<std::vector<SampledToken>> sampled =
+        backend.Sample(*step.logits, sample_rows);
+    if (!sampled.ok()) return sampled.status();
+    for (size_t j = 0; j < logit_items.size() && j < sampled->size(); ++j) {
+      result.items[logit_items[j]].sampled = std::move((*sampled)[j]);
+    }
+    return result;
+  }
+  const auto sampling_start = std::chrono::steady_clock::now();
+  const size_t vocab = static_cast<size_t>(vocab_size);
+  std::vector<float> logits(logit_items.size() * vocab);
+  if (absl::Status status = backend.CopyToHost(*step.logits, logits);
+      !status.ok()) {
+    return status;
+  }
+  for (size_t j = 0; j < logit_items.size(); ++j) {
+    const WorkItem& item = plan.items[logit_items[j]];
+    const std::span<const float> row_logits(logits.data() + j * vocab, vocab);
+    if (sampled_logits != nullptr) {
+      (*sampled_logits)[logit_items[j]].assign(row_logits.begin(),
+                                               row_logits.end());
+    }
+    result.items[logit_items[j]].sampled =
+        Sampler::Sample(backend, row_logits, *item.sampling, item.prompt_tokens,
+                        item.output_tokens);
+  }
+  *sampling += {StepTimings::NanosecondsSince(sampling_start),
+                static_cast<int64_t>(logit_items.size())};
+  return result;
+}
+
+}  // namespace
+
 ModelRunner::ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
                          std::unique_ptr<LlamaModel> model, int32_t block_size,
                          int32_t num_blocks)
@@ -35,8 +100,8 @@ ModelRunner::ModelRunner(ModelConfig config, std::unique_ptr<Backend> backend,
       block_size_(block_size),
       num_blocks_(num_blocks) {}
 
-// Members go in reverse order: the model (its tensors) before the backend
-// that allocated them.
+// Members go in reverse order: the model (its tensors, and the wait for its
+// last host task) before the backend that allocated and runs them.
 ModelRunner::~ModelRunner() = default;
 
 absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(
@@ -135,57 +200,14 @@ absl::StatusOr<StepResult> ModelRunner::Run(
   // finished (all of them for a plain model).
   absl::StatusOr<LlamaModel::StepOutput> step = model_->Step(plan.items);
   if (!step.ok()) return step.status();
-
-  StepResult result;
-  result.items.resize(plan.items.size());
-  for (size_t i = 0; i < plan.items.size(); ++i) {
-    const LlamaModel::ItemProgress& progress = step->items[i];
-    ItemResult& out = result.items[i];
-    out.request_id = plan.items[i].request_id;
-    out.loops_done = progress.loops_done;
-    out.exit_loop = progress.exit_loop;
-    out.exit_confidence = progress.exit_confidence;
-    out.needs_kv_fill = progress.needs_kv_fill;
-  }
-  if (step->logits == nullptr) return result;
-
-  const std::vector<int32_t>& logit_items = step->logit_items;
-  if (device_sampling) {
-    std::vector<SampleRow> sample_rows;
-    sample_rows.reserve(logit_items.size());
-    for (int32_t i : logit_items) {
-      const WorkItem& item = plan.items[i];
-      sample_rows.push_back(
-          {item.sampling, item.prompt_tokens, item.output_tokens});
-    }
-    absl::StatusOr<std::vector<SampledToken>> sampled =
-        backend_->Sample(*step->logits, sample_rows);
-    if (!sampled.ok()) return sampled.status();
-    for (size_t j = 0; j < logit_items.size() && j < sampled->size(); ++j) {
-      result.items[logit_items[j]].sampled = std::move((*sampled)[j]);
-    }
-    return result;
-  }
-  const auto sampling_start = std::chrono::steady_clock::now();
-  const size_t vocab = static_cast<size_t>(config_.vocab_size);
-  std::vector<float> logits(logit_items.size() * vocab);
-  if (absl::Status status = backend_->CopyToHost(*step->logits, logits);
-      !status.ok()) {
-    return status;
-  }
-  for (size_t j = 0; j < logit_items.size(); ++j) {
-    const WorkItem& item = plan.items[logit_items[j]];
-    const std::span<const float> row_logits(logits.data() + j * vocab, vocab);
-    if (sampled_logits != nullptr) {
-      (*sampled_logits)[logit_items[j]].assign(row_logits.begin(),
-                                               row_logits.end());
-    }
-    result.items[logit_items[j]].sampled =
-        Sampler::Sample(*backend_, row_logits, *item.sampling,
-                        item.prompt_tokens, item.output_tokens);
-  }
-  sampling_ += {StepTimings::NanosecondsSince(sampling_start),
-                static_cast<int64_t>(logit_items.size())};
+  // The step's propagated K/V are written beside the sampling; the scheduler
+  // may free or reuse their blocks once the result is back.
+  absl::StatusOr<StepResult> result =
+      SampleStep(*backend_, config_.vocab_size, plan, *step, device_sampling,
+                 sampled_logits, &sampling_);
+  absl::Status finished = model_->FinishStep();
+  if (!result.ok()) return result.status();
+  if (!finished.ok()) return finished;
   return result;
 }
 

@@ -58,7 +58,10 @@ struct StepTimings {
   // sampled tokens (device sampling is not timed).
   Part sampling;
   // The K/V of the loops early exits skipped, propagated from the exit
-  // states (KvFillPolicy::kPropagate); rows: exited rows.
+  // states (KvFillPolicy::kPropagate); rows: exited rows. On the engine
+  // thread: planning them, handing them to the host task that writes them
+  // (Backend::StartHostTask) and waiting for it after sampling
+  // (LlamaModel::FinishStep), not the task's own time.
   Part propagation;
 };
 

@@ -4,7 +4,8 @@
 #         build-asan/, and the whole C++ suite run there (the integration
 #         tests start build-asan/bin/stratad, so the daemon is checked too);
 #   tsan  TSan build in build-tsan/ of the scheduler, server and kernel
-#         (thread pool) tests, run there.
+#         (thread pool) tests, and of the engine tests whose steps hand
+#         the propagated K/V to a pool worker (early exits), run there.
 # Both without CUDA, in Release with frame pointers. A sanitizer report fails
 # the test that triggered it.
 #
@@ -37,10 +38,14 @@ if [[ ${which} == tsan || ${which} == all ]]; then
   echo "== TSan: build"
   cmake -S . -B build-tsan "${common[@]}" -DSTRATA_SANITIZE=thread >/dev/null
   cmake --build build-tsan -j "${jobs}" --target strata_scheduler_tests \
-    strata_server_tests strata_kernels_tests
+    strata_server_tests strata_kernels_tests strata_engine_tests
   echo "== TSan: tests"
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=${PWD}/tests/tsan.supp"
   build-tsan/bin/strata_scheduler_tests
   build-tsan/bin/strata_server_tests
   build-tsan/bin/strata_kernels_tests --gtest_filter='ThreadPool*'
+  # Steps with early exits: their propagated K/V run beside the sampling
+  # (LlamaModel::FinishStep), on two threads in these tests.
+  build-tsan/bin/strata_engine_tests \
+    --gtest_filter='RecursiveModelTest.*:*ForcedExitTest.*:ModelRunner*'
 fi

@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/logging.h"
@@ -377,6 +378,17 @@ class Backend {
   // issues the ops again without a bracket. !commit (the caller gave up
   // midway): drop whatever was recorded; returns OK.
   virtual absl::Status EndStepGraph(bool commit) { return absl::OkStatus(); }
+
+  // Runs `task`, host code that issues this backend's ops, beside the
+  // caller's own ops where the backend can, and returns; WaitHostTask()
+  // returns once it has run. The CPU backend hands it to a pool worker, which
+  // would otherwise spin while the caller runs serial work (a step's host
+  // sampling); the default runs it now, in order with the caller's ops
+  // (device ops only queue, so there is nothing to gain). One at a time, and
+  // until WaitHostTask() returns the caller must leave alone what the task
+  // reads or writes, and must not allocate from or resize its tensors.
+  virtual void StartHostTask(absl::AnyInvocable<void()> task) { task(); }
+  virtual void WaitHostTask() {}
 
  protected:
   // INTERNAL unless logits is f32 [rows, vocab] with `kinds` and `out` of

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <thread>
+#include <utility>
 
 #include "common/thread_name.h"
 
@@ -18,6 +19,10 @@ inline void CpuRelax() {
   __builtin_ia32_pause();
 #endif
 }
+
+// Set on a worker while it runs the side task: its ParallelFor calls run
+// inline (the caller's jobs may be running beside it).
+thread_local bool t_in_side_task = false;
 
 constexpr uint64_t Pack(uint32_t generation, uint32_t next) {
   return (uint64_t{generation} << 32) | next;
@@ -37,6 +42,7 @@ ThreadPool::ThreadPool(int num_threads) {
 }
 
 ThreadPool::~ThreadPool() {
+  WaitSideTask();
   stop_.store(true, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
@@ -79,6 +85,7 @@ void ThreadPool::WorkerLoop() {
     }
     seen = current;
     if (stop_.load(std::memory_order_relaxed)) return;
+    ClaimSideTask();
     RunTasks(current);
   }
 }
@@ -86,7 +93,7 @@ void ThreadPool::WorkerLoop() {
 void ThreadPool::ParallelFor(int64_t num_tasks,
                              absl::FunctionRef<void(int64_t)> task) {
   if (num_tasks <= 0) return;
-  if (workers_.empty() || num_tasks == 1) {
+  if (workers_.empty() || num_tasks == 1 || t_in_side_task) {
     for (int64_t i = 0; i < num_tasks; ++i) task(i);
     return;
   }
@@ -115,6 +122,56 @@ void ThreadPool::ParallelFor(int64_t num_tasks,
       std::this_thread::yield();
     }
   }
+}
+
+void ThreadPool::ClaimSideTask() {
+  // A plain load first: most wake-ups are for jobs, and a failed CAS would
+  // still take the cache line from the caller.
+  if (side_state_.load(std::memory_order_relaxed) != kPosted) return;
+  int expected = kPosted;
+  // Acquire: side_task_ was written before kPosted was released.
+  if (!side_state_.compare_exchange_strong(expected, kClaimed,
+                                           std::memory_order_acquire)) {
+    return;
+  }
+  t_in_side_task = true;
+  side_task_();
+  t_in_side_task = false;
+  side_state_.store(kDone, std::memory_order_release);
+}
+
+void ThreadPool::StartSideTask(absl::AnyInvocable<void()> task) {
+  if (workers_.empty() || t_in_side_task) {
+    task();
+    return;
+  }
+  side_task_ = std::move(task);
+  side_state_.store(kPosted, std::memory_order_release);
+  // Wake the workers as a job would. A generation with no job of its own:
+  // RunTasks finds the claim state on an older generation and returns, and
+  // the next ParallelFor moves past it.
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+}
+
+void ThreadPool::WaitSideTask() {
+  if (side_state_.load(std::memory_order_relaxed) == kNone) return;
+  int expected = kPosted;
+  if (side_state_.compare_exchange_strong(expected, kClaimed,
+                                          std::memory_order_acquire)) {
+    side_task_();  // no worker started it: run it here
+  } else {
+    for (int spin = 0;; ++spin) {
+      if (side_state_.load(std::memory_order_acquire) == kDone) break;
+      if (spin < kSpinIterations) {
+        CpuRelax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+  side_task_ = nullptr;
+  side_state_.store(kNone, std::memory_order_relaxed);
 }
 
 }  // namespace strata::cpu

@@ -7,12 +7,19 @@
 // output so that each element is computed by exactly one task with a fixed
 // operation order (the batch-invariance rule, docs/engine.md).
 //
-// Threading: ParallelFor must be called from one thread at a time and not
-// from inside a task. Idle workers spin briefly after a job (decode steps
-// issue many small jobs back to back) and then sleep on a futex. The caller
-// runs tasks too and never waits for a worker that has not started one, so
-// an overloaded machine (workers descheduled) degrades to running inline
-// rather than stalling.
+// StartSideTask(task) hands one task to a worker and returns at once;
+// WaitSideTask() waits for it. The caller goes on with its own work, its
+// ParallelFor jobs included (a worker busy with the side task joins them when
+// it is done): this is for work that would otherwise leave the workers
+// spinning, e.g. a decode step's small serial ops beside the host sampling.
+// Inside the side task ParallelFor runs inline.
+//
+// Threading: ParallelFor, StartSideTask and WaitSideTask must be called from
+// one thread at a time and not from inside a task. Idle workers spin briefly
+// after a job (decode steps issue many small jobs back to back) and then sleep
+// on a futex. The caller runs tasks too and never waits for a worker that has
+// not started one, so an overloaded machine (workers descheduled) degrades to
+// running inline rather than stalling.
 #ifndef STRATA_KERNELS_CPU_THREAD_POOL_H_
 #define STRATA_KERNELS_CPU_THREAD_POOL_H_
 
@@ -21,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
 
 namespace strata::cpu {
@@ -38,8 +46,19 @@ class ThreadPool {
 
   void ParallelFor(int64_t num_tasks, absl::FunctionRef<void(int64_t)> task);
 
+  // Runs `task` on a worker (inline without one), at most one at a time:
+  // WaitSideTask() before the next. Whatever the task touches, the caller
+  // must leave alone until WaitSideTask() returns.
+  void StartSideTask(absl::AnyInvocable<void()> task);
+  // Returns once the side task has run; runs it here if no worker has
+  // started it (the caller never waits for a descheduled worker). Returns at
+  // once without one.
+  void WaitSideTask();
+
  private:
   void WorkerLoop();
+  // Runs the posted side task if no other thread has claimed it.
+  void ClaimSideTask();
   // Claims and runs tasks of job `generation` until none is left.
   void RunTasks(uint32_t generation);
 
@@ -59,6 +78,11 @@ class ThreadPool {
   // ParallelFor) and before publishing generation_.
   std::atomic<int64_t> num_tasks_{0};
   std::atomic<const absl::FunctionRef<void(int64_t)>*> task_{nullptr};
+  // The side task: kNone, then kPosted (side_task_ written), kClaimed (by
+  // the thread that runs it) and kDone; WaitSideTask() sets kNone again.
+  enum SideState : int { kNone, kPosted, kClaimed, kDone };
+  std::atomic<int> side_state_{kNone};
+  absl::AnyInvocable<void()> side_task_;
 };
 
 }  // namespace strata::cpu

@@ -1245,23 +1245,35 @@ TEST(RecursiveModelTest, FusedProjectionsMatchUnfusedBitForBit) {
   EXPECT_EQ(fused.kv, apart.kv);
 }
 
-// Several rows exiting in one step, after different loops: the K/V
-// propagated to every skipped loop (the base product once per exited row,
-// copied to its skipped loops) and the logits are those of each row exiting
-// alone, bit for bit.
+// Several rows exiting in one step, after different loops and through both
+// paths, beside a row at full depth: the K/V propagated to every skipped
+// loop (the base product once per exited row, copied to its skipped loops,
+// written by a pool worker beside the sampling) and the logits are those of
+// each row alone, bit for bit. The step takes one LM head for the finished
+// rows: row 3's classifier exit waits for it, the softmax exits of rows 0
+// and 2 (forced, after it in the decisions) run it early so that its rows
+// stay contiguous, and row 4 (full depth) joins the rest at the end.
 TEST(RecursiveModelTest, PropagatedKvOfSeveralExitsMatchEachAlone) {
   const SamplingParams greedy = Greedy();
-  const std::vector<std::vector<TokenId>> prompts = {
-      {11, 12, 13}, {200, 201, 202, 203, 204}, {300, 7, 301, 9}};
-  const std::vector<int32_t> exit_loops = {0, 1, 0};  // 2, 1 and 2 skipped
-  std::vector<std::vector<int32_t>> tables = {ShuffledBlocks(2, 7)};
-  tables.push_back(BlocksOutside(tables[0], 2));
-  std::vector<int32_t> both = tables[0];
-  both.insert(both.end(), tables[1].begin(), tables[1].end());
-  tables.push_back(BlocksOutside(both, 2));
-  std::vector<ExitParams> exits(3);
+  const std::vector<std::vector<TokenId>> prompts = {{11, 12, 13},
+                                                     {200, 201, 202, 203, 204},
+                                                     {300, 7, 301, 9},
+                                                     {5, 6},
+                                                     {77, 78, 79, 80}};
+  // 2, 1, 2, 2 and 0 loops skipped.
+  const std::vector<int32_t> exit_loops = {0, 1, 0, 0, kNumLoops - 1};
+  std::vector<std::vector<int32_t>> tables;
+  std::vector<int32_t> taken;
+  for (size_t j = 0; j < prompts.size(); ++j) {
+    tables.push_back(j == 0 ? ShuffledBlocks(2, 7) : BlocksOutside(taken, 2));
+    taken.insert(taken.end(), tables[j].begin(), tables[j].end());
+  }
+  std::vector<ExitParams> exits(prompts.size());
   for (size_t j = 0; j < 3; ++j) exits[j].forced_exit_loop = exit_loops[j];
+  exits[3].confidence = ExitConfidence::kClassifier;  // hidden-state path
+  exits[3].threshold = 0.0f;  // any confidence exits after loop 0
   const std::vector<TokenId> token = {42};
+  const std::string dir = FixtureWithClassifier();
 
   struct Out {
     std::vector<float> logits;
@@ -1271,7 +1283,7 @@ TEST(RecursiveModelTest, PropagatedKvOfSeveralExitsMatchEachAlone) {
   // each in one step, and reads back what the step wrote.
   auto run = [&](const std::vector<size_t>& which) {
     std::vector<Out> out(which.size());
-    std::unique_ptr<ModelRunner> runner = MakeRunner("propagate");
+    std::unique_ptr<ModelRunner> runner = MakeRunner("propagate", 2, dir);
     EXPECT_NE(runner, nullptr);
     if (runner == nullptr) return out;
     StepPlan decode;
@@ -1284,7 +1296,7 @@ TEST(RecursiveModelTest, PropagatedKvOfSeveralExitsMatchEachAlone) {
                            static_cast<int32_t>(prompts[j].size()), tables[j]);
       item.sample = true;
       item.sampling = &greedy;
-      item.exit = &exits[j];
+      if (exit_loops[j] < kNumLoops - 1) item.exit = &exits[j];
       decode.items.push_back(item);
     }
     std::vector<std::vector<float>> logits;
@@ -1308,17 +1320,19 @@ TEST(RecursiveModelTest, PropagatedKvOfSeveralExitsMatchEachAlone) {
     }
     return out;
   };
-  const std::vector<Out> together = run({0, 1, 2});
-  ASSERT_EQ(together.size(), 3u);
-  for (size_t j = 0; j < 3; ++j) {
+  const std::vector<Out> together = run({0, 1, 2, 3, 4});
+  ASSERT_EQ(together.size(), prompts.size());
+  for (size_t j = 0; j < prompts.size(); ++j) {
     SCOPED_TRACE("row " + std::to_string(j));
     const std::vector<Out> alone = run({j});
     ASSERT_EQ(alone.size(), 1u);
+    EXPECT_FALSE(together[j].logits.empty());
     EXPECT_EQ(together[j].logits, alone[0].logits);
     EXPECT_EQ(together[j].kv, alone[0].kv);
   }
   // The rows differ, so a copy to the wrong row could not pass unseen.
   EXPECT_NE(together[0].kv, together[2].kv);
+  EXPECT_NE(together[3].logits, together[4].logits);
 }
 
 // A block copy (copy-on-write) copies every loop's K/V of the block.

@@ -1,7 +1,9 @@
 #include "kernels/cpu/thread_pool.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -53,6 +55,93 @@ TEST(ThreadPoolTest, LateWorkersNeverRunTasksOfTheNextJob) {
     for (int64_t i = 0; i < tasks; ++i) {
       ASSERT_EQ(hits[i].load(), 1) << "job " << job << " task " << i;
     }
+  }
+}
+
+// The side task runs on a worker while the caller goes on: the caller waits
+// (up to a deadline, not forever) for it to start, runs jobs while it is
+// held, then releases it. Run inline, it would never see the release and
+// would fail at its deadline instead of hanging. ParallelFor inside the
+// side task runs inline.
+TEST(ThreadPoolTest, SideTaskRunsBesideTheCallersJobs) {
+  ThreadPool pool(2);
+  std::atomic<bool> started{false};
+  std::atomic<bool> released{false};
+  std::atomic<bool> timed_out{false};
+  std::atomic<int> nested_hits{0};
+  std::thread::id side_thread;
+  auto wait_for = [&](const std::atomic<bool>& flag) {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (!flag.load()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::yield();
+    }
+    return true;
+  };
+  pool.StartSideTask([&] {
+    side_thread = std::this_thread::get_id();
+    started.store(true);
+    if (!wait_for(released)) timed_out.store(true);
+    std::thread::id nested_thread;
+    pool.ParallelFor(4, [&](int64_t) {
+      nested_thread = std::this_thread::get_id();  // inline: no race
+      nested_hits.fetch_add(1);
+    });
+    EXPECT_EQ(nested_thread, std::this_thread::get_id());
+  });
+  const bool worker_started = wait_for(started);
+  if (!worker_started) {  // finish it before the locals it reads go away
+    released.store(true);
+    pool.WaitSideTask();
+  }
+  ASSERT_TRUE(worker_started) << "no worker started the side task";
+  // The caller's jobs while the worker is held: the caller runs them all.
+  for (int job = 0; job < 100; ++job) {
+    std::vector<std::atomic<int>> hits(16);
+    pool.ParallelFor(16, [&](int64_t i) { hits[i].fetch_add(1); });
+    for (int i = 0; i < 16; ++i) ASSERT_EQ(hits[i].load(), 1);
+  }
+  released.store(true);
+  pool.WaitSideTask();
+  EXPECT_FALSE(timed_out.load());
+  EXPECT_NE(side_thread, std::this_thread::get_id());
+  EXPECT_EQ(nested_hits.load(), 4);
+  // The worker joins jobs again afterwards, and another side task can start.
+  int ran = 0;
+  pool.StartSideTask([&] { ++ran; });
+  pool.WaitSideTask();
+  EXPECT_EQ(ran, 1);
+  std::atomic<int64_t> sum{0};
+  pool.ParallelFor(100, [&](int64_t i) { sum.fetch_add(i); });
+  EXPECT_EQ(sum.load(), 4950);
+}
+
+// Without workers the side task runs inside StartSideTask; WaitSideTask
+// with none posted returns at once.
+TEST(ThreadPoolTest, SideTaskRunsInlineWithoutWorkers) {
+  ThreadPool pool(1);
+  pool.WaitSideTask();
+  std::thread::id side_thread;
+  pool.StartSideTask([&] { side_thread = std::this_thread::get_id(); });
+  EXPECT_EQ(side_thread, std::this_thread::get_id());
+  pool.WaitSideTask();
+}
+
+// Side tasks and jobs back to back, with more threads than cores: every side
+// task runs exactly once, whoever claims it (a worker, or the caller in
+// WaitSideTask when none has started it), and its writes are visible after
+// WaitSideTask.
+TEST(ThreadPoolTest, ManySideTasksBesideJobs) {
+  ThreadPool pool(4);
+  int64_t side_runs = 0;  // written by the side task only, read after Wait
+  for (int round = 0; round < 5000; ++round) {
+    pool.StartSideTask([&side_runs] { ++side_runs; });
+    std::atomic<int> hits{0};
+    pool.ParallelFor(1 + round % 9, [&](int64_t) { hits.fetch_add(1); });
+    ASSERT_EQ(hits.load(), 1 + round % 9);
+    pool.WaitSideTask();
+    ASSERT_EQ(side_runs, round + 1);
   }
 }
 

@@ -592,6 +592,12 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
   return true;
 }
 
+void CpuBackend::StartHostTask(absl::AnyInvocable<void()> task) {
+  pool_->StartSideTask(std::move(task));
+}
+
+void CpuBackend::WaitHostTask() { pool_->WaitSideTask(); }
+
 void CpuBackend::AddBias(const Tensor& bias, Tensor* x) {
   STRATA_CHECK(bias.num_elements() == Cols(*x));
   cpu::AddBias(context_, F32(bias), Rows(*x), Cols(*x), F32(*x));

@@ -146,6 +146,10 @@ class CpuBackend : public Backend {
                                      float eps, std::span<float> out) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows,
                   Tensor* out) override;
+  // On a pool worker (ThreadPool::StartSideTask), whose ops run on it alone;
+  // the caller's ops go on over the pool's other threads and its own.
+  void StartHostTask(absl::AnyInvocable<void()> task) override;
+  void WaitHostTask() override;
 
  private:
   CpuBackend(std::unique_ptr<cpu::ThreadPool> pool, cpu::Isa isa,
