@@ -24,6 +24,19 @@ inline void CpuRelax() {
 // inline (the caller's jobs may be running beside it).
 thread_local bool t_in_side_task = false;
 
+// Waits for done() by spinning, then yielding: the caller's wait for tasks
+// that other threads are running.
+template <typename Done>
+void SpinUntil(Done done) {
+  for (int spin = 0; !done(); ++spin) {
+    if (spin < kSpinIterations) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 constexpr uint64_t Pack(uint32_t generation, uint32_t next) {
   return (uint64_t{generation} << 32) | next;
 }
@@ -114,14 +127,8 @@ void ThreadPool::ParallelFor(int64_t num_tasks,
   generation_.notify_all();
   RunTasks(generation);
   // Every task is claimed now; wait for the ones other threads still run.
-  for (int spin = 0;; ++spin) {
-    if (completed_.load(std::memory_order_acquire) == num_tasks) break;
-    if (spin < kSpinIterations) {
-      CpuRelax();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  SpinUntil(
+      [&] { return completed_.load(std::memory_order_acquire) == num_tasks; });
 }
 
 void ThreadPool::ClaimSideTask() {
@@ -161,14 +168,8 @@ void ThreadPool::WaitSideTask() {
                                           std::memory_order_acquire)) {
     side_task_();  // no worker started it: run it here
   } else {
-    for (int spin = 0;; ++spin) {
-      if (side_state_.load(std::memory_order_acquire) == kDone) break;
-      if (spin < kSpinIterations) {
-        CpuRelax();
-      } else {
-        std::this_thread::yield();
-      }
-    }
+    SpinUntil(
+        [&] { return side_state_.load(std::memory_order_acquire) == kDone; });
   }
   side_task_ = nullptr;
   side_state_.store(kNone, std::memory_order_relaxed);
