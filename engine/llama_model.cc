@@ -608,14 +608,14 @@ absl::Status LlamaModel::Head(const Tensor& x, std::span<const int32_t> rows,
   ASSIGN_OR_RETURN(Tensor selected, Rows(selected_, r, config_.hidden_size));
   Backend& b = *backend_;
   b.GatherRows(x, rows, &selected);
-  return HeadOfStates(std::move(selected), out);
+  HeadOfStates(std::move(selected), out);
+  return absl::OkStatus();
 }
 
-absl::Status LlamaModel::HeadOfStates(Tensor states, Tensor* out) {
+void LlamaModel::HeadOfStates(Tensor states, Tensor* out) {
   Backend& b = *backend_;
   b.RmsNorm(states, final_norm_, config_.rms_norm_eps, &states);
   b.MatMul(states, lm_head_.empty() ? embed_tokens_ : lm_head_, out);
-  return absl::OkStatus();
 }
 
 }  // namespace strata

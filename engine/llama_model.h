@@ -244,7 +244,7 @@ class LlamaModel {
   absl::Status Head(const Tensor& x, std::span<const int32_t> rows,
                     Tensor* out);
   // out = lm_head(RmsNorm(states)), the norm in place. out: [rows, vocab]
-  absl::Status HeadOfStates(Tensor states, Tensor* out);
+  void HeadOfStates(Tensor states, Tensor* out);
   // Propagate policy: K/V of the skipped loops of exited items from their
   // exit states (state: the step's state buffer). Plans the rows and
   // allocates their tensors; RunStep starts PropagateKv as a host task once

@@ -342,15 +342,14 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   }
   int32_t next_logit = 0;
   int32_t head_first = 0;
-  auto finish_head = [&]() -> absl::Status {
+  auto finish_head = [&] {
     const int64_t r = next_logit - head_first;
-    if (r == 0) return absl::OkStatus();
+    if (r == 0) return;
     const auto head_start = std::chrono::steady_clock::now();
     Tensor dst = logits_out.Rows(head_first, r);
-    RETURN_IF_ERROR(HeadOfStates(finished.Rows(head_first, r), &dst));
+    HeadOfStates(finished.Rows(head_first, r), &dst);
     timings_.head += {StepTimings::NanosecondsSince(head_start), r};
     head_first = next_logit;
-    return absl::OkStatus();
   };
   std::vector<int32_t> exited, exit_loops;  // early exits of this step
 
@@ -449,7 +448,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
         if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
         // The rows waiting for the head come first: theirs stay contiguous.
         const Clock::time_point head_start = Clock::now();
-        RETURN_IF_ERROR(finish_head());
+        finish_head();
         decide_start += Clock::now() - head_start;
         head_first = next_logit + 1;
         Tensor dst = logits_out.Rows(next_logit, 1);
@@ -501,7 +500,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       b.GatherRows(state, rows, &dst);
       timings_.head += {StepTimings::NanosecondsSince(head_start), 0};
     }
-    RETURN_IF_ERROR(finish_head());
+    finish_head();
     if (next_logit > 0) {
       logits_view_ = logits_out.Rows(0, next_logit);
       out->logits = &logits_view_;
@@ -586,8 +585,9 @@ absl::Status LlamaModel::PlanPropagation(const LoopPlanner& planner,
   const int64_t p = static_cast<int64_t>(job.pair_src.size());
   if (p == 0) return absl::OkStatus();
 
-  // Every tensor the ops write, allocated here: the task must not grow a
-  // workspace while the engine thread allocates its own.
+  // Every tensor the ops write, allocated here on the engine thread (the
+  // unstacked LoRA's intermediates too), so that a failed allocation is the
+  // step's error and the task's ops only take views.
   ASSIGN_OR_RETURN(job.h, Rows(fill_state_, e, hidden));
   ASSIGN_OR_RETURN(job.h_normed, Rows(fill_normed_, e, hidden));
   ASSIGN_OR_RETURN(job.f, Rows(fill_rows_, p, hidden));
