@@ -177,7 +177,8 @@ h = float(re.search(r"timed in the steps.*h = ([0-9.]+) loops", cost).group(1))
 h_diff = float(re.search(r"best of .*h = (-?[0-9.]+) loops", cost).group(1))
 print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost, timed "
       "in the steps; %.3f from best-of-rounds step times); tok/s: median of "
-      "%d alternating rounds, ratios: median of the rounds' ratios"
+      "%d alternating rounds, ratios: median of the rounds' ratios; of cap: "
+      "the median round (the lowest and the highest round)"
       % (n_loops, h, h_diff, rounds))
 for line in cost.splitlines():
     if line.startswith("exit check") or line.startswith("timed in the steps"):
@@ -196,12 +197,15 @@ def runs(name, c):
             for r in range(1, rounds + 1)]
 def median_tps(name, c):
     return statistics.median(run["output_throughput"] for run in runs(name, c))
+def round_ratios(name, base, c):
+    # Per round: the two figures ran within the same round, seconds to a
+    # minute apart.
+    return [a["output_throughput"] / b["output_throughput"]
+            for a, b in zip(runs(name, c), runs(base, c))]
 def median_ratio(name, base, c):
-    # Per round (the two daemons ran minutes apart, not hours), then the
-    # median: the machine's drift between rounds cancels.
-    return statistics.median(
-        a["output_throughput"] / b["output_throughput"]
-        for a, b in zip(runs(name, c), runs(base, c)))
+    # The median of the rounds' ratios: the machine's drift between rounds
+    # cancels.
+    return statistics.median(round_ratios(name, base, c))
 qual = {}
 for p in points:
     path = os.path.join(out, "quality_%s.json" % p.replace(":", "_"))
@@ -244,11 +248,13 @@ for c in clients:
         dw = runs("depthwise_" + tag, c)
         n = statistics.median(run.get("mean_loops") or n_loops for run in dw)
         cap = (n_loops + h) / (n + h)
-        gain = median_ratio("depthwise_" + tag, "seqwise", c)
+        ratios = round_ratios("depthwise_" + tag, "seqwise", c)
+        gain = statistics.median(ratios)
         served_cap = (n_loops * loop + head + f) / (n * loop + head + f)
         print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
-              "| %.2fx | %.2f | %.2fx | %.0f%% | %s |" % (
+              "(%.0f-%.0f) | %.2fx | %.2f | %.2fx | %.0f%% | %s |" % (
                   p, c, base, seq_exit, median_tps("depthwise_" + tag, c), n,
-                  cap, gain, 100 * gain / cap, depth_full, f / loop,
-                  served_cap, 100 * gain / served_cap, engine_alone(tag, c)))
+                  cap, gain, 100 * gain / cap, 100 * min(ratios) / cap,
+                  100 * max(ratios) / cap, depth_full, f / loop, served_cap,
+                  100 * gain / served_cap, engine_alone(tag, c)))
 PY
