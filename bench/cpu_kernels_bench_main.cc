@@ -2,12 +2,12 @@
 // run -- the dot-product MatMul (weights as uploaded), PackedMatMul (Linear
 // weights repacked into column panels, f32 and bfloat16), Bf16MatMul
 // (vdpbf16ps, bfloat16 x and weights; scalar where the CPU lacks AVX-512
-// BF16) and Int8MatMul (int8 panels, --quantization=int8) -- on the shapes of a 53M Llama's
-// projections, at batch sizes from a single decode token to a prefill chunk.
-// Prints GFLOP/s of each and the ratios packed/dot, bf16dot/bf16 and
-// int8/bf16; on a
-// shared machine read the ratios, not the absolute figures
-// (docs/benchmarks.md).
+// BF16) and Int8MatMul (int8 panels, --quantization=int8) -- on the shapes of a
+// 53M Llama's projections, at batch sizes from a single decode token to a
+// prefill chunk. Prints GFLOP/s of each and the ratios packed/dot, bf16dot/bf16
+// and int8/bf16; then the LoRA A-products of a step whose rows sit at two
+// loops, two PackedMatMul calls against one PackedMatMulPair. On a shared
+// machine read the ratios, not the absolute figures (docs/benchmarks.md).
 //
 // Usage: build/bin/strata-cpu-kernels-bench [--threads=2] [--seconds=0.3]
 #include <algorithm>
@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -117,6 +118,48 @@ int Run() {
           s.name, static_cast<long long>(n), flops / dot / 1e9,
           flops / pan / 1e9, flops / bf16 / 1e9, flops / bdot / 1e9,
           flops / int8 / 1e9, dot / pan, bf16 / bdot, bf16 / int8);
+    }
+  }
+  // LoRA A-products of a decode step whose rows sit at two loops: two
+  // segments' rows against their own one-panel A (rank 8, or 16 stacked),
+  // as two PackedMatMul calls on the calling thread and as one
+  // PackedMatMulPair. The same bits; read the ratio.
+  std::printf("\n%-22s %5s %10s %10s %7s\n", "LoRA A (m x k)", "rows", "two us",
+              "pair us", "two/pair");
+  for (const Shape& s :
+       {Shape{"o, down rank 8", 8, 256}, Shape{"gate+up 2 x 8", 16, 256},
+        Shape{"down rank 8", 8, 640}}) {
+    std::vector<float> packed[2];
+    for (std::vector<float>& p : packed) {
+      std::vector<float> w(static_cast<size_t>(s.m * s.k));
+      for (float& v : w) v = dist(rng);
+      p.resize(PackedWeightSize(s.m, s.k));
+      PackWeight(w.data(), s.m, s.k, p.data());
+    }
+    std::vector<float> x(static_cast<size_t>(8 * s.k));
+    for (float& v : x) v = dist(rng);
+    std::vector<float> out(static_cast<size_t>(8 * s.m));
+    const KernelContext alone{ctx.isa, nullptr};
+    for (auto [n0, n1] :
+         {std::pair<int64_t, int64_t>{1, 1}, {2, 1}, {3, 3}, {5, 3}, {4, 4}}) {
+      const float* x1 = x.data() + n0 * s.k;
+      float* out1 = out.data() + n0 * s.m;
+      const double two = TimePerCall(
+          [&] {
+            PackedMatMul(alone, x.data(), packed[0].data(), n0, s.m, s.k,
+                         out.data());
+            PackedMatMul(alone, x1, packed[1].data(), n1, s.m, s.k, out1);
+          },
+          budget);
+      const double pair = TimePerCall(
+          [&] {
+            PackedMatMulPair(ctx.isa, x.data(), n0, packed[0].data(), x1, n1,
+                             packed[1].data(), s.m, s.k, out.data(), out1);
+          },
+          budget);
+      std::printf("%-22s %2lld+%-2lld %10.3f %10.3f %6.2fx\n", s.name,
+                  static_cast<long long>(n0), static_cast<long long>(n1),
+                  two * 1e6, pair * 1e6, two / pair);
     }
   }
   return 0;

@@ -1,9 +1,11 @@
 #include "kernels/cpu/packed_matmul.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cpu/panel_tasks.h"
 #include "kernels/cpu/simd.h"
@@ -140,6 +142,62 @@ STRATA_TARGET_AVX512 inline void TileAvx512(const Operands<W>& o, int64_t row,
     }
   }
 }
+
+// PackedMatMulPair's tile: R0 rows of x0 against panel w0 and R1 rows of x1
+// against w1, one accumulator per row, each TileAvx512<R, 1>'s chain.
+struct PairOperands {
+  const float* x0;
+  const float* w0;
+  float* out0;
+  const float* x1;
+  const float* w1;
+  float* out1;
+  int64_t m, k;
+};
+
+template <int R0, int R1>
+STRATA_TARGET_AVX512 void PairTileAvx512(const PairOperands& o) {
+  const int64_t k = o.k;
+  __m512 acc[R0 + R1];
+#pragma GCC unroll 16
+  for (int r = 0; r < R0 + R1; ++r) acc[r] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t p = 0; p < k; ++p) {
+    const __m512 w0 = _mm512_loadu_ps(o.w0 + p * kPanelWidth);
+    const __m512 w1 = _mm512_loadu_ps(o.w1 + p * kPanelWidth);
+#pragma GCC unroll 8
+    for (int r = 0; r < R0; ++r) {
+      acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(o.x0[r * k + p]), w0, acc[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R1; ++r) {
+      acc[R0 + r] =
+          _mm512_fmadd_ps(_mm512_set1_ps(o.x1[r * k + p]), w1, acc[R0 + r]);
+    }
+  }
+  const __mmask16 mask = internal::TailMaskAvx512(o.m);
+#pragma GCC unroll 8
+  for (int r = 0; r < R0; ++r) {
+    _mm512_mask_storeu_ps(o.out0 + r * o.m, mask, acc[r]);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R1; ++r) {
+    _mm512_mask_storeu_ps(o.out1 + r * o.m, mask, acc[R0 + r]);
+  }
+}
+
+// PairTileAvx512<R0, R1> at [(R0 - 1) * kMaxPairRows + R1 - 1], for R0 and
+// R1 in [1, kMaxPairRows] (the caller keeps R0 + R1 <= 8).
+constexpr int kMaxPairRows = 7;
+using PairTile = void (*)(const PairOperands&);
+template <int... I>
+constexpr std::array<PairTile, sizeof...(I)> MakePairTiles(
+    std::integer_sequence<int, I...>) {
+  return {&PairTileAvx512<I / kMaxPairRows + 1, I % kMaxPairRows + 1>...};
+}
+constexpr std::array<PairTile, kMaxPairRows* kMaxPairRows> kPairTiles =
+    MakePairTiles(
+        std::make_integer_sequence<int, kMaxPairRows * kMaxPairRows>());
 
 // The 8 x 3 tiles for internal::RunTiles8x3, per panel element type: 24 of
 // the 32 vector registers accumulate, 3 hold W and one the broadcast, so
@@ -313,6 +371,23 @@ void PackedMatMul(const KernelContext& ctx, const float* x,
                   const uint16_t* packed, int64_t n, int64_t m, int64_t k,
                   float* out) {
   Multiply(ctx, x, packed, n, m, k, out);
+}
+
+void PackedMatMulPair(Isa isa, const float* x0, int64_t n0,
+                      const float* packed0, const float* x1, int64_t n1,
+                      const float* packed1, int64_t m, int64_t k, float* out0,
+                      float* out1) {
+#if STRATA_CPU_X86
+  if (isa == Isa::kAvx512 && n0 >= 1 && n1 >= 1 && n0 + n1 <= 8 && m >= 1 &&
+      m <= kPanelWidth && k >= 1) {
+    kPairTiles[(n0 - 1) * kMaxPairRows + n1 - 1](
+        PairOperands{x0, packed0, out0, x1, packed1, out1, m, k});
+    return;
+  }
+#endif
+  const KernelContext inline_ctx{isa, nullptr};
+  Multiply(inline_ctx, x0, packed0, n0, m, k, out0);
+  Multiply(inline_ctx, x1, packed1, n1, m, k, out1);
 }
 
 void PackedMatMulAdd(const KernelContext& ctx, const float* x,

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/kernel_context.h"
 
 namespace strata::cpu {
@@ -48,6 +49,21 @@ void PackedMatMul(const KernelContext& ctx, const float* x, const float* packed,
 void PackedMatMulAdd(const KernelContext& ctx, const float* x,
                      const float* packed, int64_t n, int64_t m, int64_t k,
                      float* out);
+
+// Two products against one-panel weights (m <= 16) over the same k, for the
+// rows of two segments at once (n0 + n1 <= 8 rows): out0 = x0 W0^T
+// [n0, m] and out1 = x1 W1^T [n1, m], each bit for bit PackedMatMul's (every
+// output the same chain from 0). Why: a few rows against one panel are one
+// accumulator chain each, too few to cover the multiply-add's latency, so a
+// segment of 3 rows costs what 8 do; a decode step whose rows sit at two
+// loops runs each loop's LoRA A-product (engine/lora.h) as such a segment.
+// In one register tile the two segments' chains fill the pipes together.
+// On the calling thread; with other shapes or without AVX-512 it runs the
+// two products one after the other (the same bits).
+void PackedMatMulPair(Isa isa, const float* x0, int64_t n0,
+                      const float* packed0, const float* x1, int64_t n1,
+                      const float* packed1, int64_t m, int64_t k, float* out0,
+                      float* out1);
 
 // bfloat16 panels, for weights that are bfloat16 values (most checkpoints):
 // half the memory and half the bytes a memory-bound decode step reads. The

@@ -193,6 +193,50 @@ TEST_P(PackedMatMulTest, Bf16PanelsEqualF32PanelsBitForBit) {
   }
 }
 
+// PackedMatMulPair gives each of its two products PackedMatMul's bits, for
+// every split of up to 8 rows (the AVX-512 tile's 28 shapes), one-panel
+// weights of 1 to 16 columns, odd and long k; and with more rows or a
+// wider weight it falls back to the two products. Nothing past either
+// output's [n, m] is written.
+TEST_P(PackedMatMulTest, PairEqualsTwoProductsBitForBit) {
+  const KernelContext alone{GetParam(), nullptr};
+  uint32_t seed = 500;
+  struct PairShape {
+    int64_t n0, n1, m, k;
+  };
+  std::vector<PairShape> shapes;
+  for (int64_t n0 = 1; n0 <= 7; ++n0) {
+    for (int64_t n1 = 1; n0 + n1 <= 8; ++n1) {
+      shapes.push_back({n0, n1, n0 % 2 == 0 ? 16 : 8, 37 + 10 * n1});
+    }
+  }
+  shapes.push_back({3, 2, 1, 1});
+  shapes.push_back({2, 6, 13, 640});
+  shapes.push_back({6, 5, 16, 24});  // 11 rows: two products
+  shapes.push_back({2, 2, 24, 30});  // two panels: two products
+  for (const PairShape& s : shapes) {
+    SCOPED_TRACE(testing::Message() << "n0=" << s.n0 << " n1=" << s.n1
+                                    << " m=" << s.m << " k=" << s.k);
+    const std::vector<float> x0 = Random(s.n0 * s.k, seed++);
+    const std::vector<float> x1 = Random(s.n1 * s.k, seed++);
+    const std::vector<float> w0 = Pack(Random(s.m * s.k, seed++), s.m, s.k);
+    const std::vector<float> w1 = Pack(Random(s.m * s.k, seed++), s.m, s.k);
+    std::vector<float> want0(s.n0 * s.m), want1(s.n1 * s.m);
+    PackedMatMul(alone, x0.data(), w0.data(), s.n0, s.m, s.k, want0.data());
+    PackedMatMul(alone, x1.data(), w1.data(), s.n1, s.m, s.k, want1.data());
+    // One guard element past each output.
+    std::vector<float> got0(s.n0 * s.m + 1, -3.0f), got1(s.n1 * s.m + 1, -4.0f);
+    PackedMatMulPair(GetParam(), x0.data(), s.n0, w0.data(), x1.data(), s.n1,
+                     w1.data(), s.m, s.k, got0.data(), got1.data());
+    EXPECT_EQ(0, std::memcmp(got0.data(), want0.data(),
+                             want0.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(got1.data(), want1.data(),
+                             want1.size() * sizeof(float)));
+    EXPECT_EQ(got0.back(), -3.0f);
+    EXPECT_EQ(got1.back(), -4.0f);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Isas, PackedMatMulTest,
                          testing::ValuesIn(SupportedIsas()),
                          [](const testing::TestParamInfo<Isa>& info) {

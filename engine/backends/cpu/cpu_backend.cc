@@ -559,34 +559,82 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
           {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
     }
   }
+  // Jobs of one task, or two consecutive tasks whose A-products run in one
+  // register tile (cpu::PackedMatMulPair): a step whose rows sit at two
+  // loops has two segments of a few rows each, and the A-product of a
+  // one-panel A (a stacked rank of at most 16: o, gate and up, down) is
+  // one accumulator chain per row over k, which for a few rows waits on
+  // the multiply-add's latency; two segments' chains together cost what one
+  // segment's do. The same bits as one task at a time.
+  auto one_panel = [&](const Task& t) -> const float* {
+    const auto* packed =
+        dynamic_cast<const PackedWeightStorage*>(t.segment->a->storage());
+    return packed != nullptr && packed->adds() &&
+                   Rows(*t.segment->a) <= cpu::kPanelWidth
+               ? static_cast<const float*>(packed->packed())
+               : nullptr;
+  };
+  struct Job {
+    int64_t first_task, num_tasks;
+  };
+  std::vector<Job> jobs;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (i + 1 < tasks.size() &&
+        tasks[i].num_rows + tasks[i + 1].num_rows <= kRowsPerTask &&
+        one_panel(tasks[i]) != nullptr && one_panel(tasks[i + 1]) != nullptr) {
+      jobs.push_back({static_cast<int64_t>(i), 2});
+      ++i;
+    } else {
+      jobs.push_back({static_cast<int64_t>(i), 1});
+    }
+  }
   const cpu::KernelContext inline_ctx{context_.isa, nullptr};
+  // Per part p of task t (its stacked A-product in `low`): part p's columns
+  // of it, as its own A gave them, times B_p, added to outs[p].
+  auto add_parts = [&](const Task& t, const float* low) {
+    const int64_t stacked = Rows(*t.segment->a);
+    const int64_t rank = stacked / parts;
+    thread_local std::vector<float> part_low, scratch;
+    part_low.resize(static_cast<size_t>(t.num_rows * rank));
+    for (int64_t p = 0; p < parts; ++p) {
+      const float* in = low;
+      if (parts > 1) {
+        for (int64_t r = 0; r < t.num_rows; ++r) {
+          std::memcpy(part_low.data() + r * rank, low + r * stacked + p * rank,
+                      static_cast<size_t>(rank) * sizeof(float));
+        }
+        in = part_low.data();
+      }
+      const Tensor& b = *t.segment->b[p];
+      MultiplyAddInline(inline_ctx, b, in, t.num_rows, rank,
+                        F32(*outs[p]) + t.first_row * Rows(b), scratch);
+    }
+  };
   // A rank-r update of a decode step's few rows is a few thousand
   // multiply-adds a row: on the pool its hand-off would cost more than the
   // work (a depth-wise step runs one per projection group and loop).
   context_.ForMacs(macs).ParallelFor(
-      static_cast<int64_t>(tasks.size()), [&](int64_t i) {
-        const Task& t = tasks[i];
-        const int64_t stacked = Rows(*t.segment->a);
-        const int64_t rank = stacked / parts;
-        thread_local std::vector<float> low, part_low, scratch;
-        low.resize(static_cast<size_t>(t.num_rows * stacked));
-        part_low.resize(static_cast<size_t>(t.num_rows * rank));
-        MultiplyInline(inline_ctx, *t.segment->a, F32(x) + t.first_row * k,
-                       t.num_rows, k, low.data());
-        for (int64_t p = 0; p < parts; ++p) {
-          // Part p's columns of the stacked product, as its own A gave them.
-          const float* in = low.data();
-          if (parts > 1) {
-            for (int64_t r = 0; r < t.num_rows; ++r) {
-              std::memcpy(part_low.data() + r * rank,
-                          low.data() + r * stacked + p * rank,
-                          static_cast<size_t>(rank) * sizeof(float));
-            }
-            in = part_low.data();
-          }
-          const Tensor& b = *t.segment->b[p];
-          MultiplyAddInline(inline_ctx, b, in, t.num_rows, rank,
-                            F32(*outs[p]) + t.first_row * Rows(b), scratch);
+      static_cast<int64_t>(jobs.size()), [&](int64_t j) {
+        const Job& job = jobs[j];
+        thread_local std::vector<float> low[2];
+        for (int64_t i = 0; i < job.num_tasks; ++i) {
+          const Task& t = tasks[job.first_task + i];
+          low[i].resize(static_cast<size_t>(t.num_rows * Rows(*t.segment->a)));
+        }
+        const Task& t0 = tasks[job.first_task];
+        if (job.num_tasks == 2) {
+          const Task& t1 = tasks[job.first_task + 1];
+          cpu::PackedMatMulPair(context_.isa, F32(x) + t0.first_row * k,
+                                t0.num_rows, one_panel(t0),
+                                F32(x) + t1.first_row * k, t1.num_rows,
+                                one_panel(t1), Rows(*t0.segment->a), k,
+                                low[0].data(), low[1].data());
+        } else {
+          MultiplyInline(inline_ctx, *t0.segment->a, F32(x) + t0.first_row * k,
+                         t0.num_rows, k, low[0].data());
+        }
+        for (int64_t i = 0; i < job.num_tasks; ++i) {
+          add_parts(tasks[job.first_task + i], low[i].data());
         }
       });
   return true;
