@@ -113,7 +113,9 @@ class CpuBackend : public Backend {
   // segment; on the calling thread below kMinParallelMacs): per task the
   // stacked A-product, then per part its B-product and Add (packed or plain
   // f32 factors, like MatMul), which are row-wise, so the bits equal those
-  // of the per-segment calls. Never declines.
+  // of the per-segment calls. Two consecutive tasks of at most 8 rows
+  // together with one-panel A factors share one A-product tile
+  // (cpu::PackedMatMulPair, the same bits). Never declines.
   bool AddLowRankGroup(const Tensor& x,
                        std::span<const LowRankGroupSegment> segments,
                        std::span<Tensor* const> outs) override;
