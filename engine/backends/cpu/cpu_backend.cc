@@ -537,6 +537,9 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
   struct Task {
     const LowRankGroupSegment* segment;
     int64_t first_row, num_rows;
+    // The segment's A as f32 panels when it has one panel (a stacked rank
+    // of at most 16), for cpu::PackedMatMulPair below; else null.
+    const float* one_panel_a;
   };
   std::vector<Task> tasks;
   constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
@@ -554,9 +557,15 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
     }
     STRATA_CHECK(seg.first_row >= 0 && seg.first_row + seg.num_rows <= Rows(x));
     macs += int64_t{seg.num_rows} * rank * (parts * k + width);
+    const auto* packed =
+        dynamic_cast<const PackedWeightStorage*>(seg.a->storage());
+    const float* one_panel_a =
+        packed != nullptr && packed->adds() && Rows(*seg.a) <= cpu::kPanelWidth
+            ? static_cast<const float*>(packed->packed())
+            : nullptr;
     for (int64_t r = 0; r < seg.num_rows; r += kRowsPerTask) {
-      tasks.push_back(
-          {&seg, seg.first_row + r, std::min(kRowsPerTask, seg.num_rows - r)});
+      tasks.push_back({&seg, seg.first_row + r,
+                       std::min(kRowsPerTask, seg.num_rows - r), one_panel_a});
     }
   }
   // Jobs of one task, or two consecutive tasks whose A-products run in one
@@ -566,14 +575,6 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
   // one accumulator chain per row over k, which for a few rows waits on
   // the multiply-add's latency; two segments' chains together cost what one
   // segment's do. The same bits as one task at a time.
-  auto one_panel = [&](const Task& t) -> const float* {
-    const auto* packed =
-        dynamic_cast<const PackedWeightStorage*>(t.segment->a->storage());
-    return packed != nullptr && packed->adds() &&
-                   Rows(*t.segment->a) <= cpu::kPanelWidth
-               ? static_cast<const float*>(packed->packed())
-               : nullptr;
-  };
   struct Job {
     int64_t first_task, num_tasks;
   };
@@ -581,7 +582,8 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (i + 1 < tasks.size() &&
         tasks[i].num_rows + tasks[i + 1].num_rows <= kRowsPerTask &&
-        one_panel(tasks[i]) != nullptr && one_panel(tasks[i + 1]) != nullptr) {
+        tasks[i].one_panel_a != nullptr &&
+        tasks[i + 1].one_panel_a != nullptr) {
       jobs.push_back({static_cast<int64_t>(i), 2});
       ++i;
     } else {
@@ -625,9 +627,9 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
         if (job.num_tasks == 2) {
           const Task& t1 = tasks[job.first_task + 1];
           cpu::PackedMatMulPair(context_.isa, F32(x) + t0.first_row * k,
-                                t0.num_rows, one_panel(t0),
+                                t0.num_rows, t0.one_panel_a,
                                 F32(x) + t1.first_row * k, t1.num_rows,
-                                one_panel(t1), Rows(*t0.segment->a), k,
+                                t1.one_panel_a, Rows(*t0.segment->a), k,
                                 low[0].data(), low[1].data());
         } else {
           MultiplyInline(inline_ctx, *t0.segment->a, F32(x) + t0.first_row * k,
