@@ -177,8 +177,11 @@ TEST(OperationsTest, StalledEngineTurnsReadinessOffAndBackOn) {
 
 TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
   StallHook hook;
-  auto daemon = StratadDaemon::Start(strata::testing::TinyLlamaDir(),
-                                     {"--shutdown_grace=60s"});
+  const int metrics_port = strata::testing::FreePort();
+  ASSERT_GT(metrics_port, 0);
+  auto daemon = StratadDaemon::Start(
+      strata::testing::TinyLlamaDir(),
+      {"--shutdown_grace=60s", absl::StrCat("--metrics_port=", metrics_port)});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   std::shared_ptr<grpc::Channel> channel = (*daemon)->channel();
   HealthWatch watch((*daemon)->address(), kGeneration);
@@ -209,7 +212,9 @@ TEST(OperationsTest, SigtermDrainsEightStreamsInFull) {
       statuses[i] = reader->Finish();
     });
   }
-  absl::SleepFor(absl::Milliseconds(1500));  // the 8 calls reach the server
+  // The 8 calls have reached the server (queued behind the held engine).
+  ASSERT_TRUE(strata::testing::AwaitMetric(
+      metrics_port, "strata_requests_waiting", kStreams));
   ASSERT_EQ(kill((*daemon)->process().pid(), SIGTERM), 0);
 
   // Draining: not ready (a Watch opened before sees it)...

@@ -21,6 +21,7 @@
 #include "strata/v1/generation.grpc.pb.h"
 #include "tests/integration/stratad_daemon.h"
 #include "tests/integration/subprocess.h"
+#include "tests/testing/net_util.h"
 
 namespace strata {
 namespace {
@@ -778,11 +779,18 @@ TEST(StratadStartupTest, BadFlagsAreExplained) {
   EXPECT_THAT(missing->err, HasSubstr("/nonexistent/model"));
 }
 
-// Admission control's RESOURCE_EXHAUSTED reaches the client unchanged.
+// Admission control's RESOURCE_EXHAUSTED reaches the client unchanged. The
+// engine is held before its next step (StallHook) while A runs, so A cannot
+// finish before B has taken the one queue slot and C is refused, however
+// slowly this machine lets the daemon's threads admit them.
 TEST(StratadAdmissionTest, FullQueueIsResourceExhausted) {
+  strata::testing::StallHook hook;  // the daemon inherits the variable
+  const int metrics_port = strata::testing::FreePort();
+  ASSERT_GT(metrics_port, 0);
   auto daemon =
       StratadDaemon::Start(strata::testing::TinyLlamaDir(),
-                           {"--max_num_seqs=1", "--max_waiting_requests=1"});
+                           {"--max_num_seqs=1", "--max_waiting_requests=1",
+                            absl::StrCat("--metrics_port=", metrics_port)});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   auto stub = v1::Generation::NewStub((*daemon)->channel());
   v1::CompletionRequest long_request;
@@ -790,29 +798,34 @@ TEST(StratadAdmissionTest, FullQueueIsResourceExhausted) {
   long_request.mutable_sampling()->set_max_tokens(480);
   long_request.mutable_sampling()->set_ignore_eos(true);
 
-  // A runs (the one batch slot). B and C race for the one queue slot: the
-  // loser is refused (which one depends on arrival order at the server).
+  // A runs (the one batch slot) and the engine stops before its next step.
   grpc::ClientContext a_context;
   SetTimeout(a_context);
   auto a = stub->CompleteStream(&a_context, long_request);
   v1::CompletionChunk chunk;
   ASSERT_TRUE(a->Read(&chunk));
+  hook.Stall();
+  // B waits in the one queue slot.
   grpc::ClientContext b_context;
   SetTimeout(b_context);
   auto b = stub->CompleteStream(&b_context, long_request);
+  ASSERT_TRUE(
+      strata::testing::AwaitMetric(metrics_port, "strata_requests_waiting", 1));
+  // C finds the queue full.
   grpc::ClientContext c_context;
   SetTimeout(c_context);
   v1::CompletionResponse response;
   const grpc::Status c = stub->Complete(&c_context, long_request, &response);
-  const grpc::Status b_status = ReadAll(*b).status;
-  EXPECT_TRUE(ReadAll(*a).status.ok());
+  EXPECT_EQ(c.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << c.error_message();
+  EXPECT_THAT(c.error_message(), HasSubstr("max_waiting_requests"));
 
-  const grpc::Status& refused = c.ok() ? b_status : c;
-  const grpc::Status& served = c.ok() ? c : b_status;
-  EXPECT_TRUE(served.ok()) << served.error_message();
-  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
-      << refused.error_message();
-  EXPECT_THAT(refused.error_message(), HasSubstr("max_waiting_requests"));
+  // Released, A and then B run to the end.
+  hook.Release();
+  const StreamResult a_result = ReadAll(*a);
+  EXPECT_TRUE(a_result.status.ok()) << a_result.status.error_message();
+  const StreamResult b_result = ReadAll(*b);
+  EXPECT_TRUE(b_result.status.ok()) << b_result.status.error_message();
 }
 
 // SIGTERM while a request streams and its client does not read: the stream
