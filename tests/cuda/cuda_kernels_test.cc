@@ -120,7 +120,13 @@ void ExpectMatMulMatchesCpu(const MatMulCase& c, Quantization cpu_mode) {
   }
   Tensor xc = *cpu->Upload(x, {c.n, c.k});
   Tensor xg = *gpu->Upload(x, {c.n, c.k});
-  Tensor wc = *cpu->Upload(w, {c.m, c.k});
+  // In a quantized mode the CPU's weight comes from UploadWeight: a plain
+  // Upload is an f32 tensor, which CpuBackend::MatMul multiplies in f32
+  // whatever the backend's mode (so the comparison "in the same mode" was
+  // against f32 until 2026-12-06).
+  Tensor wc = cpu_mode == Quantization::kNone
+                  ? *cpu->Upload(w, {c.m, c.k})
+                  : *cpu->UploadWeight(w, {c.m, c.k}, WeightRole::kLinear);
   Tensor wg = *gpu->UploadWeight(w, {c.m, c.k}, WeightRole::kLinear);
   Tensor oc = *cpu->Allocate(ElementType::kF32, {c.n, c.m});
   Tensor og = *gpu->Allocate(ElementType::kF32, {c.n, c.m});
