@@ -87,6 +87,7 @@ function(strata_cuda_wire_targets)
     # `#pragma unroll` lines are nvcc's (GCC cannot silence them by pragma).
     set_source_files_properties(
       ${CMAKE_SOURCE_DIR}/tests/cuda/emulated_kernels_test.cc
+      ${CMAKE_SOURCE_DIR}/tests/cuda/emulated_llm_int8_test.cc
       PROPERTIES COMPILE_OPTIONS -Wno-unknown-pragmas)
     gtest_discover_tests(strata_cuda_tests DISCOVERY_TIMEOUT 60
       PROPERTIES TIMEOUT 600)

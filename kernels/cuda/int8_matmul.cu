@@ -5,7 +5,9 @@
 // registers) is the fallback for other shapes. The LLM.int8() pieces around the
 // cuBLASLt int8 GEMM are memory passes over the activations; outlier detection
 // is a grid-wide flag pass plus a single-CTA ordered compaction so the chosen
-// columns (and so the rounding) are deterministic.
+// columns (and so the rounding) are deterministic. Those passes and the
+// weights' quantization live in int8_matmul_kernel.cuh, where the SIMT
+// emulator runs them too.
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -13,39 +15,14 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/int8_gemv.h"
 #include "kernels/cuda/int8_matmul.h"
+#include "kernels/cuda/int8_matmul_kernel.cuh"
 
 namespace strata::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ int8_t QuantizeValue(float v, float inv_scale) {
-  float q = rintf(v * inv_scale);
-  q = fminf(127.0f, fmaxf(-127.0f, q));
-  return static_cast<int8_t>(q);
-}
-
 // ---- kernels ----
-
-// One block per row: absmax, then quantize.
-__global__ void QuantizeRowsKernel(const float* __restrict__ w, int64_t k,
-                                   int8_t* __restrict__ q,
-                                   float* __restrict__ scales) {
-  __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
-  const float* wr = w + row * k;
-  float amax = 0.0f;
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    amax = fmaxf(amax, fabsf(wr[j]));
-  }
-  amax = BlockMax(amax, scratch);
-  const float scale = amax / 127.0f;
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    q[row * k + j] = QuantizeValue(wr[j], inv);
-  }
-  if (threadIdx.x == 0) scales[row] = scale;
-}
 
 template <typename T>
 __global__ void DequantizeRowsKernel(const int8_t* __restrict__ q,
@@ -108,97 +85,6 @@ __global__ void Int8GemvKernel(const float* __restrict__ x,
   }
 }
 
-__global__ void MarkOutliersKernel(const float* __restrict__ x, int64_t total,
-                                   int64_t k, float threshold,
-                                   uint8_t* __restrict__ flags) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-       i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    if (fabsf(x[i]) >= threshold) flags[i % k] = 1;
-  }
-}
-
-// Single block: keeps the first max_outliers flagged columns in column order.
-__global__ void CompactOutliersKernel(int64_t k, int32_t max_outliers,
-                                      uint8_t* __restrict__ flags,
-                                      int32_t* __restrict__ cols,
-                                      int32_t* __restrict__ count) {
-  __shared__ int scratch[32];
-  for (int c = threadIdx.x; c < max_outliers; c += blockDim.x) cols[c] = -1;
-  __syncthreads();
-  int taken = 0;
-  for (int64_t base = 0; base < k; base += blockDim.x) {
-    const int64_t c = base + threadIdx.x;
-    const bool flagged = c < k && flags[c] != 0;
-    int chunk = 0;
-    const int rank =
-        taken + BlockExclusiveScan(flagged ? 1 : 0, scratch, &chunk);
-    if (flagged) {
-      if (rank < max_outliers) {
-        cols[rank] = static_cast<int32_t>(c);
-      } else {
-        flags[c] = 0;  // over the cap: stays in the int8 path
-      }
-    }
-    taken += chunk;
-  }
-  if (threadIdx.x == 0) *count = taken < max_outliers ? taken : max_outliers;
-}
-
-// One block per row.
-__global__ void QuantizeActivationsKernel(
-    const float* __restrict__ x, int64_t k, const uint8_t* __restrict__ flags,
-    const int32_t* __restrict__ cols, int32_t max_outliers,
-    int8_t* __restrict__ xq, float* __restrict__ x_scales,
-    __half* __restrict__ x_outliers) {
-  __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
-  const float* xr = x + row * k;
-  float amax = 0.0f;
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    if (flags[j] == 0) amax = fmaxf(amax, fabsf(xr[j]));
-  }
-  amax = BlockMax(amax, scratch);
-  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-  for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-    xq[row * k + j] = flags[j] != 0 ? int8_t{0} : QuantizeValue(xr[j], inv);
-  }
-  for (int c = threadIdx.x; c < max_outliers; c += blockDim.x) {
-    const int32_t col = cols[c];
-    x_outliers[row * max_outliers + c] =
-        __float2half_rn(col >= 0 ? xr[col] : 0.0f);
-  }
-  if (threadIdx.x == 0) x_scales[row] = amax / 127.0f;
-}
-
-__global__ void GatherOutlierWeightsKernel(const int8_t* __restrict__ w,
-                                           const float* __restrict__ scales,
-                                           int64_t total, int64_t k,
-                                           const int32_t* __restrict__ cols,
-                                           int32_t max_outliers,
-                                           __half* __restrict__ w_outliers) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-       i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t j = i / max_outliers;
-    const int32_t col = cols[i % max_outliers];
-    w_outliers[i] = __float2half_rn(
-        col >= 0 ? static_cast<float>(w[j * k + col]) * scales[j] : 0.0f);
-  }
-}
-
-__global__ void DequantizeProductKernel(const int32_t* __restrict__ acc,
-                                        const float* __restrict__ x_scales,
-                                        const float* __restrict__ w_scales,
-                                        const float* __restrict__ outlier_out,
-                                        int64_t total, int64_t m,
-                                        float* __restrict__ out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-       i < total; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v = static_cast<float>(acc[i]) * (x_scales[i / m] * w_scales[i % m]);
-    if (outlier_out != nullptr) v += outlier_out[i];
-    out[i] = v;
-  }
-}
-
 unsigned GridFor(int64_t count) {
   const int64_t blocks = (count + kThreads - 1) / kThreads;
   return static_cast<unsigned>(blocks < 1        ? 1
@@ -213,8 +99,8 @@ unsigned GridFor(int64_t count) {
 cudaError_t LaunchQuantizeRows(const float* w, int64_t m, int64_t k, int8_t* q,
                                float* scales, cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
-  QuantizeRowsKernel<<<static_cast<unsigned>(m), kThreads, 0, stream>>>(w, k, q,
-                                                                        scales);
+  QuantizeRowsKernel<<<static_cast<unsigned>(m), kInt8RowThreads, 0, stream>>>(
+      w, k, q, scales);
   return cudaGetLastError();
 }
 
@@ -267,8 +153,8 @@ cudaError_t LaunchFindOutlierColumns(const float* x, int64_t n, int64_t k,
         x, n * k, k, threshold, flags);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
-  CompactOutliersKernel<<<1, 1024, 0, stream>>>(k, max_outliers, flags, cols,
-                                                count);
+  CompactOutliersKernel<<<1, kCompactThreads, 0, stream>>>(k, max_outliers,
+                                                           flags, cols, count);
   return cudaGetLastError();
 }
 
@@ -278,9 +164,10 @@ cudaError_t LaunchQuantizeActivations(const float* x, int64_t n, int64_t k,
                                       float* x_scales, void* x_outliers,
                                       cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  QuantizeActivationsKernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(
-      x, k, flags, cols, max_outliers, xq, x_scales,
-      static_cast<__half*>(x_outliers));
+  QuantizeActivationsKernel<<<static_cast<unsigned>(n), kInt8RowThreads, 0,
+                              stream>>>(x, k, flags, cols, max_outliers, xq,
+                                        x_scales,
+                                        static_cast<__half*>(x_outliers));
   return cudaGetLastError();
 }
 
