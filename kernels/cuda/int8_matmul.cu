@@ -20,8 +20,6 @@
 namespace strata::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
 // ---- kernels ----
 
 template <typename T>
@@ -35,14 +33,14 @@ __global__ void DequantizeRowsKernel(const int8_t* __restrict__ q,
   }
 }
 
-// One warp per output channel j; kThreads / 32 channels per block.
+// One warp per output channel j; kInt8Threads / 32 channels per block.
 __global__ void Int8GemvKernel(const float* __restrict__ x,
                                const int8_t* __restrict__ w,
                                const float* __restrict__ scales, int n,
                                int64_t m, int64_t k, float* __restrict__ out) {
   const int lane = threadIdx.x & 31;
-  const int64_t j =
-      static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * (kInt8Threads / 32) +
+                    (threadIdx.x >> 5);
   if (j >= m) return;
   const int8_t* wr = w + j * k;
   float acc[kMaxGemvRows];
@@ -85,13 +83,6 @@ __global__ void Int8GemvKernel(const float* __restrict__ x,
   }
 }
 
-unsigned GridFor(int64_t count) {
-  const int64_t blocks = (count + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 1        ? 1
-                               : blocks > 524288 ? 524288
-                                                 : blocks);
-}
-
 }  // namespace
 
 // ---- launchers ----
@@ -99,7 +90,7 @@ unsigned GridFor(int64_t count) {
 cudaError_t LaunchQuantizeRows(const float* w, int64_t m, int64_t k, int8_t* q,
                                float* scales, cudaStream_t stream) {
   if (m == 0) return cudaSuccess;
-  QuantizeRowsKernel<<<static_cast<unsigned>(m), kInt8RowThreads, 0, stream>>>(
+  QuantizeRowsKernel<<<static_cast<unsigned>(m), kInt8Threads, 0, stream>>>(
       w, k, q, scales);
   return cudaGetLastError();
 }
@@ -111,15 +102,15 @@ cudaError_t LaunchDequantizeRows(const int8_t* q, const float* scales,
   if (total == 0) return cudaSuccess;
   switch (dst_type) {
     case DType::kF32:
-      DequantizeRowsKernel<<<GridFor(total), kThreads, 0, stream>>>(
+      DequantizeRowsKernel<<<Int8GridFor(total), kInt8Threads, 0, stream>>>(
           q, scales, total, k, static_cast<float*>(dst));
       break;
     case DType::kF16:
-      DequantizeRowsKernel<<<GridFor(total), kThreads, 0, stream>>>(
+      DequantizeRowsKernel<<<Int8GridFor(total), kInt8Threads, 0, stream>>>(
           q, scales, total, k, static_cast<__half*>(dst));
       break;
     case DType::kBF16:
-      DequantizeRowsKernel<<<GridFor(total), kThreads, 0, stream>>>(
+      DequantizeRowsKernel<<<Int8GridFor(total), kInt8Threads, 0, stream>>>(
           q, scales, total, k, static_cast<__nv_bfloat16*>(dst));
       break;
   }
@@ -134,10 +125,10 @@ cudaError_t LaunchInt8Gemv(const float* x, const int8_t* w, const float* scales,
   if (Int8GemvTiledSupports(x, w, n, k)) {
     return LaunchInt8GemvTiled(x, w, scales, n, m, k, out, stream);
   }
-  const int64_t per_block = kThreads / 32;
+  const int64_t per_block = kInt8Threads / 32;
   Int8GemvKernel<<<static_cast<unsigned>((m + per_block - 1) / per_block),
-                   kThreads, 0, stream>>>(x, w, scales, static_cast<int>(n), m,
-                                          k, out);
+                   kInt8Threads, 0, stream>>>(x, w, scales, static_cast<int>(n),
+                                              m, k, out);
   return cudaGetLastError();
 }
 
@@ -149,7 +140,7 @@ cudaError_t LaunchFindOutlierColumns(const float* x, int64_t n, int64_t k,
     return e;
   }
   if (n * k > 0) {
-    MarkOutliersKernel<<<GridFor(n * k), kThreads, 0, stream>>>(
+    MarkOutliersKernel<<<Int8GridFor(n * k), kInt8Threads, 0, stream>>>(
         x, n * k, k, threshold, flags);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
@@ -164,7 +155,7 @@ cudaError_t LaunchQuantizeActivations(const float* x, int64_t n, int64_t k,
                                       float* x_scales, void* x_outliers,
                                       cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  QuantizeActivationsKernel<<<static_cast<unsigned>(n), kInt8RowThreads, 0,
+  QuantizeActivationsKernel<<<static_cast<unsigned>(n), kInt8Threads, 0,
                               stream>>>(x, k, flags, cols, max_outliers, xq,
                                         x_scales,
                                         static_cast<__half*>(x_outliers));
@@ -178,7 +169,7 @@ cudaError_t LaunchGatherOutlierWeights(const int8_t* w, const float* scales,
                                        cudaStream_t stream) {
   const int64_t total = m * max_outliers;
   if (total == 0) return cudaSuccess;
-  GatherOutlierWeightsKernel<<<GridFor(total), kThreads, 0, stream>>>(
+  GatherOutlierWeightsKernel<<<Int8GridFor(total), kInt8Threads, 0, stream>>>(
       w, scales, total, k, cols, max_outliers,
       static_cast<__half*>(w_outliers));
   return cudaGetLastError();
@@ -192,7 +183,7 @@ cudaError_t LaunchDequantizeInt8Product(const int32_t* acc,
                                         cudaStream_t stream) {
   const int64_t total = n * m;
   if (total == 0) return cudaSuccess;
-  DequantizeProductKernel<<<GridFor(total), kThreads, 0, stream>>>(
+  DequantizeProductKernel<<<Int8GridFor(total), kInt8Threads, 0, stream>>>(
       acc, x_scales, w_scales, outlier_out, total, m, out);
   return cudaGetLastError();
 }

@@ -16,10 +16,18 @@
 namespace strata::cuda {
 namespace {
 
-// Threads of the one-CTA-per-row passes (QuantizeRowsKernel,
-// QuantizeActivationsKernel) and of the single CTA of the compaction.
-constexpr int kInt8RowThreads = 256;
+// Threads per CTA of every pass here but the compaction (one CTA per row,
+// or a grid-stride loop over elements), and of the compaction's single CTA.
+constexpr int kInt8Threads = 256;
 constexpr int kCompactThreads = 1024;
+
+// The grid of a grid-stride pass over `count` elements.
+inline unsigned Int8GridFor(int64_t count) {
+  const int64_t blocks = (count + kInt8Threads - 1) / kInt8Threads;
+  return static_cast<unsigned>(blocks < 1        ? 1
+                               : blocks > 524288 ? 524288
+                                                 : blocks);
+}
 
 __device__ __forceinline__ int8_t QuantizeValue(float v, float inv_scale) {
   float q = rintf(v * inv_scale);

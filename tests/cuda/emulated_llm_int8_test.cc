@@ -41,10 +41,6 @@ using testing_simt::EmulateLaunch;
 
 constexpr float kThreshold = 6.0f;  // both backends' default
 
-unsigned GridFor(int64_t count) {  // int8_matmul.cu's launch shape
-  return static_cast<unsigned>(std::max<int64_t>(1, (count + 255) / 256));
-}
-
 // CudaBackend::MatMul with --quantization=llm.int8 on an f32 weight [m, k]
 // (uploaded as UploadWeight does: LaunchQuantizeRows), step by step.
 std::vector<float> CudaLlmInt8(const std::vector<float>& x, int64_t n,
@@ -53,7 +49,7 @@ std::vector<float> CudaLlmInt8(const std::vector<float>& x, int64_t n,
   // Upload: row-wise int8 weights and their scales.
   std::vector<int8_t> wq(m * k);
   std::vector<float> w_scales(m);
-  EmulateLaunch(dim3(static_cast<unsigned>(m)), kInt8RowThreads, [&] {
+  EmulateLaunch(dim3(static_cast<unsigned>(m)), kInt8Threads, [&] {
     QuantizeRowsKernel(w.data(), k, wq.data(), w_scales.data());
   });
   // Step 1: the batch's outlier columns (flags zeroed first, as the
@@ -61,7 +57,7 @@ std::vector<float> CudaLlmInt8(const std::vector<float>& x, int64_t n,
   std::vector<uint8_t> flags(k, 0);
   std::vector<int32_t> cols(cap, 7777);
   int32_t count = -1;
-  EmulateLaunch(dim3(GridFor(n * k)), 256, [&] {
+  EmulateLaunch(dim3(Int8GridFor(n * k)), kInt8Threads, [&] {
     MarkOutliersKernel(x.data(), n * k, k, kThreshold, flags.data());
   });
   EmulateLaunch(dim3(1), kCompactThreads, [&] {
@@ -71,13 +67,13 @@ std::vector<float> CudaLlmInt8(const std::vector<float>& x, int64_t n,
   std::vector<int8_t> xq(n * k);
   std::vector<float> x_scales(n);
   std::vector<__half> x_outliers(n * cap);
-  EmulateLaunch(dim3(static_cast<unsigned>(n)), kInt8RowThreads, [&] {
+  EmulateLaunch(dim3(static_cast<unsigned>(n)), kInt8Threads, [&] {
     QuantizeActivationsKernel(x.data(), k, flags.data(), cols.data(), cap,
                               xq.data(), x_scales.data(), x_outliers.data());
   });
   // Step 3: the outlier columns of the weights, dequantized to f16.
   std::vector<__half> w_outliers(m * cap);
-  EmulateLaunch(dim3(GridFor(m * cap)), 256, [&] {
+  EmulateLaunch(dim3(Int8GridFor(m * cap)), kInt8Threads, [&] {
     GatherOutlierWeightsKernel(wq.data(), w_scales.data(), m * cap, k,
                                cols.data(), cap, w_outliers.data());
   });
@@ -115,7 +111,7 @@ std::vector<float> CudaLlmInt8(const std::vector<float>& x, int64_t n,
   }
   // Step 5: rescale and add.
   std::vector<float> out(n * m, std::nanf(""));
-  EmulateLaunch(dim3(GridFor(n * m)), 256, [&] {
+  EmulateLaunch(dim3(Int8GridFor(n * m)), kInt8Threads, [&] {
     DequantizeProductKernel(acc.data(), x_scales.data(), w_scales.data(),
                             outlier_out.data(), n * m, m, out.data());
   });
