@@ -517,7 +517,8 @@ absl::Status LlamaModel::AddLoraGroup(const Tensor& x, int32_t layer,
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
+absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x,
+                                  bool merge_propagation) {
   const int64_t n = round.num_rows;
   const int64_t hidden = config_.hidden_size;
   const int64_t q_dim =
@@ -527,10 +528,38 @@ absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
   const int64_t inter = config_.intermediate_size;
   const float eps = config_.rms_norm_eps;
 
-  ASSIGN_OR_RETURN(Tensor normed, Rows(normed_, n, hidden));
-  ASSIGN_OR_RETURN(Tensor q, Rows(q_, n, q_dim));
-  ASSIGN_OR_RETURN(Tensor k, Rows(k_, n, kv_dim));
-  ASSIGN_OR_RETURN(Tensor v, Rows(v_, n, kv_dim));
+  // The pending propagated K/V's m rows follow the round's n in the rows
+  // the K/V products and writes take (normed_all, q_all, k, v): each layer
+  // norms their exit states with its own input norm, and the products,
+  // LoRA, RoPE and K/V write take them with the round's rows. Attention
+  // and everything after it take the round's rows only.
+  const Propagation& pending = propagation_;
+  const int64_t m = merge_propagation ? pending.num_pairs() : 0;
+  std::span<const LoopSegment> kv_segs = round.segments;
+  std::span<const int32_t> kv_positions = round.positions;
+  std::span<const int32_t> kv_slots = round.kv_slots;
+  if (m > 0) {
+    merged_segments_.assign(round.segments.begin(), round.segments.end());
+    for (LoopSegment seg : pending.segments) {
+      seg.first_row += static_cast<int32_t>(n);
+      merged_segments_.push_back(seg);
+    }
+    merged_positions_.assign(round.positions.begin(), round.positions.end());
+    merged_positions_.insert(merged_positions_.end(), pending.pair_pos.begin(),
+                             pending.pair_pos.end());
+    merged_slots_.assign(round.kv_slots.begin(), round.kv_slots.end());
+    merged_slots_.insert(merged_slots_.end(), pending.pair_slot.begin(),
+                         pending.pair_slot.end());
+    kv_segs = merged_segments_;
+    kv_positions = merged_positions_;
+    kv_slots = merged_slots_;
+  }
+  ASSIGN_OR_RETURN(Tensor normed_all, Rows(normed_, n + m, hidden));
+  ASSIGN_OR_RETURN(Tensor q_all, Rows(q_, n + m, q_dim));
+  ASSIGN_OR_RETURN(Tensor k, Rows(k_, n + m, kv_dim));
+  ASSIGN_OR_RETURN(Tensor v, Rows(v_, n + m, kv_dim));
+  Tensor normed = normed_all.Rows(0, n);
+  Tensor q = q_all.Rows(0, n);
   ASSIGN_OR_RETURN(Tensor attn, Rows(attn_, n, q_dim));
   ASSIGN_OR_RETURN(Tensor proj, Rows(proj_, n, hidden));
   ASSIGN_OR_RETURN(Tensor gate, Rows(gate_, n, inter));
@@ -545,22 +574,41 @@ absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
     LayerTensors& layer = layers_[l];
     const int32_t li = static_cast<int32_t>(l);
     // Attention block (normed = input_norm(x) here).
+    if (m > 0) {
+      Tensor pending_normed = normed_all.Rows(n, m);
+      b.RmsNorm(pending.h, layer.input_norm, eps, &pending_normed);
+    }
     if (!layer.qkv_proj.empty()) {
-      ASSIGN_OR_RETURN(Tensor qkv, Rows(qkv_, n, q_dim + 2 * kv_dim));
-      b.MatMul(normed, layer.qkv_proj, &qkv);
-      Tensor* const parts[] = {&q, &k, &v};
+      // The pending rows' q is computed and not used: one product serves.
+      ASSIGN_OR_RETURN(Tensor qkv, Rows(qkv_, n + m, q_dim + 2 * kv_dim));
+      b.MatMul(normed_all, layer.qkv_proj, &qkv);
+      Tensor* const parts[] = {&q_all, &k, &v};
       b.SplitColumns(qkv, parts);
       static constexpr LoraProj kQkv[] = {LoraProj::kQ, LoraProj::kK,
                                           LoraProj::kV};
-      RETURN_IF_ERROR(AddLoraGroup(normed, li, kQkv, &LayerLoraTensors::a_qkv,
-                                   segs, parts));
+      if (m > 0 && !lora_.empty() && !lora_.front().a_kv.empty()) {
+        // The pending rows take k's and v's LoRA only, from the stacked A
+        // of both: a rank-2r A is one panel, whose A-products of two loops'
+        // rows share a register tile (CpuBackend::AddLowRankGroup).
+        RETURN_IF_ERROR(AddLoraGroup(normed_all, li, kQkv,
+                                     &LayerLoraTensors::a_qkv, segs, parts));
+        static constexpr LoraProj kKv[] = {LoraProj::kK, LoraProj::kV};
+        Tensor* const kv_parts[] = {&k, &v};
+        RETURN_IF_ERROR(AddLoraGroup(
+            normed_all, li, kKv, &LayerLoraTensors::a_kv,
+            std::span<const LoopSegment>(kv_segs).subspan(segs.size()),
+            kv_parts));
+      } else {
+        RETURN_IF_ERROR(AddLoraGroup(normed_all, li, kQkv,
+                                     &LayerLoraTensors::a_qkv, kv_segs, parts));
+      }
     } else {
       RETURN_IF_ERROR(
           Project(normed, layer.q_proj, li, LoraProj::kQ, segs, &q));
       RETURN_IF_ERROR(
-          Project(normed, layer.k_proj, li, LoraProj::kK, segs, &k));
+          Project(normed_all, layer.k_proj, li, LoraProj::kK, kv_segs, &k));
       RETURN_IF_ERROR(
-          Project(normed, layer.v_proj, li, LoraProj::kV, segs, &v));
+          Project(normed_all, layer.v_proj, li, LoraProj::kV, kv_segs, &v));
     }
     if (!layer.q_bias.empty()) {
       b.AddBias(layer.q_bias, &q);
@@ -568,9 +616,9 @@ absl::Status LlamaModel::RunBlock(const LoopPlanner::Round& round, Tensor* x) {
       b.AddBias(layer.v_bias, &v);
     }
     b.Rope(rope_table_, round.positions, config_.head_dim, &q);
-    b.Rope(rope_table_, round.positions, config_.head_dim, &k);
+    b.Rope(rope_table_, kv_positions, config_.head_dim, &k);
     PagedKvCache::Layer& cache = kv_cache_.layer(li);
-    b.WriteKv(k, v, round.kv_slots, attention_, &cache.k_view, &cache.v_view);
+    b.WriteKv(k, v, kv_slots, attention_, &cache.k_view, &cache.v_view);
     b.PagedAttention(q, cache.k_view, cache.v_view, attention_, round.sequences,
                      &attn);
     RETURN_IF_ERROR(Project(attn, layer.o_proj, li, LoraProj::kO, segs, &proj));

@@ -112,21 +112,37 @@ class LlamaModel {
   // progress and, on the backend, the logits to sample from: one row per
   // sample item whose tokens finished this step.
   //
-  // The K/V that early exits' skipped loops take from their exit states may
-  // still be being written when Step returns (on the CPU, by a pool worker
-  // beside the caller's sampling: Backend::StartHostTask). FinishStep()
-  // waits for them and returns their error; call it before anything reads or
-  // frees the step's blocks. Every other call into the model runs it first.
+  // The K/V that early exits' skipped loops take from their exit states
+  // (the propagate policy) is written after the step, in one of two ways:
+  // - Steps of several items: a host task beside the caller's sampling (on
+  //   the CPU, a pool worker: Backend::StartHostTask), still running when
+  //   Step returns. JoinPropagation() waits for it and returns its error;
+  //   call it before anything reads or frees the step's blocks.
+  // - A step of one item: the next step's first round, whose norm, K/V
+  //   products, LoRA, RoPE and K/V write take those rows with the round's
+  //   own, instead of a dozen ops of their own. Nothing reads a skipped
+  //   loop's K/V before then: the request's next token starts at loop 0,
+  //   and rows at later loops read the cache after the first round's
+  //   writes.
+  // FinishStep() joins the task and writes pending K/V now (the same bits),
+  // for whatever reads or copies blocks outside a step: block copies, test
+  // peers, and the release of a request whose blocks the scheduler frees.
+  // Every other call into the model runs it first.
   absl::StatusOr<StepOutput> Step(std::span<const WorkItem> items);
+  absl::Status JoinPropagation();
   absl::Status FinishStep();
 
-  // Drops the kept hidden states of `request` (StepExecutor::ReleaseState).
-  void ReleaseState(RequestId request) { store_.Release(request); }
+  // Drops the kept hidden states of `request` (StepExecutor::ReleaseState),
+  // writing pending propagated K/V first if some is the request's: its
+  // blocks may have gone to another request or into the prefix cache.
+  void ReleaseState(RequestId request);
   const HiddenStateStore& state_store() const { return store_; }
 
   // Copy-on-write (StepPlan::block_copies), before a step's forward pass
   // (PagedKvCache::CopyBlocks).
+  // Pending propagated K/V is written first: a copy takes every loop.
   absl::Status CopyBlocks(std::span<const BlockCopy> copies) {
+    if (copies.empty()) return absl::OkStatus();
     if (absl::Status status = FinishStep(); !status.ok()) return status;
     return kv_cache_.CopyBlocks(copies);
   }
@@ -223,7 +239,10 @@ class LlamaModel {
                                          bool sample_mode,
                                          int64_t num_rows) const;
   // The K layers over the round's rows x [round.num_rows, hidden] (in place).
-  absl::Status RunBlock(const LoopPlanner::Round& round, Tensor* x);
+  // With merge_propagation, the pending propagated K/V rows join the K/V
+  // products and writes of every layer (see Step()).
+  absl::Status RunBlock(const LoopPlanner::Round& round, Tensor* x,
+                        bool merge_propagation = false);
   // out = x W^T plus, per segment, that loop's LoRA of (layer, proj).
   absl::Status Project(const Tensor& x, const Tensor& w, int32_t layer,
                        LoraProj proj, std::span<const LoopSegment> segments,
@@ -246,14 +265,16 @@ class LlamaModel {
   // out = lm_head(RmsNorm(states)), the norm in place. out: [rows, vocab]
   void HeadOfStates(Tensor states, Tensor* out);
   // Propagate policy: K/V of the skipped loops of exited items from their
-  // exit states (state: the step's state buffer). Plans the rows and
-  // allocates their tensors; RunStep starts PropagateKv as a host task once
-  // the step succeeded, and FinishStep() joins it.
-  absl::Status PlanPropagation(const LoopPlanner& planner,
+  // exit states (state: the step's state buffer). Plans one row per (item,
+  // skipped loop) and copies its exit state, for RunStep to hand to a host
+  // task or to the next step's first round (RunBlock).
+  absl::Status PlanPropagation(std::span<const WorkItem> items,
+                               const LoopPlanner& planner,
                                std::span<const int32_t> exited,
                                std::span<const int32_t> exit_loops,
                                const Tensor& state);
-  // The ops of the propagation that PlanPropagation planned.
+  // Writes the planned propagated K/V with ops of its own (the host task or
+  // FinishStep()).
   absl::Status PropagateKv();
 
   ModelConfig config_;
@@ -283,29 +304,37 @@ class LlamaModel {
   Tensor logits_view_;  // [r, vocab] view into logits_ from the last call
   // Recursive models: the second state buffer (row reorders), LoRA
   // intermediates, exit checks and propagated KV.
-  Workspace x2_, exit_logits_, exit_prev_, fill_state_, fill_normed_,
-      fill_rows_, fill_k_, fill_v_, fill_kv_, fill_kv_exit_, lora_t_;
+  Workspace x2_, exit_logits_, exit_prev_, fill_state_, fill_rows_, fill_k_,
+      fill_v_, fill_kv_, lora_t_;
   FlatWorkspace lora_u_;  // [rows, out_features of the projection]
   // Project()'s segments for Backend::AddLowRank, kept to reuse its memory.
   std::vector<LowRankSegment> low_rank_segments_;
   std::vector<LowRankGroupSegment> low_rank_groups_;  // AddLoraGroup()'s
+  // A round's rows followed by the pending propagated rows (RunBlock).
+  std::vector<LoopSegment> merged_segments_;
+  std::vector<int32_t> merged_positions_, merged_slots_;
   StepTimings timings_;
 
-  // The propagated K/V's rows and tensors (PlanPropagation), kept to reuse
-  // their memory; while propagation_pending_ the host task owns them.
+  // The planned propagated K/V (PlanPropagation), kept to reuse its memory;
+  // the host task owns it while propagation_running_.
   struct Propagation {
-    Tensor state;                    // the step's state buffer
-    std::vector<int32_t> exit_rows;  // state row of each exited item
-    // Per (exited item, skipped loop) pair: its exited item's index, its
-    // position and its K/V slot; segments: the pairs grouped by loop.
-    std::vector<int32_t> pair_src, pair_pos, pair_slot;
+    // Per (exited item, skipped loop) pair, grouped by loop (segments, whose
+    // first_row counts from the first pair): its request, position, K/V
+    // slot, and exit state h [pairs, hidden].
+    std::vector<RequestId> pair_request;
+    std::vector<int32_t> pair_pos, pair_slot;
+    std::vector<int32_t> state_rows;  // the exit states' rows in the step
     std::vector<LoopSegment> segments;
-    Tensor h, h_normed, f, k, v, kv, kv_exit;
+    Tensor h;
+    // PropagateKv()'s: the normed states, K, V (and both, fused).
+    Tensor f, k, v, kv;
+    int64_t num_pairs() const { return static_cast<int64_t>(pair_pos.size()); }
   };
   Propagation propagation_;
-  bool propagation_planned_ = false;  // by this step, not yet started
-  bool propagation_pending_ = false;  // started, not yet joined
-  absl::Status propagation_status_;   // written by the task
+  bool propagation_planned_ = false;  // by the step running
+  bool propagation_running_ = false;  // the host task, not yet joined
+  bool propagation_pending_ = false;  // for the next step's first round
+  absl::Status propagation_status_;   // written by the host task
 };
 
 }  // namespace strata

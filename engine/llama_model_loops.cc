@@ -33,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "engine/llama_model.h"
 
@@ -218,7 +219,7 @@ std::optional<StepGraphKey> LlamaModel::GraphKeyOf(
     const bool all_loops =
         item.loop_end == -1 || item.loop_end == config_.num_loops;
     if (item.tokens.size() != 1 || item.loop_begin != 0 || !all_loops ||
-        item.exit != nullptr || item.kv_fill) {
+        item.exit != nullptr || item.kv_fill || propagation_pending_) {
       return std::nullopt;
     }
     longest_table = std::max(longest_table, item.block_table.size());
@@ -236,26 +237,36 @@ std::optional<StepGraphKey> LlamaModel::GraphKeyOf(
 absl::Status LlamaModel::RunStep(std::span<const WorkItem> items,
                                  std::span<const int32_t> logit_rows,
                                  bool sample_mode, StepOutput* out) {
-  // The previous step's propagated K/V, before this step reads the cache.
-  RETURN_IF_ERROR(FinishStep());
+  // The previous step's host task, before this step reads the cache or
+  // plans into the task's tensors.
+  RETURN_IF_ERROR(JoinPropagation());
   bool rerun = false;
   absl::Status status =
       RunStepOnce(items, logit_rows, sample_mode, true, &rerun, out);
   if (rerun) {
     status = RunStepOnce(items, logit_rows, sample_mode, false, &rerun, out);
   }
+  // A failed step's plan is dropped: its items fail, and their requests end.
   if (!status.ok() || !propagation_planned_) {
     propagation_planned_ = false;
     return status;
   }
-  // The propagated K/V last, as a host task (Backend::StartHostTask;
-  // FinishStep() joins it): the step's own ops ran with every thread, and
-  // the task's time overlaps the runner's sampling. Until then nothing
-  // reads or writes the skipped loops' K/V or the task's tensors, and the
-  // task only reads the state buffer.
-  const auto start = std::chrono::steady_clock::now();
   propagation_planned_ = false;
-  propagation_pending_ = true;
+  if (items.size() == 1) {
+    // A lone item's K/V joins the next step (see Step()): its sampling is
+    // too short to hide a host task's dozen ops, which the step would wait
+    // for (engine alone, 1 sequence: exits 1.72x full depth, 1.66x with
+    // the task; docs/recursive-models.md).
+    propagation_pending_ = true;
+    return absl::OkStatus();
+  }
+  // With more items, a host task (Backend::StartHostTask; JoinPropagation()
+  // joins it) beside the runner's sampling, which hides it; in the next
+  // step's first round its rows would lengthen the step (8 sequences: 5%
+  // less of full depth's speed). Until it is joined nothing reads or
+  // writes the skipped loops' K/V or the task's tensors.
+  const auto start = std::chrono::steady_clock::now();
+  propagation_running_ = true;
   backend_->StartHostTask([this] { propagation_status_ = PropagateKv(); });
   timings_.propagation.nanoseconds += StepTimings::NanosecondsSince(start);
   return absl::OkStatus();
@@ -280,7 +291,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   out->items.assign(items.size(), ItemProgress{});
   out->logits = nullptr;
   out->logit_items.clear();
-  if (n == 0) return absl::OkStatus();
+  if (n == 0) return FinishStep();  // no round to take the pending K/V
 
   const int64_t hidden = config_.hidden_size;
   const int64_t vocab = config_.vocab_size;
@@ -384,7 +395,9 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     }
     const Clock::time_point check_end = Clock::now();
     Tensor x = state.Rows(0, round.num_rows);
-    RETURN_IF_ERROR(RunBlock(round, &x));
+    // The previous step's propagated K/V joins the first round.
+    RETURN_IF_ERROR(RunBlock(round, &x, propagation_pending_));
+    propagation_pending_ = false;
     timings_.loops +=
         {StepTimings::NanosecondsSince(check_end), round.num_rows};
     planner.FinishRound(round);
@@ -465,6 +478,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
          static_cast<int64_t>(checks.hidden_items.size() +
                               checks.logit_items.size())};
   }
+  RETURN_IF_ERROR(FinishStep());  // a step without rounds did not merge it
 
   for (size_t i = 0; i < items.size(); ++i) {
     const LoopPlanner::ItemState& s = planner.item(static_cast<int32_t>(i));
@@ -474,11 +488,11 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     }
   }
 
-  // 3. Propagated K/V of the skipped loops: planned here, run by RunStep
-  // once the step is done, beside the runner's sampling.
+  // 3. Propagated K/V of the skipped loops: planned here, written by the
+  // next step's first round (or FinishStep()).
   if (options_.kv_fill == KvFillPolicy::kPropagate && !exited.empty()) {
     const auto propagation_start = std::chrono::steady_clock::now();
-    RETURN_IF_ERROR(PlanPropagation(planner, exited, exit_loops, state));
+    RETURN_IF_ERROR(PlanPropagation(items, planner, exited, exit_loops, state));
     timings_.propagation += {StepTimings::NanosecondsSince(propagation_start),
                              static_cast<int64_t>(exited.size())};
   }
@@ -548,7 +562,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::PlanPropagation(const LoopPlanner& planner,
+absl::Status LlamaModel::PlanPropagation(std::span<const WorkItem> items,
+                                         const LoopPlanner& planner,
                                          std::span<const int32_t> exited,
                                          std::span<const int32_t> exit_loops,
                                          const Tensor& state) {
@@ -556,88 +571,69 @@ absl::Status LlamaModel::PlanPropagation(const LoopPlanner& planner,
   const int64_t hidden = config_.hidden_size;
   const int64_t kv_dim =
       static_cast<int64_t>(config_.num_key_value_heads) * config_.head_dim;
-  const int64_t e = static_cast<int64_t>(exited.size());
   Propagation& job = propagation_;
 
-  // The exit states h_e, one row per exited item (a single token each).
-  job.exit_rows.clear();
-  for (int32_t i : exited) job.exit_rows.push_back(planner.item(i).slot);
   // One row per (exited item, skipped loop), grouped by loop for the LoRA.
-  job.pair_src.clear();
+  job.pair_request.clear();
   job.pair_pos.clear();
   job.pair_slot.clear();
   job.segments.clear();
+  std::vector<int32_t>& state_rows = job.state_rows;
+  state_rows.clear();
   for (int32_t l = 1; l < num_loops; ++l) {
-    for (int64_t j = 0; j < e; ++j) {
+    for (size_t j = 0; j < exited.size(); ++j) {
       if (exit_loops[j] >= l) continue;
       const LoopPlanner::ItemState& s = planner.item(exited[j]);
       if (job.segments.empty() || job.segments.back().loop != l) {
-        job.segments.push_back(
-            {l, static_cast<int32_t>(job.pair_src.size()), 0});
+        job.segments.push_back({l, static_cast<int32_t>(job.num_pairs()), 0});
       }
       ++job.segments.back().num_rows;
-      job.pair_src.push_back(static_cast<int32_t>(j));
+      job.pair_request.push_back(items[exited[j]].request_id);
       job.pair_pos.push_back(s.start_position);
       job.pair_slot.push_back(
           planner.KvSlot(s.block_table, l, s.start_position));
+      state_rows.push_back(s.slot);
     }
   }
-  const int64_t p = static_cast<int64_t>(job.pair_src.size());
+  const int64_t p = job.num_pairs();
   if (p == 0) return absl::OkStatus();
 
-  // Every tensor the ops write, allocated here on the engine thread (the
-  // unstacked LoRA's intermediates too), so that a failed allocation is the
-  // step's error and the task's ops only take views.
-  ASSIGN_OR_RETURN(job.h, Rows(fill_state_, e, hidden));
-  ASSIGN_OR_RETURN(job.h_normed, Rows(fill_normed_, e, hidden));
+  // The exit states now (the next step overwrites the state buffer), and
+  // every tensor PropagateKv() writes, so that its ops only take views.
+  ASSIGN_OR_RETURN(job.h, Rows(fill_state_, p, hidden));
+  backend_->GatherRows(state, state_rows, &job.h);
   ASSIGN_OR_RETURN(job.f, Rows(fill_rows_, p, hidden));
   ASSIGN_OR_RETURN(job.k, Rows(fill_k_, p, kv_dim));
   ASSIGN_OR_RETURN(job.v, Rows(fill_v_, p, kv_dim));
   const bool fused = !layers_.front().kv_proj.empty();
   if (fused) {
     ASSIGN_OR_RETURN(job.kv, Rows(fill_kv_, p, 2 * kv_dim));
-    if (p != e) {
-      ASSIGN_OR_RETURN(job.kv_exit, Rows(fill_kv_exit_, e, 2 * kv_dim));
-    }
   }
   if (!lora_.empty() && (!fused || lora_.front().a_kv.empty())) {
-    // AddLora's intermediates (without a stacked A): sized for the largest
-    // segment now, so that the task's Rows() calls only take views.
+    // AddLora's intermediates (without a stacked A), sized for the pairs.
     ASSIGN_OR_RETURN(Tensor t, Rows(lora_t_, p, config_.lora_rank));
     ASSIGN_OR_RETURN(Tensor u, Scratch(lora_u_, p, kv_dim));
   }
-  job.state = state.Rows(0, state.dim(0));  // a view
   propagation_planned_ = true;
   return absl::OkStatus();
 }
 
 absl::Status LlamaModel::PropagateKv() {
   Propagation& job = propagation_;
-  const bool gathered = job.pair_src.size() != job.exit_rows.size();
   Backend& b = *backend_;
-  b.GatherRows(job.state, job.exit_rows, &job.h);
   for (size_t li = 0; li < layers_.size(); ++li) {
     LayerTensors& layer = layers_[li];
     const int32_t layer_index = static_cast<int32_t>(li);
-    // x = RMSNorm(h_e) * input_norm_k, then K/V with each loop's weights.
-    b.RmsNorm(job.h, layer.input_norm, config_.rms_norm_eps, &job.h_normed);
-    b.GatherRows(job.h_normed, job.pair_src, &job.f);
+    // f = RMSNorm(h_e) * input_norm_k, then K/V with each loop's weights.
+    b.RmsNorm(job.h, layer.input_norm, config_.rms_norm_eps, &job.f);
     if (!layer.kv_proj.empty()) {
-      // K and V in one product (the fused weight's slice), then each its
-      // loop's LoRA. The loops share the base weight, so a row that skipped
-      // several loops has the same product in each: it is computed once
-      // per exited row and copied to the row's pairs (the kernels compute
-      // every row alike, so the bits are those of a product per pair).
-      if (!gathered) {  // one skipped loop per row: pair j is exited row j
-        b.MatMul(job.f, layer.kv_proj, &job.kv);
-      } else {
-        b.MatMul(job.h_normed, layer.kv_proj, &job.kv_exit);
-        b.GatherRows(job.kv_exit, job.pair_src, &job.kv);
-      }
+      // K and V in one product (the fused weight's slice), then both LoRA
+      // updates from one A-product per loop (the stacked A of k and v).
+      // Rows and columns are computed alike in any product, so the bits
+      // are those of the block's q, k and v, which RunBlock's merge takes.
+      b.MatMul(job.f, layer.kv_proj, &job.kv);
       Tensor* const parts[] = {&job.k, &job.v};
       b.SplitColumns(job.kv, parts);
-      // Both LoRA updates from one A-product per loop (the stacked A of k
-      // and v), as the block's q, k and v take theirs.
       static constexpr LoraProj kKv[] = {LoraProj::kK, LoraProj::kV};
       RETURN_IF_ERROR(AddLoraGroup(job.f, layer_index, kKv,
                                    &LayerLoraTensors::a_kv, job.segments,
@@ -660,14 +656,36 @@ absl::Status LlamaModel::PropagateKv() {
   return absl::OkStatus();
 }
 
-absl::Status LlamaModel::FinishStep() {
-  if (!propagation_pending_) return absl::OkStatus();
+absl::Status LlamaModel::JoinPropagation() {
+  if (!propagation_running_) return absl::OkStatus();
   const auto wait_start = std::chrono::steady_clock::now();
   backend_->WaitHostTask();
   timings_.propagation.nanoseconds += StepTimings::NanosecondsSince(wait_start);
-  propagation_pending_ = false;
-  propagation_.state = Tensor();
+  propagation_running_ = false;
   return std::exchange(propagation_status_, absl::OkStatus());
+}
+
+absl::Status LlamaModel::FinishStep() {
+  RETURN_IF_ERROR(JoinPropagation());
+  if (!propagation_pending_) return absl::OkStatus();
+  const auto start = std::chrono::steady_clock::now();
+  propagation_pending_ = false;
+  absl::Status status = PropagateKv();
+  timings_.propagation.nanoseconds += StepTimings::NanosecondsSince(start);
+  return status;
+}
+
+void LlamaModel::ReleaseState(RequestId request) {
+  store_.Release(request);
+  if (!propagation_pending_) return;
+  const std::vector<RequestId>& owners = propagation_.pair_request;
+  if (std::find(owners.begin(), owners.end(), request) == owners.end()) {
+    return;
+  }
+  if (absl::Status status = FinishStep(); !status.ok()) {
+    STRATA_LOG(ERROR) << "propagated K/V of released request " << request
+                      << " not written: " << status;
+  }
 }
 
 }  // namespace strata

@@ -200,14 +200,15 @@ absl::StatusOr<StepResult> ModelRunner::Run(
   // finished (all of them for a plain model).
   absl::StatusOr<LlamaModel::StepOutput> step = model_->Step(plan.items);
   if (!step.ok()) return step.status();
-  // The step's propagated K/V are written beside the sampling; the scheduler
-  // may free or reuse their blocks once the result is back.
+  // The step's propagated K/V is written beside the sampling or by the next
+  // step (LlamaModel::Step): the scheduler may free or reuse its blocks once
+  // the result is back, and ReleaseState writes what waits first.
   absl::StatusOr<StepResult> result =
       SampleStep(*backend_, config_.vocab_size, plan, *step, device_sampling,
                  sampled_logits, &sampling_);
-  absl::Status finished = model_->FinishStep();
+  absl::Status joined = model_->JoinPropagation();
   if (!result.ok()) return result.status();
-  if (!finished.ok()) return finished;
+  if (!joined.ok()) return joined;
   return result;
 }
 

@@ -61,7 +61,9 @@ struct StepTimings {
   // states (KvFillPolicy::kPropagate); rows: exited rows. On the engine
   // thread: planning them, handing them to the host task that writes them
   // (Backend::StartHostTask) and waiting for it after sampling
-  // (LlamaModel::FinishStep), not the task's own time.
+  // (LlamaModel::JoinPropagation), not the task's own time, and writing
+  // them at once (LlamaModel::FinishStep). A lone item's rows that join
+  // the next step's first round count in that round's `loops`.
   Part propagation;
 };
 

@@ -139,6 +139,18 @@ WorkItem Item(RequestId id, std::span<const TokenId> tokens, int32_t start,
   return item;
 }
 
+// An item that samples its next token, with an exit rule when exit is set.
+WorkItem SampleItem(RequestId id, std::span<const TokenId> tokens,
+                    int32_t start, std::span<const int32_t> table,
+                    const SamplingParams* sampling,
+                    const ExitParams* exit = nullptr) {
+  WorkItem item = Item(id, tokens, start, table);
+  item.sample = true;
+  item.sampling = sampling;
+  item.exit = exit;
+  return item;
+}
+
 TEST(RecursiveConfigTest, ParsesFixtureAndCountsKvLayers) {
   absl::StatusOr<ModelConfig> config =
       ModelConfig::FromFile(FixtureDir() + "/config.json");
@@ -913,11 +925,7 @@ TEST(RecursiveModelTest, ClassifierExitNeedsAClassifier) {
   exit.confidence = ExitConfidence::kClassifier;
   exit.threshold = 0.5f;
   StepPlan plan;
-  WorkItem item = Item(9, token, 0, table);
-  item.sample = true;
-  item.sampling = &greedy;
-  item.exit = &exit;
-  plan.items.push_back(item);
+  plan.items.push_back(SampleItem(9, token, 0, table, &greedy, &exit));
   absl::StatusOr<StepResult> r = runner->Execute(plan);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
@@ -1333,6 +1341,132 @@ TEST(RecursiveModelTest, PropagatedKvOfSeveralExitsMatchEachAlone) {
   // The rows differ, so a copy to the wrong row could not pass unseen.
   EXPECT_NE(together[0].kv, together[2].kv);
   EXPECT_NE(together[3].logits, together[4].logits);
+}
+
+// A lone item's K/V propagated to skipped loops waits for the next step and
+// joins its first round's products and writes. Whether the next step takes
+// it or it is written with ops of its own first (FinishStep), the cache and
+// the next steps' logits are the same, bit for bit, with fused and separate
+// projections. Request 1 exits alone after loop 0 (two loops pending), then
+// request 2 alone after loop 1 (one), whose step takes request 1's; the last
+// step takes request 2's in a round of three decodes and a prefill.
+TEST(RecursiveModelTest, PropagatedKvJoinsTheNextStepWithTheSameBits) {
+  const SamplingParams greedy = Greedy();
+  const std::vector<std::vector<TokenId>> prompts = {
+      {11, 12, 13}, {200, 201, 202, 203, 204}, {300, 7, 301, 9}};
+  const std::vector<TokenId> late_prompt = {40, 41, 42, 43, 44, 45};
+  const std::vector<int32_t> exit_loops = {0, 1};  // requests 1 and 2
+  std::vector<std::vector<int32_t>> tables;
+  std::vector<int32_t> taken;
+  for (size_t j = 0; j <= prompts.size(); ++j) {
+    tables.push_back(j == 0 ? ShuffledBlocks(3, 5) : BlocksOutside(taken, 3));
+    taken.insert(taken.end(), tables[j].begin(), tables[j].end());
+  }
+  std::vector<ExitParams> exits(exit_loops.size());
+  for (size_t j = 0; j < exits.size(); ++j) {
+    exits[j].forced_exit_loop = exit_loops[j];
+  }
+  const std::vector<TokenId> first = {42}, second = {43};
+
+  struct Out {
+    std::vector<std::vector<float>> logits;  // the three decode steps'
+    std::vector<std::vector<float>> kv;      // every request, layer, position
+  };
+  auto run = [&](bool fuse, bool flush_first) {
+    Out out;
+    std::unique_ptr<ModelRunner> runner = MakeRunner("propagate", 2, "", fuse);
+    EXPECT_NE(runner, nullptr);
+    if (runner == nullptr) return out;
+    ModelRunnerTestPeer peer(*runner);
+    std::vector<int32_t> next_position;
+    for (size_t j = 0; j < prompts.size(); ++j) {
+      StepPlan prefill;
+      prefill.items.push_back(
+          Item(static_cast<RequestId>(j + 1), prompts[j], 0, tables[j]));
+      EXPECT_TRUE(runner->Execute(prefill).ok());
+      next_position.push_back(static_cast<int32_t>(prompts[j].size()));
+    }
+    auto decode = [&](size_t j, std::span<const TokenId> token) {
+      return SampleItem(static_cast<RequestId>(j + 1), token,
+                        next_position[j]++, tables[j], &greedy,
+                        j < exits.size() ? &exits[j] : nullptr);
+    };
+    auto execute = [&](const StepPlan& plan) {
+      if (flush_first) {
+        EXPECT_TRUE(peer.FinishStep().ok());
+        EXPECT_FALSE(peer.propagation_pending());
+      }
+      std::vector<std::vector<float>> logits;
+      absl::StatusOr<StepResult> r = peer.ExecuteWithLogits(plan, &logits);
+      EXPECT_TRUE(r.ok()) << r.status();
+      out.logits.insert(out.logits.end(), logits.begin(), logits.end());
+      return r;
+    };
+    for (size_t j = 0; j < exits.size(); ++j) {
+      StepPlan alone;
+      alone.items.push_back(decode(j, first));
+      absl::StatusOr<StepResult> r = execute(alone);
+      if (!r.ok()) return out;
+      EXPECT_EQ(r->items[0].exit_loop, exit_loops[j]);
+      // Its K/V waits; releasing another request leaves it waiting.
+      EXPECT_TRUE(peer.propagation_pending());
+      runner->ReleaseState(77);
+      EXPECT_TRUE(peer.propagation_pending());
+    }
+    StepPlan last;
+    last.items.push_back(decode(0, second));
+    last.items.push_back(decode(1, second));
+    last.items.push_back(decode(2, first));
+    for (WorkItem& item : last.items) item.exit = nullptr;
+    last.items.push_back(SampleItem(9, late_prompt, 0, tables.back(), &greedy));
+    if (!execute(last).ok()) return out;
+    EXPECT_FALSE(peer.propagation_pending());  // nothing exited
+    next_position.push_back(static_cast<int32_t>(late_prompt.size()));
+    for (size_t j = 0; j < tables.size(); ++j) {
+      for (int32_t kv_layer = 0; kv_layer < kNumLoops * 2; ++kv_layer) {
+        for (int32_t pos = 0; pos < next_position[j]; ++pos) {
+          std::vector<float> k, v;
+          EXPECT_TRUE(peer.ReadKv(kv_layer, tables[j], pos, &k, &v).ok());
+          out.kv.push_back(std::move(k));
+          out.kv.push_back(std::move(v));
+        }
+      }
+    }
+    return out;
+  };
+  for (bool fuse : {true, false}) {
+    SCOPED_TRACE(fuse ? "fused projections" : "separate projections");
+    const Out merged = run(fuse, false);
+    const Out apart = run(fuse, true);
+    ASSERT_EQ(merged.logits.size(), 2 + prompts.size() + 1);
+    EXPECT_FALSE(merged.kv.empty());
+    EXPECT_EQ(merged.logits, apart.logits);
+    EXPECT_EQ(merged.kv, apart.kv);
+  }
+}
+
+// A request released with propagated K/V pending (its lone step's, for the
+// next step) gets it written first: the scheduler may have given its blocks
+// to the prefix cache.
+TEST(RecursiveModelTest, ReleasingARequestWritesItsPendingKv) {
+  const SamplingParams greedy = Greedy();
+  const std::vector<TokenId> prompt = {5, 6, 7};
+  const std::vector<TokenId> token = {42};
+  const std::vector<int32_t> table = ShuffledBlocks(2, 3);
+  ExitParams exit;
+  exit.forced_exit_loop = 0;
+  std::unique_ptr<ModelRunner> runner = MakeRunner("propagate");
+  ASSERT_NE(runner, nullptr);
+  ModelRunnerTestPeer peer(*runner);
+  StepPlan prefill;
+  prefill.items.push_back(Item(1, prompt, 0, table));
+  ASSERT_TRUE(runner->Execute(prefill).ok());
+  StepPlan decode;
+  decode.items.push_back(SampleItem(1, token, 3, table, &greedy, &exit));
+  ASSERT_TRUE(runner->Execute(decode).ok());
+  ASSERT_TRUE(peer.propagation_pending());
+  runner->ReleaseState(1);
+  EXPECT_FALSE(peer.propagation_pending());
 }
 
 // A block copy (copy-on-write) copies every loop's K/V of the block.

@@ -85,12 +85,22 @@ class ModelRunnerTestPeer {
   // K (after RoPE) and V at `position` of kv layer loop * num_hidden_layers
   // + layer, through `block_table`; each [num_kv_heads * head_dim] (f32
   // caches: the CPU backend).
+  // Propagated K/V still pending is written first (LlamaModel::FinishStep).
   absl::Status ReadKv(int32_t kv_layer, std::span<const int32_t> block_table,
                       int32_t position, std::vector<float>* k,
                       std::vector<float>* v) {
+    if (absl::Status status = runner_.model_->FinishStep(); !status.ok()) {
+      return status;
+    }
     return runner_.model_->kv_cache_.ReadKv(kv_layer, block_table, position, k,
                                             v);
   }
+
+  // Whether propagated K/V waits for the next step, and writing it now.
+  bool propagation_pending() const {
+    return runner_.model_->propagation_pending_;
+  }
+  absl::Status FinishStep() { return runner_.model_->FinishStep(); }
 
  private:
   ModelRunner& runner_;
