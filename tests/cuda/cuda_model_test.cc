@@ -15,42 +15,18 @@
 #include <string>
 #include <vector>
 
-#include "engine/backends/backend_options.h"
 #include "engine/model_runner.h"
 #include "engine/step.h"
 #include "gtest/gtest.h"
+#include "tests/cuda/cuda_runner_util.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/engine/testing/model_runner_test_peer.h"
 
 namespace strata {
 namespace {
 
-using testing_cuda::ModelDir;
-
-std::unique_ptr<ModelRunner> Runner(const std::string& backend,
-                                    const std::string& dtype,
-                                    const std::string& quantization,
-                                    const std::string& model = "strata-tiny",
-                                    bool cuda_graphs = false) {
-  ModelRunner::Options options;
-  options.model_dir = ModelDir(model);
-  absl::StatusOr<BackendOptions> parsed =
-      ParseBackendOptions(backend, backend == "cpu" ? "" : dtype, quantization);
-  EXPECT_TRUE(parsed.ok()) << parsed.status();
-  if (!parsed.ok()) return nullptr;
-  options.backend = *parsed;
-  options.backend.step_graphs = cuda_graphs;
-  options.backend.num_threads = backend == "cpu" ? 2 : 0;
-  options.kv_cache_bytes = 8 << 20;
-  options.block_size = 16;
-  absl::StatusOr<std::unique_ptr<ModelRunner>> r = ModelRunner::Create(options);
-  EXPECT_TRUE(r.ok()) << r.status();
-  return r.ok() ? *std::move(r) : nullptr;
-}
-
-int32_t ArgMax(const std::vector<float>& v) {
-  return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
-}
+using testing_cuda::ArgMax;
+using testing_cuda::MakeRunner;
 
 struct Case {
   const char* dtype;
@@ -65,8 +41,9 @@ class CudaModelTest : public testing::TestWithParam<Case> {};
 // (f32 compute): logits within c.tolerance at every step, and greedy
 // agreement.
 void ExpectLogitsMatchCpu(const Case& c, const std::string& cpu_quantization) {
-  std::unique_ptr<ModelRunner> cpu = Runner("cpu", "", cpu_quantization);
-  std::unique_ptr<ModelRunner> gpu = Runner("cuda", c.dtype, c.quantization);
+  std::unique_ptr<ModelRunner> cpu = MakeRunner("cpu", "", cpu_quantization);
+  std::unique_ptr<ModelRunner> gpu =
+      MakeRunner("cuda", c.dtype, c.quantization);
   ASSERT_NE(cpu, nullptr);
   ASSERT_NE(gpu, nullptr);
   const int32_t vocab = cpu->config().vocab_size;
@@ -145,8 +122,8 @@ TEST(CudaModelExecuteTest, DeviceGreedySamplingMatchesCpu) {
   if (testing_cuda::MakeCuda(&why) == nullptr) {
     GTEST_SKIP() << "no CUDA device: " << why;
   }
-  std::unique_ptr<ModelRunner> cpu = Runner("cpu", "bf16", "none");
-  std::unique_ptr<ModelRunner> gpu = Runner("cuda", "f16", "none");
+  std::unique_ptr<ModelRunner> cpu = MakeRunner("cpu", "bf16", "none");
+  std::unique_ptr<ModelRunner> gpu = MakeRunner("cuda", "f16", "none");
   ASSERT_NE(cpu, nullptr);
   ASSERT_NE(gpu, nullptr);
   SamplingParams greedy;
@@ -198,8 +175,8 @@ TEST(CudaRecursiveModelTest, DepthWiseStaggeredLogitsMatchCpu) {
     GTEST_SKIP() << "no CUDA device: " << why;
   }
   const std::string model = "strata-recursive-tiny";
-  std::unique_ptr<ModelRunner> cpu = Runner("cpu", "bf16", "none", model);
-  std::unique_ptr<ModelRunner> gpu = Runner("cuda", "f16", "none", model);
+  std::unique_ptr<ModelRunner> cpu = MakeRunner("cpu", "bf16", "none", model);
+  std::unique_ptr<ModelRunner> gpu = MakeRunner("cuda", "f16", "none", model);
   ASSERT_NE(cpu, nullptr);
   ASSERT_NE(gpu, nullptr);
   const int32_t loops = cpu->config().num_loops;
@@ -296,9 +273,9 @@ TEST(CudaStepGraphTest, ReplayEqualsEagerBitForBit) {
   if (testing_cuda::MakeCuda(&why) == nullptr) {
     GTEST_SKIP() << "no CUDA device: " << why;
   }
-  std::unique_ptr<ModelRunner> eager = Runner("cuda", "f16", "none");
+  std::unique_ptr<ModelRunner> eager = MakeRunner("cuda", "f16", "none");
   std::unique_ptr<ModelRunner> graphs =
-      Runner("cuda", "f16", "none", "strata-tiny", /*cuda_graphs=*/true);
+      MakeRunner("cuda", "f16", "none", "strata-tiny", /*cuda_graphs=*/true);
   ASSERT_NE(eager, nullptr);
   ASSERT_NE(graphs, nullptr);
   constexpr int32_t kBlock = 16;  // Runner's block size
