@@ -7,7 +7,7 @@
 //      into one state buffer [num_rows, hidden], in LoopPlanner slot order;
 //   2. rounds: the K layers over the active rows, each at its own loop
 //      (segmented LoRA, per-loop KV); after each round, the exit rule for
-//      sample items with ExitParams: max_prob / margin from the exit logits
+//      items with ExitParams: max_prob / margin from the exit logits
 //      (LM head, one confidence per row to the host), saturation /
 //      classifier from the residual rows alone (the LM head then runs only
 //      for the rows that exit);
@@ -46,7 +46,7 @@ std::vector<int32_t> Iota(int32_t begin, int32_t count) {
   return v;
 }
 
-// The exit checks after one round: the sample items with ExitParams whose
+// The exit checks after one round: the items with ExitParams whose
 // rule evaluates at the loop they run, split by how their confidence is
 // computed. Planned before the round (the slots and loops hold through it).
 struct ExitChecks {
@@ -77,7 +77,7 @@ struct ExitChecks {
       for (size_t a = 0; a < round.items.size(); ++a) {
         const int32_t i = round.items[a];
         const WorkItem& item = items[i];
-        if (!item.sample || item.exit == nullptr ||
+        if (item.exit == nullptr ||
             !item.exit->Evaluates(round.loops[a], num_loops)) {
           continue;
         }
@@ -122,12 +122,8 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
                    item.loop_begin, ", ", num_loops, "]");
     }
     if (item.exit != nullptr) {
-      if (!item.sample)
-        return error(
-            "exit parameters on an item that does "
-            "not sample");
       if (item.tokens.size() != 1) {
-        return error("early exit needs a single decode token, got ",
+        return error("early exit needs a single token, got ",
                      item.tokens.size(), " tokens");
       }
       if (absl::Status s = ValidateExitParams(*item.exit, num_loops); !s.ok()) {
@@ -135,8 +131,9 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
       }
       if (item.exit->confidence == ExitConfidence::kClassifier &&
           exit_classifier_.empty()) {
-        return error("exit confidence 'classifier' but the model has no exit "
-                     "classifier");
+        return error(
+            "exit confidence 'classifier' but the model has no exit "
+            "classifier");
       }
     }
     if (item.kv_fill &&
@@ -176,8 +173,10 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
   // of its request's earlier positions at its loops, so the item holding
   // those positions must write each such loop no later in the step (an
   // earlier or the same round: its loop_begin is not smaller, its loop_end
-  // not smaller), must not exit (propagated K/V are written after the
-  // rounds), and positions must not overlap.
+  // not smaller), may exit only where the later one reads no loop past its
+  // first (propagated K/V are written after the rounds: a prompt token
+  // that exits in a per-loop step, docs/engine.md), and positions must not
+  // overlap.
   if (num_loops == 1) return absl::OkStatus();
   std::vector<int32_t> order(items.size());
   std::iota(order.begin(), order.end(), 0);
@@ -196,13 +195,15 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
     const int32_t y_end = y.loop_end < 0 ? n : y.loop_end;
     if (x.start_position + static_cast<int64_t>(x.tokens.size()) >
             y.start_position ||
-        x.sample || y.loop_begin > x.loop_begin || y_end > x_end) {
+        x.sample || y.loop_begin > x.loop_begin || y_end > x_end ||
+        (x.exit != nullptr && y_end > x.loop_begin + 1)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "work items ", order[j - 1], " and ", order[j], " (request ",
           x.request_id, ", positions ", x.start_position, " and ",
           y.start_position,
           "): a later item of a request needs the earlier one not to sample, "
-          "not to overlap it, and to cover its loops no later (loop ranges [",
+          "not to overlap it, to cover its loops no later, and, if it may "
+          "exit, to run no loop past the earlier one's first (loop ranges [",
           x.loop_begin, ", ", x_end, ") and [", y.loop_begin, ", ", y_end,
           "))"));
     }
@@ -390,7 +391,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       if (!t.ok()) return t.status();
       prev = *std::move(t);
       // Rows of classifier items stay unread.
-      Tensor dst = prev.Rows(0, static_cast<int64_t>(checks.saturation_slots.size()));
+      Tensor dst =
+          prev.Rows(0, static_cast<int64_t>(checks.saturation_slots.size()));
       b.GatherRows(state, checks.saturation_slots, &dst);
     }
     const Clock::time_point check_end = Clock::now();
@@ -429,7 +431,10 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       checks.head_rows.clear();
       for (size_t j = 0; j < c; ++j) {
         const int32_t i = checks.hidden_items[j];
-        if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
+        if (!decide(i, checks.confidences[j]) || !sample_mode ||
+            !items[i].sample) {
+          continue;
+        }
         checks.head_rows.push_back(checks.hidden_rows[j]);
         out->logit_items.push_back(i);
         out->items[i].logits_row = next_logit++;
@@ -458,7 +463,10 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
           b.ExitConfidences(*ex, checks.logit_kinds, checks.confidences));
       for (int64_t j = 0; j < c; ++j) {
         const int32_t i = checks.logit_items[j];
-        if (!decide(i, checks.confidences[j]) || !sample_mode) continue;
+        if (!decide(i, checks.confidences[j]) || !sample_mode ||
+            !items[i].sample) {
+          continue;
+        }
         // The rows waiting for the head come first: theirs stay contiguous.
         const Clock::time_point head_start = Clock::now();
         finish_head();

@@ -75,10 +75,15 @@ struct WorkItem {
   // loop_begin loops done (INVALID_ARGUMENT if there is none).
   int32_t loop_begin = 0;  // in [0, N)
   int32_t loop_end = -1;   // one past the last loop; -1 = N
-  // Early exit (sample items of one token only; null = full depth). At each
+  // Early exit (items of one token only; null = full depth). At each
   // boundary l in [loop_begin, loop_end) with l < N-1 the exit rule is
-  // applied; on exit the token is sampled from loop l's logits, later loops
-  // are skipped and their K/V filled per the runner's KvFillPolicy.
+  // applied; on exit a sample item's token is sampled from loop l's logits,
+  // later loops are skipped and their K/V filled per the runner's
+  // KvFillPolicy. Without sample (a prompt token) the token just stops:
+  // nothing is sampled and no logits row is made. An item that may exit
+  // must not be followed in the step by an item of its request that runs a
+  // loop past this one's loop_begin (the propagated K/V are written after
+  // the step).
   const ExitParams* exit = nullptr;
   // Recompute policy: this item runs the loops an early exit skipped
   // (loop_begin = exit_loop + 1, the same single token and position, and

@@ -1498,6 +1498,143 @@ TEST(RecursiveModelTest, BlockCopyCopiesEveryLoop) {
   }
 }
 
+// Prompt tokens that exit (no sampling), as the scheduler sends a prompt
+// with --prompt_exits: each token its own item, one loop per step, every
+// token but the last with exit parameters. Each token must be computed
+// exactly as if it had been decoded alone with the same exit: the same
+// bits for the last prompt token's logits and for the tokens decoded
+// after it, whose attention reads the propagated K/V of the skipped loops.
+// A full-depth prompt gives other logits (the exits changed something).
+TEST(RecursiveModelTest, PromptTokensExitLikeTokensDecodedAlone) {
+  const std::vector<TokenId> prompt = {1792, 79, 110, 313, 42, 7, 300};
+  const int32_t p = static_cast<int32_t>(prompt.size());
+  const std::vector<int32_t> table = ShuffledBlocks(4, 17);
+  const SamplingParams greedy = Greedy();
+  // Token j exits after loop j % 3 (loops 0 and 1; 2 = full depth); the
+  // last runs every loop and samples.
+  std::vector<ExitParams> exits(p);
+  for (int32_t j = 0; j < p; ++j) {
+    exits[j].confidence =
+        j % 2 == 0 ? ExitConfidence::kClassifier : ExitConfidence::kMaxProb;
+    exits[j].forced_exit_loop = j % 3 < kNumLoops - 1 ? j % 3 : -1;
+  }
+  auto has_exit = [&](int32_t j) {
+    return j < p - 1 && exits[j].forced_exit_loop >= 0;
+  };
+  // Greedy continuation after the prompt: its logits, full depth.
+  auto continue_decoding = [&](ModelRunner& runner, TokenId first) {
+    std::vector<std::vector<float>> out;
+    std::vector<std::vector<float>> logits;
+    TokenId next = first;
+    for (int32_t t = 0; t < 3; ++t) {
+      const std::vector<TokenId> input = {next};
+      StepPlan plan;
+      plan.items.push_back(SampleItem(1, input, p + t, table, &greedy));
+      absl::StatusOr<StepResult> r =
+          ModelRunnerTestPeer(runner).ExecuteWithLogits(plan, &logits);
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (!r.ok()) return out;
+      out.push_back(logits[0]);
+      next = r->items[0].sampled->token;
+    }
+    return out;
+  };
+  const std::string model = FixtureWithClassifier();
+
+  // A: the prompt in per-loop steps, a single-token item per token still
+  // running.
+  std::unique_ptr<ModelRunner> a = MakeRunner("propagate", 2, model);
+  ASSERT_NE(a, nullptr);
+  std::vector<float> a_last;
+  TokenId a_first = -1;
+  std::vector<bool> done(p, false);
+  int32_t prompt_exits = 0;
+  for (int32_t loop = 0; loop < kNumLoops; ++loop) {
+    StepPlan plan;
+    std::vector<int32_t> which;
+    for (int32_t j = 0; j < p; ++j) {
+      if (done[j]) continue;
+      WorkItem item = Item(1, std::span<const TokenId>(prompt).subspan(j, 1), j,
+                           table, loop, loop + 1);
+      if (has_exit(j)) item.exit = &exits[j];
+      if (j == p - 1 && loop == kNumLoops - 1) {
+        item.sample = true;
+        item.sampling = &greedy;
+      }
+      plan.items.push_back(item);
+      which.push_back(j);
+    }
+    std::vector<std::vector<float>> logits;
+    absl::StatusOr<StepResult> r =
+        ModelRunnerTestPeer(*a).ExecuteWithLogits(plan, &logits);
+    ASSERT_TRUE(r.ok()) << r.status() << " loop " << loop;
+    for (size_t k = 0; k < which.size(); ++k) {
+      const int32_t j = which[k];
+      const ItemResult& res = r->items[k];
+      if (j == p - 1) {
+        EXPECT_EQ(res.sampled.has_value(), loop == kNumLoops - 1);
+        if (res.sampled.has_value()) {
+          a_first = res.sampled->token;
+          a_last = logits[k];
+        }
+        continue;
+      }
+      EXPECT_FALSE(res.sampled.has_value()) << "token " << j;
+      if (has_exit(j) && exits[j].forced_exit_loop == loop) {
+        EXPECT_EQ(res.exit_loop, loop) << "token " << j;
+        EXPECT_TRUE(res.exit_confidence.has_value()) << "token " << j;
+        EXPECT_EQ(res.loops_done, loop + 1);
+        done[j] = true;
+        ++prompt_exits;
+      } else if (loop == kNumLoops - 1) {
+        EXPECT_EQ(res.exit_loop, kNumLoops - 1) << "token " << j;
+      } else {
+        EXPECT_EQ(res.exit_loop, -1) << "token " << j;
+      }
+    }
+  }
+  EXPECT_EQ(prompt_exits, 4);  // tokens 0, 1, 3, 4
+  ASSERT_GE(a_first, 0);
+  const std::vector<std::vector<float>> a_next = continue_decoding(*a, a_first);
+  a->ReleaseState(1);
+  EXPECT_EQ(a->num_kept_states(), 0u);
+
+  // B: the same tokens decoded one per step, whole passes, each with its
+  // exit inside the step (the lone sequence's merged propagation).
+  std::unique_ptr<ModelRunner> b = MakeRunner("propagate", 2, model);
+  ASSERT_NE(b, nullptr);
+  std::vector<float> b_last;
+  TokenId b_first = -1;
+  for (int32_t j = 0; j < p; ++j) {
+    StepPlan plan;
+    plan.items.push_back(
+        SampleItem(1, std::span<const TokenId>(prompt).subspan(j, 1), j, table,
+                   &greedy, has_exit(j) ? &exits[j] : nullptr));
+    std::vector<std::vector<float>> logits;
+    absl::StatusOr<StepResult> r =
+        ModelRunnerTestPeer(*b).ExecuteWithLogits(plan, &logits);
+    ASSERT_TRUE(r.ok()) << r.status() << " token " << j;
+    EXPECT_EQ(r->items[0].exit_loop,
+              has_exit(j) ? exits[j].forced_exit_loop : kNumLoops - 1);
+    b_first = r->items[0].sampled->token;
+    b_last = logits[0];
+  }
+  EXPECT_EQ(a_last, b_last);
+  EXPECT_EQ(a_first, b_first);
+  EXPECT_EQ(a_next, continue_decoding(*b, b_first));
+
+  // C: the prompt at full depth in one item.
+  std::unique_ptr<ModelRunner> c = MakeRunner("propagate", 2, model);
+  ASSERT_NE(c, nullptr);
+  StepPlan plan;
+  plan.items.push_back(SampleItem(1, prompt, 0, table, &greedy));
+  std::vector<std::vector<float>> logits;
+  absl::StatusOr<StepResult> r =
+      ModelRunnerTestPeer(*c).ExecuteWithLogits(plan, &logits);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NE(logits[0], a_last);
+}
+
 // ---- Plan validation and state lifetime ----
 
 TEST(RecursiveModelTest, RejectsBadLoopItemsAndReleasesState) {
@@ -1528,10 +1665,13 @@ TEST(RecursiveModelTest, RejectsBadLoopItemsAndReleasesState) {
   multi.sample = true;
   multi.sampling = &greedy;
   multi.exit = &exit;
-  expect_invalid({multi}, "single decode token");
-  WorkItem no_sample = Item(1, one, 0, table);
-  no_sample.exit = &exit;
-  expect_invalid({no_sample}, "does not sample");
+  expect_invalid({multi}, "single token");
+  // A token that may exit without sampling (a prompt token) must not be
+  // followed in its step by a later position of its request that runs a
+  // loop past its first: the skipped loops' K/V come after the step.
+  WorkItem may_exit = Item(1, one, 0, table);
+  may_exit.exit = &exit;
+  expect_invalid({may_exit, Item(1, one, 1, table)}, "may exit");
   ExitParams bad_exit;
   bad_exit.forced_exit_loop = 2;
   WorkItem bad = Item(1, one, 0, table);
