@@ -130,11 +130,12 @@ bool BlockManager::CopyOnWrite(std::vector<int32_t>& table, size_t index,
 int32_t BlockManager::AcquireCachedPrefix(std::span<const TokenId> tokens,
                                           int32_t max_blocks,
                                           std::vector<int32_t>& table,
-                                          uint64_t* chain_hash) {
-  *chain_hash = 0;
+                                          uint64_t* chain_hash,
+                                          uint64_t variant) {
+  *chain_hash = variant;
   if (!enable_prefix_caching_) return 0;
   int32_t taken = 0;
-  uint64_t parent = 0;
+  uint64_t parent = variant;
   for (; taken < max_blocks; ++taken) {
     const auto block_tokens =
         tokens.subspan(static_cast<size_t>(taken) * block_size_, block_size_);
@@ -143,7 +144,10 @@ int32_t BlockManager::AcquireCachedPrefix(std::span<const TokenId> tokens,
     if (it == cache_.end()) break;
     const int32_t b = it->second;
     const auto cached = BlockTokens(b);
-    if (!std::equal(cached.begin(), cached.end(), block_tokens.begin())) break;
+    if (blocks_[b].variant != variant ||
+        !std::equal(cached.begin(), cached.end(), block_tokens.begin())) {
+      break;
+    }
     if (blocks_[b].ref_count++ == 0) Unlink(b);
     table.push_back(b);
     parent = h;
@@ -153,7 +157,8 @@ int32_t BlockManager::AcquireCachedPrefix(std::span<const TokenId> tokens,
 }
 
 uint64_t BlockManager::Register(int32_t b, uint64_t parent_hash,
-                                std::span<const TokenId> tokens) {
+                                std::span<const TokenId> tokens,
+                                uint64_t variant) {
   const uint64_t h = ChainHash(parent_hash, tokens);
   if (!enable_prefix_caching_) return h;
   Block& block = blocks_[b];
@@ -162,6 +167,7 @@ uint64_t BlockManager::Register(int32_t b, uint64_t parent_hash,
   if (cache_.contains(h)) return h;
   block.cached = true;
   block.hash = h;
+  block.variant = variant;
   cache_[h] = b;
   std::copy(tokens.begin(), tokens.end(),
             tokens_.begin() + static_cast<size_t>(b) * block_size_);

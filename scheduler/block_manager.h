@@ -62,17 +62,23 @@ class BlockManager {
   // Takes a reference on the cached blocks holding the longest prefix of
   // `tokens` made of at most `max_blocks` full blocks, appends them to
   // `table` and returns how many. `*chain_hash` is the hash of the last block
-  // taken (0 if none), to continue the chain with Register().
+  // taken (`variant` if none), to continue the chain with Register().
+  // `variant` says how the K/V were computed: 0 exactly (every loop of a
+  // recursive model); otherwise the hash of the early-exit rule the prompt
+  // ran under (Scheduler::Options::prompt_exits), whose K/V only requests
+  // with the same rule may share. A block is found only under its own.
   int32_t AcquireCachedPrefix(std::span<const TokenId> tokens,
                               int32_t max_blocks, std::vector<int32_t>& table,
-                              uint64_t* chain_hash);
+                              uint64_t* chain_hash, uint64_t variant = 0);
 
   // Records that `block` now holds the K/V of `tokens` (exactly one full
-  // block) following the prefix whose chain hash is `parent_hash`. Returns
-  // this block's chain hash. If the same prefix is already cached in another
-  // block, `block` stays unregistered (it is freed like any other).
+  // block) following the prefix whose chain hash is `parent_hash`, computed
+  // as `variant` says (the chain of a variant starts from it: the first
+  // block's parent_hash is the variant). Returns this block's chain hash. If
+  // the same prefix is already cached in another block, `block` stays
+  // unregistered (it is freed like any other).
   uint64_t Register(int32_t block, uint64_t parent_hash,
-                    std::span<const TokenId> tokens);
+                    std::span<const TokenId> tokens, uint64_t variant = 0);
 
   int32_t num_free() const { return num_free_; }
   int32_t num_total() const { return static_cast<int32_t>(blocks_.size()); }
@@ -95,6 +101,7 @@ class BlockManager {
     int32_t ref_count = 0;
     bool cached = false;
     uint64_t hash = 0;
+    uint64_t variant = 0;  // of the K/V it holds while cached
     // Links in the free list while ref_count == 0.
     int32_t prev = kNone;
     int32_t next = kNone;

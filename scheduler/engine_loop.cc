@@ -87,7 +87,13 @@ void EngineLoop::Run() {
     last_step_nanos_.store(absl::ToUnixNanos(end));
     if (options_.observer != nullptr) {
       StepStats stats;
-      stats.num_items = static_cast<int32_t>(plan.items.size());
+      // Sequences, not items: a sequence's fills and the tokens of a prompt
+      // going token by token are items of their own, next to each other.
+      stats.num_items = 0;
+      for (size_t i = 0; i < plan.items.size(); ++i) {
+        stats.num_items += i == 0 || plan.items[i].request_id !=
+                                         plan.items[i - 1].request_id;
+      }
       stats.num_tokens = plan.NumTokens();
       stats.duration = end - start;
       stats.failed = !result.ok();
@@ -97,6 +103,7 @@ void EngineLoop::Run() {
       stats.prefix_queried_tokens = scheduler.prefix_queried_tokens();
       stats.prefix_hit_tokens = scheduler.prefix_hit_tokens();
       stats.early_exit_tokens = scheduler.early_exit_tokens();
+      stats.prompt_exit_tokens = scheduler.prompt_exit_tokens();
       options_.observer->OnStep(stats);
     }
   }

@@ -33,6 +33,8 @@ struct StepStats {
   // Recursive models: tokens that exited early (their skipped loops' K/V
   // filled by propagation or recompute).
   int64_t early_exit_tokens = 0;
+  // Prompt tokens that exited early (Scheduler::Options::prompt_exits).
+  int64_t prompt_exit_tokens = 0;
 };
 
 // Called on the engine thread; must be quick.

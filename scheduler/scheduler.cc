@@ -50,6 +50,7 @@
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
+#include <bit>
 #include <iterator>
 #include <optional>
 #include <string_view>
@@ -110,6 +111,11 @@ struct Scheduler::Sequence {
   // in_flight) have run loops_done loops; the engine keeps their state.
   int32_t in_flight = 0;
   int32_t loops_done = 0;
+  // Prompt exits (Options::prompt_exits): the chunk in flight goes token by
+  // token; per token of it, whether it is done (exited or ran every loop),
+  // and how many are not. Empty when no such chunk is in flight.
+  std::vector<bool> chunk_done;
+  int32_t chunk_left = 0;
   // Depth-wise, full depth: consecutive steps this sequence's next pass
   // (its loop 0) waited for the running passes to end, so that the passes
   // stay in phase (see Schedule).
@@ -526,6 +532,8 @@ void Scheduler::Preempt(std::unique_ptr<Sequence> seq) {
   seq->chain_hash = 0;
   seq->in_flight = 0;
   seq->loops_done = 0;
+  seq->chunk_done.clear();
+  seq->chunk_left = 0;
   seq->fills.clear();
   if (options_.num_loops > 1) released_.push_back(seq->item_id);
   ++num_preemptions_;
@@ -564,7 +572,7 @@ int32_t Scheduler::AcquireCachedPrefix(Sequence& seq) {
   // needs logits; a fork needs the parent's last chunk to have run).
   const int32_t max_blocks = (seq.target() - 1) / options_.block_size;
   const int32_t hit = blocks_.AcquireCachedPrefix(
-      seq.tokens, max_blocks, seq.block_table, &seq.chain_hash);
+      seq.tokens, max_blocks, seq.block_table, &seq.chain_hash, KvVariant(seq));
   seq.num_computed = hit * options_.block_size;
   seq.num_hashed_blocks = hit;
   return hit;
@@ -582,9 +590,30 @@ void Scheduler::RegisterFullBlocks(Sequence& seq) {
         std::span<const TokenId>(seq.tokens)
             .subspan(static_cast<size_t>(seq.num_hashed_blocks) * bs, bs);
     seq.chain_hash = blocks_.Register(seq.block_table[seq.num_hashed_blocks],
-                                      seq.chain_hash, tokens);
+                                      seq.chain_hash, tokens, KvVariant(seq));
     ++seq.num_hashed_blocks;
   }
+}
+
+bool Scheduler::PromptExits(const Sequence& seq) const {
+  return options_.prompt_exits && options_.num_loops > 1 &&
+         seq.request->spec.exit.Enabled();
+}
+
+uint64_t Scheduler::KvVariant(const Sequence& seq) const {
+  if (!PromptExits(seq)) return 0;
+  const ExitParams& exit = seq.request->spec.exit;
+  // What decides a token's loops: the rule's measure, threshold and
+  // minimum (forced_exit_loop is a test hook that also decides them).
+  uint64_t h = 0x9e3779b97f4a7c15ULL;
+  for (const uint64_t part :
+       {static_cast<uint64_t>(exit.confidence),
+        static_cast<uint64_t>(std::bit_cast<uint32_t>(exit.threshold)),
+        static_cast<uint64_t>(exit.min_loops),
+        static_cast<uint64_t>(static_cast<uint32_t>(exit.forced_exit_loop))}) {
+    h ^= part + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+  }
+  return h | 1;  // never 0, the exact variant
 }
 
 absl::Status Scheduler::CheckConsistency() const {
@@ -923,6 +952,28 @@ StepPlan Scheduler::Schedule() {
       planned_.push_back({&seq, pending.position});
     }
     if (seq.step_tokens == 0) continue;
+    if (recursive && PromptExits(seq) && seq.num_computed < seq.num_prompt) {
+      // Prompt exits: one item per token still running, one loop a step.
+      if (seq.chunk_done.empty()) {
+        seq.chunk_done.assign(static_cast<size_t>(seq.step_tokens), false);
+        seq.chunk_left = seq.step_tokens;
+      }
+      const int32_t last = static_cast<int32_t>(seq.tokens.size()) - 1;
+      for (int32_t k = 0; k < seq.step_tokens; ++k) {
+        if (seq.chunk_done[static_cast<size_t>(k)]) continue;
+        const int32_t position = seq.num_computed + k;
+        WorkItem item = make_item(seq, position, 1);
+        item.sample = position == last;
+        item.loop_begin = seq.loops_done;
+        item.loop_end = seq.loops_done + 1;
+        if (position != last && position != seq.num_prompt - 1) {
+          item.exit = &seq.request->spec.exit;
+        }
+        plan.items.push_back(item);
+        planned_.push_back({&seq, -1, position});
+      }
+      continue;
+    }
     WorkItem item = make_item(seq, seq.num_computed, seq.step_tokens);
     item.sample = seq.num_computed + seq.step_tokens ==
                   static_cast<int32_t>(seq.tokens.size());
@@ -979,7 +1030,27 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
       }
       continue;
     }
-    const int32_t tokens = std::exchange(seq.step_tokens, 0);
+    const bool by_token = planned_[i].token_position >= 0;
+    if (by_token) {
+      // One token of a prompt chunk that goes token by token: every item
+      // ran the same loop, so all give the same loops_done.
+      seq.step_tokens = 0;
+      seq.in_flight = static_cast<int32_t>(seq.chunk_done.size());
+      seq.loops_done = done.loops_done;
+      if (done.exit_loop >= 0) {
+        seq.chunk_done[static_cast<size_t>(planned_[i].token_position -
+                                           seq.num_computed)] = true;
+        --seq.chunk_left;
+        if (done.exit_loop < options_.num_loops - 1) ++prompt_exit_tokens_;
+      }
+      if (seq.chunk_left > 0) continue;
+      // The chunk's last token to finish: the chunk is computed. The token
+      // that samples runs every loop, so it finishes last, in this item.
+    }
+    const int32_t tokens =
+        by_token
+            ? static_cast<int32_t>(std::exchange(seq.chunk_done, {}).size())
+            : std::exchange(seq.step_tokens, 0);
     if (recursive && done.exit_loop < 0) {
       // Between loops: the engine keeps the state; same tokens next step.
       seq.in_flight = tokens;
@@ -989,7 +1060,7 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
     seq.in_flight = 0;
     seq.loops_done = 0;
     seq.num_computed += tokens;
-    if (recursive && done.exit_loop < options_.num_loops - 1) {
+    if (recursive && !by_token && done.exit_loop < options_.num_loops - 1) {
       ++early_exit_tokens_;
       if (done.needs_kv_fill) {
         seq.fills.push_back({seq.num_computed - 1, done.exit_loop + 1});

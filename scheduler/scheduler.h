@@ -59,6 +59,17 @@ class Scheduler {
     // Sequence-wise: an item runs all its loops in one step.
     int32_t num_loops = 1;
     bool depthwise = true;
+    // Prompt tokens exit early too (recursive models, requests that may
+    // exit; the engine's propagate KV policy only: no fills are planned for
+    // them). A prompt chunk then runs one loop per step in either mode, each
+    // token its own item with the request's exit rule, except the prompt's
+    // last token and the token that samples, which run every loop; the
+    // chunk is computed when all its tokens have exited or run every loop.
+    // So a token's loops depend on its own hidden state only, never on
+    // chunking or batching, and the K/V are those the quality table's
+    // teacher-forced perplexity measures (tools/recursive/quality.py).
+    // Their blocks are cached under the rule (BlockManager's variant).
+    bool prompt_exits = false;
   };
 
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(
@@ -124,6 +135,9 @@ class Scheduler {
   // the K/V of their skipped loops filled (propagated in the same step, or
   // recomputed by kv_fill items). Engine thread only.
   int64_t early_exit_tokens() const { return early_exit_tokens_; }
+  // Prompt tokens that exited early (Options::prompt_exits), not counted
+  // above.
+  int64_t prompt_exit_tokens() const { return prompt_exit_tokens_; }
   // Engine thread: the WorkItem::request_ids whose engine-side state (kept
   // hidden states of a recursive model) must be dropped, because their
   // sequence ended or was preempted since the last call. The engine loop
@@ -181,6 +195,11 @@ class Scheduler {
   int32_t AcquireCachedPrefix(Sequence& seq);
   // Registers the sequence's newly completed full blocks in the prefix cache.
   void RegisterFullBlocks(Sequence& seq);
+  // Whether the sequence's prompt tokens may exit early (prompt_exits).
+  bool PromptExits(const Sequence& seq) const;
+  // The prefix cache variant its K/V are computed under: 0, or a hash of its
+  // exit rule when its prompt tokens may exit.
+  uint64_t KvVariant(const Sequence& seq) const;
   // Allocates the blocks `seq` needs to compute `num_tokens` more tokens,
   // copy-on-write of a shared partly filled block included (appended to
   // `copies`). All or nothing: false when the pool is short.
@@ -228,11 +247,14 @@ class Scheduler {
   absl::flat_hash_map<RequestId, std::unique_ptr<Request>> requests_;
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
-  // Items of the last plan, in order: the sequence, and the position of the
-  // recompute fill the item runs (-1: the sequence's own tokens).
+  // Items of the last plan, in order: the sequence, the position of the
+  // recompute fill the item runs (-1: the sequence's own tokens), and the
+  // position of the one prompt token the item runs when its chunk goes
+  // token by token (prompt_exits; -1 otherwise).
   struct Planned {
     Sequence* seq;
     int32_t fill_position;
+    int32_t token_position = -1;
   };
   std::vector<Planned> planned_;
   std::vector<RequestId> released_;  // see TakeReleasedStates()
@@ -241,6 +263,7 @@ class Scheduler {
   absl::flat_hash_map<std::string, uint64_t> last_admitted_;
   uint64_t admission_serial_ = 0;
   int64_t early_exit_tokens_ = 0;
+  int64_t prompt_exit_tokens_ = 0;
   int64_t num_preemptions_ = 0;
   int64_t prefix_queried_tokens_ = 0;
   int64_t prefix_hit_tokens_ = 0;

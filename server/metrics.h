@@ -13,11 +13,11 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -162,6 +162,7 @@ class Metrics : public StepObserver {
   prometheus::Histogram* step_tokens_;
   prometheus::Histogram* token_loops_;
   prometheus::Counter* kv_fill_tokens_;
+  prometheus::Counter* prompt_exit_tokens_;
 
   // The scheduler's running totals at the previous OnStep, to turn them into
   // counter increments.
@@ -170,6 +171,7 @@ class Metrics : public StepObserver {
   int64_t last_prefix_queried_ ABSL_GUARDED_BY(step_mu_) = 0;
   int64_t last_prefix_hit_ ABSL_GUARDED_BY(step_mu_) = 0;
   int64_t last_early_exits_ ABSL_GUARDED_BY(step_mu_) = 0;
+  int64_t last_prompt_exits_ ABSL_GUARDED_BY(step_mu_) = 0;
 
   mutable absl::Mutex exposer_mu_;
   std::unique_ptr<MetricsHttpServer> exposer_ ABSL_GUARDED_BY(exposer_mu_);

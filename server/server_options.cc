@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <thread>
 #include <string_view>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -65,6 +65,12 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         absl::StrCat("max_model_len: must be >= 0 (0 = default), got ",
                      options.max_model_len));
   }
+  if (options.prompt_exits && options.kv_fill != KvFillPolicy::kPropagate) {
+    // The scheduler plans no recompute fills for prompt tokens.
+    return absl::InvalidArgumentError(
+        "prompt_exits: needs kv_fill propagate (a prompt token's skipped "
+        "loops are not recomputed)");
+  }
   if (options.io_nice < 0 || options.io_nice > 19) {
     return absl::InvalidArgumentError(
         absl::StrCat("io_nice: must be in [0, 19], got ", options.io_nice));
@@ -98,10 +104,9 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     }
   }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-    return absl::InvalidArgumentError(
-        options.tls_cert_file.empty()
-            ? "tls_cert: required with tls_key"
-            : "tls_key: required with tls_cert");
+    return absl::InvalidArgumentError(options.tls_cert_file.empty()
+                                          ? "tls_cert: required with tls_key"
+                                          : "tls_key: required with tls_cert");
   }
   if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
     return absl::InvalidArgumentError(

@@ -35,6 +35,9 @@ struct ServerOptions {
   // loops skipped by an early exit (KvFillPolicy).
   bool depthwise = true;
   KvFillPolicy kv_fill = KvFillPolicy::kPropagate;
+  // Prompt tokens of requests that may exit exit too (--prompt_exits;
+  // Scheduler::Options::prompt_exits); refused with kv_fill recompute.
+  bool prompt_exits = false;
   // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
   // 4096).
   int32_t max_model_len = 0;

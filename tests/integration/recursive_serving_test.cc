@@ -199,6 +199,73 @@ TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
   }
 }
 
+// --prompt_exits: prompt tokens stop at their own exit loops too (the
+// bundled model's calibrated classifier). A token's loops depend on its
+// own hidden state only, so each request gets the same tokens and loops
+// alone, beside others, and under either batching mode, although its prompt
+// goes token by token beside other requests' per-loop steps or whole
+// passes. The prompt exits are counted apart from the generated ones.
+TEST(RecursiveServingTest,
+     PromptExitsGiveTheSameTokensAloneTogetherAndInBothModes) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> prompt = {4096};
+    for (int j = 0; j < 8 + 6 * i; ++j) prompt.push_back(200 + 41 * i + j);
+    prompts.push_back(prompt);
+  }
+  std::vector<Output> first_mode;
+  for (const char* mode : {"depthwise", "sequencewise"}) {
+    SCOPED_TRACE(mode);
+    const int metrics_port = strata::testing::FreePort();
+    ASSERT_GT(metrics_port, 0);
+    auto daemon = StratadDaemon::Start(
+        BundledDir(), {"--prompt_exits", absl::StrCat("--loop_batching=", mode),
+                       absl::StrCat("--metrics_port=", metrics_port)});
+    ASSERT_TRUE(daemon.ok()) << daemon.status();
+    std::vector<Output> solo;
+    for (const auto& prompt : prompts) {
+      absl::StatusOr<Output> out = Complete(**daemon, prompt, 12);
+      ASSERT_TRUE(out.ok()) << out.status();
+      solo.push_back(*out);
+    }
+    const std::string metrics = strata::testing::HttpBody(
+        strata::testing::HttpGet(metrics_port, "/metrics"));
+    const double prompt_exits = strata::testing::PrometheusValue(
+        metrics, "strata_prompt_exit_tokens_total");
+    EXPECT_GT(prompt_exits, 0);
+    std::vector<absl::StatusOr<Output>> together(prompts.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      threads.emplace_back(
+          [&, i] { together[i] = Complete(**daemon, prompts[i], 12); });
+    }
+    for (auto& thread : threads) thread.join();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ASSERT_TRUE(together[i].ok()) << together[i].status();
+      EXPECT_EQ(together[i]->ids, solo[i].ids) << "request " << i;
+      EXPECT_EQ(together[i]->loops, solo[i].loops) << "request " << i;
+      if (!first_mode.empty()) {
+        EXPECT_EQ(solo[i].ids, first_mode[i].ids) << "request " << i;
+        EXPECT_EQ(solo[i].loops, first_mode[i].loops) << "request " << i;
+      }
+    }
+    // The same prompts again: their full blocks come from the prefix cache,
+    // cached under the exit rule they were computed with; the rest of each
+    // prompt exits again.
+    const std::string after = strata::testing::HttpBody(
+        strata::testing::HttpGet(metrics_port, "/metrics"));
+    EXPECT_GT(strata::testing::PrometheusValue(
+                  after, "strata_prefix_cache_hit_tokens_total"),
+              0);
+    const double again = strata::testing::PrometheusValue(
+                             after, "strata_prompt_exit_tokens_total") -
+                         prompt_exits;
+    EXPECT_GT(again, 0);
+    EXPECT_LT(again, prompt_exits);
+    if (first_mode.empty()) first_mode = solo;
+  }
+}
+
 // The hidden-state measures end to end: the daemon's exits and tokens for
 // the reference's saturation and classifier runs (hidden_exits.json, on the
 // fixture with its classifier named in config.json), both batching modes.

@@ -770,6 +770,16 @@ TEST(StratadStartupTest, BadFlagsAreExplained) {
   EXPECT_NE(result->exit_status, 0);
   EXPECT_THAT(result->err, HasSubstr("chat_template"));
 
+  // Prompt exits need propagated K/V: the scheduler plans no fills for them.
+  auto prompt_exits = strata::testing::RunCommand(
+      {strata::testing::StratadPath(),
+       "--model=" + strata::testing::TinyLlamaDir(), "--port=0",
+       "--prompt_exits", "--kv_fill=recompute"},
+      absl::Seconds(60));
+  ASSERT_TRUE(prompt_exits.ok()) << prompt_exits.status();
+  EXPECT_NE(prompt_exits->exit_status, 0);
+  EXPECT_THAT(prompt_exits->err, HasSubstr("prompt_exits"));
+
   auto missing =
       strata::testing::RunCommand({strata::testing::StratadPath(),
                                    "--model=/nonexistent/model", "--port=0"},

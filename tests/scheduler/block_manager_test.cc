@@ -95,6 +95,41 @@ TEST(BlockManagerTest, CachedPrefixIsSharedAndEvictedLeastRecentlyUsed) {
   EXPECT_TRUE(blocks.CheckConsistency(refs).ok());
 }
 
+// K/V computed under a prompt-exit rule (a variant) are found only by
+// requests of the same rule: not by exact ones, nor by another rule's.
+TEST(BlockManagerTest, AVariantsBlocksAreFoundUnderItOnly) {
+  BlockManager blocks(4, 2, true);
+  const std::vector<TokenId> a = {1, 2, 3, 4, 5};
+  constexpr uint64_t kRule = 0x1234567u, kOther = 0x7654321u;
+  std::vector<int32_t> table_a;
+  ASSERT_TRUE(blocks.Allocate(2, table_a));
+  uint64_t chain = kRule;
+  chain = blocks.Register(table_a[0], chain, std::span(a).first(2), kRule);
+  chain = blocks.Register(table_a[1], chain, std::span(a).subspan(2, 2), kRule);
+  EXPECT_EQ(blocks.num_cached(), 2);
+
+  for (const uint64_t variant : {uint64_t{0}, kOther}) {
+    std::vector<int32_t> table;
+    uint64_t got = 0;
+    EXPECT_EQ(blocks.AcquireCachedPrefix(a, 2, table, &got, variant), 0);
+    EXPECT_TRUE(table.empty());
+    EXPECT_EQ(got, variant);  // a chain of that variant starts from it
+  }
+  std::vector<int32_t> table_b;
+  uint64_t got = 0;
+  EXPECT_EQ(blocks.AcquireCachedPrefix(a, 2, table_b, &got, kRule), 2);
+  EXPECT_EQ(got, chain);
+  EXPECT_EQ(table_b, table_a);
+  // An exact request's own blocks of the same tokens live beside them.
+  std::vector<int32_t> table_c;
+  ASSERT_TRUE(blocks.Allocate(1, table_c));
+  blocks.Register(table_c[0], 0, std::span(a).first(2));
+  EXPECT_EQ(blocks.num_cached(), 3);
+  std::vector<int32_t> table_d;
+  EXPECT_EQ(blocks.AcquireCachedPrefix(a, 2, table_d, &got), 1);
+  EXPECT_EQ(table_d, table_c);
+}
+
 TEST(BlockManagerTest, DisabledCacheNeverHits) {
   BlockManager blocks(4, 2, false);
   const std::vector<TokenId> a = {1, 2, 3};

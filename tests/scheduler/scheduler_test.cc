@@ -44,8 +44,9 @@ class SimExecutor : public StepExecutor {
  public:
   struct Loops {
     int32_t num_loops = 1;
-    bool recompute = false;  // KV fill policy (else propagate)
-    double exit_rate = 0.3;  // chance an exit-eligible boundary exits
+    bool recompute = false;     // KV fill policy (else propagate)
+    double exit_rate = 0.3;     // chance an exit-eligible boundary exits
+    bool prompt_exits = false;  // prompt tokens may carry exit rules
   };
 
   SimExecutor(int32_t block_size, int32_t num_blocks, int32_t max_tokens,
@@ -105,6 +106,13 @@ class SimExecutor : public StepExecutor {
         EXPECT_FALSE(earlier.sample) << "two items of one request sample";
         EXPECT_LT(earlier.start_position, item.start_position);
         EXPECT_GE(earlier.loop_begin, item.loop_begin);
+        // An earlier item that may exit has its skipped loops written after
+        // the step: a later one must not run past its first loop.
+        if (earlier.exit != nullptr) {
+          EXPECT_LE(item.loop_end < 0 ? num_loops : item.loop_end,
+                    earlier.loop_begin + 1)
+              << "reads past the loop of an item that may exit";
+        }
       }
       last_item[item.request_id] = i;
       ids.insert(item.request_id);
@@ -157,14 +165,27 @@ class SimExecutor : public StepExecutor {
       }
       if (item.exit != nullptr) {
         EXPECT_EQ(item.tokens.size(), 1u);
-        EXPECT_TRUE(item.sample);
-        EXPECT_GE(item.start_position,
-                  static_cast<int32_t>(item.prompt_tokens.size()))
-            << "a prompt token may not exit";
+        const bool prompt = item.start_position <
+                            static_cast<int32_t>(item.prompt_tokens.size());
+        if (prompt) {
+          EXPECT_TRUE(loops_.prompt_exits) << "a prompt token may not exit";
+          EXPECT_NE(item.start_position,
+                    static_cast<int32_t>(item.prompt_tokens.size()) - 1)
+              << "the prompt's last token exits";
+          EXPECT_EQ(run.loop_end, run.loop + 1)
+              << "a prompt token that may exit runs loops in one step";
+        } else if (!item.sample) {
+          // A generated token recomputed after a preemption in a chunk
+          // that began in the prompt goes token by token too.
+          EXPECT_TRUE(loops_.prompt_exits) << "a token exits without sampling";
+          EXPECT_EQ(run.loop_end, run.loop + 1);
+        }
       }
     }
     // Rounds, as the engine runs them: every item runs its next loop; each
-    // loop's K/V of all rows is written before any row attends.
+    // loop's K/V of all rows is written before any row attends; the K/V
+    // propagated to loops an exit skipped after the last round.
+    std::vector<std::pair<size_t, int32_t>> propagated;  // item, exit loop
     for (int32_t round = 0; round < num_loops; ++round) {
       for (size_t i = 0; i < plan.items.size(); ++i) {
         const WorkItem& item = plan.items[i];
@@ -197,14 +218,18 @@ class SimExecutor : public StepExecutor {
           if (loops_.recompute) {
             pending_fills_[{item.request_id, item.start_position}] = loop + 1;
           } else {
-            for (int32_t l = loop + 1; l < num_loops; ++l) {
-              SlotAt(item, l, item.start_position) =
-                  Slot{item.request_id, item.start_position,
-                       run.all[item.start_position]};
-            }
+            propagated.emplace_back(i, loop);
           }
           run.loop_end = loop + 1;
         }
+      }
+    }
+    for (const auto& [i, loop] : propagated) {
+      const WorkItem& item = plan.items[i];
+      for (int32_t l = loop + 1; l < num_loops; ++l) {
+        SlotAt(item, l, item.start_position) =
+            Slot{item.request_id, item.start_position,
+                 runs[i].all[item.start_position]};
       }
     }
     for (size_t i = 0; i < plan.items.size(); ++i) {
@@ -1060,6 +1085,7 @@ struct LoopConfig {
   int32_t num_loops = 1;
   bool depthwise = true;
   bool recompute = false;
+  bool prompt_exits = false;
 };
 
 void RunRandomTraffic(int32_t num_blocks, bool prefix_caching,
@@ -1067,6 +1093,7 @@ void RunRandomTraffic(int32_t num_blocks, bool prefix_caching,
   Scheduler::Options options;
   options.num_loops = loops.num_loops;
   options.depthwise = loops.depthwise;
+  options.prompt_exits = loops.prompt_exits;
   options.enable_prefix_caching = prefix_caching;
   options.block_size = 4;
   options.num_blocks = num_blocks;
@@ -1077,7 +1104,8 @@ void RunRandomTraffic(int32_t num_blocks, bool prefix_caching,
   auto scheduler = *Scheduler::Create(options);
   SimExecutor executor(4, num_blocks, 24, 6,
                        SimExecutor::Loops{.num_loops = loops.num_loops,
-                                          .recompute = loops.recompute});
+                                          .recompute = loops.recompute,
+                                          .prompt_exits = loops.prompt_exits});
   std::mt19937 rng(1234 + num_blocks);
   std::vector<std::string> shared_prefixes;
 
@@ -1142,7 +1170,13 @@ void RunRandomTraffic(int32_t num_blocks, bool prefix_caching,
   EXPECT_EQ(executor.kept_states(), 0u);
   if (loops.num_loops > 1) {
     EXPECT_GT(executor.exits(), 100);
-    EXPECT_EQ(scheduler->early_exit_tokens(), executor.exits());
+    EXPECT_EQ(scheduler->early_exit_tokens() + scheduler->prompt_exit_tokens(),
+              executor.exits());
+    if (loops.prompt_exits) {
+      EXPECT_GT(scheduler->prompt_exit_tokens(), 100);
+    } else {
+      EXPECT_EQ(scheduler->prompt_exit_tokens(), 0);
+    }
   }
   if (prefix_caching) {
     EXPECT_GT(scheduler->prefix_hit_tokens(), 0);
@@ -1249,6 +1283,26 @@ TEST_P(SchedulerLoopSimulationTest, RandomTraffic) {
       LoopConfig{
           .num_loops = 3, .depthwise = depthwise, .recompute = recompute});
 }
+
+// The same with prompt exits (propagate only): prompt chunks go token by
+// token, one loop a step, in both batching modes.
+class SchedulerPromptExitSimulationTest
+    : public ::testing::TestWithParam<std::tuple<int32_t, bool>> {};
+
+TEST_P(SchedulerPromptExitSimulationTest, RandomTraffic) {
+  const auto [num_blocks, depthwise] = GetParam();
+  RunRandomTraffic(
+      num_blocks, /*prefix_caching=*/true,
+      LoopConfig{.num_loops = 3, .depthwise = depthwise, .prompt_exits = true});
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Loops, SchedulerPromptExitSimulationTest,
+    ::testing::Combine(::testing::Values(16, 64), ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<int32_t, bool>>& info) {
+      return absl::StrCat(std::get<0>(info.param), "blocks_",
+                          std::get<1>(info.param) ? "depthwise" : "seqwise");
+    });
 
 INSTANTIATE_TEST_SUITE_P(
     Loops, SchedulerLoopSimulationTest,
