@@ -28,6 +28,12 @@
 # (held-out perplexity with exits, its increase over full depth, teacher-
 # forced mean loops) comes from tools/recursive/quality.py unless QUALITY=0.
 #
+# PROMPT_EXITS=1 (the default; KV_FILL=propagate only) starts both daemons
+# with --prompt_exits: the rows with exits apply them to prompt tokens too,
+# the rule the quality columns measure; 0 runs every prompt token at full
+# depth, as before 2026-12-06 (the cap counts generated tokens only either
+# way).
+#
 # ROUNDS (default 3) repeats the whole run that many times and reports each
 # row's median (tok/s) and the median of each round's ratio. Within a round
 # every row runs on the sequence-wise daemon and then at once on the
@@ -37,7 +43,7 @@
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
 # Env: ROUNDS=3, REQUESTS_PER_CLIENT=3, MIN_REQUESTS=24, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
-# ...", OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, QUALITY=1,
+# ...", OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, PROMPT_EXITS=1, QUALITY=1,
 # HELDOUT=/tmp/kjv/heldout.txt (tools/train/prepare_corpus.py --out-dir
 # /tmp/kjv), QUALITY_WINDOWS=8.
 # Needs build/bin/{stratad,strata-bench,strata-engine-bench}.
@@ -51,6 +57,10 @@ concurrency=${CONCURRENCY:-1 8 32}
 output_len=${OUTPUT_LEN:-64}
 input_len=${INPUT_LEN:-64}
 kv_fill=${KV_FILL:-propagate}
+prompt_exit_flags=()
+if [[ "${PROMPT_EXITS:-1}" == 1 && "$kv_fill" == propagate ]]; then
+  prompt_exit_flags=(--prompt_exits)
+fi
 points=${POINTS:-max_prob:default margin:default classifier:default max_prob:0.2}
 quality=${QUALITY:-1}
 heldout=${HELDOUT:-/tmp/kjv/heldout.txt}
@@ -117,7 +127,7 @@ start() {  # start MODE PORT: a daemon in the background, a child of this
   # exit before the next round binds the same ports; its pid is in $!.
   build/bin/stratad --model="$model" --port="$2" --loop_batching="$1" \
     --kv_fill="$kv_fill" --enable_prefix_caching=false \
-    >>"$out/stratad-$1.log" 2>&1 &
+    "${prompt_exit_flags[@]}" >>"$out/stratad-$1.log" 2>&1 &
 }
 
 # Both daemons run side by side (an idle one costs nothing: its threads
@@ -163,6 +173,7 @@ if [[ "$quality" == 1 ]]; then
   done
 fi
 
+echo "daemons: --kv_fill=$kv_fill ${prompt_exit_flags[*]:-(prompt tokens at full depth)}"
 /usr/bin/python3 - "$out" "$concurrency" "$points" "$model" "$rounds" <<'PY'
 import json, os, re, statistics, sys
 out, clients, points, model = sys.argv[1], sys.argv[2].split(), \
