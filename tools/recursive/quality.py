@@ -30,7 +30,9 @@ For each threshold (the --confidence measure, min_loops 1):
    would score at least as well (closer to threshold 1.0).
 
 2. Greedy agreement with full depth: each prompt (BOS + text) is prefilled
-   (full depth, as in the server), then --gen-tokens decode steps run
+   (full depth, as in the server; with --prompt-exits every prompt token but
+   the last is decoded with the exit rule instead, as stratad
+   --prompt_exits runs it), then --gen-tokens decode steps run
    greedily with the threshold rule; the tokens those steps produce are
    compared with the full-depth (threshold 1.0) run. The first token after
    the prompt comes from the prefill in both runs and is not counted; EOS
@@ -182,12 +184,29 @@ def full_depth_window_nll(model, w):
     return sum(nll_of(logits[i], w[i + 1]) for i in range(len(w) - 1))
 
 
-def greedy(model, prompt_ids, steps, rule, kv_policy):
+def greedy(model, prompt_ids, steps, rule, kv_policy, prompt_exits=False):
     """Tokens produced by `steps` greedy decode steps after the prefill, and
-    each step's loops (exit loop + 1)."""
-    _, records, gen = rm.generate(model, prompt_ids, steps, kv_policy,
-                                  rule=rule)
-    return gen, [r["exit_loop"] + 1 for r in records[1:]]
+    each step's loops (exit loop + 1). prompt_exits: no prefill; every
+    prompt token but the last is decoded with the exit rule, as stratad
+    --prompt_exits runs it (the last runs every loop and gives the first
+    token)."""
+    if not prompt_exits:
+        _, records, gen = rm.generate(model, prompt_ids, steps, kv_policy,
+                                      rule=rule)
+        return gen, [r["exit_loop"] + 1 for r in records[1:]]
+    cache = rm.KVCache(model.num_kv_layers)
+    last = len(prompt_ids) - 1
+    for pos, token in enumerate(prompt_ids):
+        r = model.decode(cache, token, pos,
+                         rule if pos < last else rm.threshold_rule(1.0),
+                         kv_policy)
+    gen = [int(torch.argmax(r["logits"]))]
+    loops = []
+    for s in range(steps):
+        r = model.decode(cache, gen[-1], len(prompt_ids) + s, rule, kv_policy)
+        gen.append(int(torch.argmax(r["logits"])))
+        loops.append(r["exit_loop"] + 1)
+    return gen, loops
 
 
 def agreement(runs, refs):
@@ -219,6 +238,11 @@ def main():
     ap.add_argument("--prompts", default="|".join(PROMPTS),
                     help="'|'-separated greedy prompts (BOS is prepended)")
     ap.add_argument("--gen-tokens", type=int, default=32)
+    ap.add_argument("--prompt-exits", action="store_true",
+                    help="greedy agreement: the prompt's tokens (but the "
+                    "last) decoded with the exit rule, as stratad "
+                    "--prompt_exits runs them, instead of a full-depth "
+                    "prefill")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -278,7 +302,7 @@ def main():
             gens, loops = [], []
             for ids in prompt_ids:
                 g, lp = greedy(model, ids, args.gen_tokens, rule,
-                               args.kv_policy)
+                               args.kv_policy, args.prompt_exits)
                 gens.append(g[1:])
                 loops.append(lp)
         t_gr = time.time() - t0
@@ -351,8 +375,12 @@ def main():
                    "the KV policy; NLL of the true next token under the exit "
                    "loop's logits; ppl = exp(mean NLL) over window_len - 1 "
                    "scored tokens per window"),
+               "prompt_exits": args.prompt_exits,
                "agreement_definition": (
-                   "prompt prefilled at full depth; gen_tokens greedy decode "
+                   ("prompt tokens but the last decoded with the exit rule "
+                    "(--prompt-exits)" if args.prompt_exits else
+                    "prompt prefilled at full depth") +
+                   "; gen_tokens greedy decode "
                    "steps compared with the full-depth run (first token "
                    "after the prompt, from the prefill, not counted; no EOS "
                    "stop); prefix = tokens equal before the first "
