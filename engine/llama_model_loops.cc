@@ -131,9 +131,8 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
       }
       if (item.exit->confidence == ExitConfidence::kClassifier &&
           exit_classifier_.empty()) {
-        return error(
-            "exit confidence 'classifier' but the model has no exit "
-            "classifier");
+        return error("exit confidence 'classifier' but the model has no exit "
+                     "classifier");
       }
     }
     if (item.kv_fill &&
@@ -391,8 +390,7 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       if (!t.ok()) return t.status();
       prev = *std::move(t);
       // Rows of classifier items stay unread.
-      Tensor dst =
-          prev.Rows(0, static_cast<int64_t>(checks.saturation_slots.size()));
+      Tensor dst = prev.Rows(0, static_cast<int64_t>(checks.saturation_slots.size()));
       b.GatherRows(state, checks.saturation_slots, &dst);
     }
     const Clock::time_point check_end = Clock::now();

@@ -104,8 +104,8 @@ struct RequestSpec {
   // key's name; "" without keys) and that key's limits, 0 = none.
   std::string tenant;
   bool admin = false;
-  int32_t max_concurrency = 0;    // requests queued or running
-  int64_t max_queued_tokens = 0;  // prompt tokens waiting for admission
+  int32_t max_concurrency = 0;     // requests queued or running
+  int64_t max_queued_tokens = 0;   // prompt tokens waiting for admission
   absl::Time arrival = absl::InfinitePast();  // set by Submit if left unset
   absl::Time deadline = absl::InfiniteFuture();
   std::shared_ptr<RequestSink> sink;  // required

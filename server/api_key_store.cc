@@ -72,19 +72,20 @@ absl::StatusOr<ApiKeyStore::Table> ApiKeyStore::ParseTable(
                            "max_queued_tokens must be a positive integer");
         }
       } else {
-        return LineError(source, line_number,
-                         absl::StrCat("unknown option \"", option,
-                                      "\" (expected max_concurrency=N, "
-                                      "max_queued_tokens=N or admin)"));
+        return LineError(
+            source, line_number,
+            absl::StrCat("unknown option \"", option,
+                         "\" (expected max_concurrency=N, "
+                         "max_queued_tokens=N or admin)"));
       }
     }
     const Digest digest = Sha256(fields[1]);
     for (const Entry& other : table) {
       if (other.digest == digest) {
-        return LineError(
-            source, line_number,
-            absl::StrCat("the key of \"", key->name, "\" is also the key of \"",
-                         other.key->name, "\""));
+        return LineError(source, line_number,
+                         absl::StrCat("the key of \"", key->name,
+                                      "\" is also the key of \"",
+                                      other.key->name, "\""));
       }
     }
     table.push_back(Entry{digest, std::move(key)});
@@ -110,8 +111,8 @@ absl::StatusOr<std::unique_ptr<ApiKeyStore>> ApiKeyStore::Load(
     const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("api_keys_file: cannot read ", path));
+    return absl::NotFoundError(absl::StrCat("api_keys_file: cannot read ",
+                                            path));
   }
   std::stringstream text;
   text << in.rdbuf();

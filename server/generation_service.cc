@@ -297,8 +297,8 @@ absl::StatusOr<std::shared_ptr<const ApiKey>> GenerationService::Authenticate(
 }
 
 CallRequest GenerationService::Prepare(
-    const grpc::CallbackServerContext& context, const grpc::ByteBuffer& request,
-    bool chat) const {
+    const grpc::CallbackServerContext& context,
+    const grpc::ByteBuffer& request, bool chat) const {
   CallRequest call;
   absl::StatusOr<std::shared_ptr<const ApiKey>> key = Authenticate(context);
   if (!key.ok()) {
@@ -308,8 +308,8 @@ CallRequest GenerationService::Prepare(
   call.key = *std::move(key);
   call.prepared = chat ? PrepareChat(request) : PrepareCompletion(request);
   // The server's own bound on a request's time, under the call's deadline.
-  call.deadline =
-      std::min(DeadlineOf(context), absl::Now() + options_.max_request_time);
+  call.deadline = std::min(DeadlineOf(context),
+                           absl::Now() + options_.max_request_time);
   return call;
 }
 
@@ -360,9 +360,9 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   CountRequest("Chat");
-  auto* reactor =
-      new UnaryGenerationReactor("Chat", context, response, *options_.scheduler,
-                                 options_.metrics, options_.output_worker);
+  auto* reactor = new UnaryGenerationReactor(
+      "Chat", context, response, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/true),
                  *options_.tokenizer);
   return reactor;
@@ -371,9 +371,9 @@ grpc::ServerUnaryReactor* GenerationService::Chat(
 grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::ChatStream(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
   CountRequest("ChatStream");
-  auto* reactor =
-      new StreamGenerationReactor("ChatStream", context, *options_.scheduler,
-                                  options_.metrics, options_.output_worker);
+  auto* reactor = new StreamGenerationReactor(
+      "ChatStream", context, *options_.scheduler, options_.metrics,
+      options_.output_worker);
   reactor->Start(Prepare(*context, *request, /*chat=*/true),
                  *options_.tokenizer);
   return reactor;

@@ -108,7 +108,7 @@ class GenerationService final : public RawGenerationService {
       const grpc::CallbackServerContext& context) const;
   // Authenticate, parse and build the request, and bound its time.
   CallRequest Prepare(const grpc::CallbackServerContext& context,
-                      const grpc::ByteBuffer& request, bool chat) const;
+                             const grpc::ByteBuffer& request, bool chat) const;
   absl::Status DoTokenize(const grpc::ByteBuffer& request,
                           grpc::ByteBuffer& response) const;
   absl::Status DoDetokenize(const grpc::ByteBuffer& request,

@@ -27,8 +27,7 @@ struct HttpApiOptions {
   std::string host = "127.0.0.1";
   int32_t port = 0;  // 0 picks a free port
   // Threads running every connection (accept, parse, write); generation
-  // runs on the engine and output worker threads, so a few serve thousands of
-  // streams.
+  // runs on the engine and output worker threads, so a few serve thousands of streams.
   int32_t num_threads = 2;
   // Bodies above this are refused (413) before they are read whole.
   size_t max_body_bytes = 4 << 20;

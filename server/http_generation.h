@@ -3,11 +3,10 @@
 // through the same ScheduledGeneration as a gRPC call, with their output
 // gathered for the HTTP session that writes it.
 //
-// The session never blocks on the engine: the output worker (or engine) thread
-// queues chunks here (merging a choice's chunks while the session is still
-// writing, so a slow reader costs memory bounded by its max_tokens, never an
-// engine stall) and calls `wake`, which posts the session's write loop onto its
-// strand.
+// The session never blocks on the engine: the output worker (or engine) thread queues chunks
+// here (merging a choice's chunks while the session is still writing, so a
+// slow reader costs memory bounded by its max_tokens, never an engine stall)
+// and calls `wake`, which posts the session's write loop onto its strand.
 //
 // Choice indices: prompt p's choice j is reported as p * n + j.
 //
@@ -40,8 +39,8 @@ class HttpGeneration {
     v1::Usage usage;      // when complete: summed over the prompts
   };
 
-  // `wake` is called on the output worker (or engine) thread after output was
-  // queued; it must not block.
+  // `wake` is called on the output worker (or engine) thread after output was queued; it must
+  // not block.
   HttpGeneration(Scheduler& scheduler, Metrics* metrics, OutputWorker* worker,
                  const Tokenizer& tokenizer, std::function<void()> wake);
   ~HttpGeneration();

@@ -283,8 +283,9 @@ void HttpSession<Stream>::ServeGeneration(OpenAiEndpoint endpoint) {
           if (auto self = weak.lock()) self->Pump();
         });
       });
-  if (absl::Status st = generation_->Submit(std::move(prompts), n, *key_,
-                                            absl::InfiniteFuture());
+  if (absl::Status st =
+          generation_->Submit(std::move(prompts), n, *key_,
+                              absl::InfiniteFuture());
       !st.ok()) {
     generation_.reset();
     SendError(HttpErrorFromStatus(st));

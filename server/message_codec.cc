@@ -1,8 +1,8 @@
 #include "server/message_codec.h"
 
 #include <google/protobuf/descriptor.h>
-#include <google/protobuf/stubs/logging.h>
 #include <google/protobuf/unknown_field_set.h>
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/support/slice.h>
 
 #include <algorithm>

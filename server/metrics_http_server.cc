@@ -23,8 +23,8 @@ constexpr size_t kMaxRequestBytes = 8192;
 
 // Milliseconds left until `deadline` (0 once passed).
 int MillisLeft(absl::Time deadline) {
-  return static_cast<int>(
-      std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
+  return static_cast<int>(std::max<int64_t>(
+      0, absl::ToInt64Milliseconds(deadline - absl::Now())));
 }
 
 std::string Response(const std::string& status, const std::string& type,

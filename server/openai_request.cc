@@ -173,8 +173,8 @@ absl::Status ParseSampling(const Fields& f, OpenAiEndpoint endpoint,
                       "must equal n (ranking choices is not "
                       "supported)");
   }
-  ASSIGN_OR_RETURN(auto seed,
-                   f.Integer("seed", 0, std::numeric_limits<int64_t>::max()));
+  ASSIGN_OR_RETURN(
+      auto seed, f.Integer("seed", 0, std::numeric_limits<int64_t>::max()));
   if (seed.has_value()) s.set_seed(static_cast<uint64_t>(*seed));
   if (const Json* stop = f.Find("stop"); stop != nullptr) {
     if (stop->is_string()) {
@@ -210,8 +210,7 @@ absl::Status ParseSampling(const Fields& f, OpenAiEndpoint endpoint,
     // strata-bench and strata-cli spell them).
     v1::ExitConfidence measure;
     if (!v1::ExitConfidence_Parse(
-            absl::StrCat("EXIT_CONFIDENCE_",
-                         absl::AsciiStrToUpper(*confidence)),
+            absl::StrCat("EXIT_CONFIDENCE_", absl::AsciiStrToUpper(*confidence)),
             &measure)) {
       return FieldError(
           "exit_confidence",

@@ -18,10 +18,10 @@
 
 #include <cstdint>
 #include <string>
+#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "strata/v1/generation.pb.h"
 
 namespace strata {

@@ -80,12 +80,14 @@ absl::StatusOr<std::unique_ptr<RequestBuilder>> RequestBuilder::Create(
 
 RequestBuilder::RequestBuilder(const Options& options)
     : options_(options),
-      validator_(RequestValidator::Limits{
-          .vocab_size = options.vocab_size,
-          .max_model_len = options.max_model_len,
-          .num_loops = options.num_loops,
-          .max_prompt_bytes = options.max_prompt_bytes,
-          .has_exit_classifier = options.exit_defaults.has_classifier()}) {}
+      validator_(
+          RequestValidator::Limits{.vocab_size = options.vocab_size,
+                                   .max_model_len = options.max_model_len,
+                                   .num_loops = options.num_loops,
+                                   .max_prompt_bytes =
+                                       options.max_prompt_bytes,
+                                   .has_exit_classifier =
+                                       options.exit_defaults.has_classifier()}) {}
 
 absl::StatusOr<PreparedRequest> RequestBuilder::BuildCompletion(
     const v1::CompletionRequest& request) const {

@@ -172,9 +172,10 @@ absl::Status RequestValidator::ValidateTokenIdList(
 absl::Status RequestValidator::CheckPromptBytes(size_t bytes,
                                                 absl::string_view field) const {
   if (bytes > static_cast<uint64_t>(limits_.max_prompt_bytes)) {
-    return FieldError(
-        field, absl::StrCat(bytes, " bytes, more than the limit of ",
-                            limits_.max_prompt_bytes, " (--max_prompt_bytes)"));
+    return FieldError(field,
+                      absl::StrCat(bytes, " bytes, more than the limit of ",
+                                   limits_.max_prompt_bytes,
+                                   " (--max_prompt_bytes)"));
   }
   return absl::OkStatus();
 }
@@ -198,8 +199,8 @@ absl::Status RequestValidator::ValidateCompletion(
       if (request.text().empty()) {
         return FieldError("prompt.text", "must not be empty");
       }
-      if (absl::Status st =
-              CheckPromptBytes(request.text().size(), "prompt.text");
+      if (absl::Status st = CheckPromptBytes(request.text().size(),
+                                             "prompt.text");
           !st.ok()) {
         return st;
       }
@@ -237,15 +238,16 @@ absl::Status RequestValidator::ValidateChat(
     return FieldError("messages", "must not be empty");
   }
   if (request.messages_size() > kMaxMessages) {
-    return FieldError("messages",
-                      absl::StrCat("at most ", kMaxMessages, " messages, got ",
-                                   request.messages_size()));
+    return FieldError("messages", absl::StrCat("at most ", kMaxMessages,
+                                               " messages, got ",
+                                               request.messages_size()));
   }
   size_t content_bytes = 0;
   for (const v1::ChatMessage& message : request.messages()) {
     content_bytes += message.content().size() + message.role().size();
   }
-  if (absl::Status st = CheckPromptBytes(content_bytes, "messages"); !st.ok()) {
+  if (absl::Status st = CheckPromptBytes(content_bytes, "messages");
+      !st.ok()) {
     return st;
   }
   for (int i = 0; i < request.messages_size(); ++i) {
@@ -268,10 +270,10 @@ absl::Status RequestValidator::ValidateChat(
   if (!request.chat_template().empty()) {
     if (request.chat_template().size() >
         static_cast<size_t>(kMaxChatTemplateBytes)) {
-      return FieldError(
-          "chat_template",
-          absl::StrCat("at most ", kMaxChatTemplateBytes, " bytes, got ",
-                       request.chat_template().size()));
+      return FieldError("chat_template",
+                        absl::StrCat("at most ", kMaxChatTemplateBytes,
+                                     " bytes, got ",
+                                     request.chat_template().size()));
     }
     if (absl::Status st = CheckUtf8(request.chat_template(), "chat_template");
         !st.ok()) {

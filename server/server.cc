@@ -232,16 +232,18 @@ absl::Status Server::Start() {
       .version = STRATA_VERSION,
       .num_loops = config.num_loops,
       .kv_fill = std::string(KvFillPolicyName(options_.kv_fill))});
-  if (absl::Status st = metrics_->StartExposer(
-          options_.metrics_host, options_.metrics_port,
-          [scheduler = scheduler_.get()] {
-            StepStats state;
-            state.num_running = scheduler->num_running();
-            state.num_waiting = scheduler->num_waiting();
-            state.num_blocks_used = scheduler->num_blocks_used();
-            state.num_blocks_total = scheduler->options().num_blocks;
-            return state;
-          });
+  if (absl::Status st =
+          metrics_->StartExposer(options_.metrics_host, options_.metrics_port,
+                                 [scheduler = scheduler_.get()] {
+                                   StepStats state;
+                                   state.num_running = scheduler->num_running();
+                                   state.num_waiting = scheduler->num_waiting();
+                                   state.num_blocks_used =
+                                       scheduler->num_blocks_used();
+                                   state.num_blocks_total =
+                                       scheduler->options().num_blocks;
+                                   return state;
+                                 });
       !st.ok()) {
     return st;
   }
@@ -253,15 +255,16 @@ absl::Status Server::Start() {
 
   model_info_ = BuildModelInfo(config, max_model_len, chat_format);
 
-  service_ = std::make_unique<GenerationService>(GenerationService::Options{
-      .tokenizer = tokenizer_.get(),
-      .builder = builder_.get(),
-      .scheduler = scheduler_.get(),
-      .metrics = metrics_.get(),
-      .output_worker = output_worker_.get(),
-      .model_info = model_info_,
-      .api_keys = api_keys_.get(),
-      .max_request_time = options_.max_request_time});
+  service_ = std::make_unique<GenerationService>(
+      GenerationService::Options{.tokenizer = tokenizer_.get(),
+                                 .builder = builder_.get(),
+                                 .scheduler = scheduler_.get(),
+                                 .metrics = metrics_.get(),
+                                 .output_worker = output_worker_.get(),
+                                 .model_info = model_info_,
+                                 .api_keys = api_keys_.get(),
+                                 .max_request_time =
+                                     options_.max_request_time});
 
   const std::shared_ptr<grpc::ServerCredentials> credentials =
       tls_ != nullptr ? tls_->server_credentials()
@@ -347,9 +350,9 @@ absl::Status Server::StartHttp(const ModelConfig& config, const TlsPem* tls) {
                       : options_.served_model_name;
   api->created = absl::ToUnixSeconds(absl::Now());
   api->context_length = model_info_.context_length();
-  api->system_fingerprint =
-      absl::StrCat("strata-", STRATA_VERSION, "-", options_.backend.name, "-",
-                   config.torch_dtype);
+  api->system_fingerprint = absl::StrCat("strata-", STRATA_VERSION, "-",
+                                         options_.backend.name, "-",
+                                         config.torch_dtype);
   api->serving = [this] { return serving_.load(); };
   if (api_keys_ != nullptr) {
     // The same keys, limits and metrics as gRPC's (GenerationService).
@@ -364,7 +367,7 @@ absl::Status Server::StartHttp(const ModelConfig& config, const TlsPem* tls) {
       .host = options_.host,
       .port = options_.http_port,
       .num_threads = options_.http_threads > 0 ? options_.http_threads
-                                               : DefaultHttpThreads(),
+                                                : DefaultHttpThreads(),
       .max_body_bytes = options_.http_max_body_bytes,
       .request_timeout = options_.http_request_timeout,
       .write_timeout = options_.http_write_timeout};

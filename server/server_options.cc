@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <string_view>
 #include <thread>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -104,9 +104,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     }
   }
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
-    return absl::InvalidArgumentError(options.tls_cert_file.empty()
-                                          ? "tls_cert: required with tls_key"
-                                          : "tls_key: required with tls_cert");
+    return absl::InvalidArgumentError(
+        options.tls_cert_file.empty()
+            ? "tls_cert: required with tls_key"
+            : "tls_key: required with tls_cert");
   }
   if (!options.tls_client_ca_file.empty() && options.tls_cert_file.empty()) {
     return absl::InvalidArgumentError(

@@ -78,8 +78,9 @@ absl::StatusOr<TlsPem> LoadTlsFiles(const TlsFiles& files) {
     pem.client_ca = *std::move(ca);
     if (FirstCertificate(pem.client_ca) == nullptr) {
       ERR_clear_error();
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tls_client_ca: no PEM certificate in ", files.client_ca_file));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tls_client_ca: no PEM certificate in ",
+                       files.client_ca_file));
     }
   }
 
@@ -91,9 +92,9 @@ absl::StatusOr<TlsPem> LoadTlsFiles(const TlsFiles& files) {
   }
   auto key_bio = MemoryBio(pem.private_key);
   std::unique_ptr<EVP_PKEY, PkeyDeleter> private_key(
-      key_bio == nullptr
-          ? nullptr
-          : PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+      key_bio == nullptr ? nullptr
+                         : PEM_read_bio_PrivateKey(key_bio.get(), nullptr,
+                                                   nullptr, nullptr));
   if (private_key == nullptr) {
     ERR_clear_error();
     return absl::InvalidArgumentError(absl::StrCat(
@@ -102,9 +103,10 @@ absl::StatusOr<TlsPem> LoadTlsFiles(const TlsFiles& files) {
   // gRPC would only find out at the first handshake (and fail every one).
   if (X509_check_private_key(leaf.get(), private_key.get()) != 1) {
     ERR_clear_error();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tls_key: ", files.key_file,
-        " is not the private key of the certificate in ", files.cert_file));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tls_key: ", files.key_file,
+                     " is not the private key of the certificate in ",
+                     files.cert_file));
   }
   return pem;
 }

@@ -6,8 +6,7 @@
 //
 //   TlsFiles files = {.cert_file = "server.pem", .key_file = "server.key"};
 //   auto tls = TlsCredentials::Create(*LoadTlsFiles(files));
-//   builder.AddExternalConnectionAcceptor(FROM_FD,
-//   (*tls)->server_credentials());
+//   builder.AddExternalConnectionAcceptor(FROM_FD, (*tls)->server_credentials());
 //   ...
 //   (*tls)->Update(*LoadTlsFiles(files));  // SIGHUP: for new handshakes
 //
