@@ -28,11 +28,11 @@
 # (held-out perplexity with exits, its increase over full depth, teacher-
 # forced mean loops) comes from tools/recursive/quality.py unless QUALITY=0.
 #
-# PROMPT_EXITS=1 (the default; KV_FILL=propagate only) starts both daemons
-# with --prompt_exits: the rows with exits apply them to prompt tokens too,
-# the rule the quality columns measure; 0 runs every prompt token at full
-# depth, as before 2026-12-06 (the cap counts generated tokens only either
-# way).
+# PROMPT_EXITS=1 (the default; KV_FILL=propagate only) leaves stratad's
+# --prompt_exits on: the rows with exits apply them to prompt tokens too,
+# the rule the quality columns measure; 0 starts both daemons with
+# --prompt_exits=false, every prompt token at full depth, as before
+# 2026-12-06 (the cap counts generated tokens only either way).
 #
 # ROUNDS (default 3) repeats the whole run that many times and reports each
 # row's median (tok/s) and the median of each round's ratio. Within a round
@@ -57,9 +57,9 @@ concurrency=${CONCURRENCY:-1 8 32}
 output_len=${OUTPUT_LEN:-64}
 input_len=${INPUT_LEN:-64}
 kv_fill=${KV_FILL:-propagate}
-prompt_exit_flags=()
-if [[ "${PROMPT_EXITS:-1}" == 1 && "$kv_fill" == propagate ]]; then
-  prompt_exit_flags=(--prompt_exits)
+prompt_exit_flags=()  # stratad's default: on under propagate, off otherwise
+if [[ "${PROMPT_EXITS:-1}" != 1 && "$kv_fill" == propagate ]]; then
+  prompt_exit_flags=(--prompt_exits=false)
 fi
 points=${POINTS:-max_prob:default margin:default classifier:default max_prob:0.2}
 quality=${QUALITY:-1}

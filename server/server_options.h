@@ -37,6 +37,8 @@ struct ServerOptions {
   KvFillPolicy kv_fill = KvFillPolicy::kPropagate;
   // Prompt tokens of requests that may exit exit too (--prompt_exits;
   // Scheduler::Options::prompt_exits); refused with kv_fill recompute.
+  // stratad's flag defaults to on (off under recompute); here it stays off,
+  // so a server built in code keeps exact prompt K/V unless it asks.
   bool prompt_exits = false;
   // Prompt plus output tokens per request; 0 = min(max_position_embeddings,
   // 4096).

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/internal/parse.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
@@ -95,12 +96,13 @@ ABSL_FLAG(std::string, kv_fill, "propagate",
           "Recursive models: K/V of the loops an early-exiting token skips: "
           "propagate (computed from its exit state, cheap, approximate) or "
           "recompute (the skipped loops run later, exact).");
-ABSL_FLAG(bool, prompt_exits, false,
+ABSL_FLAG(bool, prompt_exits, true,
           "Recursive models under --kv_fill=propagate: a request that may "
           "exit early applies its exit rule to its prompt tokens too, each "
           "stopping at its own exit loop (the prompt's last token runs every "
           "loop); fewer loops for long prompts, at the quality the held-out "
-          "table measures (docs/recursive-models.md).");
+          "table measures (docs/recursive-models.md). Off by default under "
+          "--kv_fill=recompute, which cannot take it.");
 ABSL_FLAG(std::string, dtype, "",
           "Device backends: weight and KV cache dtype, bf16 or f16; empty = "
           "the backend's default (bf16 on cuda). cpu: bf16 multiplies bf16 "
@@ -292,7 +294,16 @@ int Run(int argc, char** argv) {
   options.backend.step_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.kv_fill = *kv_fill;
   options.depthwise = loop_batching == "depthwise";
+  // On by default, but only where it can be: --kv_fill=recompute plans no
+  // fills for prompt tokens, so there the default is off and only an
+  // explicit --prompt_exits is refused (ValidateServerOptions). Debian 12's
+  // abseil keeps CommandLineFlag::IsSpecifiedOnCommandLine() private; its
+  // parser answers the same question through WasPresentOnCommandLine().
   options.prompt_exits = absl::GetFlag(FLAGS_prompt_exits);
+  if (options.kv_fill == KvFillPolicy::kRecompute &&
+      !absl::flags_internal::WasPresentOnCommandLine("prompt_exits")) {
+    options.prompt_exits = false;
+  }
   options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   options.block_size = absl::GetFlag(FLAGS_block_size);
   options.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);

@@ -126,7 +126,8 @@ TEST(RecursiveServingTest, ThresholdRunMatchesReferenceExits) {
     expected_loops.push_back(step["exit_loop"].get<uint32_t>() + 1);
   }
   ASSERT_EQ(expected_loops.size(), expected.size());
-  auto daemon = StratadDaemon::Start(FixtureDir());
+  // The reference runs its prompt at full depth (prompt exits off).
+  auto daemon = StratadDaemon::Start(FixtureDir(), {"--prompt_exits=false"});
   ASSERT_TRUE(daemon.ok()) << daemon.status();
   absl::StatusOr<Output> out =
       Complete(**daemon, prompt, static_cast<uint32_t>(expected.size()),
@@ -199,12 +200,12 @@ TEST(RecursiveServingTest, ConcurrentRequestsEqualSoloWithExits) {
   }
 }
 
-// --prompt_exits: prompt tokens stop at their own exit loops too (the
-// bundled model's calibrated classifier). A token's loops depend on its
-// own hidden state only, so each request gets the same tokens and loops
-// alone, beside others, and under either batching mode, although its prompt
-// goes token by token beside other requests' per-loop steps or whole
-// passes. The prompt exits are counted apart from the generated ones.
+// --prompt_exits (on by default): prompt tokens stop at their own exit
+// loops too (the bundled model's calibrated classifier). A token's loops
+// depend on its own hidden state only, so each request gets the same tokens
+// and loops alone, beside others, and under either batching mode, although
+// its prompt goes token by token beside other requests' per-loop steps or
+// whole passes. The prompt exits are counted apart from the generated ones.
 TEST(RecursiveServingTest,
      PromptExitsGiveTheSameTokensAloneTogetherAndInBothModes) {
   std::vector<std::vector<int32_t>> prompts;
@@ -218,8 +219,9 @@ TEST(RecursiveServingTest,
     SCOPED_TRACE(mode);
     const int metrics_port = strata::testing::FreePort();
     ASSERT_GT(metrics_port, 0);
+    // stratad's default (--prompt_exits on).
     auto daemon = StratadDaemon::Start(
-        BundledDir(), {"--prompt_exits", absl::StrCat("--loop_batching=", mode),
+        BundledDir(), {absl::StrCat("--loop_batching=", mode),
                        absl::StrCat("--metrics_port=", metrics_port)});
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     std::vector<Output> solo;
@@ -281,8 +283,10 @@ TEST(RecursiveServingTest, HiddenMeasureRunsMatchReference) {
   const nlohmann::json fixture = ReadJson(FixtureDir() + "/hidden_exits.json");
   const std::vector<int32_t> prompt = Ids(fixture["prompt_ids"]);
   for (const char* mode : {"depthwise", "sequencewise"}) {
+    // The reference runs its prompt at full depth (prompt exits off).
     auto daemon = StratadDaemon::Start(
-        dir.string(), {absl::StrCat("--loop_batching=", mode)});
+        dir.string(),
+        {absl::StrCat("--loop_batching=", mode), "--prompt_exits=false"});
     ASSERT_TRUE(daemon.ok()) << daemon.status();
     for (const auto& [name, kind] :
          {std::pair{"saturation", v1::EXIT_CONFIDENCE_SATURATION},

@@ -771,6 +771,8 @@ TEST(StratadStartupTest, BadFlagsAreExplained) {
   EXPECT_THAT(result->err, HasSubstr("chat_template"));
 
   // Prompt exits need propagated K/V: the scheduler plans no fills for them.
+  // Their default turns off under --kv_fill=recompute (RecursiveServingTest
+  // starts it so); asked for explicitly, the pair is refused.
   auto prompt_exits = strata::testing::RunCommand(
       {strata::testing::StratadPath(),
        "--model=" + strata::testing::TinyLlamaDir(), "--port=0",
