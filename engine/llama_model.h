@@ -325,6 +325,10 @@ class LlamaModel {
     std::vector<int32_t> pair_pos, pair_slot;
     std::vector<int32_t> state_rows;  // the exit states' rows in the step
     std::vector<LoopSegment> segments;
+    // Every exited token skips the last loop, so the last segment holds
+    // each token once. For each pair before it: its token's row in the last
+    // segment, whose normed state and base K/V it shares (PropagateKv).
+    std::vector<int32_t> last_row;
     Tensor h;
     // PropagateKv()'s: the normed states, K, V (and both, fused).
     Tensor f, k, v, kv;

@@ -584,11 +584,16 @@ absl::Status LlamaModel::PlanPropagation(std::span<const WorkItem> items,
   job.pair_pos.clear();
   job.pair_slot.clear();
   job.segments.clear();
+  job.last_row.clear();
   std::vector<int32_t>& state_rows = job.state_rows;
   state_rows.clear();
   for (int32_t l = 1; l < num_loops; ++l) {
     for (size_t j = 0; j < exited.size(); ++j) {
       if (exit_loops[j] >= l) continue;
+      // An exited token's exit loop is before the last, so it has a pair in
+      // the last segment, at its index j among the exited.
+      STRATA_CHECK(exit_loops[j] < num_loops - 1);
+      if (l < num_loops - 1) job.last_row.push_back(static_cast<int32_t>(j));
       const LoopPlanner::ItemState& s = planner.item(exited[j]);
       if (job.segments.empty() || job.segments.back().loop != l) {
         job.segments.push_back({l, static_cast<int32_t>(job.num_pairs()), 0});
@@ -627,17 +632,34 @@ absl::Status LlamaModel::PlanPropagation(std::span<const WorkItem> items,
 absl::Status LlamaModel::PropagateKv() {
   Propagation& job = propagation_;
   Backend& b = *backend_;
+  // A token's pairs differ only in their loops' LoRA: its normed state and
+  // base K/V are computed once, on the last segment's rows, and copied to
+  // its earlier pairs (job.last_row). Rows are computed alike in any
+  // product, so the bits are those of computing every pair.
+  const LoopSegment& last = job.segments.back();
+  const int64_t copies = last.first_row;
   for (size_t li = 0; li < layers_.size(); ++li) {
     LayerTensors& layer = layers_[li];
     const int32_t layer_index = static_cast<int32_t>(li);
     // f = RMSNorm(h_e) * input_norm_k, then K/V with each loop's weights.
-    b.RmsNorm(job.h, layer.input_norm, config_.rms_norm_eps, &job.f);
+    Tensor last_f = job.f.Rows(copies, last.num_rows);
+    b.RmsNorm(job.h.Rows(copies, last.num_rows), layer.input_norm,
+              config_.rms_norm_eps, &last_f);
+    if (copies > 0) {
+      Tensor first_f = job.f.Rows(0, copies);
+      b.GatherRows(last_f, job.last_row, &first_f);
+    }
     if (!layer.kv_proj.empty()) {
       // K and V in one product (the fused weight's slice), then both LoRA
       // updates from one A-product per loop (the stacked A of k and v).
       // Rows and columns are computed alike in any product, so the bits
       // are those of the block's q, k and v, which RunBlock's merge takes.
-      b.MatMul(job.f, layer.kv_proj, &job.kv);
+      Tensor last_kv = job.kv.Rows(copies, last.num_rows);
+      b.MatMul(last_f, layer.kv_proj, &last_kv);
+      if (copies > 0) {
+        Tensor first_kv = job.kv.Rows(0, copies);
+        b.GatherRows(last_kv, job.last_row, &first_kv);
+      }
       Tensor* const parts[] = {&job.k, &job.v};
       b.SplitColumns(job.kv, parts);
       static constexpr LoraProj kKv[] = {LoraProj::kK, LoraProj::kV};
