@@ -587,12 +587,13 @@ absl::Status LlamaModel::PlanPropagation(std::span<const WorkItem> items,
   job.last_row.clear();
   std::vector<int32_t>& state_rows = job.state_rows;
   state_rows.clear();
+  // Exits are decided before the last loop only, so every exited token has
+  // a pair in the last segment, at its index j among the exited: the row
+  // PropagateKv copies its earlier pairs' normed state and base K/V from.
+  for (int32_t loop : exit_loops) STRATA_CHECK(loop < num_loops - 1);
   for (int32_t l = 1; l < num_loops; ++l) {
     for (size_t j = 0; j < exited.size(); ++j) {
       if (exit_loops[j] >= l) continue;
-      // An exited token's exit loop is before the last, so it has a pair in
-      // the last segment, at its index j among the exited.
-      STRATA_CHECK(exit_loops[j] < num_loops - 1);
       if (l < num_loops - 1) job.last_row.push_back(static_cast<int32_t>(j));
       const LoopPlanner::ItemState& s = planner.item(exited[j]);
       if (job.segments.empty() || job.segments.back().loop != l) {
