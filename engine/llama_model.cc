@@ -442,10 +442,13 @@ absl::StatusOr<const Tensor*> LlamaModel::ForwardToDevice(
 absl::StatusOr<LlamaModel::StepOutput> LlamaModel::Step(
     std::span<const WorkItem> items) {
   StepOutput out;
-  if (absl::Status status = RunStep(items, {}, true, &out); !status.ok()) {
-    return status;
-  }
+  if (absl::Status status = Step(items, &out); !status.ok()) return status;
   return out;
+}
+
+absl::Status LlamaModel::Step(std::span<const WorkItem> items,
+                              StepOutput* out) {
+  return RunStep(items, {}, true, out);
 }
 
 absl::Status LlamaModel::Project(const Tensor& x, const Tensor& w,

@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backends/backend.h"
+#include "engine/exit_checks.h"
 #include "engine/exit_policy.h"
 #include "engine/kv_cache/hidden_state_store.h"
 #include "engine/kv_cache/paged_kv_cache.h"
@@ -129,6 +130,9 @@ class LlamaModel {
   // peers, and the release of a request whose blocks the scheduler frees.
   // Every other call into the model runs it first.
   absl::StatusOr<StepOutput> Step(std::span<const WorkItem> items);
+  // The same into *out, whose vectors keep their memory across steps (the
+  // runner's; a step then allocates nothing for its output).
+  absl::Status Step(std::span<const WorkItem> items, StepOutput* out);
   absl::Status JoinPropagation();
   absl::Status FinishStep();
 
@@ -264,6 +268,9 @@ class LlamaModel {
                     Tensor* out);
   // out = lm_head(RmsNorm(states)), the norm in place. out: [rows, vocab]
   void HeadOfStates(Tensor states, Tensor* out);
+  // [begin, begin + count), in iota_: valid until the next call.
+  std::span<const int32_t> Iota(int32_t begin, int32_t count);
+
   // Propagate policy: K/V of the skipped loops of exited items from their
   // exit states (state: the step's state buffer). Plans one row per (item,
   // skipped loop) and copies its exit state, for RunStep to hand to a host
@@ -313,6 +320,17 @@ class LlamaModel {
   // A round's rows followed by the pending propagated rows (RunBlock).
   std::vector<LoopSegment> merged_segments_;
   std::vector<int32_t> merged_positions_, merged_slots_;
+  // RunStepOnce's bookkeeping, kept so that a step allocates nothing once
+  // its sizes have been seen (a recursive model's per-loop steps run 1.5-3
+  // times as many steps as tokens): the planner and its round, the exit
+  // checks, the embedded ids, the early exits and their loops, and the
+  // rows gathered for the LM head.
+  LoopPlanner planner_;
+  LoopPlanner::Round round_;
+  ExitChecks checks_;
+  std::vector<TokenId> step_ids_;
+  std::vector<int32_t> exited_, exit_loops_, head_rows_;
+  std::vector<int32_t> iota_;  // Iota()'s
   StepTimings timings_;
 
   // The planned propagated K/V (PlanPropagation), kept to reuse its memory;

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -40,69 +41,13 @@
 namespace strata {
 namespace {
 
-std::vector<int32_t> Iota(int32_t begin, int32_t count) {
-  std::vector<int32_t> v(count);
-  std::iota(v.begin(), v.end(), begin);
-  return v;
-}
-
-// The exit checks after one round: the items with ExitParams whose
-// rule evaluates at the loop they run, split by how their confidence is
-// computed. Planned before the round (the slots and loops hold through it).
-struct ExitChecks {
-  // Hidden-state measures, saturation items first so that row j of the
-  // previous-states buffer is hidden item j's.
-  std::vector<int32_t> hidden_items, hidden_rows, hidden_loops;
-  std::vector<ExitConfidence> hidden_kinds;
-  std::vector<int32_t> saturation_slots;  // their slots, to copy pre-round
-  // Softmax measures (exit logits).
-  std::vector<int32_t> logit_items, logit_rows;
-  std::vector<ExitConfidence> logit_kinds;
-  std::vector<float> confidences;
-  std::vector<int32_t> head_rows;  // exiting rows of hidden measures
-
-  bool empty() const { return hidden_items.empty() && logit_items.empty(); }
-
-  void Plan(std::span<const WorkItem> items, const LoopPlanner::Round& round,
-            const LoopPlanner& planner, int32_t num_loops) {
-    hidden_items.clear();
-    hidden_rows.clear();
-    hidden_loops.clear();
-    hidden_kinds.clear();
-    saturation_slots.clear();
-    logit_items.clear();
-    logit_rows.clear();
-    logit_kinds.clear();
-    for (const bool saturation_pass : {true, false}) {
-      for (size_t a = 0; a < round.items.size(); ++a) {
-        const int32_t i = round.items[a];
-        const WorkItem& item = items[i];
-        if (item.exit == nullptr ||
-            !item.exit->Evaluates(round.loops[a], num_loops)) {
-          continue;
-        }
-        const ExitConfidence kind = item.exit->confidence;
-        const int32_t slot = planner.item(i).slot;  // its single row
-        if (!IsHiddenExitConfidence(kind)) {
-          if (saturation_pass) {
-            logit_items.push_back(i);
-            logit_rows.push_back(slot);
-            logit_kinds.push_back(kind);
-          }
-          continue;
-        }
-        if ((kind == ExitConfidence::kSaturation) != saturation_pass) continue;
-        hidden_items.push_back(i);
-        hidden_rows.push_back(slot);
-        hidden_loops.push_back(round.loops[a]);
-        hidden_kinds.push_back(kind);
-        if (saturation_pass) saturation_slots.push_back(slot);
-      }
-    }
-  }
-};
-
 }  // namespace
+
+std::span<const int32_t> LlamaModel::Iota(int32_t begin, int32_t count) {
+  iota_.resize(static_cast<size_t>(count));
+  std::iota(iota_.begin(), iota_.end(), begin);
+  return iota_;
+}
 
 absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
   const int32_t num_loops = config_.num_loops;
@@ -177,7 +122,7 @@ absl::Status LlamaModel::ValidateLoops(std::span<const WorkItem> items) const {
   // that exits in a per-loop step, docs/engine.md), and positions must not
   // overlap.
   if (num_loops == 1) return absl::OkStatus();
-  std::vector<int32_t> order(items.size());
+  absl::InlinedVector<int32_t, 64> order(items.size());
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
     if (items[a].request_id != items[b].request_id) {
@@ -280,7 +225,9 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   propagation_planned_ = false;
   RETURN_IF_ERROR(Validate(items));
   const int32_t num_loops = config_.num_loops;
-  LoopPlanner planner(items, num_loops, options_.block_size);
+  // The planner, the round and the checks keep their memory across steps.
+  LoopPlanner& planner = planner_;
+  planner.Reset(items, num_loops, options_.block_size);
   const int64_t n = planner.num_rows();
   for (int32_t row : logit_rows) {
     if (row < 0 || row >= n) {
@@ -316,7 +263,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
   if (!state_or.ok()) return state_or.status();
   Tensor state = *std::move(state_or);  // the residual stream of every row
   Tensor other;                         // x2_, for row reorders
-  std::vector<TokenId> ids;
+  std::vector<TokenId>& ids = step_ids_;
+  ids.clear();
   for (int32_t i : planner.order()) {
     if (items[i].loop_begin != 0) break;
     ids.insert(ids.end(), items[i].tokens.begin(), items[i].tokens.end());
@@ -362,11 +310,15 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
     timings_.head += {StepTimings::NanosecondsSince(head_start), r};
     head_first = next_logit;
   };
-  std::vector<int32_t> exited, exit_loops;  // early exits of this step
+  // Early exits of this step.
+  std::vector<int32_t>& exited = exited_;
+  std::vector<int32_t>& exit_loops = exit_loops_;
+  exited.clear();
+  exit_loops.clear();
 
   // 2. Rounds.
-  LoopPlanner::Round round;
-  ExitChecks checks;
+  LoopPlanner::Round& round = round_;
+  ExitChecks& checks = checks_;
   while (planner.NextRound(&round)) {
     if (!round.gather.empty()) {
       if (other.empty()) {
@@ -505,7 +457,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
 
   // 4. Logits.
   if (sample_mode) {
-    std::vector<int32_t> rows;
+    std::vector<int32_t>& rows = head_rows_;
+    rows.clear();
     const int32_t first = next_logit;
     for (size_t i = 0; i < items.size(); ++i) {
       const LoopPlanner::ItemState& s = planner.item(static_cast<int32_t>(i));
@@ -526,7 +479,8 @@ absl::Status LlamaModel::RunStepOnce(std::span<const WorkItem> items,
       out->logits = &logits_view_;
     }
   } else if (!logit_rows.empty()) {
-    std::vector<int32_t> rows;
+    std::vector<int32_t>& rows = head_rows_;
+    rows.clear();
     rows.reserve(logit_rows.size());
     for (int32_t row : logit_rows) rows.push_back(planner.SlotOfRow(row));
     absl::StatusOr<Tensor> t =

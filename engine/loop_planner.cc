@@ -8,9 +8,17 @@
 namespace strata {
 
 LoopPlanner::LoopPlanner(std::span<const WorkItem> items, int32_t num_loops,
-                         int32_t block_size)
-    : num_loops_(num_loops), block_size_(block_size) {
-  items_.resize(items.size());
+                         int32_t block_size) {
+  Reset(items, num_loops, block_size);
+}
+
+void LoopPlanner::Reset(std::span<const WorkItem> items, int32_t num_loops,
+                        int32_t block_size) {
+  num_loops_ = num_loops;
+  block_size_ = block_size;
+  num_rows_ = 0;
+  row_item_.clear();
+  items_.assign(items.size(), ItemState{});
   for (size_t i = 0; i < items.size(); ++i) {
     const WorkItem& w = items[i];
     ItemState& s = items_[i];
@@ -28,11 +36,16 @@ LoopPlanner::LoopPlanner(std::span<const WorkItem> items, int32_t num_loops,
   for (size_t i = 0; i < items.size(); ++i) {
     order_[i] = static_cast<int32_t>(i);
   }
-  std::stable_sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) {
+  // Ties keep the items' order (std::sort with the index as the last key:
+  // stable, without std::stable_sort's buffer).
+  std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) {
     const ItemState& x = items_[a];
     const ItemState& y = items_[b];
     if (x.loop_begin != y.loop_begin) return x.loop_begin < y.loop_begin;
-    return x.loop_end - x.loop_begin > y.loop_end - y.loop_begin;
+    const int32_t x_rounds = x.loop_end - x.loop_begin;
+    const int32_t y_rounds = y.loop_end - y.loop_begin;
+    if (x_rounds != y_rounds) return x_rounds > y_rounds;
+    return a < b;
   });
   int32_t slot = 0;
   for (int32_t i : order_) {
@@ -43,15 +56,28 @@ LoopPlanner::LoopPlanner(std::span<const WorkItem> items, int32_t num_loops,
 
 bool LoopPlanner::NextRound(Round* round) {
   // Desired order: active items by loop (stable), then the rest as they are.
-  std::vector<int32_t> active, inactive;
+  std::vector<int32_t>& active = active_;
+  std::vector<int32_t>& inactive = inactive_;
+  active.clear();
+  inactive.clear();
   for (int32_t i : order_) {
     (items_[i].active() ? active : inactive).push_back(i);
   }
   if (active.empty()) return false;
-  std::stable_sort(active.begin(), active.end(), [&](int32_t a, int32_t b) {
-    return items_[a].next_loop < items_[b].next_loop;
-  });
-  std::vector<int32_t> desired = active;
+  // The active items come nearly sorted (the order of the round before,
+  // each one loop further): an insertion sort, stable as std::stable_sort
+  // is and without its buffer.
+  for (size_t a = 1; a < active.size(); ++a) {
+    const int32_t item = active[a];
+    size_t b = a;
+    for (; b > 0 && items_[active[b - 1]].next_loop > items_[item].next_loop;
+         --b) {
+      active[b] = active[b - 1];
+    }
+    active[b] = item;
+  }
+  std::vector<int32_t>& desired = desired_;
+  desired.assign(active.begin(), active.end());
   desired.insert(desired.end(), inactive.begin(), inactive.end());
 
   round->gather.clear();
@@ -62,7 +88,7 @@ bool LoopPlanner::NextRound(Round* round) {
         round->gather.push_back(items_[i].slot + r);
       }
     }
-    order_ = std::move(desired);
+    std::swap(order_, desired);
     int32_t slot = 0;
     for (int32_t i : order_) {
       items_[i].slot = slot;
@@ -76,7 +102,10 @@ bool LoopPlanner::NextRound(Round* round) {
   round->positions.clear();
   round->kv_slots.clear();
   round->sequences.clear();
-  round->tables.assign(active.size(), {});
+  // Resized, not reassigned: each table keeps its memory.
+  if (round->tables.size() < active.size()) {
+    round->tables.resize(active.size());
+  }
   int32_t rows = 0;
   for (size_t a = 0; a < active.size(); ++a) {
     const ItemState& s = items_[active[a]];
@@ -94,7 +123,7 @@ bool LoopPlanner::NextRound(Round* round) {
     std::span<const int32_t> table = s.block_table;
     if (num_loops_ > 1) {
       std::vector<int32_t>& offset = round->tables[a];
-      offset.reserve(s.block_table.size());
+      offset.clear();
       for (int32_t b : s.block_table) offset.push_back(PhysicalBlock(b, loop));
       table = offset;
     }

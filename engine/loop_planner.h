@@ -63,7 +63,9 @@ class LoopPlanner {
     std::vector<int32_t> positions;        // [num_rows]
     std::vector<int32_t> kv_slots;         // [num_rows], physical
     std::vector<SequenceSlice> sequences;  // per active item
-    std::vector<std::vector<int32_t>> tables;  // offset block tables
+    // Offset block tables, one per active item (entries past items.size()
+    // are left from earlier rounds, for their memory).
+    std::vector<std::vector<int32_t>> tables;
   };
 
   // items must be valid (LlamaModel::Validate); loop_end -1 is resolved.
@@ -71,6 +73,14 @@ class LoopPlanner {
   // so the items starting from embeddings (loop_begin 0) come first.
   LoopPlanner(std::span<const WorkItem> items, int32_t num_loops,
               int32_t block_size);
+  // An empty plan, for Reset.
+  LoopPlanner() = default;
+
+  // Plans another step as the constructor does, keeping this planner's
+  // memory: a model holds one planner (and one Round) across its steps, so
+  // a step's bookkeeping allocates nothing once their sizes have been seen.
+  void Reset(std::span<const WorkItem> items, int32_t num_loops,
+             int32_t block_size);
 
   int32_t num_loops() const { return num_loops_; }
   int32_t num_items() const { return static_cast<int32_t>(items_.size()); }
@@ -80,6 +90,7 @@ class LoopPlanner {
   const std::vector<int32_t>& order() const { return order_; }
 
   // Plans the next round; false when no item has loops left this step.
+  // `round` keeps its vectors' memory from the rounds before.
   bool NextRound(Round* round);
   // After the planned round ran: each of its items has done one more loop.
   void FinishRound(const Round& round);
@@ -97,12 +108,14 @@ class LoopPlanner {
   }
 
  private:
-  int32_t num_loops_;
-  int32_t block_size_;
+  int32_t num_loops_ = 1;
+  int32_t block_size_ = 1;
   int32_t num_rows_ = 0;
   std::vector<ItemState> items_;
   std::vector<int32_t> order_;     // items by slot
   std::vector<int32_t> row_item_;  // flattened row -> item
+  // NextRound's scratch: the active and inactive items, and their order.
+  std::vector<int32_t> active_, inactive_, desired_;
 };
 
 }  // namespace strata

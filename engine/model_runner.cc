@@ -30,12 +30,13 @@ namespace {
 
 // The step's results and sampled tokens: ModelRunner::Run's second half,
 // which runs while the model may still write the step's propagated K/V.
-// sampling: StepTimings::sampling, for host sampling.
+// sampling: StepTimings::sampling, for host sampling. host_logits: where
+// the logits are copied when the backend has no HostView of them.
 absl::StatusOr<StepResult> SampleStep(
     Backend& backend, int32_t vocab_size, const StepPlan& plan,
     const LlamaModel::StepOutput& step, bool device_sampling,
     std::vector<std::vector<float>>* sampled_logits,
-    StepTimings::Part* sampling) {
+    std::vector<float>* host_logits, StepTimings::Part* sampling) {
   StepResult result;
   result.items.resize(plan.items.size());
   for (size_t i = 0; i < plan.items.size(); ++i) {
@@ -68,10 +69,14 @@ absl::StatusOr<StepResult> SampleStep(
   }
   const auto sampling_start = std::chrono::steady_clock::now();
   const size_t vocab = static_cast<size_t>(vocab_size);
-  std::vector<float> logits(logit_items.size() * vocab);
-  if (absl::Status status = backend.CopyToHost(*step.logits, logits);
-      !status.ok()) {
-    return status;
+  std::span<const float> logits = backend.HostView(*step.logits);
+  if (logits.size() != logit_items.size() * vocab) {
+    host_logits->resize(logit_items.size() * vocab);
+    if (absl::Status status = backend.CopyToHost(*step.logits, *host_logits);
+        !status.ok()) {
+      return status;
+    }
+    logits = *host_logits;
   }
   for (size_t j = 0; j < logit_items.size(); ++j) {
     const WorkItem& item = plan.items[logit_items[j]];
@@ -198,14 +203,16 @@ absl::StatusOr<StepResult> ModelRunner::Run(
   }
   // The forward pass; logits come back for the sample items whose tokens
   // finished (all of them for a plain model).
-  absl::StatusOr<LlamaModel::StepOutput> step = model_->Step(plan.items);
-  if (!step.ok()) return step.status();
+  LlamaModel::StepOutput* step = &step_output_;
+  if (absl::Status status = model_->Step(plan.items, step); !status.ok()) {
+    return status;
+  }
   // The step's propagated K/V is written beside the sampling or by the next
   // step (LlamaModel::Step): the scheduler may free or reuse its blocks once
   // the result is back, and ReleaseState writes what waits first.
   absl::StatusOr<StepResult> result =
       SampleStep(*backend_, config_.vocab_size, plan, *step, device_sampling,
-                 sampled_logits, &sampling_);
+                 sampled_logits, &host_logits_, &sampling_);
   absl::Status joined = model_->JoinPropagation();
   if (!result.ok()) return result.status();
   if (!joined.ok()) return joined;

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "engine/backends/backend_options.h"
 #include "engine/exit_policy.h"
+#include "engine/llama_model.h"
 #include "engine/loader/model_config.h"
 #include "engine/step.h"
 #include "engine/step_timings.h"
@@ -24,7 +25,6 @@
 namespace strata {
 
 class Backend;
-class LlamaModel;
 
 class ModelRunner : public StepExecutor {
  public:
@@ -98,6 +98,10 @@ class ModelRunner : public StepExecutor {
   int32_t block_size_;
   int32_t num_blocks_;
   StepTimings::Part sampling_;  // StepTimings::sampling
+  // The step's output and its logits on the host (for a backend without
+  // HostView), kept to reuse their memory.
+  LlamaModel::StepOutput step_output_;
+  std::vector<float> host_logits_;
 };
 
 }  // namespace strata

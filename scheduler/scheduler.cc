@@ -781,7 +781,8 @@ void Scheduler::PreemptForFairness() {
 }
 
 void Scheduler::UpdateCounters() {
-  absl::flat_hash_set<const Request*> running;
+  absl::flat_hash_set<const Request*>& running = running_requests_;
+  running.clear();  // keeps its memory (twice a step)
   for (const auto& seq : running_) running.insert(seq->request);
   num_running_.store(static_cast<int32_t>(running.size()));
   num_blocks_used_.store(blocks_.num_used());

@@ -27,6 +27,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "engine/step.h"
@@ -258,6 +259,8 @@ class Scheduler {
   };
   std::vector<Planned> planned_;
   std::vector<RequestId> released_;  // see TakeReleasedStates()
+  // UpdateCounters()'s scratch: the requests of the running sequences.
+  absl::flat_hash_set<const Request*> running_requests_;
   // Fair admission's round robin: per tenant, the admission serial of its
   // last admitted sequence (lowest goes first).
   absl::flat_hash_map<std::string, uint64_t> last_admitted_;

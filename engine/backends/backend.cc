@@ -153,12 +153,31 @@ std::string_view ElementTypeName(ElementType type) {
   return "unknown";
 }
 
-Tensor::Tensor(void* data, ElementType type, std::vector<int64_t> shape,
+Tensor::Tensor(void* data, ElementType type, absl::Span<const int64_t> shape,
                std::unique_ptr<Storage> storage)
     : data_(data),
       type_(type),
-      shape_(std::move(shape)),
+      shape_(shape.begin(), shape.end()),
       storage_(std::move(storage)) {}
+
+Tensor::Tensor(Tensor&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      type_(other.type_),
+      shape_(std::move(other.shape_)),
+      storage_(std::move(other.storage_)) {
+  other.shape_.clear();
+}
+
+Tensor& Tensor::operator=(Tensor&& other) noexcept {
+  if (this != &other) {
+    data_ = std::exchange(other.data_, nullptr);
+    type_ = other.type_;
+    shape_ = std::move(other.shape_);
+    other.shape_.clear();
+    storage_ = std::move(other.storage_);
+  }
+  return *this;
+}
 
 int64_t Tensor::num_elements() const {
   if (shape_.empty()) return data_ == nullptr ? 0 : 1;
@@ -175,11 +194,13 @@ Tensor Tensor::Rows(int64_t begin, int64_t count) const {
   STRATA_CHECK(!shape_.empty());
   STRATA_CHECK(begin >= 0 && count >= 0 && begin + count <= shape_[0]);
   const int64_t row_elements = shape_[0] == 0 ? 0 : num_elements() / shape_[0];
-  std::vector<int64_t> shape = shape_;
-  shape[0] = count;
-  char* base = static_cast<char*>(data_);
-  return Tensor(base + begin * row_elements * ElementSize(type_), type_,
-                std::move(shape), nullptr);
+  Tensor view;
+  view.data_ =
+      static_cast<char*>(data_) + begin * row_elements * ElementSize(type_);
+  view.type_ = type_;
+  view.shape_ = shape_;
+  view.shape_[0] = count;
+  return view;
 }
 
 std::string Tensor::DebugString() const {

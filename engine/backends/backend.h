@@ -32,9 +32,11 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "common/logging.h"
 #include "engine/softmax_stats.h"
 #include "engine/step.h"
@@ -71,17 +73,18 @@ class Tensor {
   };
 
   Tensor() = default;
-  Tensor(void* data, ElementType type, std::vector<int64_t> shape,
+  Tensor(void* data, ElementType type, absl::Span<const int64_t> shape,
          std::unique_ptr<Storage> storage);
-  Tensor(Tensor&&) = default;
-  Tensor& operator=(Tensor&&) = default;
+  // A moved-from tensor is empty (no data, no shape), as a default one.
+  Tensor(Tensor&& other) noexcept;
+  Tensor& operator=(Tensor&& other) noexcept;
   Tensor(const Tensor&) = delete;
   Tensor& operator=(const Tensor&) = delete;
 
   // Device pointer (a host pointer on the CPU backend).
   void* data() const { return data_; }
   ElementType type() const { return type_; }
-  const std::vector<int64_t>& shape() const { return shape_; }
+  absl::Span<const int64_t> shape() const { return shape_; }
   int64_t dim(size_t i) const { return shape_[i]; }
   size_t rank() const { return shape_.size(); }
   int64_t num_elements() const;
@@ -100,7 +103,9 @@ class Tensor {
  private:
   void* data_ = nullptr;
   ElementType type_ = ElementType::kF32;
-  std::vector<int64_t> shape_;
+  // Inline: a step makes a few hundred views (Rows), and a heap-allocated
+  // shape each was a visible share of a small model's step.
+  absl::InlinedVector<int64_t, 4> shape_;
   std::unique_ptr<Storage> storage_;  // null for views
 };
 
@@ -199,6 +204,12 @@ class Backend {
   // Copies a whole f32 tensor to host memory (waits for queued ops).
   // host: [src.num_elements()]
   virtual absl::Status CopyToHost(const Tensor& src, std::span<float> host) = 0;
+  // An f32 tensor's values where the host can read them in place, valid
+  // until the next op that writes the tensor: for a backend that keeps its
+  // tensors in host memory and has run every op when it returns (the CPU).
+  // Empty otherwise (a device backend): CopyToHost then. Host sampling
+  // reads a step's logits this way instead of copying them.
+  virtual std::span<const float> HostView(const Tensor& t) const { return {}; }
 
   // A weight of `shape` from f32 host data, stored as this backend prefers
   // for `role` (a GPU backend converts to f16/bf16 or quantizes to kI8). The

@@ -1,7 +1,9 @@
 #include "engine/kv_cache/hidden_state_store.h"
 
 #include <cstdint>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -12,6 +14,9 @@ namespace {
 
 // Recycled tensors kept per row count; beyond this they are freed.
 constexpr size_t kMaxFreePerSize = 256;
+// Map nodes kept for reuse: a decoding request's entry moves to a new key
+// (its next position) every token.
+constexpr size_t kMaxSpareNodes = 1024;
 
 }  // namespace
 
@@ -27,7 +32,19 @@ const HiddenStateStore::Entry* HiddenStateStore::Find(
 
 absl::StatusOr<HiddenStateStore::Entry*> HiddenStateStore::Put(
     RequestId request, int32_t start_position, int32_t num_tokens) {
-  Entry& entry = entries_[{request, start_position}];
+  const Key key{request, start_position};
+  auto it = entries_.find(key);
+  if (it == entries_.end()) {
+    if (spare_nodes_.empty()) {
+      it = entries_.emplace(key, Entry{}).first;
+    } else {
+      std::map<Key, Entry>::node_type node = std::move(spare_nodes_.back());
+      spare_nodes_.pop_back();
+      node.key() = key;
+      it = entries_.insert(std::move(node)).position;
+    }
+  }
+  Entry& entry = it->second;
   if (entry.num_tokens == num_tokens && !entry.state.empty()) return &entry;
   if (!entry.state.empty()) Recycle(std::move(entry.state));
   entry.num_tokens = 0;
@@ -40,7 +57,7 @@ absl::StatusOr<HiddenStateStore::Entry*> HiddenStateStore::Put(
     absl::StatusOr<Tensor> tensor =
         backend_->Allocate(ElementType::kF32, {num_tokens, hidden_});
     if (!tensor.ok()) {
-      entries_.erase({request, start_position});
+      Drop(it);
       return tensor.status();
     }
     entry.state = *std::move(tensor);
@@ -52,17 +69,30 @@ absl::StatusOr<HiddenStateStore::Entry*> HiddenStateStore::Put(
 void HiddenStateStore::Erase(RequestId request, int32_t start_position) {
   auto it = entries_.find({request, start_position});
   if (it == entries_.end()) return;
-  Recycle(std::move(it->second.state));
-  entries_.erase(it);
+  Drop(it);
 }
 
 void HiddenStateStore::Release(RequestId request) {
   auto it =
       entries_.lower_bound({request, std::numeric_limits<int32_t>::min()});
   while (it != entries_.end() && it->first.first == request) {
-    Recycle(std::move(it->second.state));
-    it = entries_.erase(it);
+    it = Drop(it);
   }
+}
+
+std::map<HiddenStateStore::Key, HiddenStateStore::Entry>::iterator
+HiddenStateStore::Drop(std::map<Key, Entry>::iterator it) {
+  Recycle(std::move(it->second.state));
+  auto next = std::next(it);
+  std::map<Key, Entry>::node_type node = entries_.extract(it);
+  if (spare_nodes_.size() < kMaxSpareNodes) {
+    Entry& spare = node.mapped();  // its state is empty: moved out above
+    spare.num_tokens = 0;
+    spare.loops_done = 0;
+    spare.exit_state = false;
+    spare_nodes_.push_back(std::move(node));
+  }
+  return next;
 }
 
 int64_t HiddenStateStore::bytes() const {

@@ -78,6 +78,9 @@ class HiddenStateStore {
   using Key = std::pair<RequestId, int32_t>;  // (request, start position)
 
   void Recycle(Tensor tensor);
+  // Erases the entry at `it` (its tensor recycled, its node kept for the
+  // next Put); returns the iterator after it.
+  std::map<Key, Entry>::iterator Drop(std::map<Key, Entry>::iterator it);
 
   Backend* backend_;  // not owned
   int64_t hidden_;
@@ -87,6 +90,8 @@ class HiddenStateStore {
   std::map<Key, Entry> entries_;
   // Freed state tensors by row count, reused by Put.
   absl::flat_hash_map<int64_t, std::vector<Tensor>> free_;
+  // Erased entries' map nodes, reused by Put (no allocation per token).
+  std::vector<std::map<Key, Entry>::node_type> spare_nodes_;
 };
 
 }  // namespace strata

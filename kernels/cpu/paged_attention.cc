@@ -345,7 +345,11 @@ void PagedAttention(const KernelContext& ctx, const AttentionGeometry& geometry,
     int32_t sequence;
     int32_t token;
   };
-  std::vector<TokenRef> tokens;
+  // Reused per call. The tasks below read it through this reference: a
+  // thread_local named in them would be each worker's own.
+  thread_local std::vector<TokenRef> token_scratch;
+  std::vector<TokenRef>& tokens = token_scratch;
+  tokens.clear();
   for (size_t s = 0; s < sequences.size(); ++s) {
     for (int32_t t = 0; t < sequences[s].num_tokens; ++t) {
       tokens.push_back({static_cast<int32_t>(s), t});

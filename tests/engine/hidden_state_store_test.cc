@@ -36,6 +36,34 @@ TEST(HiddenStateStoreTest, ADecodeStateIsReusedNotReallocated) {
   EXPECT_EQ(store.bytes(), kRowBytes);
 }
 
+// An erased entry's map node serves the next Put (no allocation per decode
+// token); the entry it becomes starts fresh, whatever the erased one held.
+TEST(HiddenStateStoreTest, AReusedEntryStartsFresh) {
+  auto backend = MakeBackend();
+  HiddenStateStore store(backend.get(), kHidden);
+  auto kept = store.Put(/*request=*/7, /*start_position=*/0, 2);
+  ASSERT_TRUE(kept.ok());
+  for (int32_t position = 0; position < 4; ++position) {
+    auto entry = store.Put(/*request=*/1, position, 1);
+    ASSERT_TRUE(entry.ok());
+    EXPECT_EQ((*entry)->num_tokens, 1);
+    EXPECT_EQ((*entry)->loops_done, 0) << position;
+    EXPECT_FALSE((*entry)->exit_state) << position;
+    EXPECT_NE((*entry)->state.data(), (*kept)->state.data());
+    (*entry)->loops_done = 2;
+    (*entry)->exit_state = true;
+    if (position % 2 == 0) {
+      store.Erase(1, position);
+    } else {
+      store.Release(1);
+    }
+    EXPECT_EQ(store.Find(1, position), nullptr);
+  }
+  EXPECT_EQ(store.size(), 1u);
+  EXPECT_EQ(store.Find(7, 0), *kept);
+  EXPECT_EQ(store.bytes(), 2 * kRowBytes);
+}
+
 TEST(HiddenStateStoreTest, RecycledTensorsStayWithinTheByteBudget) {
   auto backend = MakeBackend();
   const int64_t budget = 100 * kRowBytes;

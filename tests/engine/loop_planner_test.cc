@@ -2,7 +2,9 @@
 #include "engine/loop_planner.h"
 
 #include <cstdint>
+#include <iterator>
 #include <span>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -98,6 +100,69 @@ TEST(LoopPlannerTest, RoundsMixLoopsAndReorderWhenAnItemStops) {
   EXPECT_EQ(planner.item(0).next_loop, 2);
   EXPECT_EQ(planner.item(1).next_loop, 1);
   EXPECT_EQ(planner.item(2).next_loop, 3);
+}
+
+// A round as plain values (a Round has no ==): its segments and sequences
+// as tuples, the sequences' block tables by content.
+auto RoundValues(const LoopPlanner::Round& r) {
+  std::vector<std::tuple<int32_t, int32_t, int32_t>> segments;
+  for (const LoopSegment& s : r.segments) {
+    segments.emplace_back(s.loop, s.first_row, s.num_rows);
+  }
+  std::vector<std::tuple<int32_t, int32_t, int32_t, std::vector<int32_t>>>
+      sequences;
+  for (const SequenceSlice& s : r.sequences) {
+    sequences.emplace_back(
+        s.first_row, s.num_tokens, s.start_position,
+        std::vector<int32_t>(s.block_table.begin(), s.block_table.end()));
+  }
+  return std::make_tuple(r.gather, r.num_rows, r.items, r.loops, segments,
+                         r.positions, r.kv_slots, sequences);
+}
+
+// A model keeps one planner and one Round across its steps (Reset): every
+// step must plan as a fresh planner and Round would, whatever the steps
+// before left in them (a larger batch, more rounds, reorders).
+TEST(LoopPlannerTest, ResetPlansLikeAFreshPlanner) {
+  const std::vector<TokenId> one = {1}, two = {2, 3};
+  const std::vector<int32_t> t0 = {1, 0}, t1 = {2, 3}, t2 = {0, 4};
+  // Ties in (loop_begin, loops to run) keep the items' order.
+  const WorkItem mixed[] = {Item(one, 3, t0, 1, 3),  Item(one, 2, t1, 0, 1),
+                            Item(two, 0, t2, 0, -1), Item(one, 3, t1, 1, 3),
+                            Item(one, 1, t2, 0, 1),  Item(one, 2, t0, 2, 3)};
+  const WorkItem fewer[] = {Item(one, 1, t2, 0, 1), Item(one, 3, t0, 2, -1)};
+  const std::span<const WorkItem> steps[] = {mixed, fewer, mixed, fewer};
+  LoopPlanner kept;
+  LoopPlanner::Round kept_round;
+  for (size_t step = 0; step < std::size(steps); ++step) {
+    SCOPED_TRACE(step);
+    kept.Reset(steps[step], /*num_loops=*/3, /*block_size=*/2);
+    LoopPlanner fresh(steps[step], /*num_loops=*/3, /*block_size=*/2);
+    EXPECT_EQ(kept.order(), fresh.order());
+    EXPECT_EQ(kept.num_rows(), fresh.num_rows());
+    for (int round = 0;; ++round) {
+      SCOPED_TRACE(round);
+      LoopPlanner::Round fresh_round;
+      const bool more = fresh.NextRound(&fresh_round);
+      ASSERT_EQ(kept.NextRound(&kept_round), more);
+      if (!more) break;
+      EXPECT_EQ(RoundValues(kept_round), RoundValues(fresh_round));
+      if (round == 0 && step == 0) {  // an early exit: a reorder follows
+        kept.Exit(0);
+        fresh.Exit(0);
+      }
+      kept.FinishRound(kept_round);
+      fresh.FinishRound(fresh_round);
+    }
+    for (int32_t i = 0; i < kept.num_items(); ++i) {
+      EXPECT_EQ(kept.item(i).slot, fresh.item(i).slot);
+      EXPECT_EQ(kept.item(i).next_loop, fresh.item(i).next_loop);
+    }
+  }
+  // The mixed step's order: loop_begin 0 first, the longer runs first, ties
+  // in item order.
+  LoopPlanner fresh(mixed, /*num_loops=*/3, /*block_size=*/2);
+  EXPECT_THAT(fresh.order(), ElementsAre(2, 1, 4, 0, 3, 5));
 }
 
 }  // namespace

@@ -449,6 +449,12 @@ absl::Status CpuBackend::CopyToHost(const Tensor& src, std::span<float> host) {
   return absl::OkStatus();
 }
 
+std::span<const float> CpuBackend::HostView(const Tensor& t) const {
+  if (t.type() != ElementType::kF32 || t.data() == nullptr) return {};
+  return {static_cast<const float*>(t.data()),
+          static_cast<size_t>(t.num_elements())};
+}
+
 void CpuBackend::Embedding(const Tensor& table, std::span<const TokenId> ids,
                            Tensor* out) {
   STRATA_CHECK(Rows(*out) == static_cast<int64_t>(ids.size()));
@@ -541,7 +547,12 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
     // of at most 16), for cpu::PackedMatMulPair below; else null.
     const float* one_panel_a;
   };
-  std::vector<Task> tasks;
+  // Reused per call (a recursive step makes a few dozen of these calls).
+  // The jobs below read them through these references: a thread_local named
+  // in a task would be the worker's own.
+  thread_local std::vector<Task> task_scratch;
+  std::vector<Task>& tasks = task_scratch;
+  tasks.clear();
   constexpr int64_t kRowsPerTask = 8;  // the packed kernel's row tile
   int64_t macs = 0;
   for (const LowRankGroupSegment& seg : segments) {
@@ -578,7 +589,9 @@ bool CpuBackend::AddLowRankGroup(const Tensor& x,
   struct Job {
     int64_t first_task, num_tasks;
   };
-  std::vector<Job> jobs;
+  thread_local std::vector<Job> job_scratch;
+  std::vector<Job>& jobs = job_scratch;
+  jobs.clear();
   for (size_t i = 0; i < tasks.size(); ++i) {
     if (i + 1 < tasks.size() &&
         tasks[i].num_rows + tasks[i + 1].num_rows <= kRowsPerTask &&
@@ -721,8 +734,8 @@ void CpuBackend::PagedAttention(const Tensor& q, const Tensor& k_cache,
   STRATA_CHECK(Cols(q) ==
                static_cast<int64_t>(shape.num_heads) * shape.head_dim);
   STRATA_CHECK(out->num_elements() == q.num_elements());
-  std::vector<cpu::AttentionSequence> seqs;
-  seqs.reserve(sequences.size());
+  thread_local std::vector<cpu::AttentionSequence> seqs;  // reused per call
+  seqs.clear();
   for (const SequenceSlice& s : sequences) {
     STRATA_CHECK(static_cast<int64_t>(s.first_row) + s.num_tokens <= Rows(q));
     seqs.push_back(

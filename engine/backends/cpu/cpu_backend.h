@@ -82,6 +82,7 @@ class CpuBackend : public Backend {
   absl::StatusOr<Tensor> Upload(std::vector<float> host,
                                 std::vector<int64_t> shape) override;
   absl::Status CopyToHost(const Tensor& src, std::span<float> host) override;
+  std::span<const float> HostView(const Tensor& t) const override;
 
   void Embedding(const Tensor& table, std::span<const TokenId> ids,
                  Tensor* out) override;

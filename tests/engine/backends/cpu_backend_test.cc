@@ -4,6 +4,7 @@
 // MatMul, MatMul, Add it replaces.
 #include "engine/backends/cpu/cpu_backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -52,6 +53,52 @@ std::unique_ptr<CpuBackend> MakeBackend(CpuBackend::Options options = {}) {
   auto backend = CpuBackend::Create(options);
   EXPECT_TRUE(backend.ok()) << backend.status();
   return *std::move(backend);
+}
+
+// A moved-from tensor is empty, like a default one: code that tests
+// empty() after a move (a recycled state's map node, HiddenStateStore) must
+// not see the old data pointer or shape.
+TEST(TensorTest, AMovedFromTensorIsEmpty) {
+  auto backend = MakeBackend();
+  auto t = backend->Allocate(ElementType::kF32, {3, 4});
+  ASSERT_TRUE(t.ok());
+  const void* data = t->data();
+  Tensor moved(*std::move(t));
+  EXPECT_EQ(moved.data(), data);
+  EXPECT_EQ(moved.num_elements(), 12);
+  EXPECT_TRUE(t->empty());
+  EXPECT_EQ(t->data(), nullptr);
+  EXPECT_EQ(t->rank(), 0u);
+  Tensor assigned;
+  assigned = std::move(moved);
+  EXPECT_EQ(assigned.data(), data);
+  EXPECT_TRUE(moved.empty());
+  EXPECT_EQ(moved.storage(), nullptr);
+  // Views share the data and keep their own shape.
+  Tensor view = assigned.Rows(1, 2);
+  EXPECT_EQ(view.data(), static_cast<const float*>(data) + 4);
+  EXPECT_EQ(view.dim(0), 2);
+  EXPECT_EQ(view.dim(1), 4);
+  EXPECT_EQ(assigned.dim(0), 3);
+}
+
+// Host sampling reads the CPU's logits in place (HostView) instead of
+// copying them: the view is the tensor's own memory, and what CopyToHost
+// would have copied.
+TEST(CpuBackendTest, HostViewIsTheTensorsMemory) {
+  auto backend = MakeBackend();
+  auto t = backend->Upload({1, 2, 3, 4, 5, 6}, {2, 3});
+  ASSERT_TRUE(t.ok());
+  const std::span<const float> view = backend->HostView(*t);
+  ASSERT_EQ(view.size(), 6u);
+  EXPECT_EQ(view.data(), t->data());
+  std::vector<float> copied(6);
+  ASSERT_TRUE(backend->CopyToHost(*t, copied).ok());
+  EXPECT_TRUE(std::equal(view.begin(), view.end(), copied.begin()));
+  const Tensor rows = t->Rows(1, 1);
+  EXPECT_EQ(backend->HostView(rows).data(), view.data() + 3);
+  EXPECT_EQ(backend->HostView(rows).size(), 3u);
+  EXPECT_TRUE(backend->HostView(Tensor()).empty());
 }
 
 TEST(CpuBackendTest, TableKeepsItsRowsAndMultipliesPacked) {
