@@ -173,7 +173,14 @@ if [[ "$quality" == 1 ]]; then
   done
 fi
 
-echo "daemons: --kv_fill=$kv_fill ${prompt_exit_flags[*]:-(prompt tokens at full depth)}"
+if [[ ${#prompt_exit_flags[@]} -gt 0 ]]; then
+  prompt_rule="--prompt_exits=false (prompt tokens at full depth)"
+elif [[ "$kv_fill" == propagate ]]; then
+  prompt_rule="(prompt exits on, stratad's default)"
+else
+  prompt_rule="(prompt tokens at full depth: no prompt exits under $kv_fill)"
+fi
+echo "daemons: --kv_fill=$kv_fill $prompt_rule"
 /usr/bin/python3 - "$out" "$concurrency" "$points" "$model" "$rounds" <<'PY'
 import json, os, re, statistics, sys
 out, clients, points, model = sys.argv[1], sys.argv[2].split(), \
