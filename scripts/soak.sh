@@ -44,11 +44,10 @@ for b in stratad strata-cli strata-bench; do
   [[ -x "${bin}/${b}" ]] || { echo "soak.sh: ${bin}/${b} missing (build first)" >&2; exit 2; }
 done
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-port=$(free_port)
-metrics_port=$(free_port)
+# The ports the tests use, reserved the same way (tests/testing/free_port.sh).
+source tests/testing/free_port.sh
+strata_free_port port || exit 2
+strata_free_port metrics_port || exit 2
 addr=127.0.0.1:${port}
 
 "${bin}/stratad" --model="${model}" --host=127.0.0.1 --port="${port}" \

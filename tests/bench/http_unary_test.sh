@@ -16,7 +16,8 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL $*"; exit 1; }
 
-http_port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source "${root}/tests/testing/free_port.sh"
+strata_free_port http_port
 "${bin}/stratad" --model="${root}/models/strata-recursive-tiny" --port=0 \
   --port_file="${tmp}/port" --http_port="${http_port}" \
   >"${tmp}/stratad.log" 2>&1 &

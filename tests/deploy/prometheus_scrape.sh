@@ -16,11 +16,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-metrics_port=$(free_port)
-prom_port=$(free_port)
+source "${root}/tests/testing/free_port.sh"
+strata_free_port metrics_port
+strata_free_port prom_port
 
 "${bin}/stratad" --model="${root}/tests/data/tiny-llama" --port=0 \
   --port_file="${tmp}/port" --metrics_port="${metrics_port}" \

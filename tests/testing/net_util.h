@@ -6,8 +6,13 @@
 
 namespace strata::testing {
 
-// A loopback TCP port nobody listens on right now (the kernel's pick for port
-// 0); -1 on failure. Another process may take it before the caller binds it.
+// A loopback TCP port that nobody listens on and that no other test process
+// will be handed until this one exits; -1 if none is found. It comes from
+// below the kernel's ephemeral range, which serves bind(0) and the local side
+// of every outgoing connection: a port from that range, released until the
+// daemon binds it, was taken by some client's connection in CI ("Address
+// already in use"). Concurrent test processes agree through a lock file per
+// port (tests/testing/free_port.sh takes the same locks).
 int FreePort();
 
 // A minimal HTTP/1.0 GET to 127.0.0.1:port; the whole response (status line,
