@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "absl/time/clock.h"
@@ -54,15 +56,21 @@ void EngineLoop::Run() {
   StepExecutor& executor = *options_.executor;
   // Test-only fault hook: while the file named by STRATA_TEST_STALL_FILE
   // exists, the loop stalls before each step (the readiness tests use it).
+  // While stalled it keeps the file FILE.parked, so that a test can know
+  // that the engine is between two steps rather than inside a slow one.
   const char* stall_env = std::getenv("STRATA_TEST_STALL_FILE");
   const std::string stall_file = stall_env == nullptr ? "" : stall_env;
+  const std::string parked_file = stall_file + ".parked";
   while (!stop_.load()) {
     // The short timeout bounds how late a stop request or a passed deadline
     // of a queued request is noticed when the server is otherwise idle.
     if (!scheduler.WaitForWork(absl::Milliseconds(50))) continue;
-    while (!stall_file.empty() && !stop_.load() &&
-           access(stall_file.c_str(), F_OK) == 0) {
-      absl::SleepFor(absl::Milliseconds(20));
+    if (!stall_file.empty() && access(stall_file.c_str(), F_OK) == 0) {
+      std::ofstream(parked_file) << "parked\n";
+      while (!stop_.load() && access(stall_file.c_str(), F_OK) == 0) {
+        absl::SleepFor(absl::Milliseconds(20));
+      }
+      std::remove(parked_file.c_str());
     }
     StepPlan plan = scheduler.Schedule();
     // Sequences that ended or were preempted since the last step: their

@@ -103,10 +103,23 @@ class StallHook {
   }
   ~StallHook() {
     Release();
+    // A daemon killed while stalled leaves its marker behind.
+    std::filesystem::remove(path_ + ".parked");
     unsetenv("STRATA_TEST_STALL_FILE");
   }
   void Stall() { std::ofstream(path_) << "stall\n"; }
   void Release() { std::filesystem::remove(path_); }
+  // After Stall(): true once the engine loop has stopped between two steps
+  // (it keeps PATH.parked while it waits there; scheduler/engine_loop.cc),
+  // so no step can run until Release(). False after 60 s.
+  bool AwaitParked() {
+    const absl::Time deadline = absl::Now() + absl::Seconds(60);
+    while (!std::filesystem::exists(path_ + ".parked")) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return true;
+  }
 
  private:
   std::string path_;
