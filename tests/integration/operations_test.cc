@@ -266,7 +266,8 @@ TEST(OperationsTest, SecondSigtermExitsAtOnce) {
   });
   HealthWatch watch((*daemon)->address(), kGeneration);
   ASSERT_TRUE(watch.Await(HealthCheckResponse::SERVING));
-  absl::SleepFor(absl::Milliseconds(300));
+  // The engine parks at the hook only with work: the request is in.
+  ASSERT_TRUE(hook.AwaitParked());
   const pid_t pid = (*daemon)->process().pid();
   ASSERT_EQ(kill(pid, SIGTERM), 0);
   EXPECT_TRUE(watch.Await(HealthCheckResponse::NOT_SERVING));

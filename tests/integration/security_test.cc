@@ -246,6 +246,9 @@ TEST(SecurityTest, MaxRequestTimeEndsARequestWithDeadlineExceeded) {
     status = std::move(s);
     done.Notify();
   });
+  // Parked with work means the request is in, so its time has started;
+  // then the engine stays held until that time has passed.
+  ASSERT_TRUE(stall.AwaitParked());
   absl::SleepFor(absl::Milliseconds(1500));  // past max_request_time
   stall.Release();
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(60)));
