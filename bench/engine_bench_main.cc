@@ -57,6 +57,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "bench/stats.h"
+#include "common/mutex_mode.h"
 #include "engine/backends/backend.h"
 #include "engine/backends/backend_options.h"
 #include "engine/exit_defaults.h"
@@ -526,6 +527,7 @@ int Main() {
 }  // namespace strata
 
 int main(int argc, char** argv) {
+  strata::UseReleaseMutexMode();  // as stratad runs the engine
   absl::ParseCommandLine(argc, argv);
   return strata::Main();
 }

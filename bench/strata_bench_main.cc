@@ -26,6 +26,7 @@
 #include "bench/compare.h"
 #include "bench/sweep.h"
 #include "common/logging.h"
+#include "common/mutex_mode.h"
 
 // Where and how.
 ABSL_FLAG(std::string, target, "127.0.0.1:50051",
@@ -306,6 +307,7 @@ absl::StatusOr<BenchmarkOptions> OptionsFromFlags() {
 }  // namespace strata::bench
 
 int main(int argc, char** argv) {
+  strata::UseReleaseMutexMode();
   absl::FlagsUsageConfig usage_config;
   // --help lists this tool's flags (not every library's).
   usage_config.contains_help_flags = [](absl::string_view file) {

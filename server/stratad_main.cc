@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/logging.h"
+#include "common/mutex_mode.h"
 #include "engine/backends/backend_options.h"
 #include "engine/exit_policy.h"
 #include "server/server.h"
@@ -228,13 +229,7 @@ absl::Status WritePortFile(const std::string& path, int32_t port) {
 }
 
 int Run(int argc, char** argv) {
-#ifdef NDEBUG
-  // Debian's abseil is built with Mutex deadlock detection on: every lock
-  // then updates a global lock graph (under a global lock). It is a debugging
-  // aid; release builds of the daemon turn it off (debug and sanitizer
-  // builds, which run the tests, keep it).
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-#endif
+  UseReleaseMutexMode();
   absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() > 1) {
