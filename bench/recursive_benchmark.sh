@@ -34,16 +34,21 @@
 # --prompt_exits=false, every prompt token at full depth, as before
 # 2026-12-06 (the cap counts generated tokens only either way).
 #
-# ROUNDS (default 3) repeats the whole run that many times and reports each
-# row's median (tok/s) and the median of each round's ratio. Within a round
+# ROUNDS (default 5) repeats the whole run that many times and reports each
+# row's median (tok/s) and the median of each round's ratio. A run is
+# clients x REQUESTS_PER_CLIENT (default 8) requests, at least MIN_REQUESTS
+# (default 96): with the default 64-token outputs a run of 24 requests (the
+# defaults before 2026-12-07) lasted 0.2 s at 8 clients, and single rounds
+# of the same row read 77-114% of the cap. Within a round
 # every row runs on the sequence-wise daemon and then at once on the
 # depth-wise one (both are up, on PORT and PORT+1), so a drift of the
 # machine's speed falls on both sides; even rounds run the depth-wise one
 # first, so neither always runs second.
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
-# Env: ROUNDS=3, REQUESTS_PER_CLIENT=3, MIN_REQUESTS=24, CONCURRENCY="1 8 32", POINTS="max_prob:0.2 margin:0.3 classifier:default
-# ...", OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, PROMPT_EXITS=1, QUALITY=1,
+# Env: ROUNDS=5, REQUESTS_PER_CLIENT=8, MIN_REQUESTS=96, CONCURRENCY="1 8 32",
+# POINTS="max_prob:default margin:default classifier:default max_prob:0.2",
+# OUTPUT_LEN=64, INPUT_LEN=64, KV_FILL=propagate, PROMPT_EXITS=1, QUALITY=1,
 # HELDOUT=/tmp/kjv/heldout.txt (tools/train/prepare_corpus.py --out-dir
 # /tmp/kjv), QUALITY_WINDOWS=8.
 # Needs build/bin/{stratad,strata-bench,strata-engine-bench}.
@@ -65,9 +70,9 @@ points=${POINTS:-max_prob:default margin:default classifier:default max_prob:0.2
 quality=${QUALITY:-1}
 heldout=${HELDOUT:-/tmp/kjv/heldout.txt}
 quality_windows=${QUALITY_WINDOWS:-8}
-rounds=${ROUNDS:-3}
-per_client=${REQUESTS_PER_CLIENT:-3}  # requests per run: clients x this,
-min_requests=${MIN_REQUESTS:-24}      # and at least this many
+rounds=${ROUNDS:-5}
+per_client=${REQUESTS_PER_CLIENT:-8}  # requests per run: clients x this,
+min_requests=${MIN_REQUESTS:-96}      # and at least this many
 
 # h, the LM head in loops, from the engine alone, at the workload's mean
 # context during decoding (a loop's attention grows with it; the head's
