@@ -34,6 +34,10 @@ struct TokenEvent {
   // Loops of a recursive model the token ran before it was sampled: N at
   // full depth, fewer after an early exit; 1 for a plain model.
   int32_t loops = 1;
+  // True when the scheduler ends the sequence with this token (a stop token,
+  // max_tokens or the model's length): its OnSequenceFinish follows in the
+  // same step, so a sink may send the token with the sequence's last chunk.
+  bool ends_sequence = false;
 };
 
 // For the whole request: with n > 1 the prompt counts once and the

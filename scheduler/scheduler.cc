@@ -1086,12 +1086,14 @@ void Scheduler::Commit(const absl::StatusOr<StepResult>& result) {
     const auto& stops = request.spec.stop_token_ids;
     event.is_stop_token =
         std::find(stops.begin(), stops.end(), token) != stops.end();
+    const bool at_limit =
+        seq.num_output() >= request.spec.max_tokens ||
+        static_cast<int32_t>(seq.tokens.size()) >= options_.max_model_len;
+    event.ends_sequence = event.is_stop_token || at_limit;
     const bool keep_going = request.spec.sink->OnToken(event);
     if (event.is_stop_token || !keep_going) {
       seq.finish = FinishReason::kStop;
-    } else if (seq.num_output() >= request.spec.max_tokens ||
-               static_cast<int32_t>(seq.tokens.size()) >=
-                   options_.max_model_len) {
+    } else if (at_limit) {
       seq.finish = FinishReason::kLength;
     }
   }

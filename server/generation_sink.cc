@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/time/time.h"
+#include "server/scheduled_generation.h"
 
 namespace strata {
 namespace {
@@ -128,7 +129,11 @@ bool GenerationSink::HandleToken(const TokenEvent& event) {
       choice.stop_reason = std::move(result.matched);
     }
   }
-  Deliver(std::move(chunk));
+  if (event.ends_sequence) {
+    choice.held_token = std::move(chunk);
+  } else {
+    Deliver(std::move(chunk));
+  }
   if (choice.stopped) {
     stopped_[event.index].store(true, std::memory_order_release);
     // A stop token ends the sequence in the scheduler by itself; a stop
@@ -170,8 +175,18 @@ void GenerationSink::FinishChoice(int32_t index, FinishReason reason) {
   if (num_finished_ == static_cast<int32_t>(choices_.size())) {
     held_last_ = std::move(last);
   } else {
-    Deliver(std::move(last));
+    Deliver(WithHeldToken(index, std::move(last)));
   }
+}
+
+v1::CompletionChunk GenerationSink::WithHeldToken(int32_t index,
+                                                  v1::CompletionChunk last) {
+  std::optional<v1::CompletionChunk>& held = choices_[index].held_token;
+  if (!held.has_value()) return last;
+  v1::CompletionChunk chunk = *std::move(held);
+  held.reset();
+  AppendChunk(std::move(last), chunk);
+  return chunk;
 }
 
 void GenerationSink::HandleSequenceFinish(int32_t index, FinishReason reason) {
@@ -196,8 +211,17 @@ void GenerationSink::HandleFinish(const FinishInfo& info) {
         FinishChoice(static_cast<int32_t>(i), info.reason);
       }
     }
-    if (held_last_.has_value()) last = *std::move(held_last_);
+    if (held_last_.has_value()) {
+      const auto index = static_cast<int32_t>(held_last_->index());
+      last = WithHeldToken(index, *std::move(held_last_));
+    }
   } else {
+    // A token the scheduler generated is sent even when the request ends
+    // badly right after it.
+    for (size_t i = 0; i < choices_.size(); ++i) {
+      std::optional<v1::CompletionChunk>& held = choices_[i].held_token;
+      if (held.has_value()) Deliver(*std::exchange(held, std::nullopt));
+    }
     if (status.ok()) {
       // A cancelled or failed request always carries why.
       status = info.reason == FinishReason::kCancelled

@@ -8,7 +8,9 @@
 // every chunk carries its choice's index, and each choice's last chunk its
 // finish_reason and stop_reason. The chunk that ends the last choice to end
 // is held back and becomes the final chunk (OnComplete), with the usage, so
-// for n = 1 the output is exactly the single-choice stream.
+// for n = 1 the output is exactly the single-choice stream. The token that
+// ends a choice (TokenEvent::ends_sequence) is not a chunk of its own: it
+// opens its choice's last chunk.
 //
 // Threads: with an OutputWorker (Options::worker) the RequestSink methods,
 // called on the engine thread, only post the event to the worker, where the
@@ -110,6 +112,11 @@ class GenerationSink : public RequestSink,
     bool stopped = false;     // a stop string or stop token ended it
     std::string stop_reason;  // which one
     bool finished = false;    // its last chunk was made
+    // The chunk of the token that ends the choice (TokenEvent::
+    // ends_sequence), sent with the choice's last chunk: one message and
+    // the call's status in one write, where two writes made the client
+    // wait for the first to complete before it saw the call end.
+    std::optional<v1::CompletionChunk> held_token;
   };
 
   // The RequestSink methods' work, on the output thread.
@@ -124,6 +131,8 @@ class GenerationSink : public RequestSink,
   // reason. Delivered at once unless it ends the last open choice; then it
   // is kept in held_last_ for OnFinish.
   void FinishChoice(int32_t index, FinishReason reason);
+  // `last` of choice `index`, after the choice's held token if it has one.
+  v1::CompletionChunk WithHeldToken(int32_t index, v1::CompletionChunk last);
   void Deliver(v1::CompletionChunk chunk);
 
   friend class GenerationSinkTestPeer;

@@ -273,6 +273,20 @@ TEST_F(StratadTest, StreamingEqualsUnary) {
   EXPECT_EQ(last.usage().prompt_tokens(), reference_->prompt_ids.size());
 }
 
+// The last token, the finish reason, the usage and the call's status go out
+// together: a one-token stream is one message (it was two, the second
+// waiting for the first write to complete on a gRPC thread).
+TEST_F(StratadTest, AOneTokenStreamIsOneMessage) {
+  StreamResult stream =
+      CompleteStream(GreedyRequest(reference_->prompt_ids, 1));
+  ASSERT_TRUE(stream.status.ok()) << stream.status.error_message();
+  ASSERT_EQ(stream.chunks.size(), 1u);
+  const v1::CompletionChunk& only = stream.chunks[0];
+  EXPECT_EQ(only.token_ids_size(), 1);
+  EXPECT_EQ(only.finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(only.usage().completion_tokens(), 1u);
+}
+
 TEST_F(StratadTest, TextPromptGetsBosAndMatchesIds) {
   // The reference prompt is BOS + the encoded text.
   grpc::ClientContext context;

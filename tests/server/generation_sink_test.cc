@@ -208,6 +208,85 @@ TEST_F(GenerationSinkTest, StopTokenIsCountedButNotShown) {
   EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_STOP);
 }
 
+// The token the scheduler ends a choice with opens the choice's last chunk:
+// the stream's last message and the call's status then go out in one write.
+TEST_F(GenerationSinkTest, TheEndingTokenGoesOutInTheLastChunk) {
+  const std::vector<TokenId> ids = Encode("Hi there");
+  ASSERT_GE(ids.size(), 2u);
+  auto sink = MakeSink();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    TokenEvent event = Event(ids[i]);
+    event.ends_sequence = i + 1 == ids.size();
+    EXPECT_TRUE(sink->OnToken(event));
+  }
+  EXPECT_EQ(listener_.chunks.size(), ids.size() - 1);
+  sink->OnSequenceFinish(0, FinishReason::kLength);
+  sink->OnFinish(Finished(FinishReason::kLength));
+
+  EXPECT_EQ(listener_.chunks.size(), ids.size() - 1);
+  ASSERT_TRUE(listener_.last.has_value());
+  EXPECT_THAT(listener_.last->token_ids(), ElementsAreArray({ids.back()}));
+  EXPECT_EQ(listener_.Text(), "Hi there");
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(listener_.last->usage().completion_tokens(), 3u);
+}
+
+TEST_F(GenerationSinkTest, AnEndingStopTokenGoesOutInTheLastChunk) {
+  const std::optional<TokenId> eot = tokenizer_->TokenToId("<|eot_id|>");
+  ASSERT_TRUE(eot.has_value());
+  auto sink = MakeSink();
+  for (TokenId id : Encode("Hi")) EXPECT_TRUE(sink->OnToken(Event(id)));
+  TokenEvent stop = Event(*eot, /*is_stop_token=*/true);
+  stop.ends_sequence = true;
+  EXPECT_FALSE(sink->OnToken(stop));
+  sink->OnSequenceFinish(0, FinishReason::kStop);
+  sink->OnFinish(Finished(FinishReason::kStop));
+
+  EXPECT_EQ(listener_.Text(), "Hi");
+  EXPECT_THAT(listener_.last->token_ids(), ElementsAreArray({*eot}));
+  EXPECT_EQ(listener_.last->text(), "");
+  EXPECT_EQ(listener_.last->stop_reason(), "<|eot_id|>");
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_STOP);
+}
+
+// A choice that ends before the last one sends its ending token in its own
+// last chunk at once; a request cancelled right after a choice's ending
+// token still sends the token.
+TEST_F(GenerationSinkTest, EndingTokensOfEarlierAndCancelledChoicesAreSent) {
+  auto sink = std::make_unique<GenerationSink>(
+      GenerationSink::Options{.tokenizer = tokenizer_,
+                              .stop_strings = {},
+                              .logprobs = false,
+                              .metrics = nullptr,
+                              .n = 3},
+      &listener_);
+  const std::vector<TokenId> ids = Encode("Hi");
+  ASSERT_FALSE(ids.empty());
+  for (int32_t index : {0, 1, 2}) {
+    TokenEvent event = Event(ids[0]);
+    event.index = index;
+    event.ends_sequence = true;
+    sink->OnToken(event);
+  }
+  EXPECT_TRUE(listener_.chunks.empty());
+  sink->OnSequenceFinish(0, FinishReason::kLength);
+  ASSERT_EQ(listener_.chunks.size(), 1u);
+  EXPECT_EQ(listener_.chunks[0].index(), 0u);
+  EXPECT_THAT(listener_.chunks[0].token_ids(), ElementsAreArray({ids[0]}));
+  EXPECT_EQ(listener_.chunks[0].finish_reason(), v1::FINISH_REASON_LENGTH);
+
+  sink->OnFinish(Finished(FinishReason::kCancelled, absl::CancelledError()));
+  EXPECT_EQ(listener_.status.code(), absl::StatusCode::kCancelled);
+  // Choices 1 and 2 never finished on their own: their tokens still arrive.
+  ASSERT_EQ(listener_.chunks.size(), 3u);
+  for (uint32_t index : {1u, 2u}) {
+    EXPECT_EQ(listener_.chunks[index].index(), index);
+    EXPECT_THAT(listener_.chunks[index].token_ids(),
+                ElementsAreArray({ids[0]}));
+  }
+  EXPECT_EQ(listener_.last->finish_reason(), v1::FINISH_REASON_CANCELLED);
+}
+
 TEST_F(GenerationSinkTest, GeneratedSpecialTokensAreNotShown) {
   const std::optional<TokenId> eot = tokenizer_->TokenToId("<|eot_id|>");
   ASSERT_TRUE(eot.has_value());
