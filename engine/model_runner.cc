@@ -223,6 +223,15 @@ void ModelRunner::ReleaseState(RequestId request) {
   model_->ReleaseState(request);
 }
 
+// Between steps the model's own host task has been joined (Execute), so the
+// backend's one slot is free; a step that starts its own task waits for
+// this one first (Backend::StartHostTask).
+void ModelRunner::StartBeside(absl::AnyInvocable<void()> task) {
+  backend_->StartHostTask(std::move(task));
+}
+
+void ModelRunner::WaitBeside() { backend_->WaitHostTask(); }
+
 size_t ModelRunner::num_kept_states() const {
   return model_->state_store().size();
 }

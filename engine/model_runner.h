@@ -73,6 +73,9 @@ class ModelRunner : public StepExecutor {
 
   // Drops the hidden states kept for `request` (recursive models).
   void ReleaseState(RequestId request) override;
+  // Backend::StartHostTask / WaitHostTask: on the CPU a kernel worker.
+  void StartBeside(absl::AnyInvocable<void()> task) override;
+  void WaitBeside() override;
   // Hidden states kept between steps (recursive models; 0 otherwise).
   size_t num_kept_states() const;
   // Where the steps so far spent their time (engine/step_timings.h).

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "common/token_id.h"
 #include "engine/exit_policy.h"
@@ -175,6 +176,18 @@ class StepExecutor {
   // calls it when a request finishes, is cancelled or preempted; later items
   // of the request must start at loop_begin 0. Unknown ids are a no-op.
   virtual void ReleaseState(RequestId request) {}
+
+  // Starts `task` (host code that touches nothing of the engine's) on a
+  // thread the next steps leave idle, and returns; the default runs it now.
+  // The engine loop hands it the output thread's wake-up after a step
+  // (EngineLoop::Options::delivery), a system call that would otherwise
+  // delay the next step. The CPU runner gives it to a kernel worker, which
+  // spins while the engine thread runs a step's serial ops (at one
+  // sequence, most of them). One at a time: a task still outstanding is
+  // waited for first, by this call or by the step that needs the worker.
+  virtual void StartBeside(absl::AnyInvocable<void()> task) { task(); }
+  // Returns once the task StartBeside() started has run (at once if none).
+  virtual void WaitBeside() {}
 };
 
 }  // namespace strata

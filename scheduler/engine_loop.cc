@@ -80,6 +80,7 @@ void EngineLoop::Run() {
     }
     if (plan.items.empty()) {
       scheduler.Commit(StepResult{});
+      WakeDelivery();
       ReportStateChange();
       continue;
     }
@@ -91,6 +92,7 @@ void EngineLoop::Run() {
                         << " requests end with an error): " << result.status();
     }
     scheduler.Commit(result);
+    WakeDelivery();
     num_steps_.fetch_add(1);
     last_step_nanos_.store(absl::ToUnixNanos(end));
     if (options_.observer != nullptr) {
@@ -99,8 +101,8 @@ void EngineLoop::Run() {
       // going token by token are items of their own, next to each other.
       stats.num_items = 0;
       for (size_t i = 0; i < plan.items.size(); ++i) {
-        stats.num_items += i == 0 || plan.items[i].request_id !=
-                                         plan.items[i - 1].request_id;
+        stats.num_items +=
+            i == 0 || plan.items[i].request_id != plan.items[i - 1].request_id;
       }
       stats.num_tokens = plan.NumTokens();
       stats.duration = end - start;
@@ -115,6 +117,15 @@ void EngineLoop::Run() {
       options_.observer->OnStep(stats);
     }
   }
+  // The last wake-up has run before the loop's owner may destroy what it
+  // wakes.
+  executor.WaitBeside();
+}
+
+void EngineLoop::WakeDelivery() {
+  StepDelivery* delivery = options_.delivery;
+  if (delivery == nullptr || !delivery->WakeOwed()) return;
+  options_.executor->StartBeside([delivery] { delivery->Wake(); });
 }
 
 }  // namespace strata

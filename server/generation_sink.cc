@@ -71,7 +71,8 @@ bool GenerationSink::OnToken(const TokenEvent& event) {
     ++num_dropped_;  // the scheduler counted it; the client never sees it
     return false;
   }
-  worker_->Post(
+  // The engine loop wakes the worker beside the next step (StepDelivery).
+  worker_->PostDeferred(
       [self = shared_from_this(), event] { self->HandleToken(event); });
   return true;
 }

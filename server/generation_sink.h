@@ -16,8 +16,10 @@
 // called on the engine thread, only post the event to the worker, where the
 // detokenizing, stop strings and delivery run; a stop string found there
 // ends its choice through Options::on_stop (Scheduler::StopSequence), and
-// OnToken refuses further tokens of a choice known to have stopped. Without
-// a worker everything runs on the caller's thread, at once.
+// OnToken refuses further tokens of a choice known to have stopped. OnToken
+// posts without waking a sleeping worker (OutputWorker::PostDeferred): the
+// engine loop wakes it beside the next step (EngineLoop::Options::delivery).
+// Without a worker everything runs on the caller's thread, at once.
 //
 // Lifetimes: the scheduler owns the sink (shared_ptr) until after OnFinish;
 // posted events hold it too, until they have run;

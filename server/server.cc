@@ -251,7 +251,8 @@ absl::Status Server::Start() {
   engine_loop_ =
       EngineLoop::Start(EngineLoop::Options{.scheduler = scheduler_.get(),
                                             .executor = runner_.get(),
-                                            .observer = metrics_.get()});
+                                            .observer = metrics_.get(),
+                                            .delivery = output_worker_.get()});
 
   model_info_ = BuildModelInfo(config, max_model_len, chat_format);
 

@@ -395,9 +395,10 @@ class Backend {
   // returns once it has run. The CPU backend hands it to a pool worker, which
   // would otherwise spin while the caller runs serial work (a step's host
   // sampling); the default runs it now, in order with the caller's ops
-  // (device ops only queue, so there is nothing to gain). One at a time, and
-  // until WaitHostTask() returns the caller must leave alone what the task
-  // reads or writes, and must not allocate from or resize its tensors.
+  // (device ops only queue, so there is nothing to gain). One at a time (a
+  // task still outstanding is waited for first), and until WaitHostTask()
+  // returns the caller must leave alone what the task reads or writes, and
+  // must not allocate from or resize its tensors.
   virtual void StartHostTask(absl::AnyInvocable<void()> task) { task(); }
   virtual void WaitHostTask() {}
 

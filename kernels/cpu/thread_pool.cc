@@ -148,6 +148,7 @@ void ThreadPool::ClaimSideTask() {
 }
 
 void ThreadPool::StartSideTask(absl::AnyInvocable<void()> task) {
+  WaitSideTask();  // at once when none is outstanding
   if (workers_.empty() || t_in_side_task) {
     task();
     return;

@@ -46,9 +46,10 @@ class ThreadPool {
 
   void ParallelFor(int64_t num_tasks, absl::FunctionRef<void(int64_t)> task);
 
-  // Runs `task` on a worker (inline without one), at most one at a time:
-  // WaitSideTask() before the next. Whatever the task touches, the caller
-  // must leave alone until WaitSideTask() returns.
+  // Runs `task` on a worker (inline without one), at most one at a time: a
+  // side task still outstanding is waited for first (WaitSideTask()).
+  // Whatever the task touches, the caller must leave alone until
+  // WaitSideTask() returns.
   void StartSideTask(absl::AnyInvocable<void()> task);
   // Returns once the side task has run; runs it here if no worker has
   // started it (the caller never waits for a descheduled worker). Returns at

@@ -145,6 +145,22 @@ TEST(ThreadPoolTest, ManySideTasksBesideJobs) {
   }
 }
 
+// A side task started while the one before is still outstanding waits for
+// it first: the engine loop starts one after a step (the output thread's
+// wake-up) and the step's model may start its own. Neither is lost and they
+// run in order.
+TEST(ThreadPoolTest, ASideTaskStartedBeforeTheLastIsWaitedForWaitsForIt) {
+  ThreadPool pool(2);
+  std::vector<int> order;  // written by the side tasks only, read after Wait
+  for (int round = 0; round < 2000; ++round) {
+    pool.StartSideTask([&order, round] { order.push_back(2 * round); });
+    pool.StartSideTask([&order, round] { order.push_back(2 * round + 1); });
+  }
+  pool.WaitSideTask();
+  ASSERT_EQ(order.size(), 4000u);
+  for (int i = 0; i < 4000; ++i) ASSERT_EQ(order[i], i);
+}
+
 TEST(ThreadPoolTest, ZeroMeansHardwareConcurrency) {
   ThreadPool pool(0);
   EXPECT_GE(pool.num_threads(), 1);

@@ -1,5 +1,6 @@
 #include "scheduler/engine_loop.h"
 
+#include <cstdint>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -60,12 +61,17 @@ class RecordingObserver : public StepObserver {
   std::atomic<int64_t> tokens{0};
 };
 
-TEST(EngineLoopTest, ServesRequestsSubmittedFromManyThreads) {
+// The executors' block size and pool.
+std::unique_ptr<Scheduler> MakeScheduler(int32_t max_model_len) {
   Scheduler::Options options;
   options.block_size = 4;
   options.num_blocks = 256;
-  options.max_model_len = 64;
-  auto scheduler = *Scheduler::Create(options);
+  options.max_model_len = max_model_len;
+  return *Scheduler::Create(options);
+}
+
+TEST(EngineLoopTest, ServesRequestsSubmittedFromManyThreads) {
+  auto scheduler = MakeScheduler(/*max_model_len=*/64);
   CountingExecutor executor;
   RecordingObserver observer;
   auto loop = EngineLoop::Start({scheduler.get(), &executor, &observer});
@@ -100,11 +106,7 @@ TEST(EngineLoopTest, ServesRequestsSubmittedFromManyThreads) {
 }
 
 TEST(EngineLoopTest, CancelReachesARunningRequest) {
-  Scheduler::Options options;
-  options.block_size = 4;
-  options.num_blocks = 256;
-  options.max_model_len = 1000;
-  auto scheduler = *Scheduler::Create(options);
+  auto scheduler = MakeScheduler(/*max_model_len=*/1000);
   // 900 steps of 1 ms: the cancel, sent at once, arrives long before the end.
   CountingExecutor executor(absl::Milliseconds(1));
   auto loop = EngineLoop::Start({scheduler.get(), &executor, nullptr});
@@ -174,11 +176,7 @@ class StateObserver : public StepObserver {
 // The gauges an autoscaler reads must drop when a request is cancelled,
 // not only at the next step that has work (there is none here).
 TEST(EngineLoopTest, ReportsTheStateAfterACancelWithoutAnotherStep) {
-  Scheduler::Options options;
-  options.block_size = 4;
-  options.num_blocks = 256;
-  options.max_model_len = 1000;
-  auto scheduler = *Scheduler::Create(options);
+  auto scheduler = MakeScheduler(/*max_model_len=*/1000);
   GatedExecutor executor;
   StateObserver observer;
   auto loop = EngineLoop::Start({scheduler.get(), &executor, &observer});
@@ -188,8 +186,8 @@ TEST(EngineLoopTest, ReportsTheStateAfterACancelWithoutAnotherStep) {
   spec.max_tokens = 900;
   spec.sink = sink;
   const RequestId id = *scheduler->Submit(spec);
-  ASSERT_TRUE(
-      executor.in_second_step.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(executor.in_second_step.WaitForNotificationWithTimeout(
+      absl::Seconds(30)));
   EXPECT_EQ(observer.running(), 1);  // reported after the first step
   scheduler->Cancel(id);
   executor.release.Notify();
@@ -198,6 +196,82 @@ TEST(EngineLoopTest, ReportsTheStateAfterACancelWithoutAnotherStep) {
   // The step after the cancel has no work: only a state report can say so.
   EXPECT_TRUE(observer.WaitForIdle(absl::Seconds(10)))
       << "running " << observer.running();
+}
+
+// Runs StartBeside's task at once and says whether a task is running inside
+// it; counts the calls (engine thread only).
+class BesideExecutor : public CountingExecutor {
+ public:
+  void StartBeside(absl::AnyInvocable<void()> task) override {
+    ++started;
+    in_beside = true;
+    task();
+    in_beside = false;
+  }
+  void WaitBeside() override { ++waits; }
+  int started = 0;
+  int waits = 0;
+  bool in_beside = false;
+};
+
+// Owes a wake-up after each token its sink posts, as the OutputWorker does
+// when a PostDeferred finds it asleep.
+class OwedDelivery : public StepDelivery {
+ public:
+  explicit OwedDelivery(const BesideExecutor* executor) : executor_(executor) {}
+  bool WakeOwed() const override { return owed; }
+  void Wake() override {
+    owed = false;
+    ++wakes;
+    all_beside = all_beside && executor_->in_beside;
+  }
+  bool owed = false;
+  int wakes = 0;
+  bool all_beside = true;
+
+ private:
+  const BesideExecutor* executor_;
+};
+
+class OwingSink : public NotifyingSink {
+ public:
+  explicit OwingSink(OwedDelivery* delivery) : delivery_(delivery) {}
+  bool OnToken(const TokenEvent& event) override {
+    delivery_->owed = true;
+    return NotifyingSink::OnToken(event);
+  }
+
+ private:
+  OwedDelivery* delivery_;
+};
+
+// A Commit that leaves the delivery a wake-up hands it to the executor
+// (StartBeside), once per such step and never for a step that owes none;
+// the loop waits for the last one before it ends.
+TEST(EngineLoopTest, HandsTheDeliverysWakeUpToTheExecutor) {
+  auto scheduler = MakeScheduler(/*max_model_len=*/64);
+  BesideExecutor executor;
+  OwedDelivery delivery(&executor);
+  auto loop = EngineLoop::Start({.scheduler = scheduler.get(),
+                                 .executor = &executor,
+                                 .delivery = &delivery});
+  auto sink = std::make_shared<OwingSink>(&delivery);
+  RequestSpec spec;
+  spec.prompt = {1, 2, 3};
+  spec.max_tokens = 5;
+  spec.sink = sink;
+  ASSERT_TRUE(scheduler->Submit(spec).ok());
+  ASSERT_TRUE(sink->done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  loop->Stop();
+  EXPECT_EQ(sink->tokens.size(), 5u);
+  // One step per token (the prompt's step samples the first); the idle
+  // passes before and after owe nothing.
+  EXPECT_EQ(loop->num_steps(), 5);
+  EXPECT_EQ(delivery.wakes, 5);
+  EXPECT_EQ(executor.started, 5);
+  EXPECT_TRUE(delivery.all_beside);
+  EXPECT_FALSE(delivery.owed);
+  EXPECT_EQ(executor.waits, 1);
 }
 
 }  // namespace
