@@ -90,12 +90,15 @@ class GenerationSinkTest : public ::testing::Test {
     tokenizer_ = nullptr;
   }
 
+  // n: choices of one request.
   std::unique_ptr<GenerationSink> MakeSink(
-      std::vector<std::string> stop_strings = {}, bool logprobs = false) {
+      std::vector<std::string> stop_strings = {}, bool logprobs = false,
+      int32_t n = 1) {
     return std::make_unique<GenerationSink>(
         GenerationSink::Options{.tokenizer = tokenizer_,
                                 .stop_strings = std::move(stop_strings),
-                                .logprobs = logprobs},
+                                .logprobs = logprobs,
+                                .n = n},
         &listener_);
   }
 
@@ -253,13 +256,7 @@ TEST_F(GenerationSinkTest, AnEndingStopTokenGoesOutInTheLastChunk) {
 // last chunk at once; a request cancelled right after a choice's ending
 // token still sends the token.
 TEST_F(GenerationSinkTest, EndingTokensOfEarlierAndCancelledChoicesAreSent) {
-  auto sink = std::make_unique<GenerationSink>(
-      GenerationSink::Options{.tokenizer = tokenizer_,
-                              .stop_strings = {},
-                              .logprobs = false,
-                              .metrics = nullptr,
-                              .n = 3},
-      &listener_);
+  auto sink = MakeSink({}, /*logprobs=*/false, /*n=*/3);
   const std::vector<TokenId> ids = Encode("Hi");
   ASSERT_FALSE(ids.empty());
   for (int32_t index : {0, 1, 2}) {
@@ -369,13 +366,7 @@ TEST_F(GenerationSinkTest, ErrorWithoutStatusStillFails) {
 }
 
 TEST_F(GenerationSinkTest, ChoicesDecodeAndStopOnTheirOwn) {
-  auto sink = std::make_unique<GenerationSink>(
-      GenerationSink::Options{.tokenizer = tokenizer_,
-                              .stop_strings = {"llama"},
-                              .logprobs = false,
-                              .metrics = nullptr,
-                              .n = 3},
-      &listener_);
+  auto sink = MakeSink({"llama"}, /*logprobs=*/false, /*n=*/3);
   auto event = [](TokenId id, int32_t index) {
     TokenEvent e = Event(id);
     e.index = index;
@@ -437,13 +428,7 @@ TEST_F(GenerationSinkTest, ChoicesDecodeAndStopOnTheirOwn) {
 }
 
 TEST_F(GenerationSinkTest, CancelledChoicesEndWithTheRequestsStatus) {
-  auto sink = std::make_unique<GenerationSink>(
-      GenerationSink::Options{.tokenizer = tokenizer_,
-                              .stop_strings = {},
-                              .logprobs = false,
-                              .metrics = nullptr,
-                              .n = 2},
-      &listener_);
+  auto sink = MakeSink({}, /*logprobs=*/false, /*n=*/2);
   TokenEvent e = Event(Encode("Hi")[0]);
   e.index = 1;
   sink->OnToken(e);
