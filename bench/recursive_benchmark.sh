@@ -39,11 +39,17 @@
 # clients x REQUESTS_PER_CLIENT (default 8) requests, at least MIN_REQUESTS
 # (default 96): with the default 64-token outputs a run of 24 requests (the
 # defaults before 2026-12-07) lasted 0.2 s at 8 clients, and single rounds
-# of the same row read 77-114% of the cap. Within a round
-# every row runs on the sequence-wise daemon and then at once on the
-# depth-wise one (both are up, on PORT and PORT+1), so a drift of the
-# machine's speed falls on both sides; even rounds run the depth-wise one
-# first, so neither always runs second.
+# of the same row read 77-114% of the cap. Both daemons are up, on PORT and
+# PORT+1, and a ratio's two runs follow each other, so a drift of the
+# machine's speed falls on both sides: full depth runs on the sequence-wise
+# daemon and at once on the depth-wise one; each point runs a sequence-wise
+# full-depth run of its own (seqwise_beside_*, the denominator of its
+# fraction of the cap), depth-wise with its exits, then sequence-wise with
+# them. Even rounds reverse the order, so no side always runs second. (Until
+# 2026-12-07 every point shared the first row's sequence-wise run, up to
+# seven runs and 15 s earlier: over 30 runs of the script, rounds of a ratio
+# of runs apart spread twice as much, a coefficient of variation of 4-6%
+# against 2.5-3% for the full-depth pair that ran side by side.)
 #
 # Usage: bench/recursive_benchmark.sh [MODEL_DIR] [OUT_DIR]
 # Env: ROUNDS=5, REQUESTS_PER_CLIENT=8, MIN_REQUESTS=96, CONCURRENCY="1 8 32",
@@ -114,13 +120,17 @@ fi
 bench() {  # bench PORT NAME CLIENTS MEASURE THRESHOLD ROUND (THRESHOLD "default": unset)
   local port=$1 name=$2 clients=$3 measure=$4 threshold=$5 round=$6
   local requests=$((clients * per_client > min_requests ? clients * per_client : min_requests))
+  # A warm-up at the run's concurrency: the first run at a concurrency on a
+  # fresh daemon read about 5% slower than the next three with 2 warm-up
+  # requests (8 clients), and in line with them with 8.
+  local warmup=$((clients > 2 ? clients : 2))
   local exit_flags=(--exit_confidence="$measure")
   if [[ "$threshold" != default ]]; then
     exit_flags+=(--exit_threshold="$threshold")
   fi
   build/bin/strata-bench --target="127.0.0.1:$port" --connect_timeout_s=60 \
     --mode=closed --concurrency="$clients" --num_requests="$requests" \
-    --num_warmup=2 --ignore_eos --seed=11 --max_run_s=900 \
+    --num_warmup="$warmup" --ignore_eos --seed=11 --max_run_s=900 \
     --workload=random --input_len="$input_len" --output_len="$output_len" \
     --range_ratio=0.5 "${exit_flags[@]}" --label="$name" \
     --result_json="$out/$name-c$clients-r$round.json" \
@@ -145,18 +155,31 @@ for round in $(seq "$rounds"); do
   start depthwise "$((port + 1))"
   depth_pid=$!
   for c in $concurrency; do
-    rows=("seqwise max_prob 1")
-    for p in $points; do rows+=("_${p%%:*}_${p##*:} ${p%%:*} ${p##*:}"); done
-    for row in "${rows[@]}"; do
-      read -r suffix measure threshold <<<"$row"
-      [[ "$suffix" == seqwise ]] && suffix=""
+    # Full depth: sequence-wise beside depth-wise.
+    if ((round % 2 == 1)); then
+      bench "$port" seqwise "$c" max_prob 1 "$round"
+    fi
+    bench "$((port + 1))" depthwise "$c" max_prob 1 "$round"
+    if ((round % 2 == 0)); then
+      bench "$port" seqwise "$c" max_prob 1 "$round"
+    fi
+    # Each point: depth-wise with its exits between a sequence-wise
+    # full-depth run (the denominator of its fraction of the cap, so the two
+    # are seconds apart, not a whole row of points) and sequence-wise with
+    # the same exits; even rounds reverse the three.
+    for p in $points; do
+      m=${p%%:*} t=${p##*:}
+      tag="${m}_$t"
       if ((round % 2 == 1)); then
-        bench "$port" "seqwise$suffix" "$c" "$measure" "$threshold" "$round"
+        bench "$port" "seqwise_beside_$tag" "$c" "$m" 1 "$round"
+      else
+        bench "$port" "seqwise_$tag" "$c" "$m" "$t" "$round"
       fi
-      bench "$((port + 1))" "depthwise$suffix" "$c" "$measure" "$threshold" \
-        "$round"
-      if ((round % 2 == 0)); then
-        bench "$port" "seqwise$suffix" "$c" "$measure" "$threshold" "$round"
+      bench "$((port + 1))" "depthwise_$tag" "$c" "$m" "$t" "$round"
+      if ((round % 2 == 1)); then
+        bench "$port" "seqwise_$tag" "$c" "$m" "$t" "$round"
+      else
+        bench "$port" "seqwise_beside_$tag" "$c" "$m" 1 "$round"
       fi
     done
   done
@@ -221,8 +244,7 @@ def runs(name, c):
 def median_tps(name, c):
     return statistics.median(run["output_throughput"] for run in runs(name, c))
 def round_ratios(name, base, c):
-    # Per round: the two figures ran within the same round, seconds to a
-    # minute apart.
+    # Per round: the two figures ran one after the other, seconds apart.
     return [a["output_throughput"] / b["output_throughput"]
             for a, b in zip(runs(name, c), runs(base, c))]
 def median_ratio(name, base, c):
@@ -261,7 +283,12 @@ def engine_alone(tag, c):
                   r"[0-9.]+x: ([0-9.]+)% of the cap", open(path).read())
     return "%s%% (%s loops)" % (m.group(2), m.group(1)) if m else "-"
 for c in clients:
-    base = median_tps("seqwise", c)
+    # Every sequence-wise full-depth run at this concurrency (the first row's
+    # and each point's beside its depth-wise run) for F.
+    base = statistics.median(
+        run["output_throughput"] for name in
+        ["seqwise"] + ["seqwise_beside_" + p.replace(":", "_") for p in points]
+        for run in runs(name, c))
     depth_full = median_ratio("depthwise", "seqwise", c)
     loop, head = engine_costs(c)
     f = max(0.0, 1.0 / base - (n_loops * loop + head))
@@ -271,12 +298,12 @@ for c in clients:
         dw = runs("depthwise_" + tag, c)
         n = statistics.median(run.get("mean_loops") or n_loops for run in dw)
         cap = (n_loops + h) / (n + h)
-        ratios = round_ratios("depthwise_" + tag, "seqwise", c)
+        ratios = round_ratios("depthwise_" + tag, "seqwise_beside_" + tag, c)
         gain = statistics.median(ratios)
         served_cap = (n_loops * loop + head + f) / (n * loop + head + f)
         print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
               "(%.0f-%.0f) | %.2fx | %.2f | %.2fx | %.0f%% | %s |" % (
-                  p, c, base, seq_exit, median_tps("depthwise_" + tag, c), n,
+                  p, c, median_tps("seqwise_beside_" + tag, c), seq_exit, median_tps("depthwise_" + tag, c), n,
                   cap, gain, 100 * gain / cap, 100 * min(ratios) / cap,
                   100 * max(ratios) / cap, depth_full, f / loop, served_cap,
                   100 * gain / served_cap, engine_alone(tag, c)))
