@@ -65,9 +65,23 @@ TEST(OutputWorkerTest, WaitIdleRunsDeferredPosts) {
   poster.join();
   ASSERT_TRUE(worker.WaitIdle(absl::Seconds(30)));
   EXPECT_EQ(ran.load(), 400);
+  // Then a deferred post that found the thread asleep, left unwoken: posts
+  // until one does (WakeOwed), as above.
+  int posted = 400;
+  bool owed = false;
+  for (int attempt = 0; attempt < 1000 && !owed; ++attempt) {
+    absl::SleepFor(absl::Milliseconds(2));
+    worker.PostDeferred([&ran] { ran.fetch_add(1); });
+    ++posted;
+    owed = worker.WakeOwed();
+    ASSERT_TRUE(worker.WaitIdle(absl::Seconds(30)));
+    EXPECT_EQ(ran.load(), posted);
+  }
+  ASSERT_TRUE(owed) << "no deferred post ever found the thread asleep";
 }
 
-// The destructor runs every task posted, deferred ones included.
+// The destructor runs every task posted, deferred ones included, and one
+// that found the thread asleep and was never woken.
 TEST(OutputWorkerTest, DestructionRunsWhatWasPosted) {
   std::atomic<int> ran{0};
   {
@@ -77,6 +91,19 @@ TEST(OutputWorkerTest, DestructionRunsWhatWasPosted) {
     }
   }
   EXPECT_EQ(ran.load(), 50);
+
+  bool owed = false;
+  for (int attempt = 0; attempt < 1000 && !owed; ++attempt) {
+    std::atomic<int> count{0};
+    {
+      OutputWorker worker;
+      absl::SleepFor(absl::Milliseconds(2));
+      worker.PostDeferred([&count] { count.fetch_add(1); });
+      owed = worker.WakeOwed();
+    }
+    EXPECT_EQ(count.load(), 1);
+  }
+  ASSERT_TRUE(owed) << "no deferred post ever found the thread asleep";
 }
 
 }  // namespace
