@@ -35,10 +35,15 @@
 // The served figure (bench/recursive_benchmark.sh) set beside it says what
 // the scheduler, the output path and the client cost on top.
 //
+// --exits=... --prompt_exits: the same for prompts (PromptExitRun below): a
+// served request's prompt runs about as many loop rows as its output does
+// at the benchmark's default lengths, and with stratad's --prompt_exits
+// its tokens exit too.
+//
 // Usage: build/bin/strata-engine-bench --model=DIR [--sequences=32]
 //            [--context=64] [--tokens=40] [--rounds=3] [--threads=0]
 //            [--dtype=bf16] [--quantization=int8] [--int8_group_size=0]
-//            [--exit_cost | --exits=classifier[:0.75]]
+//            [--exit_cost | --exits=classifier[:0.75] [--prompt_exits]]
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -87,6 +92,12 @@ ABSL_FLAG(std::string, exits, "",
           "in per-loop steps, as the served depth-wise batching does, against "
           "full-depth steps in alternating rounds, and prints the engine's "
           "fraction of the cap (N + h) / (n + h).");
+ABSL_FLAG(bool, prompt_exits, false,
+          "With --exits: time prompts instead of decoding. Each round "
+          "prefills every sequence's --context prompt tokens at full depth "
+          "in one step and with exits token by token, one loop a step, as "
+          "stratad's --prompt_exits runs them, and prints the fraction of "
+          "the prompt's cap.");
 
 namespace strata {
 namespace {
@@ -233,6 +244,15 @@ std::string PerTokenParts(const StepTimings& before, const StepTimings& after,
       wall - loops - head - checks - sampling - propagation);
 }
 
+// Runs a round's two modes, full depth first in even rounds and exits
+// first in odd ones: on this VM the second of two runs back to back read
+// 3-4% faster in paired served runs, which a fixed order would put into
+// every round's ratio. False if either failed.
+template <typename Full, typename Exits>
+bool RunBothInTurn(int32_t round, Full& run_full, Exits& run_exits) {
+  return round % 2 == 1 ? run_exits() && run_full() : run_full() && run_exits();
+}
+
 // --exits: each round decodes sequences x tokens tokens at full depth
 // (decode(N): whole passes) and with early exits in per-loop steps (the
 // order alternating between rounds), as
@@ -324,14 +344,7 @@ int ExitRun(Decode& decode, const ExitRunSetup& setup, const ExitParams& params,
       exits_after = r.step_timings();
       return true;
     };
-    // The order alternates: on this VM the second of two runs back to back
-    // read 3-4% faster in paired served runs, which a fixed order would put
-    // into every round's ratio.
-    const bool exits_first = round % 2 == 1;
-    if (!(exits_first ? run_exits() && run_full()
-                      : run_full() && run_exits())) {
-      return 1;
-    }
+    if (!RunBothInTurn(round, run_full, run_exits)) return 1;
     const double full_loop = full_after.loops.PerRowSince(full_before.loops);
     const double h = (full_after.head.PerRowSince(full_before.head) +
                       full_after.sampling.PerRowSince(full_before.sampling)) /
@@ -369,6 +382,151 @@ int ExitRun(Decode& decode, const ExitRunSetup& setup, const ExitParams& params,
       std::string(ExitConfidenceName(params.confidence)).c_str(),
       params.threshold, rounds, ratio, n, cap, 100 * fraction,
       100 * fractions.front(), 100 * fractions.back(), loop);
+  return 0;
+}
+
+// --exits=... --prompt_exits: each round prefills every sequence's prompt
+// (`context` tokens, different each round so that the exits differ) at
+// full depth, all sequences in one step, and with exits as the scheduler
+// sends a chunk under --prompt_exits (docs/scheduler.md): one item per
+// token still running, one loop a step, every token but the last with the
+// exit rule, the last running every loop and sampling; the order alternating
+// between rounds. The cap is the loop rows saved, with the head: (full
+// depth's loop rows + h) / (the exits' loop rows + h), h the head and
+// sampling of the prompts' last tokens over a loop row, both timed in the
+// full-depth step (ModelRunner::step_timings).
+int PromptExitRun(ModelRunner& r, std::span<const std::vector<int32_t>> tables,
+                  int32_t context, const SamplingParams& greedy,
+                  const ExitParams& params, int32_t rounds) {
+  const int32_t sequences = static_cast<int32_t>(tables.size());
+  const int32_t vocab = r.config().vocab_size;
+  std::vector<std::vector<TokenId>> prompts(
+      sequences, std::vector<TokenId>(static_cast<size_t>(context)));
+  auto elapsed_us = [](std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double, std::micro>(
+               std::chrono::steady_clock::now() - start)
+        .count();
+  };
+  std::vector<double> ratios, caps, fractions, mean_loops;
+  for (int32_t round = 0; round < rounds; ++round) {
+    for (int32_t s = 0; s < sequences; ++s) {
+      for (int32_t i = 0; i < context; ++i) {
+        prompts[s][i] = (i * 53 + s * 101 + round * 7 + 5) % vocab;
+      }
+    }
+    StepTimings full_before, full_after;
+    double full_us = 0;
+    auto run_full = [&] {
+      StepPlan plan;
+      for (int32_t s = 0; s < sequences; ++s) {
+        WorkItem item;
+        item.request_id = s + 1;
+        item.tokens = prompts[s];
+        item.block_table = tables[s];
+        item.sample = true;
+        item.sampling = &greedy;
+        plan.items.push_back(item);
+      }
+      full_before = r.step_timings();
+      const auto start = std::chrono::steady_clock::now();
+      absl::StatusOr<StepResult> done = r.Execute(plan);
+      full_us = elapsed_us(start);
+      full_after = r.step_timings();
+      if (!done.ok())
+        std::fprintf(stderr, "%s\n", done.status().ToString().c_str());
+      return done.ok();
+    };
+    StepTimings exits_before, exits_after;
+    double exits_us = 0;
+    int32_t steps = 0;
+    auto run_exits = [&] {
+      // Per sequence: the loops its running tokens have done (they run
+      // together), and which tokens are done.
+      std::vector<int32_t> loops_done(sequences, 0);
+      std::vector<std::vector<bool>> done(
+          sequences, std::vector<bool>(static_cast<size_t>(context), false));
+      std::vector<std::pair<int32_t, int32_t>> planned;  // (sequence, token)
+      steps = 0;
+      exits_before = r.step_timings();
+      const auto start = std::chrono::steady_clock::now();
+      for (;;) {
+        StepPlan plan;
+        planned.clear();
+        for (int32_t s = 0; s < sequences; ++s) {
+          for (int32_t i = 0; i < context; ++i) {
+            if (done[s][i]) continue;
+            WorkItem item;
+            item.request_id = s + 1;
+            item.tokens = std::span<const TokenId>(prompts[s]).subspan(i, 1);
+            item.start_position = i;
+            item.block_table = tables[s];
+            item.loop_begin = loops_done[s];
+            item.loop_end = loops_done[s] + 1;
+            item.sample = i == context - 1;
+            item.sampling = &greedy;
+            if (!item.sample) item.exit = &params;
+            plan.items.push_back(item);
+            planned.push_back({s, i});
+          }
+        }
+        if (planned.empty()) break;
+        absl::StatusOr<StepResult> result = r.Execute(plan);
+        if (!result.ok()) {
+          std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
+          return false;
+        }
+        ++steps;
+        for (size_t j = 0; j < planned.size(); ++j) {
+          const auto [s, i] = planned[j];
+          const ItemResult& item = result->items[j];
+          if (item.exit_loop >= 0) {
+            done[s][i] = true;
+          } else {
+            loops_done[s] = item.loops_done;
+          }
+        }
+      }
+      exits_us = elapsed_us(start);
+      exits_after = r.step_timings();
+      return true;
+    };
+    if (!RunBothInTurn(round, run_full, run_exits)) return 1;
+    const double loop_ns = full_after.loops.PerRowSince(full_before.loops);
+    const double h = static_cast<double>(full_after.head.nanoseconds -
+                                         full_before.head.nanoseconds +
+                                         full_after.sampling.nanoseconds -
+                                         full_before.sampling.nanoseconds) /
+                     loop_ns;
+    const double full_rows =
+        static_cast<double>(full_after.loops.rows - full_before.loops.rows);
+    const double exit_rows =
+        static_cast<double>(exits_after.loops.rows - exits_before.loops.rows);
+    const double cap = (full_rows + h) / (exit_rows + h);
+    ratios.push_back(full_us / exits_us);
+    caps.push_back(cap);
+    fractions.push_back(ratios.back() / cap);
+    mean_loops.push_back(exit_rows / (double{1} * sequences * context));
+    std::printf(
+        "round %d: prompts at full depth %.0f us, with exits %.0f us in %d "
+        "steps (%.3fx) at %.3f loops a token; cap %.3fx: %.1f%% of the cap\n",
+        round, full_us, exits_us, steps, ratios.back(), mean_loops.back(), cap,
+        100 * fractions.back());
+    std::printf(
+        "  us per prompt: full depth: %s; exits: %s\n",
+        PerTokenParts(full_before, full_after, sequences, full_us * 1e-6)
+            .c_str(),
+        PerTokenParts(exits_before, exits_after, sequences, exits_us * 1e-6)
+            .c_str());
+  }
+  const double ratio = SortedMedian(ratios), n = SortedMedian(mean_loops),
+               cap = SortedMedian(caps), fraction = SortedMedian(fractions);
+  std::printf(
+      "prompt exits %s at %.4g, engine alone (median of %d rounds): %.3fx "
+      "full depth at %.3f loops, cap %.3fx: %.1f%% of the cap (rounds %.1f%% "
+      "to %.1f%%)\n",
+      std::string(ExitConfidenceName(params.confidence)).c_str(),
+      params.threshold, rounds, ratio, n, cap, 100 * fraction,
+      100 * fractions.front(), 100 * fractions.back());
   return 0;
 }
 
@@ -470,6 +628,12 @@ int Main() {
   std::printf("%s: %d loop(s), %d sequences x %d tokens after %d, %s\n",
               options.model_dir.c_str(), loops, sequences, tokens, context,
               r.backend().Description().c_str());
+  if (absl::GetFlag(FLAGS_prompt_exits) &&
+      (absl::GetFlag(FLAGS_exits).empty() || loops == 1)) {
+    std::fprintf(stderr,
+                 "--prompt_exits: needs --exits and a recursive model\n");
+    return 2;
+  }
   decode(loops);  // warm-up
   if (const std::string exits = absl::GetFlag(FLAGS_exits);
       !exits.empty() && loops > 1) {
@@ -492,6 +656,10 @@ int Main() {
       std::fprintf(stderr, "--exits=%s: %s\n", exits.c_str(),
                    valid.ToString().c_str());
       return 2;
+    }
+    if (absl::GetFlag(FLAGS_prompt_exits)) {
+      return PromptExitRun(r, tables, context, greedy, params,
+                           absl::GetFlag(FLAGS_rounds));
     }
     const ExitRunSetup setup{&r, tables, context, tokens, &greedy};
     return ExitRun(decode, setup, params, absl::GetFlag(FLAGS_rounds));
