@@ -254,6 +254,12 @@ CallResult Call(v1::Generation::Stub& stub, bool streaming, int salt) {
   result.streaming = streaming;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
+  // The test is about calls that reach nginx: a client whose own
+  // connection to nginx is down (a failed connect on a loaded machine: CI
+  // once saw one client's every call fail fast, its channel backing off)
+  // waits for it within the deadline instead. A call sent and then failed
+  // still fails the test.
+  context.set_wait_for_ready(true);
   if (streaming) {
     auto reader = stub.CompleteStream(&context, Greedy(salt));
     v1::CompletionChunk chunk;
@@ -319,8 +325,13 @@ TEST(LoadBalancerTest, SigtermOneReplicaMidLoadFailsNoCall) {
     clients.emplace_back([&, c] {
       grpc::ChannelArguments args;
       args.SetInt("strata.test.client", c);  // a connection per client
-      auto stub = v1::Generation::NewStub(grpc::CreateCustomChannel(
-          lb_address, grpc::InsecureChannelCredentials(), args));
+      std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+          lb_address, grpc::InsecureChannelCredentials(), args);
+      // Connected before the load, so that a first connect that fails is
+      // retried by the channel rather than failing calls.
+      channel->WaitForConnected(std::chrono::system_clock::now() +
+                                std::chrono::seconds(20));
+      auto stub = v1::Generation::NewStub(channel);
       for (int i = 0; i < kMaxRequestsPerClient && !stop.load(); ++i) {
         results[c].push_back(Call(*stub, (c + i) % 2 == 1, c * 100 + i));
         num_done.fetch_add(1);
