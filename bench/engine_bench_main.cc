@@ -432,9 +432,11 @@ int PromptExitRun(ModelRunner& r, std::span<const std::vector<int32_t>> tables,
       absl::StatusOr<StepResult> done = r.Execute(plan);
       full_us = elapsed_us(start);
       full_after = r.step_timings();
-      if (!done.ok())
+      if (!done.ok()) {
         std::fprintf(stderr, "%s\n", done.status().ToString().c_str());
-      return done.ok();
+        return false;
+      }
+      return true;
     };
     StepTimings exits_before, exits_after;
     double exits_us = 0;
@@ -505,7 +507,8 @@ int PromptExitRun(ModelRunner& r, std::span<const std::vector<int32_t>> tables,
     ratios.push_back(full_us / exits_us);
     caps.push_back(cap);
     fractions.push_back(ratios.back() / cap);
-    mean_loops.push_back(exit_rows / (double{1} * sequences * context));
+    mean_loops.push_back(exit_rows /
+                         (static_cast<double>(sequences) * context));
     std::printf(
         "round %d: prompts at full depth %.0f us, with exits %.0f us in %d "
         "steps (%.3fx) at %.3f loops a token; cap %.3fx: %.1f%% of the cap\n",
