@@ -244,6 +244,22 @@ std::string PerTokenParts(const StepTimings& before, const StepTimings& after,
       wall - loops - head - checks - sampling - propagation);
 }
 
+// "R.RRRx full depth at N.NNN loops, cap C.CCCx: F.F% of the cap (rounds
+// L.L% to H.H%)": the medians of the rounds' figures and the range of their
+// fractions of the cap (--exits and --prompt_exits; the recursive benchmark
+// parses it). Sorts each vector.
+std::string CapSummary(std::vector<double>& ratios,
+                       std::vector<double>& mean_loops,
+                       std::vector<double>& caps,
+                       std::vector<double>& fractions) {
+  const double fraction = SortedMedian(fractions);
+  return absl::StrFormat(
+      "%.3fx full depth at %.3f loops, cap %.3fx: %.1f%% of the cap (rounds "
+      "%.1f%% to %.1f%%)",
+      SortedMedian(ratios), SortedMedian(mean_loops), SortedMedian(caps),
+      100 * fraction, 100 * fractions.front(), 100 * fractions.back());
+}
+
 // Runs a round's two modes, full depth first in even rounds and exits
 // first in odd ones: on this VM the second of two runs back to back read
 // 3-4% faster in paired served runs, which a fixed order would put into
@@ -371,17 +387,13 @@ int ExitRun(Decode& decode, const ExitRunSetup& setup, const ExitParams& params,
             .c_str(),
         PerTokenParts(exits_before, exits_after, finished, seconds).c_str());
   }
-  // Each median sorts its rounds, so the range below is the sorted ends.
-  const double ratio = SortedMedian(ratios), n = SortedMedian(mean_loops),
-               cap = SortedMedian(caps), fraction = SortedMedian(fractions),
-               loop = SortedMedian(loop_ratio);
   std::printf(
-      "exits %s at %.4g, engine alone (median of %d rounds): %.3fx full "
-      "depth at %.3f loops, cap %.3fx: %.1f%% of the cap (rounds %.1f%% to "
-      "%.1f%%); a loop per row costs %.3fx full depth's\n",
+      "exits %s at %.4g, engine alone (median of %d rounds): %s; a loop per "
+      "row costs %.3fx full depth's\n",
       std::string(ExitConfidenceName(params.confidence)).c_str(),
-      params.threshold, rounds, ratio, n, cap, 100 * fraction,
-      100 * fractions.front(), 100 * fractions.back(), loop);
+      params.threshold, rounds,
+      CapSummary(ratios, mean_loops, caps, fractions).c_str(),
+      SortedMedian(loop_ratio));
   return 0;
 }
 
@@ -521,15 +533,12 @@ int PromptExitRun(ModelRunner& r, std::span<const std::vector<int32_t>> tables,
         PerTokenParts(exits_before, exits_after, sequences, exits_us * 1e-6)
             .c_str());
   }
-  const double ratio = SortedMedian(ratios), n = SortedMedian(mean_loops),
-               cap = SortedMedian(caps), fraction = SortedMedian(fractions);
   std::printf(
-      "prompt exits %s at %.4g, engine alone (median of %d rounds): %.3fx "
-      "full depth at %.3f loops, cap %.3fx: %.1f%% of the cap (rounds %.1f%% "
-      "to %.1f%%)\n",
+      "prompt exits %s at %.4g, engine alone (median of %d rounds): "
+      "%s\n",
       std::string(ExitConfidenceName(params.confidence)).c_str(),
-      params.threshold, rounds, ratio, n, cap, 100 * fraction,
-      100 * fractions.front(), 100 * fractions.back());
+      params.threshold, rounds,
+      CapSummary(ratios, mean_loops, caps, fractions).c_str());
   return 0;
 }
 
