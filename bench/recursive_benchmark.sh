@@ -224,7 +224,9 @@ h_diff = float(re.search(r"best of .*h = (-?[0-9.]+) loops", cost).group(1))
 print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost, timed "
       "in the steps; %.3f from best-of-rounds step times); tok/s: median of "
       "%d alternating rounds, ratios: median of the rounds' ratios; of cap: "
-      "the median round (the lowest and the highest round)"
+      "the median round (the lowest and the highest round; the rounds' mean "
+      "and its standard error, which a single round's spread on a shared "
+      "machine makes the figure to hold against a target)"
       % (n_loops, h, h_diff, rounds))
 for line in cost.splitlines():
     if line.startswith("exit check") or line.startswith("timed in the steps"):
@@ -300,11 +302,17 @@ for c in clients:
         cap = (n_loops + h) / (n + h)
         ratios = round_ratios("depthwise_" + tag, "seqwise_beside_" + tag, c)
         gain = statistics.median(ratios)
+        mean = statistics.mean(ratios)
+        # The mean's standard error over the rounds (0 for one round).
+        sem = (statistics.stdev(ratios) / len(ratios) ** 0.5
+               if len(ratios) > 1 else 0.0)
         served_cap = (n_loops * loop + head + f) / (n * loop + head + f)
         print("| %s | %s | %.0f | %.0f | %.0f | %.2f | %.2fx | %.2fx | %.0f%% "
-              "(%.0f-%.0f) | %.2fx | %.2f | %.2fx | %.0f%% | %s |" % (
+              "(%.0f-%.0f; mean %.1f%% ± %.1f) | %.2fx | %.2f | %.2fx | "
+              "%.0f%% | %s |" % (
                   p, c, median_tps("seqwise_beside_" + tag, c), seq_exit, median_tps("depthwise_" + tag, c), n,
                   cap, gain, 100 * gain / cap, 100 * min(ratios) / cap,
-                  100 * max(ratios) / cap, depth_full, f / loop, served_cap,
+                  100 * max(ratios) / cap, 100 * mean / cap, 100 * sem / cap,
+                  depth_full, f / loop, served_cap,
                   100 * gain / served_cap, engine_alone(tag, c)))
 PY
