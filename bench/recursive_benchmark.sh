@@ -225,8 +225,8 @@ print("N = %d loops, h = %.3f loops (strata-engine-bench --exit_cost, timed "
       "in the steps; %.3f from best-of-rounds step times); tok/s: median of "
       "%d alternating rounds, ratios: median of the rounds' ratios; of cap: "
       "the median round (the lowest and the highest round; the rounds' mean "
-      "and its standard error, which a single round's spread on a shared "
-      "machine makes the figure to hold against a target)"
+      "and its standard error, the figure to hold against a target when "
+      "single rounds spread widely)"
       % (n_loops, h, h_diff, rounds))
 for line in cost.splitlines():
     if line.startswith("exit check") or line.startswith("timed in the steps"):
